@@ -1,0 +1,5 @@
+"""`python -m daemon` runs the `barcast` CLI."""
+
+from daemon.cli import run
+
+run()

@@ -1,0 +1,151 @@
+"""What every CLI command shares: the app context (config, database), output formats, errors."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import orjson
+from rich.console import Console
+
+from daemon.config import Config, load_config
+from db.engine import Database, open_database
+from db.errors import InputError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+FORMATS = ("table", "csv", "json")
+
+
+class AppContext:
+    """Lazily loaded config and database, shared by the subcommands of one invocation."""
+
+    def __init__(self, config_path: str | None, db_url: str | None, log_level: str | None) -> None:
+        self.config_path = config_path
+        self.db_url = db_url
+        self.log_level = log_level
+        self._config: Config | None = None
+        self._database: Database | None = None
+        self.console = Console(stderr=True)
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            self._config = load_config(self.config_path, db_url=self.db_url)
+        return self._config
+
+    def database(self, *, upgrade: bool = False) -> Database:
+        if self._database is None:
+            self._database = open_database(self.config.database_url, upgrade=upgrade)
+        return self._database
+
+    def close(self) -> None:
+        if self._database is not None:
+            self._database.close()
+            self._database = None
+
+
+def pass_app(fn: F) -> F:
+    @click.pass_context
+    @functools.wraps(fn)
+    def wrapper(ctx: click.Context, *args: Any, **kwargs: Any) -> Any:
+        return ctx.invoke(fn, ctx.ensure_object(AppContext), *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def format_option(default: str = "table", choices: Sequence[str] = FORMATS) -> Callable[[F], F]:
+    return click.option(
+        "--format", "fmt", type=click.Choice(list(choices)), default=default, show_default=True,
+        help="Output format: table for people, csv/json for programs.",
+    )
+
+
+def iso(t: datetime | None) -> str | None:
+    """ISO-8601 UTC with a Z, the one time format of every output."""
+    if t is None:
+        return None
+    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, datetime):
+        return iso(v)
+    if isinstance(v, Decimal):
+        return format(v, "f")
+    return v
+
+
+def emit_rows(rows: Iterable[dict[str, Any]], columns: Sequence[str], fmt: str, *, title: str | None = None) -> None:
+    """Print rows as a rich table, CSV with a header, or a JSON array of objects."""
+    rows = [{c: _plain(r.get(c)) for c in columns} for r in rows]
+    if fmt == "json":
+        sys.stdout.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode() + "\n")
+    elif fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(columns)
+        for r in rows:
+            w.writerow(["" if r[c] is None else r[c] for c in columns])
+        sys.stdout.write(buf.getvalue())
+    else:
+        from rich.table import Table
+
+        table = Table(title=title)
+        for c in columns:
+            table.add_column(c)
+        for r in rows:
+            table.add_row(*("" if r[c] is None else str(r[c]) for c in columns))
+        Console().print(table)
+
+
+def parse_time(text: str | None, name: str) -> datetime | None:
+    """ISO-8601 (naive means UTC), Unix seconds, or a relative age like `3d`, `12h`, `30m` ago."""
+    if text is None:
+        return None
+    t = text.strip()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    if len(t) > 1 and t[-1] in units and t[:-1].isdigit():
+        return datetime.now(UTC) - timedelta(seconds=int(t[:-1]) * units[t[-1]])
+    if t.isdigit():
+        return datetime.fromtimestamp(int(t), UTC)
+    try:
+        parsed = datetime.fromisoformat(t.replace("Z", "+00:00"))
+    except ValueError:
+        raise InputError(f"{name}: {text!r} is not a time (ISO-8601, Unix seconds, or an age like 3d)") from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def parse_duration(text: str, name: str) -> timedelta:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    t = text.strip()
+    if len(t) > 1 and t[-1] in units and t[:-1].isdigit():
+        return timedelta(seconds=int(t[:-1]) * units[t[-1]])
+    raise InputError(f"{name}: {text!r} is not a duration like 90s, 30m, 12h, 7d")
+
+
+def not_implemented(name: str, issue: str) -> click.Command:
+    """An honest placeholder: says what is missing and exits 1."""
+
+    @click.command(name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+                   help=f"[not implemented yet: {issue}]")
+    def cmd() -> None:
+        click.echo(f"barcast {name}: not implemented yet ({issue})", err=True)
+        sys.exit(1)
+
+    return cmd
+
+
+def existing_file(path: str) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{path}: no such file")
+    return p

@@ -1,0 +1,1 @@
+"""Storage layer: schema, migrations and data access. Imports neither `daemon` nor `trainer`."""

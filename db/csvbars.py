@@ -1,0 +1,115 @@
+"""OHLCV CSV files (`timestamp,open,high,low,close,volume`, Unix seconds of the bar open).
+
+Reading checks every row and names the line at fault; numbers stay as their exact text
+(Decimal), so import followed by export reproduces the file's numeric text byte for byte.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable, Iterable, Iterator
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import TextIO
+
+from db.errors import InputError
+from db.records import Bar, BarSource, decimal_text, interval_seconds, to_unix, utc_from_unix
+
+HEADER = ("timestamp", "open", "high", "low", "close", "volume")
+
+
+def _decimal(text: str, name: str, where: str) -> Decimal:
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise InputError(f"{where}: {name} {text!r} is not a decimal number") from None
+    if not value.is_finite():
+        raise InputError(f"{where}: {name} {text!r} is not a finite number")
+    return value
+
+
+def parse_rows(
+    lines: Iterable[str],
+    *,
+    exchange: str,
+    symbol: str,
+    interval: str,
+    name: str = "<csv>",
+    source: BarSource = "import",
+    on_line: Callable[[int], None] | None = None,
+) -> Iterator[Bar]:
+    """Yield bars from CSV text lines, raising InputError naming `name:line` on the first bad row."""
+    step = interval_seconds(interval)
+    reader = csv.reader(lines)
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise InputError(f"{name}: empty file (expected header {','.join(HEADER)})") from None
+    if tuple(h.strip().lower() for h in header) != HEADER:
+        raise InputError(f"{name}:1: header is {','.join(header)!r}, expected {','.join(HEADER)!r}")
+    previous: int | None = None
+    for row in reader:
+        line = reader.line_num
+        where = f"{name}:{line}"
+        if on_line is not None:
+            on_line(line)
+        if not row or row == [""]:
+            continue
+        if len(row) != 6:
+            raise InputError(f"{where}: expected 6 fields, got {len(row)}")
+        ts_text = row[0].strip()
+        if not ts_text.isdigit():
+            raise InputError(f"{where}: timestamp {ts_text!r} is not whole Unix seconds")
+        ts = int(ts_text)
+        if ts % step:
+            raise InputError(f"{where}: timestamp {ts} is not aligned to the {interval} interval")
+        if previous is not None and ts <= previous:
+            raise InputError(f"{where}: timestamp {ts} is not after the previous row's {previous}")
+        previous = ts
+        o, h, lo, c, v = (_decimal(t.strip(), n, where) for t, n in zip(row[1:], HEADER[1:], strict=True))
+        if min(o, h, lo, c) <= 0:
+            raise InputError(f"{where}: prices must be positive")
+        if h < lo:
+            raise InputError(f"{where}: high {h} is below low {lo}")
+        if h < max(o, c) or lo > min(o, c):
+            raise InputError(f"{where}: open/close outside the high-low range")
+        if v < 0:
+            raise InputError(f"{where}: negative volume {v}")
+        yield Bar(exchange, symbol, interval, utc_from_unix(ts), o, h, lo, c, v, None, source)
+
+
+def read_bars_csv(
+    path: Path,
+    *,
+    exchange: str,
+    symbol: str,
+    interval: str,
+    on_line: Callable[[int], None] | None = None,
+) -> list[Bar]:
+    """All bars of a CSV file; the whole file is checked before anything is returned."""
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            return list(
+                parse_rows(fh, exchange=exchange, symbol=symbol, interval=interval, name=str(path), on_line=on_line)
+            )
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise InputError(f"{path}: {exc.strerror}") from None
+
+
+def write_bars_csv(bars: Iterable[Bar], out: TextIO) -> None:
+    """The import format: same columns, numbers as plain decimal text, `\\n` line ends."""
+    out.write(",".join(HEADER) + "\n")
+    for b in bars:
+        out.write(
+            f"{to_unix(b.open_time)},{decimal_text(b.open)},{decimal_text(b.high)},"
+            f"{decimal_text(b.low)},{decimal_text(b.close)},{decimal_text(b.volume)}\n"
+        )
+
+
+def bars_to_csv_text(bars: Iterable[Bar]) -> str:
+    buf = io.StringIO()
+    write_bars_csv(bars, buf)
+    return buf.getvalue()

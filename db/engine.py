@@ -1,0 +1,171 @@
+"""Open a database from a URL: SQLite (embedded default) or PostgreSQL (scale-out).
+
+Checks happen here, at start, so a bad path fails with a clear message instead of a crash
+later: a file that is not SQLite is refused and left untouched, a read-only directory is
+reported, and the schema version is checked (see `db.migrate`).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, make_url
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import DatabaseError as SADatabaseError
+
+from db.errors import DatabaseError, InputError
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+SQLITE_BUSY_TIMEOUT_MS = 15_000
+
+
+@dataclass
+class Database:
+    """An open database: the SQLAlchemy engine plus what callers need to know about it."""
+
+    engine: Engine
+    url: str
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @property
+    def path(self) -> Path | None:
+        """The SQLite file, or None for a server database."""
+        db = self.engine.url.database
+        return Path(db) if self.dialect == "sqlite" and db and db != ":memory:" else None
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """One transaction; translates driver errors into a DatabaseError naming the database."""
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except SADatabaseError as exc:
+            raise DatabaseError(f"database {self.display_url}: {exc.orig}") from exc
+
+    @property
+    def display_url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def normalise_url(url: str) -> URL:
+    """Parse a database URL; plain `postgresql://` uses psycopg 3, a bare path means SQLite."""
+    if "://" not in url:
+        url = f"sqlite:///{Path(url).expanduser().resolve()}"
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise InputError(f"bad database URL {url!r}: {exc}") from None
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise InputError(
+            f"unsupported database URL {url!r}: use sqlite:///PATH or postgresql://USER@HOST/DB"
+        )
+    return parsed
+
+
+def _check_sqlite_path(path: Path, create: bool) -> None:
+    if path.exists():
+        if path.is_dir():
+            raise DatabaseError(f"SQLite path {path} is a directory, not a database file")
+        with path.open("rb") as fh:
+            head = fh.read(len(SQLITE_HEADER))
+        if head and head != SQLITE_HEADER:
+            raise DatabaseError(
+                f"{path} is not a SQLite database (bad file header); the file was left untouched"
+            )
+    elif not create:
+        raise DatabaseError(f"SQLite database {path} does not exist")
+    directory = path.parent
+    if not directory.exists():
+        if not create:
+            raise DatabaseError(f"directory {directory} of the SQLite database does not exist")
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DatabaseError(f"cannot create database directory {directory}: {exc.strerror}") from None
+    # SQLite in WAL mode writes -wal and -shm files beside the database: the directory itself
+    # must be writable, not only the file. Probe it for real (os.access lies for root).
+    probe = directory / f".barcast-probe-{uuid.uuid4().hex}"
+    try:
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise DatabaseError(
+            f"database directory {directory} is not writable ({exc.strerror}); "
+            "barcast needs to write the database and its WAL files there"
+        ) from None
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # pysqlite's own transaction handling is disabled so SQLAlchemy's BEGIN is the real one.
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    # IMMEDIATE takes the write lock up front, so two writers queue on busy_timeout instead of
+    # failing with "database is locked" when a read transaction tries to upgrade.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def create_db_engine(url: str, *, create: bool = True) -> Engine:
+    parsed = normalise_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            _check_sqlite_path(Path(parsed.database), create)
+        engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    return create_engine(parsed, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+def open_database(url: str, *, create: bool = True, upgrade: bool = False) -> Database:
+    """Open and check a database.
+
+    An empty database gets the current schema when `create` is true. An older schema is
+    upgraded only when `upgrade` is true (`barcast db upgrade`); otherwise it is refused
+    with a message saying so. A schema newer than this barcast is always refused.
+    """
+    from db import migrate  # local: migrate imports this module
+
+    engine = create_db_engine(url, create=create)
+    database = Database(engine=engine, url=url)
+    try:
+        migrate.ensure_schema(database, create=create, allow_upgrade=upgrade)
+    except (OperationalError, SADatabaseError, sqlite3.DatabaseError) as exc:
+        engine.dispose()
+        orig = getattr(exc, "orig", exc)
+        raise DatabaseError(f"cannot open database {database.display_url}: {orig}") from None
+    except BaseException:
+        engine.dispose()
+        raise
+    return database
+
+
+def default_sqlite_url(data_dir: Path) -> str:
+    return f"sqlite:///{data_dir / 'barcast.db'}"
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")

@@ -1,0 +1,148 @@
+"""Forecast storage: one row per horizon step, written exactly once per (series, bar, model)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, select, true
+
+from db.dialect import chunks, insert_for
+from db.engine import Database
+from db.records import Forecast, SeriesKey
+from db.schema import forecasts as fc_t
+
+
+def _rows(f: Forecast) -> list[dict[str, Any]]:
+    rows = []
+    for i, (t, c) in enumerate(zip(f.target_times, f.closes, strict=True)):
+        rows.append(
+            {
+                "exchange": f.series.exchange,
+                "symbol": f.series.symbol,
+                "interval": f.series.interval,
+                "issued_at": f.issued_at,
+                "model_id": f.model_id,
+                "step": i + 1,
+                "target_time": t,
+                "predicted": float(c),
+                "lower": None if f.lower is None else float(f.lower[i]),
+                "upper": None if f.upper is None else float(f.upper[i]),
+                "last_close": f.last_close,
+                "latency_ms": f.latency_ms,
+                "created_at": f.created_at,
+            }
+        )
+    return rows
+
+
+def insert_forecasts(database: Database, forecasts: Iterable[Forecast]) -> int:
+    """Store forecasts; one already stored is left as it was. Returns step rows newly written."""
+    rows = [r for f in forecasts for r in _rows(f)]
+    if not rows:
+        return 0
+    stmt = (
+        insert_for(database, fc_t)
+        .on_conflict_do_nothing(
+            index_elements=["exchange", "symbol", "interval", "issued_at", "model_id", "step"]
+        )
+        .returning(fc_t.c.step)
+    )
+    written = 0
+    with database.begin() as conn:
+        for batch in chunks(rows, 2000):
+            written += len(conn.execute(stmt, batch).all())
+    return written
+
+
+def _assemble(rows: Sequence[Any]) -> list[Forecast]:
+    """Group step rows (ordered by forecast then step) back into Forecast records."""
+    out: list[Forecast] = []
+    group: list[Any] = []
+
+    def flush() -> None:
+        if not group:
+            return
+        g0 = group[0]
+        has_bounds = all(r.lower is not None and r.upper is not None for r in group)
+        out.append(
+            Forecast(
+                series=SeriesKey(g0.exchange, g0.symbol, g0.interval),
+                issued_at=g0.issued_at,
+                model_id=g0.model_id,
+                target_times=tuple(r.target_time for r in group),
+                closes=tuple(r.predicted for r in group),
+                lower=tuple(r.lower for r in group) if has_bounds else None,
+                upper=tuple(r.upper for r in group) if has_bounds else None,
+                last_close=g0.last_close,
+                latency_ms=g0.latency_ms,
+                created_at=g0.created_at,
+            )
+        )
+        group.clear()
+
+    key = None
+    for r in rows:
+        k = (r.exchange, r.symbol, r.interval, r.issued_at, r.model_id)
+        if k != key:
+            flush()
+            key = k
+        group.append(r)
+    flush()
+    return out
+
+
+def query_forecasts(
+    database: Database,
+    series: SeriesKey | None = None,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    model_id: str | None = None,
+    limit: int | None = None,
+) -> list[Forecast]:
+    """Forecasts newest issued first, `since <= issued_at < until`, at most `limit` forecasts."""
+    cond: list[Any] = []
+    if series is not None:
+        cond += [
+            fc_t.c.exchange == series.exchange,
+            fc_t.c.symbol == series.symbol,
+            fc_t.c.interval == series.interval,
+        ]
+    if since is not None:
+        cond.append(fc_t.c.issued_at >= since)
+    if until is not None:
+        cond.append(fc_t.c.issued_at < until)
+    if model_id is not None:
+        cond.append(fc_t.c.model_id == model_id)
+    keys = (
+        select(fc_t.c.exchange, fc_t.c.symbol, fc_t.c.interval, fc_t.c.issued_at, fc_t.c.model_id)
+        .where(and_(true(), *cond))
+        .distinct()
+        .order_by(fc_t.c.issued_at.desc(), fc_t.c.exchange, fc_t.c.symbol, fc_t.c.model_id)
+    )
+    if limit is not None:
+        keys = keys.limit(limit)
+    sub = keys.subquery()
+    stmt = (
+        select(fc_t)
+        .join(
+            sub,
+            and_(
+                fc_t.c.exchange == sub.c.exchange,
+                fc_t.c.symbol == sub.c.symbol,
+                fc_t.c.interval == sub.c.interval,
+                fc_t.c.issued_at == sub.c.issued_at,
+                fc_t.c.model_id == sub.c.model_id,
+            ),
+        )
+        .order_by(fc_t.c.issued_at.desc(), fc_t.c.exchange, fc_t.c.symbol, fc_t.c.model_id, fc_t.c.step)
+    )
+    with database.engine.connect() as conn:
+        return _assemble(conn.execute(stmt).all())
+
+
+def latest_forecast(database: Database, series: SeriesKey, model_id: str | None = None) -> Forecast | None:
+    found = query_forecasts(database, series, model_id=model_id, limit=1)
+    return found[0] if found else None

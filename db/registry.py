@@ -1,0 +1,182 @@
+"""Model registry: who was trained on what, how good it is, and who is champion of each series."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import and_, delete, select, update
+
+from db.engine import Database
+from db.errors import InputError
+from db.records import ModelInfo, ModelStatus, SeriesKey
+from db.schema import champion_history, models
+
+STATUSES: tuple[ModelStatus, ...] = ("candidate", "champion", "retired")
+
+
+def _info(row: Any) -> ModelInfo:
+    return ModelInfo(
+        id=row.id,
+        arch=row.arch,
+        series=tuple(SeriesKey.parse(s) for s in row.series),
+        train_start=row.train_start,
+        train_end=row.train_end,
+        params=dict(row.params),
+        metrics=dict(row.metrics),
+        artifact_path=row.artifact_path,
+        status=row.status,
+        created_at=row.created_at,
+    )
+
+
+def register_model(database: Database, info: ModelInfo) -> None:
+    """Add a model (as given; normally a candidate). Re-registering the same id replaces it."""
+    if info.status not in STATUSES:
+        raise InputError(f"bad model status {info.status!r}; valid: {', '.join(STATUSES)}")
+    row = {
+        "id": info.id,
+        "arch": info.arch,
+        "series": [str(s) for s in info.series],
+        "train_start": info.train_start,
+        "train_end": info.train_end,
+        "params": info.params,
+        "metrics": info.metrics,
+        "artifact_path": info.artifact_path,
+        "status": info.status,
+        "created_at": info.created_at,
+    }
+    with database.begin() as conn:
+        conn.execute(delete(models).where(models.c.id == info.id))
+        conn.execute(models.insert().values(**row))
+
+
+def get_model(database: Database, model_id: str) -> ModelInfo:
+    with database.engine.connect() as conn:
+        row = conn.execute(select(models).where(models.c.id == model_id)).first()
+    if row is None:
+        raise InputError(f"no model with id {model_id!r} in the registry (see `barcast models list`)")
+    return _info(row)
+
+
+def list_models(
+    database: Database, *, series: SeriesKey | None = None, status: ModelStatus | None = None
+) -> list[ModelInfo]:
+    """Models newest first, optionally only those trained on `series` and/or with `status`."""
+    stmt = select(models).order_by(models.c.created_at.desc(), models.c.id)
+    if status is not None:
+        stmt = stmt.where(models.c.status == status)
+    with database.engine.connect() as conn:
+        found = [_info(r) for r in conn.execute(stmt)]
+    if series is not None:
+        found = [m for m in found if series in m.series]
+    return found
+
+
+def update_metrics(database: Database, model_id: str, metrics: dict[str, Any]) -> None:
+    get_model(database, model_id)
+    with database.begin() as conn:
+        conn.execute(update(models).where(models.c.id == model_id).values(metrics=metrics))
+
+
+def set_status(database: Database, model_id: str, status: ModelStatus) -> None:
+    """Set a model's status. Retiring a champion also ends its champion terms."""
+    if status not in STATUSES:
+        raise InputError(f"bad model status {status!r}; valid: {', '.join(STATUSES)}")
+    if status == "champion":
+        info = get_model(database, model_id)
+        for s in info.series:
+            promote(database, model_id, s)
+        return
+    get_model(database, model_id)
+    now = datetime.now(UTC)
+    with database.begin() as conn:
+        conn.execute(update(models).where(models.c.id == model_id).values(status=status))
+        conn.execute(
+            update(champion_history)
+            .where(and_(champion_history.c.model_id == model_id, champion_history.c.ended_at.is_(None)))
+            .values(ended_at=now)
+        )
+
+
+def _series_cond(series: SeriesKey) -> Any:
+    return and_(
+        champion_history.c.exchange == series.exchange,
+        champion_history.c.symbol == series.symbol,
+        champion_history.c.interval == series.interval,
+    )
+
+
+def promote(database: Database, model_id: str, series: SeriesKey, *, reason: str | None = None) -> None:
+    """Make `model_id` the champion of `series` in one transaction.
+
+    The previous champion's term ends; it is retired unless it is still champion of another series
+    (a shared model).
+    """
+    get_model(database, model_id)
+    now = datetime.now(UTC)
+    with database.begin() as conn:
+        current = conn.execute(
+            select(champion_history.c.id, champion_history.c.model_id).where(
+                and_(_series_cond(series), champion_history.c.ended_at.is_(None))
+            )
+        ).all()
+        if any(r.model_id == model_id for r in current):
+            return
+        for r in current:
+            conn.execute(update(champion_history).where(champion_history.c.id == r.id).values(ended_at=now))
+            still = conn.execute(
+                select(champion_history.c.id).where(
+                    and_(champion_history.c.model_id == r.model_id, champion_history.c.ended_at.is_(None))
+                )
+            ).first()
+            if still is None:
+                conn.execute(update(models).where(models.c.id == r.model_id).values(status="retired"))
+        conn.execute(
+            champion_history.insert().values(
+                exchange=series.exchange,
+                symbol=series.symbol,
+                interval=series.interval,
+                model_id=model_id,
+                started_at=now,
+                ended_at=None,
+                reason=reason,
+            )
+        )
+        conn.execute(update(models).where(models.c.id == model_id).values(status="champion"))
+
+
+def champion(database: Database, series: SeriesKey) -> ModelInfo | None:
+    with database.engine.connect() as conn:
+        row = conn.execute(
+            select(champion_history.c.model_id)
+            .where(and_(_series_cond(series), champion_history.c.ended_at.is_(None)))
+            .order_by(champion_history.c.started_at.desc())
+        ).first()
+    return get_model(database, row.model_id) if row else None
+
+
+def champion_since(database: Database, series: SeriesKey) -> datetime | None:
+    with database.engine.connect() as conn:
+        row = conn.execute(
+            select(champion_history.c.started_at).where(
+                and_(_series_cond(series), champion_history.c.ended_at.is_(None))
+            )
+        ).first()
+    return row.started_at if row else None
+
+
+def history(database: Database, series: SeriesKey) -> list[tuple[str, datetime, datetime | None, str | None]]:
+    """Who was champion of `series` when: (model_id, started_at, ended_at, reason), oldest first."""
+    with database.engine.connect() as conn:
+        rows = conn.execute(
+            select(
+                champion_history.c.model_id,
+                champion_history.c.started_at,
+                champion_history.c.ended_at,
+                champion_history.c.reason,
+            )
+            .where(_series_cond(series))
+            .order_by(champion_history.c.started_at, champion_history.c.id)
+        ).all()
+    return [(r.model_id, r.started_at, r.ended_at, r.reason) for r in rows]

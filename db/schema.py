@@ -1,0 +1,156 @@
+"""The only place that knows tables and indexes. Changing a table here needs a migration
+in `db/migrations/versions/` (the test suite compares the two and fails on any drift).
+
+Money columns use `ExactDecimal` (NUMERIC on PostgreSQL, decimal text on SQLite); predicted
+values are doubles (they come out of a model). Times are `UtcDateTime`.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Float,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+from db.types import ExactDecimal, UtcDateTime
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+def _series_columns() -> list[Column[str]]:
+    return [
+        Column("exchange", String(32), primary_key=True),
+        Column("symbol", String(32), primary_key=True),
+        Column("interval", String(8), primary_key=True),
+    ]
+
+
+bars = Table(
+    "bars",
+    metadata,
+    *_series_columns(),
+    Column("open_time", UtcDateTime(), primary_key=True),
+    Column("open", ExactDecimal(), nullable=False),
+    Column("high", ExactDecimal(), nullable=False),
+    Column("low", ExactDecimal(), nullable=False),
+    Column("close", ExactDecimal(), nullable=False),
+    Column("volume", ExactDecimal(), nullable=False),
+    Column("trade_count", Integer(), nullable=True),
+    Column("source", String(16), nullable=False, server_default="live"),
+    Column("updated_at", UtcDateTime(), nullable=False),
+)
+
+models = Table(
+    "models",
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("arch", String(32), nullable=False),
+    Column("series", JSON(), nullable=False),  # list of "exchange:symbol:interval"
+    Column("train_start", UtcDateTime(), nullable=True),
+    Column("train_end", UtcDateTime(), nullable=True),
+    Column("params", JSON(), nullable=False),
+    Column("metrics", JSON(), nullable=False),
+    Column("artifact_path", Text(), nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Index(None, "status"),
+)
+
+forecasts = Table(
+    "forecasts",
+    metadata,
+    *_series_columns(),
+    Column("issued_at", UtcDateTime(), primary_key=True),  # open time of the last bar the model saw
+    Column("model_id", String(128), primary_key=True),
+    Column("step", Integer(), primary_key=True),  # 1..horizon
+    Column("target_time", UtcDateTime(), nullable=False),
+    Column("predicted", Float(53), nullable=False),
+    Column("lower", Float(53), nullable=True),
+    Column("upper", Float(53), nullable=True),
+    Column("last_close", ExactDecimal(), nullable=True),
+    Column("latency_ms", Float(53), nullable=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Index("ix_forecasts_issued_at", "issued_at"),
+    Index("ix_forecasts_series_target", "exchange", "symbol", "interval", "target_time"),
+)
+
+forecast_scores = Table(
+    "forecast_scores",
+    metadata,
+    *_series_columns(),
+    Column("issued_at", UtcDateTime(), primary_key=True),
+    Column("model_id", String(128), primary_key=True),
+    Column("step", Integer(), primary_key=True),
+    Column("target_time", UtcDateTime(), nullable=False),
+    Column("actual", ExactDecimal(), nullable=False),
+    Column("error", Float(53), nullable=False),  # predicted - actual
+    Column("persistence_error", Float(53), nullable=False),  # last_close - actual
+    Column("scored_at", UtcDateTime(), nullable=False),
+    ForeignKeyConstraint(
+        ["exchange", "symbol", "interval", "issued_at", "model_id", "step"],
+        [
+            "forecasts.exchange",
+            "forecasts.symbol",
+            "forecasts.interval",
+            "forecasts.issued_at",
+            "forecasts.model_id",
+            "forecasts.step",
+        ],
+        ondelete="CASCADE",
+    ),
+    Index("ix_forecast_scores_scored_at", "scored_at"),
+)
+
+champion_history = Table(
+    "champion_history",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    Column("exchange", String(32), nullable=False),
+    Column("symbol", String(32), nullable=False),
+    Column("interval", String(8), nullable=False),
+    Column("model_id", String(128), nullable=False),
+    Column("started_at", UtcDateTime(), nullable=False),
+    Column("ended_at", UtcDateTime(), nullable=True),
+    Column("reason", Text(), nullable=True),
+    ForeignKeyConstraint(["model_id"], ["models.id"]),
+    Index("ix_champion_history_series", "exchange", "symbol", "interval", "ended_at"),
+)
+
+feed_gaps = Table(
+    "feed_gaps",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    Column("exchange", String(32), nullable=False),
+    Column("symbol", String(32), nullable=False),
+    Column("interval", String(8), nullable=False),
+    Column("gap_start", UtcDateTime(), nullable=False),
+    Column("gap_end", UtcDateTime(), nullable=False),
+    Column("detected_at", UtcDateTime(), nullable=False),
+    Column("bars_filled", Integer(), nullable=False, server_default="0"),
+    Column("filled_at", UtcDateTime(), nullable=True),
+    Index("ix_feed_gaps_series", "exchange", "symbol", "interval", "gap_start"),
+)
+
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("owner", String(200), nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=False),
+)

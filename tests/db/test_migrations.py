@@ -1,0 +1,127 @@
+"""Schema versions: empty -> head, older -> head in place, newer refused; schema.py == migrations."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from datetime import UTC, datetime
+from decimal import Decimal as D
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.command import upgrade as alembic_upgrade
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import text
+
+from db import migrate
+from db.bars import read_bars
+from db.engine import create_db_engine, open_database
+from db.errors import DatabaseError, SchemaVersionError
+from db.records import SeriesKey
+from db.schema import metadata
+
+
+def test_empty_database_gets_head_and_matches_schema(any_db_url: str) -> None:
+    database = open_database(any_db_url)
+    with database.engine.connect() as conn:
+        assert migrate.current_revision(conn) == migrate.head_revision()
+        diffs = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": False}), metadata)
+    database.close()
+    assert diffs == [], f"db/schema.py and the migrations disagree: {diffs}"
+
+
+def _make_old_database(url: str) -> None:
+    """A database at the first schema version with a bar in it, as an old barcast left it."""
+    engine = create_db_engine(url)
+    with engine.begin() as conn:
+        alembic_upgrade(migrate._alembic_config(conn), "0001")
+        pg = conn.dialect.name == "postgresql"
+        conn.execute(
+            text(
+                "INSERT INTO bars (exchange, symbol, interval, open_time, open, high, low, close, volume, "
+                "source, updated_at) VALUES ('binance', 'BTC-USDT', '5m', :t, :p, :p, :p, :p, :v, 'import', :t)"
+            ),
+            {"t": datetime(2021, 1, 1, tzinfo=UTC) if pg else "2021-01-01 00:00:00.000000",
+             "p": D("29000.10") if pg else "29000.10",
+             "v": D("1.5") if pg else "1.5"},
+        )
+    engine.dispose()
+
+
+def test_older_database_is_refused_then_upgraded_in_place(any_db_url: str) -> None:
+    _make_old_database(any_db_url)
+    with pytest.raises(SchemaVersionError, match="barcast db upgrade"):
+        open_database(any_db_url)
+    database = open_database(any_db_url, upgrade=True)
+    bars = read_bars(database, SeriesKey("binance", "BTC-USDT"))
+    assert len(bars) == 1 and str(bars[0].close) == "29000.10"
+    with database.engine.connect() as conn:
+        assert migrate.current_revision(conn) == migrate.head_revision()
+    database.close()
+
+
+def test_newer_database_is_refused(any_db_url: str) -> None:
+    open_database(any_db_url).close()
+    engine = create_db_engine(any_db_url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999_from_the_future'"))
+    engine.dispose()
+    with pytest.raises(SchemaVersionError, match="newer than this barcast"):
+        open_database(any_db_url)
+    with pytest.raises(SchemaVersionError, match="newer than this barcast"):
+        open_database(any_db_url, upgrade=True)
+
+
+def test_cli_db_upgrade_on_old_sqlite(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    _make_old_database(url)
+    out = subprocess.run([sys.executable, "-m", "daemon", "--db", url, "db", "upgrade"],
+                         capture_output=True, text=True, check=True)
+    assert f"schema version {migrate.head_revision()}" in out.stdout
+
+
+def test_non_database_file_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "notes.db"
+    content = b"this is not a database, it is my notes\n" * 10
+    path.write_bytes(content)
+    with pytest.raises(DatabaseError, match="not a SQLite database"):
+        open_database(f"sqlite:///{path}")
+    assert path.read_bytes() == content
+    assert not (tmp_path / "notes.db-wal").exists()
+
+
+def test_read_only_directory_is_reported_at_start() -> None:
+    base = Path(tempfile.mkdtemp(prefix="barcast-ro-", dir="/tmp"))
+    base.chmod(0o755)
+    ro = base / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: root ignores permission bits, so test as an ordinary user
+        try:
+            os.close(read_fd)
+            if os.geteuid() == 0:
+                os.setgid(65534)
+                os.setuid(65534)
+            try:
+                open_database(f"sqlite:///{ro}/barcast.db")
+                msg = "opened"
+            except DatabaseError as exc:
+                msg = f"error: {exc}"
+            os.write(write_fd, msg.encode())
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as fh:
+        msg = fh.read()
+    os.waitpid(pid, 0)
+    try:
+        assert msg.startswith("error:") and "not writable" in msg and str(ro) in msg, msg
+        assert list(ro.iterdir()) == []
+    finally:
+        shutil.rmtree(base)
