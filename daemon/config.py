@@ -20,6 +20,7 @@ import platformdirs
 from daemon.configtree import build, to_plain
 from db.errors import ConfigError
 from db.records import INTERVALS, SeriesKey
+from trainer.params import DataParams, ModelParams, TrainParams
 
 SYSTEM_CONFIG = Path("/etc/barcast/barcast.toml")
 ENV_PREFIX = "BARCAST_"
@@ -71,6 +72,165 @@ class ExchangeConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FeedsConfig:
+    """Ingest: websocket behaviour, bar closing rules and REST backfill (daemon/feeds, daemon/ingest)."""
+
+    #: Seconds after a bar's end (exchange clock) before it closes without a later trade.
+    grace_s: float = 2.0
+    #: A trade at most this many seconds behind the newest time seen amends its closed bar.
+    late_allowance_s: float = 300.0
+    #: No message at all (heartbeats included) for this long: the stream is stalled, reconnect.
+    stall_timeout_s: float = 30.0
+    #: Reconnect backoff: first delay, cap, and how long a connection must stay up to reset it.
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 60.0
+    backoff_reset_after_s: float = 60.0
+    #: Websocket ping interval and timeout (protocol-level keep-alive).
+    ping_interval_s: float = 20.0
+    ping_timeout_s: float = 20.0
+    #: Messages buffered between the socket and the aggregator; when full the feed resyncs.
+    queue_size: int = 10000
+    #: Start-up backfill: days of history (at least the 256 bars the forecaster needs).
+    backfill_days: float = 30.0
+    #: Seconds to wait for one REST request.
+    rest_timeout_s: float = 15.0
+    #: What says a bar is over: the wall clock (live) or only times the feed itself carries.
+    clock: Literal["wall", "feed"] = "wall"
+    #: Trades stamped further than this ahead of the clock are counted and dropped.
+    max_future_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        _check(self.grace_s >= 0, "grace_s: must be >= 0")
+        _check(self.late_allowance_s >= 0, "late_allowance_s: must be >= 0")
+        _check(self.stall_timeout_s > 0, "stall_timeout_s: must be > 0")
+        _check(0 < self.backoff_initial_s <= self.backoff_max_s, "backoff_initial_s: must be > 0 and <= backoff_max_s")
+        _check(self.queue_size >= 10, "queue_size: must be >= 10")
+        _check(self.backfill_days >= 0, "backfill_days: must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class ForecastConfig:
+    """The live forecaster (window, horizon and features come from the [data] section)."""
+
+    enabled: bool = True
+    #: auto: the GPU when the Keras backend sees one; gpu: refuse to start without one.
+    device: Literal["auto", "cpu", "gpu"] = "auto"
+    #: Architecture trained for the live models (see `barcast evaluate` for the options).
+    arch: str = "lstm"
+    #: Longest wait for the other series closing at the same boundary before one batch runs.
+    coalesce_ms: int = 500
+    #: Backfilled bars (after an outage) within this many bars of the newest get forecasts too,
+    #: so a restart leaves no hole; older backfilled history (a fresh install's) gets none.
+    backfill_forecast_bars: int = 288
+    #: Forecast log (JSON lines). Empty: `<log_dir>/forecasts.jsonl`.
+    log_file: str = ""
+    log_max_bytes: int = 50_000_000
+    log_max_age_hours: float = 24.0
+    log_backups: int = 7
+
+    def __post_init__(self) -> None:
+        from trainer.models import ARCHS
+
+        _check(self.arch in ARCHS, f"arch: {self.arch!r} is not one of {', '.join(ARCHS)}")
+        _check(self.coalesce_ms >= 0, "coalesce_ms: must be >= 0")
+        _check(self.backfill_forecast_bars >= 0, "backfill_forecast_bars: must be >= 0")
+        _check(self.log_max_bytes >= 0, "log_max_bytes: must be >= 0 (0: no size limit)")
+        _check(self.log_backups >= 0, "log_backups: must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class RetrainConfig:
+    """Periodic retraining with champion/challenger promotion."""
+
+    enabled: bool = True
+    #: interval: every `every_hours`; cron: the crontab expression in `cron` (UTC).
+    schedule: Literal["interval", "cron"] = "interval"
+    every_hours: float = 24.0
+    cron: str = ""
+    #: Train a first model in the background when a series has none (persistence serves meanwhile).
+    initial: bool = True
+    history_days: float = 30.0
+    #: The most recent bars held out to judge challenger vs champion vs persistence.
+    holdout_bars: int = 288
+    #: Metric averaged over the horizon (mae, rmse, mape, mase, skill, directional) and the
+    #: relative margin the challenger must win by.
+    metric: str = "mae"
+    margin: float = 0.0
+    time_limit_minutes: float = 60.0
+    keep_artifacts: int = 5
+
+    def __post_init__(self) -> None:
+        _check(self.every_hours > 0, "every_hours: must be > 0")
+        _check(self.schedule != "cron" or bool(self.cron.strip()), "cron: needed when schedule = 'cron'")
+        if self.cron.strip():
+            from apscheduler.triggers.cron import CronTrigger
+
+            try:
+                CronTrigger.from_crontab(self.cron, timezone="UTC")
+            except ValueError as exc:
+                raise ValueError(f"cron: {self.cron!r} is not a crontab expression ({exc})") from None
+        _check(self.history_days > 0, "history_days: must be > 0")
+        _check(self.holdout_bars > 0, "holdout_bars: must be > 0")
+        _check(self.metric in ("mae", "rmse", "mape", "mase", "skill", "directional"),
+               f"metric: {self.metric!r} is not one of mae, rmse, mape, mase, skill, directional")
+        _check(0 <= self.margin < 1, "margin: must be in [0, 1)")
+        _check(self.time_limit_minutes > 0, "time_limit_minutes: must be > 0")
+        _check(self.keep_artifacts >= 1, "keep_artifacts: must be >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class ScoringConfig:
+    """Online scoring and drift flags."""
+
+    #: Scored steps in the rolling live MAE per (series, model).
+    window_steps: int = 16 * 288
+    #: Flag a model whose live MAE exceeds persistence's by this relative margin …
+    drift_margin: float = 0.1
+    #: … for this many consecutive bar closes.
+    drift_period: int = 12
+
+    def __post_init__(self) -> None:
+        _check(self.window_steps > 0, "window_steps: must be > 0")
+        _check(self.drift_margin >= 0, "drift_margin: must be >= 0")
+        _check(self.drift_period > 0, "drift_period: must be > 0")
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    """How the process runs."""
+
+    #: Unix socket for `barcast retrain` and friends. Empty: $RUNTIME_DIRECTORY/barcast.sock or
+    #: `<data_dir>/barcast.sock`.
+    control_socket: str = ""
+    #: SIGTERM: seconds to close bars, finish writes and exit before giving up on the rest.
+    shutdown_timeout_s: float = 20.0
+
+    def __post_init__(self) -> None:
+        _check(self.shutdown_timeout_s > 0, "shutdown_timeout_s: must be > 0")
+
+
+@dataclass(frozen=True, slots=True)
+class ApiConfig:
+    """The read-only HTTP API and `/metrics`, served inside the daemon's event loop (daemon/api.py)."""
+
+    enabled: bool = True
+    #: Address to bind. Anything beyond loopback needs `token` (or `allow_insecure_remote`).
+    host: str = "127.0.0.1"
+    port: int = 8787
+    #: Bearer token required on every endpoint but /health. Empty: no token.
+    token: str = ""
+    #: Allow a non-loopback bind without a token (only behind a trusted proxy or firewall).
+    allow_insecure_remote: bool = False
+    #: Most rows one request may return; larger `limit`s are capped to this.
+    max_limit: int = 1000
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.port <= 65535, "port: must be 0..65535")
+        _check(bool(self.host.strip()), "host: must not be empty")
+        _check(1 <= self.max_limit <= 100_000, "max_limit: must be 1..100000")
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingConfig:
     level: Literal["debug", "info", "warning", "error"] = "info"
     #: json: one JSON object per line (for journald/log shippers); text: for people.
@@ -83,7 +243,16 @@ class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     series: tuple[SeriesConfig, ...] = (SeriesConfig("coinbase", "BTC-USD"),)
     exchanges: dict[str, ExchangeConfig] = field(default_factory=dict)
+    feeds: FeedsConfig = field(default_factory=FeedsConfig)
+    data: DataParams = field(default_factory=DataParams)
+    model: ModelParams = field(default_factory=ModelParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    forecast: ForecastConfig = field(default_factory=ForecastConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
     #: Where this config came from (not a key).
     source: str = field(default="(defaults)", compare=False)
 
@@ -115,6 +284,28 @@ class Config:
     @property
     def database_url(self) -> str:
         return self.database.url or f"sqlite:///{self.data_dir / 'barcast.db'}"
+
+    @property
+    def forecast_log(self) -> Path:
+        return Path(self.forecast.log_file).expanduser() if self.forecast.log_file else self.log_dir / "forecasts.jsonl"
+
+    @property
+    def control_socket(self) -> Path:
+        if self.service.control_socket:
+            return Path(self.service.control_socket).expanduser()
+        if os.environ.get("RUNTIME_DIRECTORY"):
+            return Path(os.environ["RUNTIME_DIRECTORY"].split(":")[0]) / "barcast.sock"
+        return self.data_dir / "barcast.sock"
+
+    def model_group(self, key: SeriesKey) -> str:
+        """Series sharing a `model_group` share one model; by default each series has its own."""
+        for s in self.series:
+            if s.key == key and s.model_group:
+                return s.model_group
+        return str(key)
+
+    def group_series(self, group: str) -> list[SeriesKey]:
+        return [k for k in self.series_keys if self.model_group(k) == group]
 
     @property
     def series_keys(self) -> list[SeriesKey]:

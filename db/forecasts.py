@@ -39,21 +39,30 @@ def _rows(f: Forecast) -> list[dict[str, Any]]:
 
 def insert_forecasts(database: Database, forecasts: Iterable[Forecast]) -> int:
     """Store forecasts; one already stored is left as it was. Returns step rows newly written."""
+    return sum(len(f.closes) for f in store_new_forecasts(database, list(forecasts)))
+
+
+def store_new_forecasts(database: Database, forecasts: list[Forecast]) -> list[Forecast]:
+    """Store forecasts in one transaction and return those that were not stored before, so a
+    replay after a restart neither duplicates rows nor writes a second forecast-log line."""
     rows = [r for f in forecasts for r in _rows(f)]
     if not rows:
-        return 0
+        return []
     stmt = (
         insert_for(database, fc_t)
         .on_conflict_do_nothing(
             index_elements=["exchange", "symbol", "interval", "issued_at", "model_id", "step"]
         )
-        .returning(fc_t.c.step)
+        .returning(fc_t.c.exchange, fc_t.c.symbol, fc_t.c.interval, fc_t.c.issued_at, fc_t.c.model_id)
     )
-    written = 0
+    fresh: set[tuple[Any, ...]] = set()
     with database.begin() as conn:
         for batch in chunks(rows, 2000):
-            written += len(conn.execute(stmt, batch).all())
-    return written
+            fresh.update(tuple(r) for r in conn.execute(stmt, batch).all())
+    return [
+        f for f in forecasts
+        if (f.series.exchange, f.series.symbol, f.series.interval, f.issued_at, f.model_id) in fresh
+    ]
 
 
 def _assemble(rows: Sequence[Any]) -> list[Forecast]:

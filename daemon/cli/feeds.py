@@ -1,5 +1,483 @@
-"""Feed commands (issue: live exchange feeds). Placeholders until that work lands."""
+"""Feed commands: `record`, `parse`, `exchange-sim`, `ingest`, `demo`."""
 
-from daemon.cli.common import not_implemented
+from __future__ import annotations
 
-commands = [not_implemented(n, "live exchange feeds") for n in ("record", "parse", "exchange-sim", "demo", "ingest")]
+import asyncio
+import contextlib
+import csv
+import random
+import signal
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import click
+import orjson
+
+from daemon.bars import BarUpdate
+from daemon.cli.common import AppContext, existing_file, iso, parse_duration, parse_time, pass_app
+from daemon.config import Config, ExchangeConfig, SeriesConfig
+from daemon.feeds import PROTOCOLS
+from daemon.feeds import protocol as get_protocol
+from daemon.feeds.capture import CaptureWriter, read_capture
+from daemon.feeds.connection import FeedConnection
+from daemon.feeds.simulator import ExchangeSimulator, Faults, SimSeries
+from db.csvbars import read_bars_csv
+from db.engine import Database, open_database
+from db.errors import InputError
+from db.records import Bar, SeriesKey, decimal_text, interval_seconds
+
+_EXCHANGE = click.Choice(sorted(PROTOCOLS))
+
+
+def _symbols(values: Iterable[str]) -> list[str]:
+    out = [s.strip().upper() for v in values for s in v.replace(",", " ").split() if s.strip()]
+    if not out:
+        raise InputError("--symbols: give at least one symbol like BTC-USD")
+    for s in out:
+        SeriesKey("x", s)  # validates BASE-QUOTE
+    return out
+
+
+def _run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run `main(stop)`; SIGINT/SIGTERM set `stop` so the command can finish cleanly."""
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    asyncio.run(runner())
+
+
+# --- record --------------------------------------------------------------------------------------
+
+
+@click.command("record")
+@click.option("--exchange", type=_EXCHANGE, required=True, help="Exchange protocol to speak.")
+@click.option("--symbols", multiple=True, required=True, help="Symbols BASE-QUOTE (repeat or comma-separate).")
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Capture file to append to (the ../shared/captures format).",
+)
+@click.option("--url", default=None, help="Websocket URL (default: the config's, else the exchange's).")
+@click.option("--duration", default=None, help="Stop after this long (e.g. 90s, 10m); default: until Ctrl-C.")
+@click.option("--max-messages", type=int, default=None, help="Stop after this many received messages.")
+@pass_app
+def record(
+    app: AppContext,
+    exchange: str,
+    symbols: tuple[str, ...],
+    out_path: Path,
+    url: str | None,
+    duration: str | None,
+    max_messages: int | None,
+) -> None:
+    """Record raw websocket messages (`TIME: RAW` lines) for later `barcast parse` or tests."""
+    proto = get_protocol(exchange)
+    natives = [proto.native_symbol(s) for s in _symbols(symbols)]
+    ws_url = url or app.config.exchange(exchange).ws_url or proto.ws_url
+    limit_s = parse_duration(duration, "--duration").total_seconds() if duration else None
+    counts = Counter[str]()
+
+    async def main(stop: asyncio.Event) -> None:
+        with out_path.open("a", encoding="utf-8") as fh:
+            writer = CaptureWriter(fh, ws_url)
+            conn = FeedConnection(proto, natives, app.config.feeds, url=ws_url, capture=writer)
+            task = asyncio.create_task(conn.run())
+            deadline = time.monotonic() + limit_s if limit_s else None
+            try:
+                while not stop.is_set():
+                    timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    try:
+                        ev = await asyncio.wait_for(conn.queue.get(), timeout=min(timeout or 1.0, 1.0))
+                    except TimeoutError:
+                        if deadline is not None and time.monotonic() >= deadline:
+                            break
+                        continue
+                    counts[ev.kind] += 1
+                    if ev.kind == "message":
+                        counts[proto.parse(ev.text).kind] += 1
+                        if max_messages is not None and counts["message"] >= max_messages:
+                            break
+                    if counts["message"] % 100 == 0:
+                        writer.flush()
+            finally:
+                conn.stop()
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                writer.flush()
+
+    _run_until_signal(main)
+    summary = ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+    click.echo(f"recorded {counts['message']} messages to {out_path} ({summary})", err=True)
+
+
+# --- parse ---------------------------------------------------------------------------------------
+
+_TRADE_COLUMNS = ("exchange", "symbol", "trade_id", "time", "price", "size", "side")
+
+
+@click.command("parse")
+@click.argument("file", type=str)
+@click.option("--exchange", type=_EXCHANGE, required=True, help="Whose protocol the messages speak.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl", "csv"]),
+    default="jsonl",
+    show_default=True,
+    help="Trade output: one JSON object per line, or CSV with a header.",
+)
+def parse(file: str, exchange: str, fmt: str) -> None:
+    """Parse a capture (or JSON lines of raw messages) and print its normalised trades.
+
+    A summary of message classes and malformed reasons goes to stderr.
+    """
+    proto = get_protocol(exchange)
+    path = existing_file(file)
+    kinds: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    trades = 0
+    out = sys.stdout
+    writer = csv.writer(out, lineterminator="\n") if fmt == "csv" else None
+    if writer is not None:
+        writer.writerow(_TRADE_COLUMNS)
+    for rec in read_capture(path):
+        res = proto.parse(rec.raw)
+        kinds[res.kind] += 1
+        if res.reason and res.kind in ("malformed", "error"):
+            reasons[res.reason] += 1
+        for t in res.trades:
+            trades += 1
+            doc = t.as_json()
+            if writer is not None:
+                writer.writerow(["" if doc[c] is None else doc[c] for c in _TRADE_COLUMNS])
+            else:
+                out.write(orjson.dumps(doc).decode() + "\n")
+    parts = ", ".join(f"{k}={kinds[k]}" for k in ("trade", "heartbeat", "ack", "other", "error", "malformed"))
+    click.echo(f"{path}: {sum(kinds.values())} messages ({parts}); {trades} trades", err=True)
+    for reason, n in reasons.most_common():
+        click.echo(f"  {n:6d}  {reason}", err=True)
+
+
+# --- exchange-sim --------------------------------------------------------------------------------
+
+
+@click.command("exchange-sim")
+@click.option("--protocol", type=_EXCHANGE, required=True, help="Exchange protocol to speak.")
+@click.option("--bars", "bars_file", required=True, help="OHLCV CSV (timestamp,open,high,low,close,volume).")
+@click.option("--symbol", required=True, help="Symbol the bars are for, BASE-QUOTE (e.g. BTC-USDT).")
+@click.option(
+    "--interval",
+    type=click.Choice(["1m", "5m", "15m", "1h"]),
+    default=None,
+    help="Interval of the CSV's bars (default: guessed from its first two rows).",
+)
+@click.option("--speed", type=float, default=1.0, show_default=True, help="Simulated seconds per real second.")
+@click.option("--port", type=int, default=0, show_default=True, help="TCP port on 127.0.0.1 (0: a free one).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option(
+    "--start",
+    default=None,
+    help="Simulated start time (default: the first bar); bars before it are history served by REST only.",
+)
+@click.option(
+    "--heartbeat",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Seconds between server heartbeats (where the protocol has them).",
+)
+@click.option("--drop-every", type=float, default=None, help="Fault: close each connection after K seconds.")
+@click.option("--refuse", type=int, default=0, help="Fault: refuse the first N connection attempts (HTTP 503).")
+@click.option("--malformed-every", type=int, default=None, help="Fault: a malformed message every N trades.")
+@click.option(
+    "--stall-after", type=float, default=None, help="Fault: stop sending on each connection S seconds after it opened."
+)
+def exchange_sim(
+    protocol: str,
+    bars_file: str,
+    symbol: str,
+    interval: str | None,
+    speed: float,
+    port: int,
+    host: str,
+    start: str | None,
+    heartbeat: float,
+    drop_every: float | None,
+    refuse: int,
+    malformed_every: int | None,
+    stall_after: float | None,
+) -> None:
+    """A local exchange: websocket trades and REST candles that reproduce the CSV's bars exactly."""
+    if speed <= 0:
+        raise InputError("--speed must be > 0")
+    path = existing_file(bars_file)
+    interval = interval or _guess_interval(path)
+    bars = read_bars_csv(path, exchange=protocol, symbol=symbol.upper(), interval=interval)
+    if not bars:
+        raise InputError(f"{path}: no bars")
+    start_t = parse_time(start, "--start")
+    proto = get_protocol(protocol)
+
+    async def main(stop: asyncio.Event) -> None:
+        sim = ExchangeSimulator(
+            proto,
+            [SimSeries(symbol.upper(), tuple(bars))],
+            speed=speed,
+            host=host,
+            port=port,
+            start=start_t.timestamp() if start_t else None,
+            heartbeat_s=heartbeat,
+            faults=Faults(drop_every, refuse, malformed_every, stall_after),
+        )
+        async with sim:
+            ex = protocol.upper()
+            click.echo(
+                f"exchange simulator ({protocol}) on {sim.ws_url} (REST {sim.rest_url}), "
+                f"{len(bars)} bars, speed {speed:g}x",
+                err=True,
+            )
+            click.echo(
+                f"point barcast at it:\n  export BARCAST_EXCHANGES__{ex}__WS_URL={sim.ws_url}\n"
+                f"  export BARCAST_EXCHANGES__{ex}__REST_URL={sim.rest_url}\n"
+                f"  export BARCAST_FEEDS__CLOCK=feed   # the simulated clock is not the wall clock",
+                err=True,
+            )
+            click.echo(sim.ws_url, err=False)
+            sys.stdout.flush()
+            finished = asyncio.create_task(sim.finished.wait())
+            stopper = asyncio.create_task(stop.wait())
+            await asyncio.wait([finished, stopper], return_when=asyncio.FIRST_COMPLETED)
+            if finished.done():
+                click.echo("end of bars reached; serving REST until interrupted", err=True)
+                await stop.wait()
+            finished.cancel()
+            stopper.cancel()
+
+    _run_until_signal(main)
+
+
+def _guess_interval(path: Path) -> str:
+    with path.open(encoding="utf-8") as fh:
+        rows = [line.split(",")[0] for _, line in zip(range(3), fh, strict=False)]
+    with contextlib.suppress(ValueError, IndexError):
+        step = int(rows[2]) - int(rows[1])
+        for name in ("1m", "5m", "15m", "1h"):
+            if interval_seconds(name) == step:
+                return name
+    raise InputError(f"{path}: cannot tell the bar interval from the first rows; pass --interval")
+
+
+# --- ingest --------------------------------------------------------------------------------------
+
+
+def bar_line(u: BarUpdate) -> str:
+    b = u.bar
+    return (
+        f"{iso(b.open_time)} {b.exchange}:{b.symbol}:{b.interval} O={decimal_text(b.open)} "
+        f"H={decimal_text(b.high)} L={decimal_text(b.low)} C={decimal_text(b.close)} "
+        f"V={decimal_text(b.volume)} n={'' if b.trade_count is None else b.trade_count} {u.kind}"
+    )
+
+
+async def ingest_daemon(
+    config: Config,
+    database: Database,
+    *,
+    clock: Callable[[], float] | None,
+    on_bars: Callable[[list[BarUpdate]], Awaitable[None]] | None,
+    stop: asyncio.Event,
+) -> None:
+    """Ingest only: feeds -> bars -> database until `stop`. `demo` and `ingest` run this; the live
+    service (`barcast run`) is the same shape with forecasting added (see DEMO_DAEMON)."""
+    from daemon.ingest import Ingest
+
+    ingest = Ingest.from_config(config, database=database, clock=clock, on_bars=on_bars)
+    task = asyncio.create_task(ingest.run())
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait([task, stopper], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        ingest.stop()
+        stopper.cancel()
+        await task
+        stats = ingest.stats()
+        for ex, st in stats.items():
+            click.echo(
+                f"{ex}: {st['messages']} trades={st['trades']} malformed={st['malformed']} "
+                f"connects={st['connects']} backfilled={st['backfilled_bars']}",
+                err=True,
+            )
+
+
+DaemonFn = Callable[..., Awaitable[None]]
+#: What `barcast demo` runs against its simulator: ingest only until the live service exists;
+#: the live issue swaps in the full service with the same signature as `ingest_daemon`.
+DEMO_DAEMON: DaemonFn = ingest_daemon
+
+
+@click.command("ingest")
+@click.option(
+    "--series",
+    "series_opt",
+    multiple=True,
+    help="EXCHANGE:SYMBOL[:INTERVAL] to ingest (repeatable; default: the config's series).",
+)
+@click.option(
+    "--clock",
+    type=click.Choice(["wall", "feed"]),
+    default=None,
+    help="What closes bars: the wall clock (live) or feed times only (a simulator). Default: config.",
+)
+@click.option("--duration", default=None, help="Stop after this long (e.g. 10m); default: until Ctrl-C.")
+@click.option("--quiet", is_flag=True, help="Do not print bars as they close.")
+@pass_app
+def ingest_cmd(
+    app: AppContext, series_opt: tuple[str, ...], clock: str | None, duration: str | None, quiet: bool
+) -> None:
+    """Ingest live trades into bars in the database (with start-up and reconnect backfill)."""
+    config = app.config
+    if series_opt:
+        keys = [SeriesKey.parse(s) for s in series_opt]
+        config = replace(config, series=tuple(SeriesConfig(k.exchange, k.symbol, k.interval) for k in keys))
+    if clock:
+        config = replace(config, feeds=replace(config.feeds, clock=clock))  # type: ignore[arg-type]
+    database = app.database()
+    limit = parse_duration(duration, "--duration").total_seconds() if duration else None
+
+    async def on_bars(updates: list[BarUpdate]) -> None:
+        if not quiet:
+            for u in updates:
+                click.echo(bar_line(u))
+
+    async def main(stop: asyncio.Event) -> None:
+        if limit:
+            asyncio.get_running_loop().call_later(limit, stop.set)
+        await ingest_daemon(
+            config, database, clock=time.time if config.feeds.clock == "wall" else None, on_bars=on_bars, stop=stop
+        )
+
+    _run_until_signal(main)
+
+
+# --- demo ----------------------------------------------------------------------------------------
+
+
+def random_walk_bars(
+    symbol: str, n: int, *, start: datetime, interval: str = "5m", seed: int = 7, price: Decimal = Decimal("30000.00")
+) -> list[Bar]:
+    """A synthetic, reproducible OHLCV series (random-walk closes, exact 2-decimal prices)."""
+    rnd = random.Random(seed)
+    step = timedelta(seconds=interval_seconds(interval))
+    cent = Decimal("0.01")
+    bars = []
+    close = price
+    for i in range(n):
+        o = close
+        path = [o]
+        for _ in range(4):
+            path.append(max(cent, (path[-1] * Decimal(1 + rnd.gauss(0, 0.0012))).quantize(cent)))
+        c = path[-1]
+        volume = Decimal(rnd.randint(0, 5_000_000_000)).scaleb(-8)
+        if volume == 0:
+            o = c = close
+            path = [close]
+        bars.append(Bar("sim", symbol, interval, start + i * step, o, max(path), min(path), c, volume))
+        close = c
+    return bars
+
+
+@click.command("demo")
+@click.option(
+    "--speed",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Simulated seconds per real second (60: a 5-minute bar every 5 s).",
+)
+@click.option("--duration", default="60s", show_default=True, help="How long to run.")
+@click.option(
+    "--protocol", type=_EXCHANGE, default="binance", show_default=True, help="Exchange protocol the simulator speaks."
+)
+@click.option("--seed", type=int, default=7, show_default=True, help="Random-walk seed.")
+@click.option(
+    "--keep-db",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Keep the demo database at this path (default: a temporary file, removed).",
+)
+@pass_app
+def demo(app: AppContext, speed: float, duration: str, protocol: str, seed: int, keep_db: Path | None) -> None:
+    """Simulated exchange + the daemon on a temporary database: bars appear within seconds, offline."""
+    symbol = "BTC-USDT"
+    limit = parse_duration(duration, "--duration").total_seconds()
+    history = 300
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    start = now - timedelta(minutes=now.minute % 5) - timedelta(minutes=5 * history)
+    bars = random_walk_bars(symbol, history + int(limit * speed / 300) + 10, start=start, seed=seed)
+    proto = get_protocol(protocol)
+    base = app.config
+
+    async def main(stop: asyncio.Event) -> None:
+        sim = ExchangeSimulator(
+            proto,
+            [SimSeries(symbol, tuple(bars))],
+            speed=speed,
+            start=bars[history].open_time.timestamp(),
+            heartbeat_s=1.0,
+        )
+        async with sim:
+            with tempfile.TemporaryDirectory(prefix="barcast-demo-") as tmp:
+                db_path = keep_db or Path(tmp) / "demo.db"
+                config = replace(
+                    base,
+                    series=(SeriesConfig(protocol, symbol, "5m"),),
+                    exchanges={**base.exchanges, protocol: ExchangeConfig(sim.ws_url, sim.rest_url)},
+                    feeds=replace(base.feeds, backfill_days=1.0, backoff_initial_s=0.2, backoff_max_s=2.0),
+                )
+                config = replace(config, database=replace(config.database, url=f"sqlite:///{db_path}"))
+                database = open_database(config.database_url)
+                click.echo(
+                    f"demo: {protocol} simulator on {sim.ws_url} at {speed:g}x, database {db_path}; "
+                    f"{history} bars of history, then live bars (Ctrl-C stops)",
+                    err=True,
+                )
+                seen = Counter[str]()
+
+                async def on_bars(updates: list[BarUpdate]) -> None:
+                    for u in updates:
+                        seen[u.kind] += 1
+                        if u.kind != "backfilled":
+                            click.echo(bar_line(u))
+                    if updates and updates[0].kind == "backfilled":
+                        click.echo(
+                            f"backfilled {len(updates)} bars "
+                            f"({iso(updates[0].bar.open_time)} .. {iso(updates[-1].bar.open_time)})"
+                        )
+
+                asyncio.get_running_loop().call_later(limit, stop.set)
+                try:
+                    await DEMO_DAEMON(config, database, clock=sim.clock.now, on_bars=on_bars, stop=stop)
+                finally:
+                    database.close()
+                click.echo(f"demo done: {dict(seen)}", err=True)
+
+    _run_until_signal(main)
+
+
+commands: list[click.Command] = [record, parse, exchange_sim, ingest_cmd, demo]

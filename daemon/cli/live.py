@@ -1,5 +1,94 @@
-"""Live daemon commands (issue: live daemon). Placeholders until that work lands."""
+"""`barcast run` (the service) and `barcast retrain` (ask the daemon, or train standalone)."""
 
-from daemon.cli.common import not_implemented
+from __future__ import annotations
 
-commands = [not_implemented(n, "live daemon") for n in ("run", "retrain")]
+import asyncio
+import dataclasses
+import json
+import sys
+from typing import Any
+
+import click
+
+from daemon.cli.common import AppContext, pass_app
+from db.errors import BarcastError, InputError
+from db.records import SeriesKey
+
+
+@click.command("run")
+@pass_app
+def run_cmd(app: AppContext) -> None:
+    """Run the forecaster service in the foreground (what systemd starts).
+
+    Feeds -> bars -> a 16-step forecast per series at every bar close -> database + forecast log;
+    retraining on its schedule; HTTP API and control socket. Stops cleanly on SIGTERM/SIGINT.
+    """
+    from daemon.live.service import run_service
+
+    config = app.config
+    if not config.series:
+        raise InputError("no [[series]] configured: nothing to forecast")
+    asyncio.run(run_service(config))
+
+
+@click.command("retrain")
+@click.option("--series", "series", default=None, help="EXCHANGE:SYMBOL[:INTERVAL] to retrain.")
+@click.option("--all", "all_series", is_flag=True, help="Every configured series (model group).")
+@click.option("--now", is_flag=True,
+              help="Wait for the run and print its outcome (default: a running daemon starts it and returns).")
+@click.option("--standalone", is_flag=True, help="Do not ask a running daemon; train in this process's child.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override train.epochs (standalone only).")
+@pass_app
+def retrain_cmd(app: AppContext, series: str | None, all_series: bool, now: bool, standalone: bool,
+                epochs: int | None) -> None:
+    """Train a challenger and promote it only if it beats the champion and persistence.
+
+    Asks the running daemon through its control socket; with no daemon running (or
+    --standalone), runs the same job here, in a child process, under the same per-series lease.
+    """
+    if bool(series) == all_series:
+        raise InputError("give --series EXCHANGE:SYMBOL or --all")
+    config = app.config
+    key = SeriesKey.parse(series) if series else None
+    if key is not None and key not in config.series_keys:
+        raise InputError(f"series {key} is not in the config (configured: "
+                         f"{', '.join(str(k) for k in config.series_keys)})")
+    if not standalone and epochs is None:
+        from daemon.live.control import request
+
+        try:
+            resp = asyncio.run(request(config.control_socket,
+                                       {"cmd": "retrain", "series": str(key) if key else None, "wait": now},
+                                       timeout=None if now else 30))
+        except ConnectionError:
+            click.echo(f"no daemon listening on {config.control_socket}; training standalone", err=True)
+        else:
+            if not resp.get("ok"):
+                raise BarcastError(f"daemon refused: {resp.get('error')}")
+            click.echo(json.dumps(resp, indent=2, default=str))
+            return
+    outcomes = asyncio.run(_standalone(app, key, epochs))
+    click.echo(json.dumps([o.as_dict() if o else None for o in outcomes], indent=2, default=str))
+    if any(o is None for o in outcomes):
+        sys.exit(1)
+
+
+async def _standalone(app: AppContext, key: SeriesKey | None, epochs: int | None) -> list[Any]:
+    from daemon.live.retrainer import Retrainer
+    from trainer.retrain_job import ensure_baseline
+
+    config = app.config
+    if epochs is not None:
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=epochs))
+    database = app.database()
+    await asyncio.to_thread(ensure_baseline, database, config.series_keys)
+
+    async def nothing(group: str, outcome: Any) -> None:
+        return None
+
+    retrainer = Retrainer(config, database, nothing)
+    groups = [config.model_group(key)] if key else retrainer.groups
+    return [await retrainer.retrain(g, reason="manual (standalone)") for g in groups]
+
+
+commands = [run_cmd, retrain_cmd]

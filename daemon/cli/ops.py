@@ -1,5 +1,327 @@
-"""Operator commands (issue: operating barcast). Placeholders until that work lands."""
+"""Operator commands: `barcast forecasts`, `accuracy`, `status`, `tail`, `plot`.
 
-from daemon.cli.common import not_implemented
+JSON output is the documents of daemon/reports.py (the HTTP API returns the same objects), so a
+key means one thing everywhere; the README lists them.
+"""
 
-commands = [not_implemented(n, "operations") for n in ("forecasts", "accuracy", "status", "tail", "plot")]
+from __future__ import annotations
+
+import sys
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+
+from daemon import reports
+from daemon.cli.common import AppContext, emit_rows, format_option, parse_duration, parse_time, pass_app
+from db.errors import BarcastError, InputError
+from db.records import SeriesKey
+
+DEFAULT_LAST = 20
+CSV_FORECAST_COLUMNS = [
+    "series", "issued_at", "model_id", "step", "target_time", "predicted", "actual", "error",
+    "last_close", "latency_ms", "created_at",
+]
+TABLE_STEPS = (1, 4, 8, 16)
+
+
+def _series(text: str | None) -> SeriesKey | None:
+    return SeriesKey.parse(text) if text else None
+
+
+def _dump_json(data: Any) -> None:
+    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+# forecasts -----------------------------------------------------------------------------------
+
+
+def _forecast_table_row(d: reports.ForecastDoc) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "issued_at": d["issued_at"], "series": d["series"], "model": d["model_id"], "last_close": d["last_close"],
+    }
+    for k in TABLE_STEPS:
+        if k <= len(d["closes"]):
+            row[f"+{k}"] = f"{d['closes'][k - 1]:.2f}"
+    row["realised"] = f"{d['realised']}/{len(d['closes'])}"
+    row["mae"] = None if d["mae"] is None else f"{d['mae']:.2f}"
+    return row
+
+
+def _emit_forecasts(docs: list[reports.ForecastDoc], fmt: str) -> None:
+    if fmt == "json":
+        _dump_json(docs)
+    elif fmt == "csv":
+        rows = [
+            {
+                "series": d["series"], "issued_at": d["issued_at"], "model_id": d["model_id"], "step": i + 1,
+                "target_time": d["targets"][i], "predicted": repr(d["closes"][i]), "actual": d["actuals"][i],
+                "error": None if d["errors"][i] is None else repr(d["errors"][i]), "last_close": d["last_close"],
+                "latency_ms": d["latency_ms"], "created_at": d["created_at"],
+            }
+            for d in docs
+            for i in range(len(d["closes"]))
+        ]
+        emit_rows(rows, CSV_FORECAST_COLUMNS, "csv")
+    else:
+        columns = ["issued_at", "series", "model", "last_close", *(f"+{k}" for k in TABLE_STEPS), "realised", "mae"]
+        emit_rows([_forecast_table_row(d) for d in docs], columns, "table",
+                  title="forecasts, newest first (+k: predicted close k bars ahead; mae over the realised steps)")
+
+
+@click.command("forecasts")
+@click.option("--series", metavar="E:S[:I]", help="One series (default: all).")
+@click.option("--last", "last", type=click.IntRange(min=1), metavar="N",
+              help=f"The newest N forecasts (default {DEFAULT_LAST} without --since).")
+@click.option("--since", metavar="T", help="Issued at or after T (ISO-8601, Unix seconds, or an age like 3d).")
+@click.option("--until", metavar="T", help="Issued before T.")
+@click.option("--model", "model_id", metavar="ID", help="Only this model's forecasts.")
+@click.option("--latest", is_flag=True, help="Only the newest forecast of each series.")
+@format_option()
+@pass_app
+def forecasts_cmd(app: AppContext, series: str | None, last: int | None, since: str | None, until: str | None,
+                  model_id: str | None, latest: bool, fmt: str) -> None:
+    """Stored forecasts, newest first, with realised closes and errors where the targets have closed."""
+    key = _series(series)
+    t0, t1 = parse_time(since, "--since"), parse_time(until, "--until")
+    if t0 is not None and t1 is not None and t0 >= t1:
+        raise InputError("--since must be before --until")
+    database = app.database()
+    if latest:
+        if last or since or until:
+            raise InputError("--latest takes no --last, --since or --until")
+        keys = [key] if key else reports.known_series(database, app.config.series_keys)
+        docs = reports.latest_docs(database, keys, model_id=model_id)
+    else:
+        limit = last if last is not None else (None if t0 is not None else DEFAULT_LAST)
+        docs = reports.forecast_docs(database, key, since=t0, until=t1, model_id=model_id, limit=limit)
+    if not docs and fmt == "table":
+        app.console.print("no forecasts stored for that selection")
+    _emit_forecasts(docs, fmt)
+
+
+# accuracy ------------------------------------------------------------------------------------
+
+
+def _window(text: str) -> datetime | None:
+    if text.strip().lower() == "all":
+        return None
+    return datetime.now(UTC) - parse_duration(text, "--window")
+
+
+ACCURACY_COLUMNS = ["series", "model_id", "step", "horizon_minutes", "n", "mae", "persistence_mae", "skill"]
+
+
+@click.command("accuracy")
+@click.option("--series", metavar="E:S[:I]", help="One series (default: all).")
+@click.option("--model", "model_id", metavar="ID", help="One model (default: all).")
+@click.option("--window", default="7d", show_default=True, metavar="SPAN",
+              help="Scores of target bars in the last SPAN (30m, 12h, 7d…) or 'all'.")
+@format_option()
+@pass_app
+def accuracy_cmd(app: AppContext, series: str | None, model_id: str | None, window: str, fmt: str) -> None:
+    """Live MAE per step against persistence on the same bars, from the online scores."""
+    since = _window(window)
+    docs = reports.accuracy_docs(app.database(), series=_series(series), model_id=model_id, since=since)
+    if fmt == "json":
+        _dump_json(docs)
+        return
+    if fmt == "table":
+        if not docs:
+            app.console.print(f"no scored forecasts in the window ({window})")
+        rows = [
+            {**d, "mae": f"{d['mae']:.4f}", "persistence_mae": f"{d['persistence_mae']:.4f}",
+             "skill": None if d["skill"] is None else f"{100 * d['skill']:+.1f}%"}
+            for d in docs
+        ]
+        emit_rows(rows, ACCURACY_COLUMNS, "table",
+                  title=f"live accuracy, window {window} (skill > 0 beats persistence)")
+        return
+    emit_rows([dict(d) for d in docs], ACCURACY_COLUMNS, "csv")
+
+
+# status --------------------------------------------------------------------------------------
+
+
+def _daemon_status(app: AppContext, timeout: float) -> dict[str, Any] | None:
+    """The running daemon's /status, or None when no daemon answers at the configured address."""
+    cfg = app.config.api
+    if not cfg.enabled:
+        return None
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(cfg.host, cfg.host)
+    host = f"[{host}]" if ":" in host else host
+    req = urllib.request.Request(f"http://{host}:{cfg.port}/status", headers={"Accept": "application/json"})
+    if cfg.token:
+        req.add_header("Authorization", f"Bearer {cfg.token}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            doc = orjson.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        app.console.print(f"[yellow]daemon at {host}:{cfg.port} answered {exc.code}; reading the database[/]")
+        return None
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+STATUS_COLUMNS = ["series", "last_bar", "last_bar_age_s", "feed", "champion", "champion_age_s", "last_forecast"]
+
+
+def _age(seconds: Any) -> str | None:
+    if seconds is None:
+        return None
+    s = float(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if abs(s) >= size:
+            return f"{s / size:.1f}{unit}"
+    return f"{s:.0f}s"
+
+
+@click.command("status")
+@click.option("--offline", is_flag=True, help="Read the database only; do not ask a running daemon.")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
+              help="Seconds to wait for the daemon's answer.")
+@format_option()
+@pass_app
+def status_cmd(app: AppContext, offline: bool, timeout: float, fmt: str) -> None:
+    """Per series last bar and age, feed state, champion and age, next retrain, database size."""
+    doc = None if offline else _daemon_status(app, timeout)
+    if doc is None:
+        doc = reports.status_from_database(app.database(), app.config.series_keys)
+    if fmt == "json":
+        _dump_json(doc)
+        return
+    rows = [dict(r) for r in doc.get("series", [])]
+    for r in rows:
+        feed = r.get("feed")
+        if isinstance(feed, dict):
+            r["feed"] = " ".join(f"{k}={v}" for k, v in feed.items())
+    if fmt == "csv":
+        emit_rows(rows, STATUS_COLUMNS, "csv")
+        return
+    for r in rows:
+        r["last_bar_age_s"] = _age(r.get("last_bar_age_s"))
+        r["champion_age_s"] = _age(r.get("champion_age_s"))
+    db = doc.get("database") or {}
+    size = db.get("size_bytes")
+    title = f"barcast status from the {doc.get('source', '?')} at {doc.get('generated_at', '?')}"
+    emit_rows(rows, STATUS_COLUMNS, "table", title=title)
+    feeds = doc.get("feeds") or {}
+    if feeds:
+        keys = sorted({k for v in feeds.values() if isinstance(v, dict) for k in v})
+        emit_rows([{"exchange": ex, **(v if isinstance(v, dict) else {})} for ex, v in sorted(feeds.items())],
+                  ["exchange", *keys], "table", title="feeds")
+    size_text = f"{size / 1e6:.1f} MB" if isinstance(size, int | float) else "unknown"
+    click.echo(f"database: {db.get('url', '?')} ({size_text})")
+    unknown = "none scheduled" if doc.get("source") == "daemon" else "unknown (no daemon answered)"
+    click.echo(f"next retrain: {doc.get('next_retrain') or unknown}")
+
+
+# tail ----------------------------------------------------------------------------------------
+
+
+@click.command("tail")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new forecasts (across log rotation) until Ctrl-C.")
+@click.option("-n", "--lines", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Recent forecasts to print first.")
+@click.option("--series", metavar="E:S[:I]", help="Only this series.")
+@format_option("pretty", ("pretty", "json"))
+@click.option("--file", "path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Forecast log to read (default: the config's forecast log).")
+@click.option("--interval", type=click.FloatRange(min=0.01), default=0.25, show_default=True, hidden=True)
+@pass_app
+def tail_cmd(app: AppContext, follow: bool, lines: int, series: str | None, fmt: str, path: Path | None,
+             interval: float) -> None:
+    """Recent forecast log lines; with -f, follow new ones like `tail -F`."""
+    from daemon import tail
+
+    key = _series(series)
+    log_path = path or app.config.forecast_log
+    if not follow and not log_path.exists():
+        raise BarcastError(f"no forecast log at {log_path} (is `barcast run` running? see --file)")
+
+    def emit(raw: bytes) -> None:
+        obj = tail.parse(raw)
+        if obj is None or not tail.matches(obj, key):
+            return
+        sys.stdout.write((raw.decode() if fmt == "json" else tail.pretty(obj)) + "\n")
+
+    try:
+        recent = tail.recent_lines(log_path, lines * 50 if key else lines) if lines else []
+        if key:
+            recent = [ln for ln in recent if (o := tail.parse(ln)) is not None and tail.matches(o, key)][-lines:]
+        follower = tail.Follower(log_path, from_end=True) if follow else None
+        for raw in recent:
+            emit(raw)
+        sys.stdout.flush()
+        if follower is None:
+            return
+        if not log_path.exists():
+            app.console.print(f"waiting for {log_path} …")
+        for raw in follower.follow(interval=interval):
+            emit(raw)
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        return
+    except BrokenPipeError:  # `barcast tail | head`
+        sys.stderr.close()
+
+
+# plot ----------------------------------------------------------------------------------------
+
+
+@click.group("plot", invoke_without_command=True)
+@click.option("--series", metavar="E:S[:I]", help="The series to draw (default: the first configured).")
+@click.option("--last", "last", default="3d", show_default=True, metavar="SPAN", help="History to draw (12h, 3d…).")
+@click.option("--model", "model_id", metavar="ID", help="Only this model's forecasts.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE.png",
+              help="PNG file to write.")
+@click.pass_context
+def plot_group(ctx: click.Context, series: str | None, last: str, model_id: str | None, out: Path | None) -> None:
+    """Price history with the latest forecast fan and past forecasts vs realised prices (PNG).
+
+    `barcast plot accuracy --out FILE.png` draws error by horizon vs persistence instead.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if out is None:
+        raise InputError("--out FILE.png is required")
+    app: AppContext = ctx.ensure_object(AppContext)
+    key = _series(series) or app.config.series_keys[0]
+    database = app.database()
+    from db.bars import latest_bar
+
+    newest = latest_bar(database, key)
+    if newest is None:
+        raise InputError(f"no bars stored for {key}: nothing to plot")
+    # The span counts back from the newest stored bar, so a plot of imported history works too.
+    end = newest.open_time + key.step
+    since = end - parse_duration(last, "--last")
+    from daemon.plots import price_plot
+
+    summary = price_plot(database, key, since=since, out=out, model_id=model_id)
+    click.echo(f"wrote {summary.path} ({summary.bars} bars, {summary.forecasts} forecasts, "
+               f"latest issued {summary.latest or 'never'})")
+
+
+@plot_group.command("accuracy")
+@click.option("--series", metavar="E:S[:I]", help="One series (default: all).")
+@click.option("--model", "model_id", metavar="ID", help="One model (default: all).")
+@click.option("--window", default="7d", show_default=True, metavar="SPAN", help="30m, 12h, 7d… or 'all'.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE.png", required=True,
+              help="PNG file to write.")
+@pass_app
+def plot_accuracy_cmd(app: AppContext, series: str | None, model_id: str | None, window: str, out: Path) -> None:
+    """Live MAE by horizon for each model vs persistence on the same bars, and skill (PNG)."""
+    from daemon.plots import accuracy_plot
+
+    summary = accuracy_plot(app.database(), out=out, series=_series(series), model_id=model_id,
+                            since=_window(window))
+    click.echo(f"wrote {summary.path} ({summary.forecasts} series/model pairs)")
+
+
+commands = [forecasts_cmd, accuracy_cmd, status_cmd, tail_cmd, plot_group]

@@ -1,0 +1,428 @@
+"""The read-only HTTP API and `/metrics`, served by uvicorn inside the daemon's own event loop.
+
+Endpoints are plain `def` functions, so FastAPI runs their synchronous SQLAlchemy calls in its
+threadpool and the loop that reads the exchange sockets is never blocked. Only the health probe
+and the server-sent-event stream run on the loop. Every SQL statement is built by `db/` with bound
+parameters; query parameters are validated here and a bad one is a 4xx JSON error, never a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import ipaddress
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from typing import Annotated, Any, Protocol
+
+import orjson
+import uvicorn
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+from starlette.concurrency import run_in_threadpool
+
+from daemon import metrics, reports
+from daemon.config import ApiConfig
+from db import bars as db_bars
+from db.engine import Database
+from db.errors import BarcastError, ConfigError, InputError
+from db.records import SeriesKey
+
+log = logging.getLogger("barcast.api")
+
+#: Seconds between SSE keep-alive comments (proxies close idle streams).
+SSE_KEEPALIVE_S = 15.0
+
+
+class LiveHooks(Protocol):
+    """What the running daemon lends the API; absent when the API serves a database alone.
+
+    `status()` is called on the event loop and must not block: it returns the daemon's live view
+    (keys as in the README's status document, e.g. `series` rows with `last_bar`, `last_bar_age_s`,
+    `feed`, `champion`, `champion_age_s`; `feeds` per exchange with `connected`, `reconnects`,
+    `malformed`; `next_retrain`), plus `ready` (bool) and `reasons` (list of str, why not ready).
+    `subscribe()` yields each forecast log object (README "forecast log") as it is issued; the
+    API closes the iterator (`aclose`) when the client goes away.
+    """
+
+    def status(self) -> dict[str, Any]: ...
+
+    def subscribe(self) -> AsyncIterator[dict[str, Any]]: ...
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def check_bind(cfg: ApiConfig) -> None:
+    """Refuse to expose the API beyond this machine without a token, unless explicitly allowed."""
+    if not is_loopback(cfg.host) and not cfg.token and not cfg.allow_insecure_remote:
+        raise ConfigError(
+            f"config key api.host: {cfg.host!r} is beyond loopback and api.token is empty; "
+            "set api.token, bind 127.0.0.1, or set api.allow_insecure_remote = true"
+        )
+
+
+def _json(data: Any, status_code: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status_code, media_type="application/json")
+
+
+def _series(text_: str | None) -> SeriesKey | None:
+    return None if text_ is None else SeriesKey.parse(text_)
+
+
+def _aware(t: datetime | None, name: str) -> datetime | None:
+    if t is None:
+        return None
+    t = t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+    if not 1970 <= t.year <= 9998:
+        raise InputError(f"{name}: {t.isoformat()} is out of range")
+    return t
+
+
+def _range(since: datetime | None, until: datetime | None) -> tuple[datetime | None, datetime | None]:
+    s, u = _aware(since, "since"), _aware(until, "until")
+    if s is not None and u is not None and s >= u:
+        raise InputError("since must be before until")
+    return s, u
+
+
+def _rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+SeriesParam = Annotated[
+    str | None, Query(max_length=64, description="EXCHANGE:SYMBOL[:INTERVAL], e.g. coinbase:BTC-USD")
+]
+ModelParam = Annotated[str | None, Query(max_length=128, description="Model id")]
+SinceParam = Annotated[datetime | None, Query(description="ISO-8601 (naive means UTC) or Unix seconds; inclusive")]
+LimitParam = Annotated[int, Query(ge=1, le=1_000_000_000, description="Rows to return (capped at api.max_limit)")]
+UntilParam = Annotated[datetime | None, Query(description="ISO-8601 (naive means UTC) or Unix seconds; exclusive")]
+
+
+def create_app(
+    database: Database,
+    *,
+    live: LiveHooks | None = None,
+    token: str | None = None,
+    max_limit: int = 1000,
+    series: tuple[SeriesKey, ...] = (),
+) -> FastAPI:
+    """The API over `database`; with `live`, also the daemon's status, readiness and forecast stream.
+
+    `token`: when set, every endpoint but /health needs `Authorization: Bearer <token>`.
+    `series`: the configured series, listed first by /status and /forecasts/latest.
+    """
+    app = FastAPI(
+        title="barcast",
+        summary="Read-only API of the barcast forecaster: forecasts, bars, accuracy, models, status, metrics.",
+        version=_version(),
+    )
+    app.state.closing = asyncio.Event()
+    configured_series = tuple(series)
+    bearer = HTTPBearer(auto_error=False, description="api.token from the config")
+
+    def authorise(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:  # noqa: B008
+        if not token:
+            return
+        if creds is None or not hmac.compare_digest(creds.credentials.encode(), token.encode()):
+            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    auth = [Depends(authorise)]
+
+    def capped(limit: int) -> int:
+        return min(limit, max_limit)
+
+    @app.exception_handler(InputError)
+    async def _input_error(_: Request, exc: InputError) -> Response:
+        return _json({"error": str(exc)}, 400)
+
+    @app.exception_handler(BarcastError)
+    async def _barcast_error(_: Request, exc: BarcastError) -> Response:
+        log.warning("API request failed: %s", exc)
+        return _json({"error": str(exc)}, 503)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
+        errors = [
+            {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+            for e in exc.errors()
+        ]
+        where = ", ".join(f"{'.'.join(e['loc'][1:] or e['loc'])}: {e['msg']}" for e in errors)
+        return _json({"error": f"invalid request: {where}", "detail": errors}, 422)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(_: Request, exc: HTTPException) -> Response:
+        return JSONResponse({"error": str(exc.detail)}, exc.status_code, headers=exc.headers)
+
+    def database_reasons() -> list[str]:
+        try:
+            with database.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception as exc:
+            return [f"database unreachable: {type(exc).__name__}"]
+        return []
+
+    @app.get("/health", tags=["service"],
+             responses={503: {"description": "Alive but not ready (reasons in the body)"}})
+    async def health() -> Response:
+        """Liveness (the process answers) and readiness with the reasons it is not ready."""
+        reasons = await run_in_threadpool(database_reasons)
+        if live is not None:
+            doc = live.status()  # on the loop, as LiveHooks promises
+            if not doc.get("ready", True):
+                reasons += [str(r) for r in doc.get("reasons", [])] or ["daemon not ready"]
+        ready = not reasons
+        body = {"live": True, "ready": ready, "reasons": reasons, "mode": "daemon" if live else "database"}
+        return _json(body, 200 if ready else 503)
+
+    @app.get("/forecasts", tags=["forecasts"], dependencies=auth)
+    def forecasts(
+        series: SeriesParam = None, model: ModelParam = None, since: SinceParam = None, until: UntilParam = None,
+        limit: LimitParam = 100,
+    ) -> dict[str, Any]:
+        """Stored forecasts, newest issued first, with realised closes and errors where targets closed."""
+        s, u = _range(since, until)
+        lim = capped(limit)
+        docs = reports.forecast_docs(database, _series(series), since=s, until=u, model_id=model, limit=lim)
+        return {"limit": lim, "count": len(docs), "forecasts": docs}
+
+    @app.get("/forecasts/latest", tags=["forecasts"], dependencies=auth)
+    def forecasts_latest(series: SeriesParam = None, model: ModelParam = None) -> dict[str, Any]:
+        """The newest forecast of each series (or of one)."""
+        key = _series(series)
+        keys = [key] if key else reports.known_series(database, configured_series)
+        docs = reports.latest_docs(database, keys, model_id=model)
+        return {"count": len(docs), "forecasts": docs}
+
+    @app.get("/forecasts/stream", tags=["forecasts"], dependencies=auth,
+             responses={200: {"content": {"text/event-stream": {}},
+                              "description": "One `forecast` event per forecast issued (data: forecast log object)"},
+                        503: {"description": "No live daemon behind this API"}})
+    async def forecasts_stream(request: Request, series: SeriesParam = None) -> Response:
+        """Server-sent events: each forecast as the daemon issues it (keep-alive comments in between)."""
+        key = _series(series)
+        if live is None:
+            return _json({"error": "no live daemon: the forecast stream needs `barcast run`"}, 503)
+        source = live.subscribe()
+        closing: asyncio.Event = request.app.state.closing
+        return StreamingResponse(
+            _sse(source, key, closing), media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+    @app.get("/bars", tags=["bars"], dependencies=auth)
+    def bars(
+        series: Annotated[str, Query(max_length=64, description="EXCHANGE:SYMBOL[:INTERVAL]")],
+        since: SinceParam = None, until: UntilParam = None, limit: LimitParam = 288,
+    ) -> dict[str, Any]:
+        """Stored bars of one series; the newest `limit` unless `since` is given (then oldest first from it)."""
+        key = SeriesKey.parse(series)
+        s, u = _range(since, until)
+        lim = capped(limit)
+        if s is None:
+            found = list(reversed(db_bars.read_bars(database, key, until=u, limit=lim, newest_first=True)))
+        else:
+            found = db_bars.read_bars(database, key, since=s, until=u, limit=lim)
+        return {"series": str(key), "limit": lim, "count": len(found), "bars": [reports.bar_doc(b) for b in found]}
+
+    @app.get("/accuracy", tags=["forecasts"], dependencies=auth)
+    def accuracy(
+        series: SeriesParam = None, model: ModelParam = None,
+        window: Annotated[str, Query(max_length=16, description="30m, 12h, 7d … or all")] = "7d",
+    ) -> dict[str, Any]:
+        """Live MAE per series, model and step against persistence on the same bars."""
+        span = reports.parse_window(window)
+        since = datetime.now(UTC) - span if span is not None else None
+        docs = reports.accuracy_docs(database, series=_series(series), model_id=model, since=since)
+        return {"window": window, "since": reports.iso(since), "accuracy": docs}
+
+    @app.get("/models", tags=["models"], dependencies=auth)
+    def models(
+        series: SeriesParam = None,
+        status: Annotated[str | None, Query(pattern="^(candidate|champion|retired)$")] = None,
+    ) -> dict[str, Any]:
+        """The model registry, newest first, with which series each model serves."""
+        docs = reports.model_docs(database, series=_series(series), status=status)
+        return {"count": len(docs), "models": docs}
+
+    @app.get("/status", tags=["service"], dependencies=auth)
+    async def status() -> dict[str, Any]:
+        """Per series last bar and age, feed state, champion and age, next retrain, database size."""
+        doc = await run_in_threadpool(reports.status_from_database, database, configured_series)
+        return reports.merge_status(doc, live.status()) if live is not None else doc
+
+    @app.get("/metrics", tags=["service"], dependencies=auth,
+             responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text exposition"}})
+    def prometheus() -> Response:
+        """Prometheus metrics of this process."""
+        rss = _rss_bytes()
+        if rss is not None:
+            metrics.RSS.set(rss)
+        return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+async def _sse(
+    source: AsyncIterator[dict[str, Any]], key: SeriesKey | None, closing: asyncio.Event
+) -> AsyncIterator[bytes]:
+    """Relay forecast objects as SSE; the pending `__anext__` survives keep-alive timeouts."""
+    yield b": barcast forecast stream\n\n"
+    it = aiter(source)
+    stop: asyncio.Future[Any] = asyncio.ensure_future(closing.wait())
+    nxt: asyncio.Future[Any] | None = None
+    try:
+        while True:
+            if nxt is None:
+                nxt = asyncio.ensure_future(anext(it))
+            done, _ = await asyncio.wait({nxt, stop}, timeout=SSE_KEEPALIVE_S, return_when=asyncio.FIRST_COMPLETED)
+            if stop in done:
+                return
+            if nxt not in done:
+                yield b": keep-alive\n\n"
+                continue
+            try:
+                obj = nxt.result()
+            except StopAsyncIteration:
+                return
+            nxt = None
+            if key is not None and (obj.get("exchange"), obj.get("symbol"), obj.get("interval")) != (
+                key.exchange, key.symbol, key.interval
+            ):
+                continue
+            yield b"event: forecast\ndata: " + orjson.dumps(obj) + b"\n\n"
+    finally:
+        stop.cancel()
+        if nxt is not None and not nxt.done():
+            nxt.cancel()
+            with contextlib.suppress(BaseException):
+                await nxt
+        aclose = getattr(source, "aclose", None)
+        if aclose is not None:
+            with contextlib.suppress(Exception):
+                await aclose()
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("barcast")
+    except PackageNotFoundError:
+        return "0"
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without its signal handlers: the daemon owns SIGTERM/SIGINT/SIGHUP."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class ApiServer:
+    """uvicorn serving `app` on the caller's event loop.
+
+    `bind()` opens the listening socket up front (so a busy port is a clear BarcastError at
+    start-up, and port 0 gets a free port: see `.port`); `serve()` runs until `stop()` or until its
+    task is cancelled, and in both cases closes the socket and ends open streams (at most
+    `grace_s` for in-flight requests) before returning.
+    """
+
+    def __init__(self, app: FastAPI, host: str, port: int, *, grace_s: int = 2) -> None:
+        self.app = app
+        self.host = host
+        self.port = port
+        config = uvicorn.Config(
+            app, host=host, port=port, lifespan="off", access_log=False, log_config=None,
+            timeout_graceful_shutdown=grace_s, server_header=False,
+        )
+        self.server: uvicorn.Server = _EmbeddedServer(config)
+        self._sock: socket.socket | None = None
+
+    def bind(self) -> None:
+        if self._sock is not None:
+            return
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.host.strip("[]"), self.port))
+            sock.listen(128)
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            raise BarcastError(f"HTTP API: cannot listen on {self.host}:{self.port}: {exc.strerror or exc}") from None
+        self._sock = sock
+        self.port = sock.getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+
+    async def serve(self) -> None:
+        self.bind()
+        assert self._sock is not None
+        closing: asyncio.Event = self.app.state.closing
+
+        async def watch() -> None:
+            while not self.server.should_exit:
+                await asyncio.sleep(0.1)
+            closing.set()
+
+        watcher = asyncio.ensure_future(watch())
+        task = asyncio.ensure_future(self.server.serve(sockets=[self._sock]))
+        log.info("HTTP API listening", extra={"url": self.url})
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            self.stop()
+            with contextlib.suppress(BaseException):
+                await task
+            raise
+        except SystemExit:
+            raise BarcastError(f"HTTP API on {self.url} failed to start") from None
+        finally:
+            watcher.cancel()
+            closing.set()
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
+
+
+def api_server(
+    cfg: ApiConfig, database: Database, *, live: LiveHooks | None = None, series: tuple[SeriesKey, ...] = ()
+) -> ApiServer:
+    """Check the config (loopback or token), build the app and bind: what `barcast run` calls."""
+    check_bind(cfg)
+    app = create_app(database, live=live, token=cfg.token or None, max_limit=cfg.max_limit, series=series)
+    server = ApiServer(app, cfg.host, cfg.port)
+    server.bind()
+    return server
+
+
+async def serve_api(app: FastAPI, host: str, port: int) -> None:
+    """Serve `app` until cancelled (convenience around ApiServer for callers that need no handle)."""
+    await ApiServer(app, host, port).serve()

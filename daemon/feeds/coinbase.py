@@ -1,0 +1,208 @@
+"""Coinbase Exchange: `matches` + `heartbeat` channels, `/products/{id}/candles`.
+
+Trades are `match` (and `last_match`, the one replayed on subscribe; duplicate ids are dropped by
+the aggregator). `side` is the maker's side, so the taker side is the opposite. Prices and sizes
+are strings on the websocket; REST candles are JSON numbers, read as Decimals from their text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from urllib.parse import quote
+
+import orjson
+
+from daemon.feeds.base import (
+    ACK,
+    HEARTBEAT,
+    OTHER,
+    BadMessage,
+    Candle,
+    CandleQuery,
+    ClientRequest,
+    ExchangeProtocol,
+    ParseResult,
+    SimState,
+    Trade,
+    error,
+    iso_to_us,
+    iso_us,
+    loads,
+    loads_exact,
+    malformed,
+    number_text,
+    price,
+    size,
+    split_normal,
+)
+
+_OTHER_TYPES = frozenset(
+    {
+        "l2update",
+        "snapshot",
+        "ticker",
+        "status",
+        "received",
+        "open",
+        "done",
+        "change",
+        "activate",
+        "l2update_batch",
+        "level2",
+        "full",
+        "auction",
+        "rfq_match",
+    }
+)
+_GRANULARITIES = frozenset({60, 300, 900, 3600, 21600, 86400})
+
+
+class Coinbase(ExchangeProtocol):
+    name = "coinbase"
+    ws_url = "wss://ws-feed.exchange.coinbase.com"
+    rest_url = "https://api.exchange.coinbase.com"
+    ws_path = "/"
+    max_candles = 300
+    server_heartbeat_s = 1.0
+    rest_min_interval_s = 0.34  # public endpoints: 3 requests/s
+
+    def native_symbol(self, symbol: str) -> str:
+        base, q = split_normal(symbol)
+        return f"{base}-{q}"
+
+    def normal_symbol(self, native: str) -> str:
+        if not isinstance(native, str) or native.count("-") != 1:
+            raise BadMessage("bad_symbol")
+        return native.upper()
+
+    def subscribe_messages(self, natives: Sequence[str]) -> list[str]:
+        doc = {"type": "subscribe", "product_ids": list(natives), "channels": ["matches", "heartbeat"]}
+        return [orjson.dumps(doc).decode()]
+
+    def parse_message(self, text: str | bytes) -> ParseResult:
+        msg = loads(text)
+        if not isinstance(msg, dict):
+            return malformed("not_an_object")
+        kind = msg.get("type")
+        if kind == "match" or kind == "last_match":
+            native = msg["product_id"]
+            maker = msg["side"]
+            if maker == "sell":
+                side = "buy"
+            elif maker == "buy":
+                side = "sell"
+            else:
+                raise BadMessage("bad_side")
+            tid = msg.get("trade_id")
+            if isinstance(tid, bool) or not isinstance(tid, int | str):
+                raise BadMessage("bad_trade_id")
+            trade = Trade(
+                self.name,
+                self.normal_symbol(native),
+                native,
+                str(tid),
+                iso_to_us(msg["time"]),
+                price(msg["price"]),
+                size(msg["size"]),
+                side,  # type: ignore[arg-type]
+            )
+            return ParseResult("trade", (trade,))
+        if kind == "heartbeat":
+            t = msg.get("time")
+            return ParseResult("heartbeat", time_us=iso_to_us(t)) if t is not None else HEARTBEAT
+        if kind == "subscriptions":
+            return ACK
+        if kind == "error":
+            return error(f"exchange_error:{str(msg.get('message'))[:60]}")
+        if kind in _OTHER_TYPES:
+            return OTHER
+        return malformed("unexpected_type")
+
+    def candles_path(self, native: str, interval_s: int, start: int, end: int) -> str:
+        if interval_s not in _GRANULARITIES:
+            raise ValueError(f"coinbase has no {interval_s}s candles")
+        return (
+            f"/products/{quote(native)}/candles?granularity={interval_s}"
+            f"&start={iso_us(start * 1_000_000)}&end={iso_us(end * 1_000_000)}"
+        )
+
+    def parse_candles(self, text: str | bytes, interval_s: int) -> list[Candle]:
+        rows = loads_exact(text)
+        if not isinstance(rows, list):
+            raise BadMessage("candles_not_a_list")
+        out = []
+        for r in rows:
+            if not isinstance(r, list) or len(r) < 6 or not isinstance(r[0], int):
+                raise BadMessage("bad_candle")
+            t, lo, hi, op, cl, vol = r[:6]
+            out.append(Candle(t, price(op), price(hi), price(lo), price(cl), size(vol)))
+        out.sort(key=lambda c: c.open_time)
+        return out
+
+    # simulator side -----------------------------------------------------------------------------
+    def parse_client(self, text: str | bytes) -> ClientRequest:
+        try:
+            msg = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return ClientRequest("unknown", raw=text)
+        if isinstance(msg, dict) and msg.get("type") == "subscribe" and isinstance(msg.get("product_ids"), list):
+            channels = msg.get("channels") or []
+            return ClientRequest("subscribe", tuple(msg["product_ids"]), raw={"channels": channels})
+        return ClientRequest("unknown", raw=msg)
+
+    def render_ack(self, request: ClientRequest) -> list[str]:
+        channels = [c if isinstance(c, str) else c.get("name") for c in (request.raw or {}).get("channels", [])]
+        doc = {
+            "type": "subscriptions",
+            "channels": [{"name": c, "product_ids": list(request.natives)} for c in channels],
+        }
+        return [orjson.dumps(doc).decode()]
+
+    def render_trade(self, trade: Trade, state: SimState) -> str:
+        maker = "sell" if trade.side == "buy" else "buy"
+        doc = {
+            "type": "match",
+            "trade_id": int(trade.trade_id or 0),
+            "maker_order_id": "sim-maker",
+            "taker_order_id": "sim-taker",
+            "side": maker,
+            "size": number_text(trade.size),
+            "price": number_text(trade.price),
+            "product_id": trade.native_symbol,
+            "sequence": state.sequence,
+            "time": iso_us(trade.time_us),
+        }
+        return orjson.dumps(doc).decode()
+
+    def render_server_heartbeat(self, natives: Sequence[str], state: SimState) -> list[str]:
+        return [
+            orjson.dumps(
+                {
+                    "type": "heartbeat",
+                    "sequence": state.sequence,
+                    "last_trade_id": state.last_trade_id,
+                    "product_id": n,
+                    "time": iso_us(state.now_us),
+                }
+            ).decode()
+            for n in natives
+        ]
+
+    def candle_query(self, path: str, query: dict[str, str]) -> CandleQuery | None:
+        parts = path.strip("/").split("/")
+        if len(parts) != 3 or parts[0] != "products" or parts[2] != "candles":
+            return None
+        start = iso_to_us(query["start"]) // 1_000_000 if "start" in query else None
+        end = iso_to_us(query["end"]) // 1_000_000 if "end" in query else None
+        return CandleQuery(parts[1], int(query.get("granularity", "60")), start, end, self.max_candles)
+
+    def render_candles(self, candles: Sequence[Candle], query: CandleQuery) -> str:
+        rows = ",".join(
+            f"[{c.open_time},{number_text(c.low)},{number_text(c.high)},{number_text(c.open)},"
+            f"{number_text(c.close)},{number_text(c.volume)}]"
+            for c in sorted(candles, key=lambda c: -c.open_time)
+        )
+        return f"[{rows}]"
+
+
+PROTOCOL = Coinbase()

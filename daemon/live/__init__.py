@@ -1,0 +1,1 @@
+"""The live service: rolling windows, batched inference, forecast log, scoring, retraining."""

@@ -1,0 +1,127 @@
+"""The forecast log: one JSON line per forecast, rotated by size and age without losing lines.
+
+Rotation renames `forecasts.jsonl` to `.1` (older ones shift up, the oldest beyond `backups` is
+deleted) between two whole lines and opens a fresh file, so `tail -F` style readers see every
+line exactly once. SIGHUP calls `reopen()` for external rotation tools.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from db.records import Forecast, decimal_text
+
+
+def _iso(t: Any) -> str:
+    return t.isoformat().replace("+00:00", "Z")
+
+
+def forecast_line(f: Forecast) -> dict[str, Any]:
+    """The documented JSON object of one forecast (see README, `barcast tail`)."""
+    return {
+        "series": str(f.series),
+        "exchange": f.series.exchange,
+        "symbol": f.series.symbol,
+        "interval": f.series.interval,
+        "issued_at": _iso(f.issued_at),
+        "last_close": decimal_text(f.last_close) if f.last_close is not None else None,
+        "model_id": f.model_id,
+        "targets": [_iso(t) for t in f.target_times],
+        "closes": [round(float(c), 8) for c in f.closes],
+        "latency_ms": None if f.latency_ms is None else round(f.latency_ms, 3),
+        "created_at": _iso(f.created_at),
+    }
+
+
+class ForecastLog:
+    """Append-only JSON-lines writer with size/age rotation; thread-safe."""
+
+    def __init__(self, path: Path, *, max_bytes: int = 50_000_000, max_age_s: float = 86_400.0,
+                 backups: int = 7, fsync: bool = False) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.max_age_s = max_age_s
+        self.backups = backups
+        self.fsync = fsync
+        self._lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = self._open()
+
+    def _open(self) -> Any:
+        # Age counts from when this process opened the file (Linux keeps no creation time).
+        self._opened = time.time()
+        return self.path.open("ab")
+
+    def _due(self, incoming: int) -> bool:
+        size = self._fh.tell()
+        if size == 0:
+            return False
+        if self.max_bytes and size + incoming > self.max_bytes:
+            return True
+        return bool(self.max_age_s and time.time() - self._opened > self.max_age_s)
+
+    def _rotate(self) -> None:
+        self._fh.close()
+        for i in range(self.backups, 0, -1):
+            src = self.path.with_name(f"{self.path.name}.{i}")
+            if not src.exists():
+                continue
+            if i == self.backups:
+                src.unlink()
+            else:
+                src.rename(self.path.with_name(f"{self.path.name}.{i + 1}"))
+        if self.backups > 0:
+            self.path.rename(self.path.with_name(f"{self.path.name}.1"))
+        else:
+            self.path.unlink()
+        self._fh = self.path.open("ab")
+        self._opened = time.time()
+
+    def write(self, forecasts: list[Forecast]) -> None:
+        if not forecasts:
+            return
+        data = b"".join(orjson.dumps(forecast_line(f)) + b"\n" for f in forecasts)
+        with self._lock:
+            if self._due(len(data)):
+                self._rotate()
+            self._fh.write(data)
+            self._fh.flush()
+            if self.fsync:
+                os.fsync(self._fh.fileno())
+
+    def tail_keys(self, max_bytes: int = 1_000_000) -> dict[str, tuple[str, set[tuple[str, str]]]]:
+        """Per series: the newest logged `issued_at` and the (issued_at, model_id) pairs seen in the
+        last `max_bytes` of the current file (what `reconcile` needs after a crash)."""
+        out: dict[str, tuple[str, set[tuple[str, str]]]] = {}
+        try:
+            with self.path.open("rb") as fh:
+                size = fh.seek(0, os.SEEK_END)
+                fh.seek(max(0, size - max_bytes))
+                chunk = fh.read()
+        except FileNotFoundError:
+            return out
+        for raw in chunk.splitlines()[1 if len(chunk) >= max_bytes else 0 :]:
+            try:
+                doc = orjson.loads(raw)
+                series, issued, model = doc["series"], doc["issued_at"], doc["model_id"]
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                continue  # a line torn by a crash mid-write
+            newest, seen = out.get(series, ("", set()))
+            seen.add((issued, model))
+            out[series] = (max(newest, issued), seen)
+        return out
+
+    def reopen(self) -> None:
+        with self._lock:
+            self._fh.close()
+            self._fh = self._open()
+
+    def close(self) -> None:
+        with self._lock:
+            self._fh.close()

@@ -1,0 +1,123 @@
+"""Batched inference off the event loop.
+
+A `ModelBook` maps each model group to the model serving it; a swap replaces the entry in one
+assignment, and a batch reads each entry once, so every forecast comes entirely from one model.
+All windows whose bar closed at the same boundary go through one `predict_batch` per model (one
+compiled forward pass), in a single worker thread so sockets keep being read meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import numpy as np
+
+from daemon.live.window import COLUMNS
+from db.records import Forecast, SeriesKey
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class ServingModel:
+    """A loaded model and the window columns it reads."""
+
+    model_id: str
+    model: Any  # trainer.models.Forecaster
+    columns: tuple[int, ...]
+
+    @classmethod
+    def of(cls, model_id: str, model: Any) -> ServingModel:
+        return cls(model_id, model, tuple(COLUMNS.index(f) for f in model.features))
+
+    @property
+    def window(self) -> int:
+        return int(self.model.window)
+
+    @property
+    def horizon(self) -> int:
+        return int(self.model.horizon)
+
+
+class ModelBook:
+    """group -> serving model; reads are lock-free snapshots, swaps are atomic."""
+
+    def __init__(self) -> None:
+        self._models: dict[str, ServingModel] = {}
+        self._lock = threading.Lock()
+
+    def get(self, group: str) -> ServingModel | None:
+        return self._models.get(group)
+
+    def swap(self, group: str, serving: ServingModel) -> ServingModel | None:
+        with self._lock:
+            old = self._models.get(group)
+            models = dict(self._models)
+            models[group] = serving
+            self._models = models  # one reference assignment: readers see old or new, never a mix
+        return old
+
+    def snapshot(self) -> dict[str, ServingModel]:
+        return self._models
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One series' forecast request at a bar boundary."""
+
+    series: SeriesKey
+    serving: ServingModel
+    window: np.ndarray  # (>= model window, len(COLUMNS)) oldest first
+    issued_at: datetime
+    last_close: Decimal
+    closed_at: float  # time.monotonic() when the bar close was seen
+
+
+def forecast_batch(jobs: Sequence[Job], step: Callable[[SeriesKey], timedelta]) -> list[Forecast]:
+    """Run one predict_batch per distinct model over all its jobs; build Forecast records."""
+    out: list[Forecast] = []
+    by_model: dict[int, list[Job]] = {}
+    for j in jobs:
+        by_model.setdefault(id(j.serving), []).append(j)
+    for group in by_model.values():
+        serving = group[0].serving
+        x = np.stack([j.window[-serving.window :, list(serving.columns)] for j in group])
+        closes = np.asarray(serving.model.predict_batch(x), dtype=np.float64)
+        done = time.monotonic()
+        now = datetime.now(UTC)
+        for j, row in zip(group, closes, strict=True):
+            dt = step(j.series)
+            out.append(
+                Forecast(
+                    series=j.series,
+                    issued_at=j.issued_at,
+                    model_id=serving.model_id,
+                    target_times=tuple(j.issued_at + dt * (k + 1) for k in range(serving.horizon)),
+                    closes=tuple(float(v) for v in row),
+                    last_close=j.last_close,
+                    latency_ms=(done - j.closed_at) * 1000.0,
+                    created_at=now,
+                )
+            )
+    return out
+
+
+class Worker:
+    """A single named thread for model work (TensorFlow state stays on one thread)."""
+
+    def __init__(self, name: str) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,308 @@
+"""bars -> rolling windows -> one batched forecast per boundary -> store + log + broadcast -> scores.
+
+Runs on the event loop but never blocks it: model work goes to the inference thread, database
+work to the single writer thread. Between the bar hook and the batch runner sits a bounded
+queue; when it is full the bar hook waits (back-pressure on the feed), and says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from daemon import metrics
+from daemon.config import Config
+from daemon.live.broadcast import Broadcast
+from daemon.live.forecastlog import ForecastLog, _iso, forecast_line
+from daemon.live.inference import Job, ModelBook, ServingModel, Worker, forecast_batch
+from daemon.live.scoring import DriftWatch, score
+from daemon.live.window import RollingWindow
+from db import registry
+from db.bars import last_bars
+from db.engine import Database
+from db.forecasts import latest_forecast, query_forecasts, store_new_forecasts
+from db.records import Bar, Forecast, ForecastScore, SeriesKey
+from db.scores import accuracy, insert_scores, unscored_steps
+
+log = logging.getLogger("barcast.live")
+
+BATCH_QUEUE = 64
+
+
+@dataclass
+class SeriesState:
+    window: RollingWindow
+    last_close: Decimal | None = None
+    last_bar: datetime | None = None
+    forecasts: int = 0
+    last_forecast: datetime | None = None
+
+
+@dataclass
+class PipelineStats:
+    batches: int = 0
+    forecasts: int = 0
+    duplicates_skipped: int = 0
+    scores: int = 0
+    queue_full: int = 0
+    last_batch_ms: float | None = None
+    started: float = field(default_factory=time.monotonic)
+
+
+class Pipeline:
+    def __init__(self, config: Config, database: Database, *, book: ModelBook, forecast_log: ForecastLog,
+                 broadcast: Broadcast | None = None) -> None:
+        self.config = config
+        self.database = database
+        self.book = book
+        self.forecast_log = forecast_log
+        self.broadcast = broadcast or Broadcast()
+        self.inference = Worker("inference")
+        self.writer = Worker("db-writer")
+        self.series: dict[SeriesKey, SeriesState] = {
+            k: SeriesState(RollingWindow(config.data.window, k.interval, fill_gaps=config.data.fill_gaps))
+            for k in config.series_keys
+        }
+        self.stats = PipelineStats()
+        self.drift: dict[tuple[SeriesKey, str], DriftWatch] = {}
+        self._pending: dict[datetime, dict[SeriesKey, Job]] = {}
+        self._timers: dict[datetime, asyncio.TimerHandle] = {}
+        self._queue: asyncio.Queue[list[Job] | None] = asyncio.Queue(BATCH_QUEUE)
+        self._runner: asyncio.Task[None] | None = None
+        self.busy_since: float | None = None
+
+    # ---- start-up ------------------------------------------------------------------------
+    def restore(self) -> None:
+        """Fill every window from stored bars (call in a thread at start)."""
+        for key, st in self.series.items():
+            bars = last_bars(self.database, key, st.window.size)
+            st.window.extend(bars)
+            if bars:
+                st.last_close, st.last_bar = bars[-1].close, bars[-1].open_time
+            log.info("window restored", extra={"series": str(key), "bars": len(st.window),
+                                                "ready": st.window.ready, "last_bar": st.last_bar})
+
+    def start(self) -> None:
+        self._runner = asyncio.create_task(self._run_batches(), name="forecast-batches")
+
+    async def catch_up(self) -> None:
+        """Forecast the newest stored bar of each series if nothing has forecast it yet (a crash
+        between a bar close and its forecast loses nothing)."""
+        for key, st in self.series.items():
+            if not st.window.ready or st.last_bar is None:
+                continue
+            latest = await self.writer.run(latest_forecast, self.database, key)
+            if latest is None or latest.issued_at < st.last_bar:
+                await self._enqueue(key, st.last_bar, time.monotonic())
+
+    def reconcile_log(self) -> int:
+        """Write stored forecasts that a crash kept out of the log (stored, then killed before the
+        line was written). Call in a thread at start. Returns lines written."""
+        logged = self.forecast_log.tail_keys()
+        missing: list[Forecast] = []
+        for key in self.series:
+            newest, seen = logged.get(str(key), ("", set()))
+            if not newest:
+                continue  # nothing logged for it: a new log file; don't replay history into it
+            since = datetime.fromisoformat(newest.replace("Z", "+00:00"))
+            for f in reversed(query_forecasts(self.database, key, since=since, limit=1000)):
+                if (_iso(f.issued_at), f.model_id) not in seen:
+                    missing.append(f)
+        self.forecast_log.write(missing)
+        if missing:
+            log.info("forecast log caught up after an unclean stop", extra={"lines": len(missing)})
+        return len(missing)
+
+    # ---- the bar hook --------------------------------------------------------------------
+    async def on_bar(self, bar: Bar, *, forecast: bool = True) -> None:
+        """A closed (or backfilled, or amended) bar. New bars extend the window and, when
+        `forecast`, ask for a forecast at their boundary."""
+        st = self.series.get(bar.series)
+        if st is None:
+            return
+        seen = time.monotonic()
+        extended = st.window.push(bar)
+        if not extended:
+            return
+        st.last_close, st.last_bar = bar.close, bar.open_time
+        end = bar.open_time + bar.series.step
+        metrics.BAR_LAG.labels(str(bar.series)).set(max(0.0, (datetime.now(UTC) - end).total_seconds()))
+        if forecast and st.window.ready:
+            await self._enqueue(bar.series, bar.open_time, seen)
+
+    async def _enqueue(self, key: SeriesKey, t: datetime, seen: float) -> None:
+        st = self.series[key]
+        serving = self.book.get(self.config.model_group(key))
+        if serving is None or st.last_close is None:
+            return
+        job = Job(key, serving, st.window.values(), t, st.last_close, seen)
+        group = self._pending.setdefault(t, {})
+        group[key] = job
+        expected = {k for k, s in self.series.items() if s.window.ready}
+        if expected <= group.keys():
+            await self._flush(t)
+        elif t not in self._timers:
+            loop = asyncio.get_running_loop()
+            self._timers[t] = loop.call_later(
+                self.config.forecast.coalesce_ms / 1000, lambda: asyncio.ensure_future(self._flush(t))
+            )
+
+    async def _flush(self, t: datetime) -> None:
+        timer = self._timers.pop(t, None)
+        if timer is not None:
+            timer.cancel()
+        group = self._pending.pop(t, None)
+        if not group:
+            return
+        if self._queue.full():
+            self.stats.queue_full += 1
+            metrics.QUEUE_FULL.labels("forecast_batches").inc()
+            if self.stats.queue_full % 1000 == 1:  # first time and every 1000th, not every bar
+                log.warning("forecast queue full: the model is slower than bars arrive; feed waits",
+                            extra={"queued": self._queue.qsize(), "times_full": self.stats.queue_full})
+        await self._queue.put(list(group.values()))
+        metrics.QUEUE_DEPTH.labels("forecast_batches").set(self._queue.qsize())
+
+    # ---- batches -------------------------------------------------------------------------
+    async def _run_batches(self) -> None:
+        while True:
+            jobs = await self._queue.get()
+            metrics.QUEUE_DEPTH.labels("forecast_batches").set(self._queue.qsize())
+            if jobs is None:
+                return
+            try:
+                await self._run_batch(jobs)
+            except Exception:
+                log.exception("forecast batch failed", extra={"series": [str(j.series) for j in jobs]})
+            finally:
+                self._queue.task_done()
+
+    async def _run_batch(self, jobs: list[Job]) -> None:
+        t0 = time.monotonic()
+        self.busy_since = t0
+        try:
+            forecasts = await self.inference.run(forecast_batch, jobs, lambda k: k.step)
+            new = await self.writer.run(self._store, forecasts)
+        finally:
+            self.busy_since = None
+        elapsed = time.monotonic() - min(j.closed_at for j in jobs)
+        metrics.FORECAST_LATENCY.observe(elapsed)
+        self.stats.batches += 1
+        self.stats.last_batch_ms = (time.monotonic() - t0) * 1000
+        self.stats.duplicates_skipped += len(forecasts) - len(new)
+        for f in new:
+            st = self.series[f.series]
+            st.forecasts += 1
+            st.last_forecast = f.issued_at
+            self.stats.forecasts += 1
+            metrics.FORECASTS.labels(str(f.series), f.model_id).inc()
+            self.broadcast.publish(forecast_line(f))
+        scored = await self.writer.run(self._score, [j.series for j in jobs])
+        self._watch(scored)
+
+    def _store(self, forecasts: list[Forecast]) -> list[Forecast]:
+        new = store_new_forecasts(self.database, forecasts)
+        self.forecast_log.write(new)
+        return new
+
+    def _score(self, keys: list[SeriesKey]) -> list[ForecastScore]:
+        now = datetime.now(UTC)
+        out: list[ForecastScore] = []
+        for key in keys:
+            rows = unscored_steps(self.database, key)
+            if rows:
+                scores = score(rows, now)
+                insert_scores(self.database, scores)
+                out.extend(scores)
+        self.stats.scores += len(out)
+        if out:
+            self._publish_accuracy(keys)
+        return out
+
+    def _publish_accuracy(self, keys: list[SeriesKey]) -> None:
+        """Per-step live MAE gauges over the scoring window (runs in the writer thread)."""
+        span = self.config.scoring.window_steps // max(1, self.config.data.horizon)
+        for key in keys:
+            since = datetime.now(UTC) - key.step * span if span else None
+            st = self.series[key]
+            if st.last_bar is not None:
+                since = st.last_bar - key.step * span  # exchange time, so replays score too
+            for row in accuracy(self.database, series=key, since=since):
+                metrics.LIVE_MAE.labels(str(key), row.model_id, str(row.step)).set(row.mae)
+                metrics.PERSISTENCE_MAE.labels(str(key), str(row.step)).set(row.persistence_mae)
+
+    def _watch(self, scores: list[ForecastScore]) -> None:
+        by: dict[tuple[SeriesKey, str], list[ForecastScore]] = {}
+        for s in scores:
+            by.setdefault((s.series, s.model_id), []).append(s)
+        cfg = self.config.scoring
+        for k, group in by.items():
+            watch = self.drift.setdefault(
+                k, DriftWatch(window=cfg.window_steps, margin=cfg.drift_margin, period=cfg.drift_period)
+            )
+            was = watch.drifting
+            watch.add(group)
+            now = watch.check()
+            metrics.DRIFT_FLAG.labels(str(k[0]), k[1]).set(1 if now else 0)
+            if now and not was:
+                log.warning("model drifting: live error above persistence", extra={
+                    "series": str(k[0]), "model": k[1], "mae": watch.mae, "persistence_mae": watch.persistence_mae,
+                    "margin": cfg.drift_margin})
+            elif was and not now:
+                log.info("model back within drift margin", extra={"series": str(k[0]), "model": k[1]})
+
+    # ---- models --------------------------------------------------------------------------
+    def load_serving(self, group: str) -> ServingModel:
+        """The champion of a group's first series, or the persistence baseline (inference thread)."""
+        from trainer.artifacts import load_artifact
+        from trainer.models import build_model
+        from trainer.retrain_job import BASELINE_ID
+
+        keys = self.config.group_series(group)
+        info = registry.champion(self.database, keys[0]) if keys else None
+        data = self.config.data
+        if info is not None and info.id != BASELINE_ID and info.artifact_path:
+            model = load_artifact(info.artifact_path, window=data.window, horizon=data.horizon)
+            return ServingModel.of(info.id, model)
+        return ServingModel.of(BASELINE_ID, build_model("persistence", data=data))
+
+    async def install(self, group: str) -> ServingModel:
+        """(Re)load a group's champion and swap it in atomically."""
+        serving = await self.inference.run(self.load_serving, group)
+        old = self.book.swap(group, serving)
+        if old is None or old.model_id != serving.model_id:
+            log.info("model serving", extra={"group": group, "model": serving.model_id,
+                                             "previous": old.model_id if old else None})
+        return serving
+
+    # ---- shutdown ------------------------------------------------------------------------
+    async def drain(self) -> None:
+        for t in list(self._pending):
+            await self._flush(t)
+        if self._runner is not None and not self._runner.done():
+            await self._queue.put(None)
+            await self._runner
+
+    def close(self) -> None:
+        self.inference.shutdown()
+        self.writer.shutdown()
+
+    def status(self) -> dict[str, Any]:
+        out = {}
+        for key, st in self.series.items():
+            serving = self.book.get(self.config.model_group(key))
+            out[str(key)] = {
+                "window_bars": len(st.window),
+                "window_ready": st.window.ready,
+                "last_bar": st.last_bar,
+                "last_close": st.last_close,
+                "forecasts_issued": st.forecasts,
+                "last_forecast": st.last_forecast,
+                "model": serving.model_id if serving else None,
+            }
+        return out

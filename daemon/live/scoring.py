@@ -1,0 +1,72 @@
+"""Online scoring: turn stored forecast steps whose target bar has closed into scores, and keep a
+rolling view of live error vs persistence that flags drifting models. Pure; I/O is the caller's."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from db.records import ForecastScore
+from db.scores import Unscored
+
+
+def score(rows: Iterable[Unscored], now: datetime) -> list[ForecastScore]:
+    """Realised error (predicted - actual) and persistence's (last close - actual) per step."""
+    out = []
+    for r in rows:
+        actual = float(r.actual)
+        last = float(r.last_close) if r.last_close is not None else float("nan")
+        out.append(
+            ForecastScore(
+                series=r.series, issued_at=r.issued_at, model_id=r.model_id, step=r.step,
+                target_time=r.target_time, predicted=r.predicted, actual=r.actual,
+                error=r.predicted - actual, persistence_error=last - actual, scored_at=now,
+            )
+        )
+    return out
+
+
+@dataclass
+class DriftWatch:
+    """Rolling mean absolute errors of one (series, model) over the last `window` scored steps.
+
+    `drifting` once the model's MAE has exceeded persistence's by `margin` (relative) on every
+    check for `period` consecutive checks; it clears as soon as it no longer does.
+    """
+
+    window: int = 16 * 288
+    margin: float = 0.1
+    period: int = 12
+    _model: deque[float] = field(default_factory=deque)
+    _persist: deque[float] = field(default_factory=deque)
+    _over: int = 0
+
+    def add(self, scores: Iterable[ForecastScore]) -> None:
+        for s in scores:
+            self._model.append(abs(s.error))
+            self._persist.append(abs(s.persistence_error))
+            if len(self._model) > self.window:
+                self._model.popleft()
+                self._persist.popleft()
+
+    @property
+    def mae(self) -> float | None:
+        return sum(self._model) / len(self._model) if self._model else None
+
+    @property
+    def persistence_mae(self) -> float | None:
+        return sum(self._persist) / len(self._persist) if self._persist else None
+
+    def check(self) -> bool:
+        """Call once per scoring round; returns whether the model is flagged as drifting."""
+        m, p = self.mae, self.persistence_mae
+        if m is None or p is None:
+            return False
+        self._over = self._over + 1 if m > p * (1 + self.margin) else 0
+        return self._over >= self.period
+
+    @property
+    def drifting(self) -> bool:
+        return self._over >= self.period

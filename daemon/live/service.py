@@ -1,0 +1,325 @@
+"""`barcast run`: the long-running service, wiring ingest, pipeline, retraining, API and systemd.
+
+Start-up order: device and database, persistence baseline registered, windows restored, models
+loaded (EXTEND_TIMEOUT while TensorFlow loads), control socket and HTTP API bound, then the feeds;
+READY=1 once all of that stands. SIGTERM/SIGINT stop it: feeds stop (bars that ended are closed
+and stored), queued forecasts drain, a training child is abandoned, logs are flushed; exit 0
+within `service.shutdown_timeout_s`. SIGHUP reopens the forecast log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from daemon import metrics
+from daemon.bars import BarUpdate
+from daemon.config import Config
+from daemon.live.broadcast import Broadcast
+from daemon.live.control import ControlServer
+from daemon.live.device import DeviceInfo, select_device
+from daemon.live.forecastlog import ForecastLog
+from daemon.live.inference import ModelBook
+from daemon.live.notify import Notifier, watchdog_interval
+from daemon.live.pipeline import Pipeline
+from daemon.live.retrainer import Retrainer, needs_initial_model
+from db import registry
+from db.engine import Database, open_database
+from db.errors import InputError
+from db.records import SeriesKey
+from db.stats import database_size_bytes
+from trainer.retrain_job import RetrainOutcome, ensure_baseline
+
+log = logging.getLogger("barcast.service")
+
+
+class Service:
+    def __init__(self, config: Config, *, clock: Callable[[], float] | str | None = "config",
+                 notifier: Notifier | None = None) -> None:
+        self.config = config
+        self.clock = clock
+        self.notifier = notifier or Notifier()
+        self.stop_event = asyncio.Event()
+        self.database: Database | None = None
+        self.pipeline: Pipeline | None = None
+        self.retrainer: Retrainer | None = None
+        self.ingest: Any = None
+        self.api: Any = None
+        self.control: ControlServer | None = None
+        self.device: DeviceInfo | None = None
+        self.broadcast = Broadcast()
+        self.started_at = datetime.now(UTC)
+        self.ready = False
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._newest_seen: dict[SeriesKey, datetime] = {}
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        cfg = self.config
+        self.notifier.extend_timeout(180)
+        self.notifier.status("starting: database")
+        self.device = select_device(cfg.forecast.device)
+        self.database = db = await asyncio.to_thread(open_database, cfg.database_url)
+        log.info("database open", extra={"url": db.display_url})
+        await asyncio.to_thread(ensure_baseline, db, cfg.series_keys)
+        flog = ForecastLog(cfg.forecast_log, max_bytes=cfg.forecast.log_max_bytes,
+                           max_age_s=cfg.forecast.log_max_age_hours * 3600, backups=cfg.forecast.log_backups)
+        self.pipeline = pipe = Pipeline(cfg, db, book=ModelBook(), forecast_log=flog, broadcast=self.broadcast)
+        await asyncio.to_thread(pipe.restore)
+        await asyncio.to_thread(pipe.reconcile_log)
+        self.notifier.status("starting: loading models")
+        self.notifier.extend_timeout(300)
+        t0 = time.monotonic()
+        for group in dict.fromkeys(cfg.model_group(k) for k in cfg.series_keys):
+            await pipe.install(group)
+        log.info("models loaded", extra={"seconds": round(time.monotonic() - t0, 2), "serving": self.device.describe()})
+        pipe.start()
+        self.control = ControlServer(cfg.control_socket, self._control)
+        await self.control.start()
+        if cfg.api.enabled:
+            from daemon.api import ApiServer, check_bind, create_app
+
+            check_bind(cfg.api)
+            app = create_app(db, live=self, token=cfg.api.token or None, max_limit=cfg.api.max_limit,
+                             series=tuple(cfg.series_keys))
+            self.api = ApiServer(app, cfg.api.host, cfg.api.port)
+            self.api.bind()
+            self._spawn(self.api.serve(), "api")
+        from daemon.ingest import Ingest
+
+        self.ingest = Ingest.from_config(cfg, database=db, clock=self.clock, on_bars=self._on_bars)
+        self._spawn(self._run_ingest(), "ingest")
+        await pipe.catch_up()
+        if cfg.retrain.enabled:
+            self.retrainer = Retrainer(cfg, db, self._promoted)
+            initial = await asyncio.to_thread(needs_initial_model, db, cfg) if cfg.retrain.initial else []
+            self.retrainer.start(initial_groups=initial)
+        self._spawn(self._watchdog(), "watchdog")
+        self.ready = True
+        self.notifier.ready(self._status_line())
+        log.info("barcast running", extra={"series": [str(k) for k in cfg.series_keys],
+                                           "device": self.device.describe(), "forecast_log": str(cfg.forecast_log),
+                                           "api": self.api.url if self.api else None,
+                                           "control": str(cfg.control_socket)})
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        self._tasks.append(asyncio.create_task(coro, name=name))
+
+    async def _run_ingest(self) -> None:
+        try:
+            await self.ingest.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("ingest failed; stopping the service so systemd restarts it")
+            self.stop_event.set()
+
+    async def run(self) -> None:
+        """Start, serve until a stop signal, shut down cleanly."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop_event.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reopen)
+        try:
+            await self.start()
+            await self.stop_event.wait()
+        finally:
+            await self.shutdown()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+
+    def _reopen(self) -> None:
+        if self.pipeline is not None:
+            self.pipeline.forecast_log.reopen()
+            log.info("SIGHUP: forecast log reopened")
+
+    async def shutdown(self) -> None:
+        self.notifier.stopping()
+        log.info("stopping")
+        timeout = self.config.service.shutdown_timeout_s
+        try:
+            await asyncio.wait_for(self._shutdown(), timeout)
+        except TimeoutError:
+            log.error("shutdown timed out; abandoning what is left", extra={"timeout_s": timeout})
+        finally:
+            if self.pipeline is not None:
+                self.pipeline.forecast_log.close()
+            if self.database is not None:
+                self.database.close()
+            self.notifier.close()
+        log.info("stopped")
+
+    async def _shutdown(self) -> None:
+        if self.ingest is not None:
+            self.ingest.stop()
+        if self.retrainer is not None:
+            await self.retrainer.stop()
+        if self.api is not None:
+            self.api.stop()
+        ingest_task = next((t for t in self._tasks if t.get_name() == "ingest"), None)
+        if ingest_task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(ingest_task, 10)
+        if self.pipeline is not None:
+            await self.pipeline.drain()
+            await asyncio.to_thread(self.pipeline.close)
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.control is not None:
+            await self.control.stop()
+
+    # ---- data path -----------------------------------------------------------------------
+    async def _on_bars(self, updates: list[BarUpdate]) -> None:
+        """Stored bars from the ingest. A bar entering a window as its newest bar gets a forecast,
+        except backfilled history older than `forecast.backfill_forecast_bars` before the newest
+        bar of its batch."""
+        assert self.pipeline is not None
+        horizon = self.config.forecast.backfill_forecast_bars
+        newest: dict[SeriesKey, datetime] = {}
+        for u in updates:
+            k = u.bar.series
+            if k not in newest or u.bar.open_time > newest[k]:
+                newest[k] = u.bar.open_time
+        for u in updates:
+            b = u.bar
+            recent = u.kind != "backfilled" or b.open_time > newest[b.series] - b.series.step * horizon
+            await self.pipeline.on_bar(b, forecast=recent)
+            metrics.BARS_CLOSED.labels(str(b.series)).inc()
+
+    async def _promoted(self, group: str, outcome: RetrainOutcome) -> None:
+        assert self.pipeline is not None
+        await self.pipeline.install(group)
+        self.notifier.status(self._status_line())
+
+    # ---- control channel -----------------------------------------------------------------
+    async def _control(self, req: dict[str, Any]) -> dict[str, Any]:
+        cmd = req.get("cmd")
+        if cmd == "status":
+            return {"ok": True, "status": self.status()}
+        if cmd == "retrain":
+            if self.retrainer is None:
+                return {"ok": False, "error": "retraining is disabled in this daemon's config (retrain.enabled)"}
+            groups = self._groups_for(req.get("series"))
+            if req.get("wait"):
+                outcomes = [await self.retrainer.retrain(g, reason="manual") for g in groups]
+                return {"ok": True, "outcomes": [o.as_dict() if o else None for o in outcomes]}
+            for g in groups:
+                self.retrainer.trigger(g, reason="manual")
+            return {"ok": True, "started": groups}
+        return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+    def _groups_for(self, series: str | None) -> list[str]:
+        cfg = self.config
+        if not series:
+            return list(dict.fromkeys(cfg.model_group(k) for k in cfg.series_keys))
+        key = SeriesKey.parse(series)
+        if key not in cfg.series_keys:
+            raise InputError(f"series {key} is not served by this daemon (configured: "
+                             f"{', '.join(str(k) for k in cfg.series_keys)})")
+        return [cfg.model_group(key)]
+
+    # ---- status, health --------------------------------------------------------------------
+    def subscribe(self) -> AsyncIterator[dict[str, Any]]:
+        return self.broadcast.subscribe()
+
+    def _feeds(self) -> dict[str, Any]:
+        if self.ingest is None:
+            return {}
+        out = {}
+        for f in self.ingest.feeds:
+            conn = f.connection
+            out[f.spec.exchange] = {
+                "connected": bool(getattr(conn, "connected", False)),
+                "reconnects": max(0, conn.connects - 1),
+                "malformed": sum(f.stats.malformed.values()),
+                "malformed_by_reason": dict(f.stats.malformed),
+                "trades": f.stats.trades,
+                "backfilled_bars": f.stats.backfilled_bars,
+            }
+        return out
+
+    def status(self) -> dict[str, Any]:
+        now = datetime.now(UTC)
+        feeds = self._feeds()
+        rows = []
+        pipe = self.pipeline
+        pipe_status = pipe.status() if pipe else {}
+        for key in self.config.series_keys:
+            st = pipe_status.get(str(key), {})
+            last = st.get("last_bar")
+            rows.append({
+                "series": str(key),
+                "last_bar": last,
+                "last_bar_age_s": (now - (last + key.step)).total_seconds() if last else None,
+                "feed": "connected" if feeds.get(key.exchange, {}).get("connected") else "disconnected",
+                "champion": st.get("model"),
+                "window_ready": st.get("window_ready"),
+                "forecasts_issued": st.get("forecasts_issued"),
+                "last_forecast": st.get("last_forecast"),
+            })
+        reasons = []
+        if not self.ready:
+            reasons.append("starting")
+        if pipe is not None and pipe.busy_since and time.monotonic() - pipe.busy_since > 120:
+            reasons.append("forecast batch running for more than 120 s")
+        next_run = self.retrainer.next_run() if self.retrainer else None
+        return {
+            "ready": not reasons,
+            "reasons": reasons,
+            "started_at": self.started_at,
+            "device": self.device.describe() if self.device else None,
+            "series": rows,
+            "feeds": feeds,
+            "next_retrain": next_run,
+            "training": sorted(self.retrainer.running) if self.retrainer else [],
+            "retrain_history": [vars(r) for r in self.retrainer.history[-10:]] if self.retrainer else [],
+            "forecasts_issued": pipe.stats.forecasts if pipe else 0,
+            "pid": os.getpid(),
+        }
+
+    def _status_line(self) -> str:
+        parts = []
+        if self.pipeline is not None:
+            for key, st in self.pipeline.series.items():
+                serving = self.pipeline.book.get(self.config.model_group(key))
+                last = st.last_bar.strftime("%H:%M") if st.last_bar else "-"
+                parts.append(f"{key.exchange}:{key.symbol} last {last} model {serving.model_id if serving else '-'}")
+        return "; ".join(parts) or "no series"
+
+    async def _watchdog(self) -> None:
+        """WATCHDOG=1 at half WATCHDOG_USEC, only while the loop and the forecaster are healthy;
+        STATUS= refreshed on the way. Also refreshes gauges that age (champion age, RSS)."""
+        every = watchdog_interval() or 15.0
+        while True:
+            healthy = not (self.pipeline and self.pipeline.busy_since
+                           and time.monotonic() - self.pipeline.busy_since > max(60.0, every * 4))
+            if healthy:
+                self.notifier.watchdog()
+            self.notifier.status(self._status_line())
+            await asyncio.to_thread(self._refresh_gauges)
+            await asyncio.sleep(every)
+
+    def _refresh_gauges(self) -> None:
+        if self.database is None or self.pipeline is None:
+            return
+        now = datetime.now(UTC)
+        for key in self.config.series_keys:
+            since = registry.champion_since(self.database, key)
+            serving = self.pipeline.book.get(self.config.model_group(key))
+            if since is not None and serving is not None:
+                metrics.CHAMPION_AGE.labels(str(key), serving.model_id).set((now - since).total_seconds())
+        size = database_size_bytes(self.database)
+        if size is not None:
+            metrics.DB_SIZE.set(size)
+
+
+async def run_service(config: Config, **kwargs: Any) -> None:
+    await Service(config, **kwargs).run()

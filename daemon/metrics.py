@@ -1,0 +1,46 @@
+"""Prometheus metrics of the daemon, in one registry every part updates and `/metrics` serves.
+
+Names follow Prometheus conventions (`barcast_` prefix, `_total` counters, base units).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+MESSAGES = Counter("barcast_feed_messages_total", "Websocket messages received", ["exchange", "kind"],
+                   registry=REGISTRY)
+TRADES = Counter("barcast_feed_trades_total", "Trades parsed", ["exchange", "symbol"], registry=REGISTRY)
+MALFORMED = Counter("barcast_feed_malformed_total", "Malformed or unexpected messages skipped",
+                    ["exchange", "reason"], registry=REGISTRY)
+RECONNECTS = Counter("barcast_feed_reconnects_total", "Websocket reconnects", ["exchange"], registry=REGISTRY)
+FEED_CONNECTED = Gauge("barcast_feed_connected", "1 while the exchange websocket is connected", ["exchange"],
+                       registry=REGISTRY)
+BACKFILLED = Counter("barcast_backfilled_bars_total", "Bars fetched from REST backfill", ["exchange", "symbol"],
+                     registry=REGISTRY)
+BARS_CLOSED = Counter("barcast_bars_closed_total", "Bars closed by the aggregator", ["series"], registry=REGISTRY)
+LATE_TRADES = Counter("barcast_late_trades_total", "Trades for an already closed bar", ["series", "outcome"],
+                      registry=REGISTRY)
+BAR_LAG = Gauge("barcast_bar_lag_seconds", "Wall clock minus the end of the last closed bar", ["series"],
+                registry=REGISTRY)
+QUEUE_DEPTH = Gauge("barcast_queue_depth", "Items waiting in an internal queue", ["queue"], registry=REGISTRY)
+QUEUE_FULL = Counter("barcast_queue_full_total", "Times a bounded queue was full", ["queue"], registry=REGISTRY)
+FORECAST_LATENCY = Histogram(
+    "barcast_forecast_latency_seconds", "Bar close to forecasts stored, per batch",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=REGISTRY,
+)
+FORECASTS = Counter("barcast_forecasts_total", "Forecasts issued", ["series", "model"], registry=REGISTRY)
+LIVE_MAE = Gauge("barcast_live_mae", "Rolling live MAE (price units)", ["series", "model", "step"],
+                 registry=REGISTRY)
+PERSISTENCE_MAE = Gauge("barcast_live_persistence_mae", "Persistence baseline's MAE on the same bars",
+                        ["series", "step"], registry=REGISTRY)
+DRIFT_FLAG = Gauge("barcast_model_drifting", "1 while a model's live error is above persistence by the margin",
+                   ["series", "model"], registry=REGISTRY)
+CHAMPION_AGE = Gauge("barcast_champion_age_seconds", "Age of the serving model", ["series", "model"],
+                     registry=REGISTRY)
+TRAINING_RUNS = Counter("barcast_training_runs_total", "Retraining runs", ["series", "outcome"], registry=REGISTRY)
+TRAINING_SECONDS = Histogram("barcast_training_duration_seconds", "Retraining run durations",
+                             buckets=(10, 30, 60, 120, 300, 600, 1200, 3600, 7200), registry=REGISTRY)
+RSS = Gauge("barcast_process_resident_memory_bytes", "Resident set size of the daemon", registry=REGISTRY)
+DB_SIZE = Gauge("barcast_database_size_bytes", "On-disk size of the database", registry=REGISTRY)

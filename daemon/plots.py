@@ -1,0 +1,165 @@
+"""PNG charts for operators: a series' prices with its forecasts, and live error by horizon.
+
+matplotlib with the Agg backend (no display needed; safe under systemd). Times are drawn in UTC.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.dates as mdates
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+
+from daemon import reports
+from db import bars as db_bars
+from db import forecasts as db_forecasts
+from db import registry, scores
+from db.engine import Database
+from db.errors import InputError
+from db.records import SeriesKey
+
+PAST_STEPS = (1, 16)
+
+
+@dataclass(frozen=True, slots=True)
+class PlotSummary:
+    path: Path
+    bars: int
+    forecasts: int
+    latest: str | None
+
+
+def _quote(series: SeriesKey) -> str:
+    return series.symbol.split("-")[-1]
+
+
+def _utc_axis(ax: Any) -> None:
+    locator = mdates.AutoDateLocator(tz=UTC)
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=UTC))
+    ax.set_xlabel("time (UTC)")
+
+
+def _save(fig: Figure, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png", dpi=110)
+    plt.close(fig)
+
+
+def price_plot(
+    database: Database, series: SeriesKey, *, since: datetime, out: Path, model_id: str | None = None
+) -> PlotSummary:
+    """Closes since `since`, past step-1/16 forecasts at their target times, and the latest fan."""
+    frame = db_bars.bars_frame(database, series, since=since)
+    if frame.empty:
+        raise InputError(f"no bars of {series} since {reports.iso(since)}: nothing to plot")
+    past = db_forecasts.query_forecasts(database, series, since=since, model_id=model_id, limit=5000)
+    latest = past[0] if past else db_forecasts.latest_forecast(database, series, model_id)
+    latest_set = [f for f in past if latest and f.issued_at == latest.issued_at] or ([latest] if latest else [])
+    quote = _quote(series)
+
+    fig, ax = plt.subplots(figsize=(12, 6), layout="constrained")
+    ax.plot(frame.index, frame["close"], color="black", linewidth=1.1, label="realised close")
+
+    # Past forecasts of one model only (the champion where it has some), or the lines interleave.
+    champ = registry.champion(database, series)
+    shown = model_id or (champ.id if champ and any(f.model_id == champ.id for f in past) else None)
+    shown = shown or (past[0].model_id if past else None)
+    for step, colour in zip(PAST_STEPS, ("tab:blue", "tab:orange"), strict=True):
+        pts = sorted(
+            (f.target_times[step - 1], f.closes[step - 1])
+            for f in past
+            if f.model_id == shown and len(f.closes) >= step
+        )
+        if pts:
+            minutes = step * int(series.step.total_seconds()) // 60
+            ax.plot(mdates.date2num([p[0] for p in pts]), [p[1] for p in pts], color=colour, linewidth=0.8,
+                    alpha=0.75, marker=".", markersize=2, label=f"{shown}: past forecasts {minutes} min ahead")
+
+    for f, colour in zip(latest_set, ("tab:red", "tab:purple", "tab:green", "tab:brown"), strict=False):
+        anchor_t, anchor_c = f.issued_at, float(f.last_close) if f.last_close is not None else f.closes[0]
+        xs = mdates.date2num([anchor_t, *f.target_times])
+        ys = [anchor_c, *f.closes]
+        ax.plot(xs, ys, color=colour, linewidth=2,
+                label=f"latest forecast ({f.model_id}, issued {reports.iso(f.issued_at)})")
+        band = _band(database, series, f)
+        if band is not None:
+            lo, hi, what = band
+            ax.fill_between(xs, [anchor_c, *lo], [anchor_c, *hi], color=colour, alpha=0.18, label=what)
+    ax.axvline(frame.index[-1], color="grey", linestyle=":", linewidth=1)
+
+    _utc_axis(ax)
+    ax.set_ylabel(f"price ({quote})")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.StrMethodFormatter("{x:,.0f}"))
+    first, last = frame.index[0], frame.index[-1]
+    ax.set_title(
+        f"{series}: close prices {first:%Y-%m-%d %H:%M} to {last:%Y-%m-%d %H:%M} UTC "
+        f"({len(frame)} bars) with forecasts"
+    )
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    _save(fig, out)
+    return PlotSummary(out, len(frame), len(past), reports.iso(latest.issued_at) if latest else None)
+
+
+def _band(database: Database, series: SeriesKey, f: Any) -> tuple[list[float], list[float], str] | None:
+    """The model's own interval if it gave one, else ± its live MAE per step (from online scores)."""
+    if f.lower is not None and f.upper is not None:
+        return list(f.lower), list(f.upper), "forecast interval"
+    mae = {a.step: a.mae for a in scores.accuracy(database, series=series, model_id=f.model_id)}
+    if len(mae) < len(f.closes):
+        return None
+    lo = [c - mae[i + 1] for i, c in enumerate(f.closes)]
+    hi = [c + mae[i + 1] for i, c in enumerate(f.closes)]
+    return lo, hi, "± live MAE per step"
+
+
+def accuracy_plot(
+    database: Database, *, out: Path, series: SeriesKey | None = None, model_id: str | None = None,
+    since: datetime | None = None,
+) -> PlotSummary:
+    """Live MAE by horizon per (series, model) beside persistence's on the same bars, and skill."""
+    docs = reports.accuracy_docs(database, series=series, model_id=model_id, since=since)
+    if not docs:
+        raise InputError("no scored forecasts for that selection: nothing to plot (see `barcast accuracy`)")
+    groups: dict[tuple[str, str], list[reports.AccuracyDoc]] = defaultdict(list)
+    for d in docs:
+        groups[(d["series"], d["model_id"])].append(d)
+    quotes = {SeriesKey.parse(s).symbol.split("-")[-1] for s, _ in groups}
+    unit = quotes.pop() if len(quotes) == 1 else "quote currency"
+
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 5.5), layout="constrained", width_ratios=(3, 2))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    n_total = 0
+    for i, ((s, m), rows) in enumerate(sorted(groups.items())):
+        c = colours[i % len(colours)]
+        rows.sort(key=lambda d: d["step"])
+        x = [d["horizon_minutes"] for d in rows]
+        n_total += sum(d["n"] for d in rows)
+        ax.plot(x, [d["mae"] for d in rows], color=c, marker="o", label=f"{m} on {s}")
+        ax.plot(x, [d["persistence_mae"] for d in rows], color=c, linestyle="--", alpha=0.8,
+                label=f"persistence on the same bars ({s})")
+        ax2.plot(x, [100 * (d["skill"] or 0.0) for d in rows], color=c, marker="o", label=f"{m} on {s}")
+    ax.set_xlabel("horizon (minutes ahead)")
+    ax.set_ylabel(f"mean absolute error ({unit})")
+    ax.set_title("Live forecast error by horizon vs persistence")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    ax2.axhline(0, color="black", linewidth=0.8)
+    ax2.set_xlabel("horizon (minutes ahead)")
+    ax2.set_ylabel("skill vs persistence (%, above 0 is better)")
+    ax2.set_title("Skill: 1 - MAE / persistence MAE")
+    ax2.grid(True, alpha=0.3)
+    window = f"since {reports.iso(since)}" if since else "all scored forecasts"
+    fig.suptitle(f"barcast accuracy, {window} ({n_total} scored steps)", fontsize=11)
+    _save(fig, out)
+    return PlotSummary(out, 0, len(groups), None)

@@ -1,0 +1,305 @@
+"""The documents operators read: forecasts with their outcomes, accuracy, bars, models, status.
+
+One builder per document, shared by the CLI (`barcast forecasts|accuracy|status`) and the HTTP
+API, so a JSON key means the same thing in both and the README documents it once. Builders take
+an open database and return plain JSON-ready dicts (times ISO-8601 UTC with a `Z`, exact prices
+as decimal strings, model outputs as floats). Synchronous: the API runs them in its threadpool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any, TypedDict
+
+from db import bars as db_bars
+from db import forecasts as db_forecasts
+from db import registry, scores
+from db.engine import Database
+from db.errors import InputError
+from db.records import Bar, Forecast, ModelInfo, SeriesKey, decimal_text
+from db.stats import database_size_bytes
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def iso(t: datetime | None) -> str | None:
+    if t is None:
+        return None
+    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _dec(v: Any) -> str | None:
+    if v is None:
+        return None
+    return decimal_text(v if isinstance(v, Decimal) else Decimal(str(v)))
+
+
+def parse_window(text: str, name: str = "window") -> timedelta | None:
+    """`90s`, `30m`, `12h`, `7d`, `2w`, or `all` (None: no lower bound)."""
+    t = text.strip().lower()
+    if t == "all":
+        return None
+    if len(t) > 1 and t[-1] in _UNITS and t[:-1].isdigit() and len(t) <= 12:
+        return timedelta(seconds=int(t[:-1]) * _UNITS[t[-1]])
+    raise InputError(f"{name}: {text!r} is not a window like 30m, 12h, 7d or 'all'")
+
+
+# Forecasts -----------------------------------------------------------------------------------
+
+
+class ForecastDoc(TypedDict):
+    series: str
+    exchange: str
+    symbol: str
+    interval: str
+    issued_at: str
+    model_id: str
+    last_close: str | None
+    latency_ms: float | None
+    created_at: str
+    targets: list[str]
+    closes: list[float]
+    #: Realised close of each target bar (decimal string), null until that bar is stored.
+    actuals: list[str | None]
+    #: predicted - actual per step, null until realised.
+    errors: list[float | None]
+    realised: int
+    #: Mean absolute error over the realised steps, null when none is.
+    mae: float | None
+
+
+def forecast_doc(f: Forecast, actual: Mapping[datetime, Any]) -> ForecastDoc:
+    actuals = [actual.get(t) for t in f.target_times]
+    errors = [None if a is None else float(c) - float(a) for c, a in zip(f.closes, actuals, strict=True)]
+    done = [abs(e) for e in errors if e is not None]
+    return {
+        "series": str(f.series),
+        "exchange": f.series.exchange,
+        "symbol": f.series.symbol,
+        "interval": f.series.interval,
+        "issued_at": iso(f.issued_at) or "",
+        "model_id": f.model_id,
+        "last_close": _dec(f.last_close),
+        "latency_ms": f.latency_ms,
+        "created_at": iso(f.created_at) or "",
+        "targets": [iso(t) or "" for t in f.target_times],
+        "closes": [float(c) for c in f.closes],
+        "actuals": [_dec(a) for a in actuals],
+        "errors": errors,
+        "realised": len(done),
+        "mae": sum(done) / len(done) if done else None,
+    }
+
+
+def with_outcomes(database: Database, found: Sequence[Forecast]) -> list[ForecastDoc]:
+    """Forecast documents joined with the realised closes of their target bars."""
+    spans: dict[SeriesKey, tuple[datetime, datetime]] = {}
+    for f in found:
+        if not f.target_times:
+            continue
+        lo, hi = min(f.target_times), max(f.target_times)
+        if f.series in spans:
+            lo, hi = min(lo, spans[f.series][0]), max(hi, spans[f.series][1])
+        spans[f.series] = (lo, hi)
+    actual = {s: scores.realised_closes(database, s, lo, hi) for s, (lo, hi) in spans.items()}
+    return [forecast_doc(f, actual.get(f.series, {})) for f in found]
+
+
+def forecast_docs(
+    database: Database,
+    series: SeriesKey | None = None,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    model_id: str | None = None,
+    limit: int | None = None,
+) -> list[ForecastDoc]:
+    """Stored forecasts, newest issued first, with realised closes and errors where known."""
+    found = db_forecasts.query_forecasts(database, series, since=since, until=until, model_id=model_id, limit=limit)
+    return with_outcomes(database, found)
+
+
+def known_series(database: Database, configured: Iterable[SeriesKey] = ()) -> list[SeriesKey]:
+    """Configured series first, then any other series with stored bars."""
+    out = list(dict.fromkeys(configured))
+    out += [s for s in db_bars.list_series(database) if s not in out]
+    return out
+
+
+def latest_docs(
+    database: Database, series: Sequence[SeriesKey], *, model_id: str | None = None
+) -> list[ForecastDoc]:
+    """The newest forecast of each series that has one."""
+    found = [f for s in series if (f := db_forecasts.latest_forecast(database, s, model_id)) is not None]
+    return with_outcomes(database, found)
+
+
+# Accuracy ------------------------------------------------------------------------------------
+
+
+class AccuracyDoc(TypedDict):
+    series: str
+    model_id: str
+    step: int
+    horizon_minutes: int
+    n: int
+    mae: float
+    persistence_mae: float
+    #: 1 - mae / persistence_mae: above 0 beats persistence; null when persistence is exact.
+    skill: float | None
+
+
+def accuracy_docs(
+    database: Database,
+    *,
+    series: SeriesKey | None = None,
+    model_id: str | None = None,
+    since: datetime | None = None,
+) -> list[AccuracyDoc]:
+    """Live MAE per (series, model, step) from the online scores, with persistence's on the same bars."""
+    out: list[AccuracyDoc] = []
+    for a in scores.accuracy(database, series=series, model_id=model_id, since=since):
+        out.append(
+            {
+                "series": str(a.series),
+                "model_id": a.model_id,
+                "step": a.step,
+                "horizon_minutes": a.step * int(a.series.step.total_seconds()) // 60,
+                "n": a.n,
+                "mae": a.mae,
+                "persistence_mae": a.persistence_mae,
+                "skill": 1.0 - a.mae / a.persistence_mae if a.persistence_mae > 0 else None,
+            }
+        )
+    return out
+
+
+# Bars and models -----------------------------------------------------------------------------
+
+
+class BarDoc(TypedDict):
+    series: str
+    open_time: str
+    open: str
+    high: str
+    low: str
+    close: str
+    volume: str
+    trade_count: int | None
+    source: str
+
+
+def bar_doc(b: Bar) -> BarDoc:
+    return {
+        "series": str(b.series),
+        "open_time": iso(b.open_time) or "",
+        "open": decimal_text(b.open),
+        "high": decimal_text(b.high),
+        "low": decimal_text(b.low),
+        "close": decimal_text(b.close),
+        "volume": decimal_text(b.volume),
+        "trade_count": b.trade_count,
+        "source": b.source,
+    }
+
+
+class ModelDoc(TypedDict):
+    id: str
+    arch: str
+    series: list[str]
+    status: str
+    #: Series this model serves now (a shared model can serve several).
+    champion_of: list[str]
+    train_start: str | None
+    train_end: str | None
+    created_at: str
+    params: dict[str, Any]
+    metrics: dict[str, Any]
+    artifact_path: str | None
+
+
+def model_docs(
+    database: Database, *, series: SeriesKey | None = None, status: str | None = None
+) -> list[ModelDoc]:
+    models: list[ModelInfo] = registry.list_models(database, series=series, status=status)  # type: ignore[arg-type]
+    champions: dict[str, list[str]] = {}
+    for s in {s for m in models for s in m.series}:
+        champ = registry.champion(database, s)
+        if champ is not None:
+            champions.setdefault(champ.id, []).append(str(s))
+    return [
+        {
+            "id": m.id,
+            "arch": m.arch,
+            "series": [str(s) for s in m.series],
+            "status": m.status,
+            "champion_of": sorted(champions.get(m.id, [])),
+            "train_start": iso(m.train_start),
+            "train_end": iso(m.train_end),
+            "created_at": iso(m.created_at) or "",
+            "params": m.params,
+            "metrics": m.metrics,
+            "artifact_path": m.artifact_path,
+        }
+        for m in models
+    ]
+
+
+# Status --------------------------------------------------------------------------------------
+
+
+def status_from_database(
+    database: Database, configured: Sequence[SeriesKey] = (), *, now: datetime | None = None
+) -> dict[str, Any]:
+    """The status document as far as the database knows it (no feed state, no schedule).
+
+    Keys: see README "barcast status". The running daemon overlays its live view with
+    `merge_status`.
+    """
+    now = now or datetime.now(UTC)
+    stats = {s.series: s for s in db_bars.series_stats(database)}
+    rows = []
+    for key in known_series(database, configured):
+        st = stats.get(key)
+        bar_end = st.last + key.step if st else None
+        champ = registry.champion(database, key)
+        since = registry.champion_since(database, key) if champ else None
+        last = db_forecasts.latest_forecast(database, key)
+        rows.append(
+            {
+                "series": str(key),
+                "configured": key in configured,
+                "bars": st.bars if st else 0,
+                "first_bar": iso(st.first) if st else None,
+                "last_bar": iso(st.last) if st else None,
+                "last_bar_age_s": round((now - bar_end).total_seconds(), 3) if bar_end else None,
+                "champion": champ.id if champ else None,
+                "champion_arch": champ.arch if champ else None,
+                "champion_since": iso(since),
+                "champion_age_s": round((now - champ.created_at).total_seconds(), 3) if champ else None,
+                "last_forecast": iso(last.issued_at) if last else None,
+                "last_forecast_model": last.model_id if last else None,
+                "feed": None,
+            }
+        )
+    return {
+        "source": "database",
+        "generated_at": iso(now),
+        "database": {"url": database.display_url, "size_bytes": database_size_bytes(database)},
+        "series": rows,
+        "feeds": {},
+        "next_retrain": None,
+    }
+
+
+def merge_status(base: dict[str, Any], live: Mapping[str, Any]) -> dict[str, Any]:
+    """Overlay the daemon's live status on the database's: live values win, series merge by name."""
+    out = {**base, **{k: v for k, v in live.items() if k != "series"}, "source": "daemon"}
+    by_name = {row["series"]: dict(row) for row in base.get("series", [])}
+    for row in live.get("series", []) or []:
+        name = str(row.get("series"))
+        by_name[name] = {**by_name.get(name, {"series": name}), **row}
+    out["series"] = list(by_name.values())
+    return out

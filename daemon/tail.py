@@ -1,0 +1,159 @@
+"""Read the forecast log like `tail -F`: the last lines, then new ones across rotation and truncation.
+
+The daemon rotates by renaming `forecasts.jsonl` to `.1` and opening a fresh file between whole
+lines (daemon/live/forecastlog.py). The follower keeps its handle on the file it is reading; when
+the path names another file (rotation) it first drains the old handle to its end, then reads the
+new file from its start, so no line is lost or repeated. A file that shrinks below the read
+position was truncated: reading restarts at its start. A partial last line waits for its newline.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from db.records import SeriesKey
+
+PRETTY_STEPS = (1, 4, 8, 16)
+
+
+def last_lines(path: Path, n: int, *, block: int = 65536) -> list[bytes]:
+    """The last `n` complete lines of a file, read backwards (a log may be large)."""
+    if n <= 0:
+        return []
+    try:
+        fh = path.open("rb")
+    except FileNotFoundError:
+        return []
+    with fh:
+        end = fh.seek(0, os.SEEK_END)
+        data = b""
+        pos = end
+        while pos > 0 and data.count(b"\n") <= n:
+            step = min(block, pos)
+            pos -= step
+            fh.seek(pos)
+            data = fh.read(step) + data
+    lines = data.split(b"\n")
+    lines = lines[:-1]  # the part after the last newline is incomplete (or empty)
+    if pos > 0:
+        lines = lines[1:]  # the first piece may start mid-line
+    return [ln for ln in lines if ln.strip()][-n:]
+
+
+def recent_lines(path: Path, n: int) -> list[bytes]:
+    """The last `n` lines of the log, reaching into rotated files (`.1`, `.2`…) if the live one is short."""
+    got = last_lines(path, n)
+    i = 1
+    while len(got) < n and (older := path.with_name(f"{path.name}.{i}")).exists():
+        got = last_lines(older, n - len(got)) + got
+        i += 1
+    return got
+
+
+class Follower:
+    """Incremental reader of one log path; `poll()` returns the complete lines written since the last call."""
+
+    def __init__(self, path: Path, *, from_end: bool = True) -> None:
+        self.path = path
+        self._fh: IO[bytes] | None = None
+        self._ident: tuple[int, int] | None = None
+        self._buf = b""
+        self._open(at_end=from_end)
+
+    def _open(self, *, at_end: bool) -> None:
+        try:
+            fh = self.path.open("rb")
+        except FileNotFoundError:
+            return
+        st = os.fstat(fh.fileno())
+        self._fh, self._ident, self._buf = fh, (st.st_dev, st.st_ino), b""
+        if at_end:
+            fh.seek(0, os.SEEK_END)
+
+    def _read(self) -> list[bytes]:
+        assert self._fh is not None
+        chunk = self._fh.read()
+        if not chunk:
+            return []
+        data = self._buf + chunk
+        *lines, self._buf = data.split(b"\n")
+        return [ln for ln in lines if ln.strip()]
+
+    def poll(self) -> list[bytes]:
+        if self._fh is None:
+            self._open(at_end=False)  # the file appeared after we started: read it all
+            return self._read() if self._fh is not None else []
+        out = self._read()
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return out  # renamed away, the new file not created yet: keep the old handle
+        if (st.st_dev, st.st_ino) != self._ident:
+            out += self._read()  # drain what was written before the rename
+            self._fh.close()
+            self._fh = None
+            self._open(at_end=False)
+            if self._fh is not None:
+                out += self._read()
+        elif st.st_size < self._fh.tell():
+            self._fh.seek(0)  # truncated in place
+            self._buf = b""
+            out += self._read()
+        return out
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def follow(self, *, interval: float = 0.25, stop: Callable[[], bool] = lambda: False) -> Iterator[bytes]:
+        while not stop():
+            lines = self.poll()
+            yield from lines
+            if not lines:
+                time.sleep(interval)
+
+
+def parse(line: bytes) -> dict[str, Any] | None:
+    """One log object, or None for a line that is not one (a torn write, foreign text)."""
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def matches(obj: dict[str, Any], series: SeriesKey | None) -> bool:
+    if series is None:
+        return True
+    return (obj.get("exchange"), obj.get("symbol"), obj.get("interval")) == (
+        series.exchange, series.symbol, series.interval
+    )
+
+
+def pretty(obj: dict[str, Any]) -> str:
+    """time, series, last close, steps 1/4/8/16 with change in %, model: one line for people."""
+    last_text = obj.get("last_close")
+    try:
+        last = float(last_text) if last_text is not None else None
+    except (TypeError, ValueError):
+        last = None
+    closes = obj.get("closes") or []
+    parts = []
+    for k in PRETTY_STEPS:
+        if k > len(closes):
+            continue
+        c = float(closes[k - 1])
+        pct = f" ({(c / last - 1) * 100:+.2f}%)" if last else ""
+        parts.append(f"+{k} {c:.2f}{pct}")
+    return (
+        f"{obj.get('issued_at', '?')}  {obj.get('series', '?')}  last {last_text if last_text is not None else '?'}  "
+        + "  ".join(parts)
+        + f"  {obj.get('model_id', '?')}"
+    )

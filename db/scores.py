@@ -1,0 +1,154 @@
+"""Online scores: realised errors of stored forecasts once their target bars have closed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, func, select
+
+from db.dialect import chunks, insert_for
+from db.engine import Database
+from db.records import ForecastScore, SeriesKey
+from db.schema import bars as bars_t
+from db.schema import forecast_scores as sc_t
+from db.schema import forecasts as fc_t
+
+
+def insert_scores(database: Database, scores: Iterable[ForecastScore]) -> int:
+    """Store scores; a step already scored is left as it was. Returns rows newly written."""
+    rows = [
+        {
+            "exchange": s.series.exchange,
+            "symbol": s.series.symbol,
+            "interval": s.series.interval,
+            "issued_at": s.issued_at,
+            "model_id": s.model_id,
+            "step": s.step,
+            "target_time": s.target_time,
+            "actual": s.actual,
+            "error": s.error,
+            "persistence_error": s.persistence_error,
+            "scored_at": s.scored_at,
+        }
+        for s in scores
+    ]
+    if not rows:
+        return 0
+    stmt = (
+        insert_for(database, sc_t)
+        .on_conflict_do_nothing(index_elements=["exchange", "symbol", "interval", "issued_at", "model_id", "step"])
+        .returning(sc_t.c.step)
+    )
+    written = 0
+    with database.begin() as conn:
+        for batch in chunks(rows, 2000):
+            written += len(conn.execute(stmt, batch).all())
+    return written
+
+
+@dataclass(frozen=True, slots=True)
+class Unscored:
+    """A forecast step whose target bar is stored but which has no score yet."""
+
+    series: SeriesKey
+    issued_at: datetime
+    model_id: str
+    step: int
+    target_time: datetime
+    predicted: float
+    last_close: Any
+    actual: Any
+
+
+def unscored_steps(database: Database, series: SeriesKey, *, until: datetime | None = None) -> list[Unscored]:
+    """Forecast steps of `series` whose target bar exists and that are not scored yet."""
+    f, b, s = fc_t, bars_t, sc_t
+    join_bar = and_(
+        b.c.exchange == f.c.exchange, b.c.symbol == f.c.symbol, b.c.interval == f.c.interval,
+        b.c.open_time == f.c.target_time,
+    )
+    join_score = and_(
+        s.c.exchange == f.c.exchange, s.c.symbol == f.c.symbol, s.c.interval == f.c.interval,
+        s.c.issued_at == f.c.issued_at, s.c.model_id == f.c.model_id, s.c.step == f.c.step,
+    )
+    cond = [
+        f.c.exchange == series.exchange, f.c.symbol == series.symbol, f.c.interval == series.interval,
+        s.c.step.is_(None),
+    ]
+    if until is not None:
+        cond.append(f.c.target_time <= until)
+    stmt = (
+        select(f.c.issued_at, f.c.model_id, f.c.step, f.c.target_time, f.c.predicted, f.c.last_close, b.c.close)
+        .select_from(f.join(b, join_bar).outerjoin(s, join_score))
+        .where(and_(*cond))
+        .order_by(f.c.issued_at, f.c.model_id, f.c.step)
+    )
+    with database.engine.connect() as conn:
+        return [
+            Unscored(series, r.issued_at, r.model_id, r.step, r.target_time, r.predicted, r.last_close, r.close)
+            for r in conn.execute(stmt)
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class StepAccuracy:
+    series: SeriesKey
+    model_id: str
+    step: int
+    n: int
+    mae: float
+    persistence_mae: float
+
+
+def accuracy(
+    database: Database,
+    *,
+    series: SeriesKey | None = None,
+    model_id: str | None = None,
+    since: datetime | None = None,
+) -> list[StepAccuracy]:
+    """Live MAE per (series, model, step) and persistence's MAE on the same bars."""
+    s = sc_t
+    cond: list[Any] = []
+    if series is not None:
+        cond += [s.c.exchange == series.exchange, s.c.symbol == series.symbol, s.c.interval == series.interval]
+    if model_id is not None:
+        cond.append(s.c.model_id == model_id)
+    if since is not None:
+        cond.append(s.c.target_time >= since)
+    stmt = (
+        select(
+            s.c.exchange, s.c.symbol, s.c.interval, s.c.model_id, s.c.step,
+            func.count(), func.avg(func.abs(s.c.error)), func.avg(func.abs(s.c.persistence_error)),
+        )
+        .where(and_(*cond) if cond else s.c.step.is_not(None))
+        .group_by(s.c.exchange, s.c.symbol, s.c.interval, s.c.model_id, s.c.step)
+        .order_by(s.c.exchange, s.c.symbol, s.c.interval, s.c.model_id, s.c.step)
+    )
+    with database.engine.connect() as conn:
+        return [
+            StepAccuracy(SeriesKey(r[0], r[1], r[2]), r[3], int(r[4]), int(r[5]), float(r[6]), float(r[7]))
+            for r in conn.execute(stmt)
+        ]
+
+
+def realised_closes(
+    database: Database, series: SeriesKey, since: datetime, until: datetime
+) -> dict[datetime, Any]:
+    """Stored closes of `series` with `since <= open_time <= until`, by open time.
+
+    What forecasts are compared with before (or without) online scoring: only two columns are
+    read, so joining a page of forecasts with its target bars stays cheap.
+    """
+    b = bars_t
+    stmt = select(b.c.open_time, b.c.close).where(
+        and_(
+            b.c.exchange == series.exchange, b.c.symbol == series.symbol, b.c.interval == series.interval,
+            b.c.open_time >= since, b.c.open_time <= until,
+        )
+    )
+    with database.engine.connect() as conn:
+        return {r.open_time: r.close for r in conn.execute(stmt)}

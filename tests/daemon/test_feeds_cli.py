@@ -1,0 +1,114 @@
+"""The feed commands through the real `barcast` entry point."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from daemon.feeds import PROTOCOLS
+from daemon.feeds.simulator import ExchangeSimulator, SimSeries
+from tests.daemon.clirun import barcast
+from tests.daemon.test_feeds_connection import walk
+
+CAPTURES = {
+    "coinbase": ("COINBASE.ws.28.0", 107),
+    "binance": ("BINANCE.ws.1.0", 2),
+    "kraken": ("KRAKEN.ws.48.0", 10),
+    "poloniex": ("POLONIEX.ws.1.0", 6),
+}
+
+
+@pytest.mark.parametrize("exchange", sorted(CAPTURES))
+def test_parse_prints_normalised_trades(shared_dir: Path, capsys: pytest.CaptureFixture[str], exchange: str) -> None:
+    name, n = CAPTURES[exchange]
+    r = barcast(capsys, "parse", "--exchange", exchange, str(shared_dir / "captures" / name))
+    assert r.code == 0, r.err
+    rows = [json.loads(line) for line in r.out.splitlines()]
+    assert len(rows) == n
+    assert set(rows[0]) == {"exchange", "symbol", "trade_id", "time", "price", "size", "side"}
+    assert all(isinstance(x["price"], str) and x["time"].endswith("Z") for x in rows)
+    assert f"{n} trades" in r.err and "malformed=0" in r.err
+
+
+def test_parse_csv_and_counts_malformed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "x.jsonl"
+    f.write_text(
+        '{"e":"trade","E":1,"s":"BTCUSDT","t":7,"p":"19695.87","q":"0.5","T":1608000000000,"m":true}\n'
+        '{"e":"trade","p":\n'
+        "garbage\n".replace("garbage", "{}")
+    )
+    r = barcast(capsys, "parse", "--exchange", "binance", "--format", "csv", str(f))
+    assert r.code == 0
+    assert r.out.splitlines() == [
+        "exchange,symbol,trade_id,time,price,size,side",
+        "binance,BTC-USDT,7,2020-12-15T02:40:00.000000Z,19695.87,0.5,sell",
+    ]
+    assert "malformed=2" in r.err and "bad_json" in r.err
+
+
+def test_parse_missing_file_is_input_error(capsys: pytest.CaptureFixture[str]) -> None:
+    r = barcast(capsys, "parse", "--exchange", "kraken", "/nonexistent/capture")
+    assert r.code == 2 and "no such file" in r.err
+
+
+@pytest.fixture
+def sim_in_thread() -> Iterator[ExchangeSimulator]:
+    """A simulator on its own loop in a thread (the CLI under test runs its own asyncio loop)."""
+    loop = asyncio.new_event_loop()
+    sim = ExchangeSimulator(PROTOCOLS["kraken"], [SimSeries("BTC-USD", tuple(walk(200)))], speed=600, heartbeat_s=0.05)
+    started = threading.Event()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(sim.start())
+        started.set()
+        loop.run_forever()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    assert started.wait(10)
+    yield sim
+    asyncio.run_coroutine_threadsafe(sim.stop(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    t.join(10)
+
+
+def test_record_writes_the_capture_format(
+    sim_in_thread: ExchangeSimulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "rec.ws"
+    r = barcast(
+        capsys,
+        "record",
+        "--exchange",
+        "kraken",
+        "--symbols",
+        "BTC-USD",
+        "--out",
+        str(out),
+        "--url",
+        sim_in_thread.ws_url,
+        "--max-messages",
+        "12",
+        "--duration",
+        "20s",
+    )
+    assert r.code == 0, r.err
+    lines = out.read_text().splitlines()
+    assert " <-> " in lines[0] and " <- " in lines[1] and '"subscribe"' in lines[1]
+    r = barcast(capsys, "parse", "--exchange", "kraken", str(out))
+    assert r.code == 0 and "malformed=0" in r.err and "heartbeat=" in r.err
+    assert len(r.out.splitlines()) >= 1  # the recorded trades parse back
+
+
+def test_demo_shows_bars_offline(capsys: pytest.CaptureFixture[str]) -> None:
+    r = barcast(capsys, "demo", "--speed", "3000", "--duration", "3s")
+    assert r.code == 0, r.err
+    closed = [line for line in r.out.splitlines() if line.endswith(" closed")]
+    assert len(closed) >= 5 and "binance:BTC-USDT:5m" in closed[0]
+    assert "backfilled" in r.out

@@ -1,0 +1,202 @@
+"""Pure and small I/O parts of the live service: window, forecast log, sd_notify, scoring, control."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal as D
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from daemon.live.broadcast import Broadcast
+from daemon.live.control import ControlServer, request
+from daemon.live.forecastlog import ForecastLog
+from daemon.live.inference import Job, ModelBook, ServingModel, forecast_batch
+from daemon.live.notify import Notifier
+from daemon.live.scoring import DriftWatch, score
+from daemon.live.window import RollingWindow
+from db.records import Bar, Forecast, SeriesKey
+from db.scores import Unscored
+
+S = SeriesKey("binance", "BTC-USDT")
+T0 = datetime(2021, 1, 1, tzinfo=UTC)
+
+
+def bar(i: int, close: float | None = None) -> Bar:
+    c = D(str(close if close is not None else 100 + i))
+    return Bar("binance", "BTC-USDT", "5m", T0 + timedelta(minutes=5 * i), c, c + 1, c - 1, c, D("1.5"), 3)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 60), min_size=1, max_size=80), st.integers(0, 3))
+def test_window_holds_newest_contiguous_bars(indices: list[int], fill: int) -> None:
+    """Against a direct reference: the window is the longest gap-free (after filling) tail."""
+    w = RollingWindow(8, "5m", fill_gaps=fill)
+    seen: dict[int, float] = {}
+    newest = -1
+    for i in indices:
+        w.push(bar(i))
+        if i > newest:
+            # reference: gap of missing bars longer than fill breaks the run
+            if newest >= 0 and i - newest - 1 > fill:
+                seen = {}
+            elif newest >= 0:
+                for k in range(newest + 1, i):
+                    seen[k] = seen[newest]
+            seen[i] = 100 + i
+            newest = i
+        elif i in seen and i >= newest - 7:
+            seen[i] = 100 + i
+    tail = [seen[k] for k in sorted(seen) if k > newest - 8]
+    assert len(w) == len(tail)
+    if w.ready:
+        assert list(w.values()[:, 3]) == tail
+        assert w.last_time == T0 + timedelta(minutes=5 * newest)
+
+
+def test_window_values_are_a_snapshot() -> None:
+    w = RollingWindow(3, "5m")
+    for i in range(3):
+        w.push(bar(i))
+    snap = w.values()
+    w.push(bar(3))
+    assert list(snap[:, 3]) == [100, 101, 102]
+    assert list(w.values()[:, 3]) == [101, 102, 103]
+
+
+def _fc(i: int) -> Forecast:
+    issued = T0 + timedelta(minutes=5 * i)
+    return Forecast(S, issued, "m", tuple(issued + timedelta(minutes=5 * k) for k in range(1, 17)),
+                    tuple(float(i + k) for k in range(16)), last_close=D("100.10"), latency_ms=1.5)
+
+
+def test_forecast_log_rotates_without_losing_lines(tmp_path: Path) -> None:
+    path = tmp_path / "forecasts.jsonl"
+    flog = ForecastLog(path, max_bytes=3000, backups=50)
+    for i in range(40):
+        flog.write([_fc(i)])
+    flog.close()
+    files = sorted(tmp_path.glob("forecasts.jsonl*"))
+    assert len(files) > 3
+    lines = [ln for f in files for ln in f.read_text().splitlines()]
+    issued = sorted(orjson.loads(ln)["issued_at"] for ln in lines)
+    assert issued == sorted((T0 + timedelta(minutes=5 * i)).isoformat().replace("+00:00", "Z") for i in range(40))
+    first = orjson.loads(lines[0])
+    assert first["last_close"] == "100.10" and len(first["targets"]) == 16 and first["series"] == str(S)
+    assert all(f.stat().st_size <= 3000 for f in files)
+
+
+def test_forecast_log_keeps_only_backups(tmp_path: Path) -> None:
+    flog = ForecastLog(tmp_path / "f.jsonl", max_bytes=1000, backups=2)
+    for i in range(30):
+        flog.write([_fc(i)])
+    flog.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.jsonl", "f.jsonl.1", "f.jsonl.2"]
+
+
+def test_sd_notify_messages_arrive_on_a_real_socket(tmp_path: Path) -> None:
+    path = tmp_path / "notify.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(str(path))
+    server.settimeout(2)
+    n = Notifier(str(path))
+    assert n.ready("serving 1 series")
+    assert n.watchdog()
+    assert n.extend_timeout(90)
+    got = [server.recv(4096).decode() for _ in range(3)]
+    assert got == ["READY=1\nSTATUS=serving 1 series", "WATCHDOG=1", "EXTEND_TIMEOUT_USEC=90000000"]
+    n.close()
+    server.close()
+    assert not Notifier("").ready("x")  # outside systemd: a no-op
+
+
+def test_scoring_and_drift() -> None:
+    rows = [Unscored(S, T0, "m", k, T0 + timedelta(minutes=5 * k), 101.0, D("100"), D("100.5")) for k in (1, 2)]
+    scores = score(rows, T0)
+    assert [s.error for s in scores] == [0.5, 0.5] and [s.persistence_error for s in scores] == [-0.5, -0.5]
+    watch = DriftWatch(window=10, margin=0.1, period=2)
+    watch.add(scores)
+    assert watch.check() is False  # 0.5 vs 0.5: not above by 10 %
+    bad = [Unscored(S, T0, "m", 3, T0, 110.0, D("100"), D("100"))]
+    watch.add(score(bad, T0))
+    assert watch.check() is False and watch.check() is True  # needs two checks in a row
+    assert watch.mae is not None and watch.mae > watch.persistence_mae  # type: ignore[operator]
+
+
+class _Doubler:
+    """A stand-in model with the Forecaster interface (features, window, horizon, predict_batch)."""
+
+    features = ("close",)
+    window = 4
+    horizon = 3
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def predict_batch(self, x: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        return np.repeat(x[:, -1:, 0] * 2, self.horizon, axis=1)
+
+
+def test_forecast_batch_runs_one_call_per_model_and_swap_is_atomic() -> None:
+    book = ModelBook()
+    m = _Doubler()
+    book.swap("g", ServingModel.of("double", m))
+    serving = book.get("g")
+    assert serving is not None
+    jobs = []
+    for i, key in enumerate([S, SeriesKey("coinbase", "BTC-USD")]):
+        win = np.zeros((6, 6))
+        win[:, 3] = np.arange(6) + 10 * i
+        jobs.append(Job(key, serving, win, T0, D("1"), 0.0))
+    out = forecast_batch(jobs, lambda k: k.step)
+    assert m.calls == 1
+    assert [f.closes for f in out] == [(10.0, 10.0, 10.0), (30.0, 30.0, 30.0)]
+    assert out[0].target_times[0] == T0 + timedelta(minutes=5) and out[0].model_id == "double"
+    old = book.swap("g", ServingModel.of("other", _Doubler()))
+    assert old is serving and book.get("g").model_id == "other"  # type: ignore[union-attr]
+
+
+def test_broadcast_drops_oldest_for_slow_subscriber() -> None:
+    async def main() -> list[int]:
+        b = Broadcast(maxsize=2)
+        it = b.subscribe()
+        first = asyncio.ensure_future(it.__anext__())
+        await asyncio.sleep(0)
+        for i in range(5):
+            b.publish({"i": i})
+        got = [(await first)["i"]]
+        got.append((await it.__anext__())["i"])
+        await it.aclose()
+        assert b.dropped >= 1
+        return got
+
+    got = asyncio.run(main())
+    assert got[-1] == 4
+
+
+def test_control_socket_round_trip_and_single_instance(tmp_path: Path) -> None:
+    path = tmp_path / "barcast.sock"
+
+    async def handler(req: dict) -> dict:
+        return {"ok": True, "echo": req["cmd"]}
+
+    async def main() -> None:
+        server = ControlServer(path, handler)
+        await server.start()
+        assert (path.stat().st_mode & 0o777) == 0o600
+        assert await request(path, {"cmd": "status"}) == {"ok": True, "echo": "status"}
+        with pytest.raises(Exception, match="already running"):
+            await ControlServer(path, handler).start()
+        await server.stop()
+        assert not path.exists()
+        with pytest.raises(ConnectionError):
+            await request(path, {"cmd": "status"})
+
+    asyncio.run(main())

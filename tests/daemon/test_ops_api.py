@@ -1,0 +1,251 @@
+"""The HTTP API on a real uvicorn server on 127.0.0.1: happy paths, bad input, injection, concurrency, SSE."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from daemon.api import ApiServer, check_bind, create_app
+from daemon.config import ApiConfig
+from db.bars import read_bars
+from db.engine import Database, open_database
+from db.errors import ConfigError
+from db.forecasts import insert_forecasts
+from tests.daemon.clirun import barcast
+from tests.daemon.opsdata import BTC, ETH, FORECAST_BARS, forecasts_for, ops_db_url
+
+
+class FakeLive:
+    """LiveHooks as the daemon provides them: a status view and a broadcast of forecast objects."""
+
+    def __init__(self) -> None:
+        self.queues: list[asyncio.Queue[dict[str, Any]]] = []
+        self.closed = 0
+
+    def status(self) -> dict[str, Any]:
+        return {"ready": False, "reasons": ["window of binance:BTC-USDT:5m not restored"],
+                "next_retrain": "2021-07-18T00:00:00Z",
+                "feeds": {"binance": {"connected": True, "reconnects": 2, "malformed": 0}},
+                "series": [{"series": str(BTC), "feed": {"connected": True}}]}
+
+    async def subscribe(self) -> AsyncIterator[dict[str, Any]]:
+        q: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=16)
+        self.queues.append(q)
+        try:
+            while True:
+                yield await q.get()
+        finally:
+            self.queues.remove(q)
+            self.closed += 1
+
+
+class Running:
+    def __init__(self, database: Database, live: FakeLive | None = None, token: str | None = None) -> None:
+        self.app = create_app(database, live=live, token=token, max_limit=50, series=(BTC,))
+        self.api = ApiServer(self.app, "127.0.0.1", 0)
+        self.api.bind()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self.api.serve(),), daemon=True)
+        self.thread.start()
+        for _ in range(200):
+            if self.api.server.started:
+                break
+            threading.Event().wait(0.02)
+        self.url = self.api.url
+
+    def stop(self) -> None:
+        self.api.stop()
+        self.thread.join(timeout=10)
+        assert not self.thread.is_alive(), "server did not stop"
+
+
+@pytest.fixture
+def database(tmp_path: Path, shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
+    db = open_database(ops_db_url(tmp_path, shared_dir, tmp_path_factory.getbasetemp()))
+    yield db
+    db.close()
+
+
+@pytest.fixture
+def server(database: Database) -> Iterator[Running]:
+    r = Running(database)
+    yield r
+    r.stop()
+
+
+def test_happy_paths(server: Running) -> None:
+    with httpx.Client(base_url=server.url, timeout=10) as c:
+        h = c.get("/health")
+        assert h.status_code == 200 and h.json() == {"live": True, "ready": True, "reasons": [], "mode": "database"}
+        f = c.get("/forecasts", params={"series": "binance:BTC-USDT", "limit": 5}).json()
+        assert f["count"] == 5 and f["forecasts"][0]["issued_at"] == "2021-07-17T21:05:00Z"
+        capped = c.get("/forecasts", params={"limit": 100000}).json()
+        assert capped["limit"] == 50 and capped["count"] == 50
+        latest = c.get("/forecasts/latest").json()["forecasts"]
+        assert {d["series"] for d in latest} == {str(BTC), str(ETH)}
+        bars = c.get("/bars", params={"series": "binance:ETH-USDT:5m", "limit": 3}).json()
+        assert [b["open_time"] for b in bars["bars"]][-1] == "2021-07-17T21:10:00Z" and bars["count"] == 3
+        ranged = c.get("/bars", params={"series": str(BTC), "since": "2021-07-17T20:00:00", "until": 1626555600})
+        assert ranged.json()["count"] == 12
+        acc = c.get("/accuracy", params={"window": "all", "model": "drift-16"}).json()["accuracy"]
+        assert len(acc) == 32 and acc[0]["n"] == FORECAST_BARS - 1
+        models = c.get("/models").json()["models"]
+        assert {m["id"]: m["champion_of"] for m in models} == {
+            "drift-16-btc-usdt": [str(BTC)], "drift-16-eth-usdt": [str(ETH)]}
+        st = c.get("/status").json()
+        assert st["source"] == "database" and st["series"][0]["series"] == str(BTC)
+        m = c.get("/metrics")
+        names = {fam.name for fam in text_string_to_metric_families(m.text)}
+        assert "barcast_process_resident_memory_bytes" in names and "barcast_forecast_latency_seconds" in names
+        fams = {f.name: f for f in text_string_to_metric_families(m.text)}
+        rss = fams["barcast_process_resident_memory_bytes"]
+        assert rss.samples[0].value > 10_000_000
+        assert c.get("/forecasts/stream").status_code == 503  # no live daemon behind this API
+        assert c.post("/forecasts").status_code == 405
+
+
+@pytest.mark.parametrize(
+    ("path", "params"),
+    [
+        ("/forecasts", {"series": "binance"}),
+        ("/forecasts", {"series": "binance:BTC-USDT:7m"}),
+        ("/forecasts", {"series": "binance:BTC-USDT' OR '1'='1"}),
+        ("/forecasts", {"since": "yesterday"}),
+        ("/forecasts", {"since": "2021-07-18", "until": "2021-07-17"}),
+        ("/forecasts", {"limit": 0}),
+        ("/forecasts", {"limit": "ten"}),
+        ("/forecasts", {"limit": "1e99"}),
+        ("/forecasts", {"since": "99999999999999999999"}),
+        ("/bars", {}),
+        ("/bars", {"series": "'; DELETE FROM bars; --"}),
+        ("/bars", {"series": "x" * 500}),
+        ("/accuracy", {"window": "1 OR 1=1"}),
+        ("/models", {"status": "champion' OR '1'='1"}),
+    ],
+)
+def test_bad_input_is_4xx_json(server: Running, database: Database, path: str, params: dict[str, Any]) -> None:
+    r = httpx.get(server.url + path, params=params, timeout=10)
+    assert 400 <= r.status_code < 500, r.text
+    assert isinstance(r.json()["error"], str) and r.json()["error"]
+    assert len(read_bars(database, BTC, limit=1)) == 1  # nothing was dropped
+
+
+def test_injection_string_as_a_model_id_is_just_data(server: Running) -> None:
+    r = httpx.get(server.url + "/forecasts", params={"model": "x' OR 1=1; DROP TABLE forecasts; --"}, timeout=10)
+    assert r.status_code == 200 and r.json()["count"] == 0
+    assert httpx.get(server.url + "/forecasts", timeout=10).json()["count"] == 50
+
+
+def test_openapi_matches_routes(server: Running) -> None:
+    from fastapi.routing import APIRoute
+
+    spec = httpx.get(server.url + "/openapi.json", timeout=10).json()
+    routes = {r.path for r in server.app.routes if isinstance(r, APIRoute)}
+    assert routes == set(spec["paths"])
+    assert routes >= {"/health", "/forecasts", "/forecasts/latest", "/forecasts/stream", "/bars", "/accuracy",
+                      "/models", "/status", "/metrics"}
+    assert all(set(ops) == {"get"} for ops in spec["paths"].values())
+    try:
+        from openapi_spec_validator import validate
+    except ImportError:
+        return
+    validate(spec)
+
+
+def test_concurrent_readers_while_a_writer_inserts(server: Running, database: Database) -> None:
+    bars = read_bars(database, BTC)[-FORECAST_BARS - 200 : -FORECAST_BARS]
+    stop = threading.Event()
+    written = []
+
+    def writer() -> None:
+        for i in range(16, len(bars)):
+            f = forecasts_for(bars, i, "writer-test", bars[i].open_time + timedelta(minutes=5))
+            insert_forecasts(database, [replace(f, issued_at=f.issued_at)])
+            written.append(f)
+        stop.set()
+
+    def reader(n: int) -> int:
+        ok = 0
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            while not stop.is_set() or ok < 5:
+                path = ("/forecasts", "/status", "/accuracy", "/forecasts/latest", "/metrics")[(n + ok) % 5]
+                r = c.get(path, params={"model": "writer-test"} if path == "/forecasts" else None)
+                assert r.status_code == 200, r.text
+                ok += 1
+        return ok
+
+    t = threading.Thread(target=writer)
+    t.start()
+    with ThreadPoolExecutor(6) as pool:
+        counts = list(pool.map(reader, range(6)))
+    t.join()
+    assert all(c >= 5 for c in counts)
+    final = httpx.get(server.url + "/forecasts", params={"model": "writer-test", "limit": 1000}, timeout=10).json()
+    assert final["count"] == 50 and len(written) == len(bars) - 16  # capped at max_limit
+
+
+def test_token_and_bind_rules(database: Database) -> None:
+    r = Running(database, token="s3cret")
+    try:
+        assert httpx.get(r.url + "/health").status_code == 200  # probes need no token
+        assert httpx.get(r.url + "/status").status_code == 401
+        assert httpx.get(r.url + "/metrics", headers={"Authorization": "Bearer nope"}).status_code == 401
+        assert httpx.get(r.url + "/status", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    finally:
+        r.stop()
+    with pytest.raises(ConfigError, match=r"api\.host"):
+        check_bind(ApiConfig(host="0.0.0.0"))
+    check_bind(ApiConfig(host="0.0.0.0", token="t"))
+    check_bind(ApiConfig(host="0.0.0.0", allow_insecure_remote=True))
+    check_bind(ApiConfig(host="::1"))
+
+
+def test_live_status_health_and_stream(database: Database, capsys: pytest.CaptureFixture[str],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    live = FakeLive()
+    r = Running(database, live=live)
+    try:
+        h = httpx.get(r.url + "/health")
+        assert h.status_code == 503 and h.json()["reasons"] == ["window of binance:BTC-USDT:5m not restored"]
+        st = httpx.get(r.url + "/status").json()
+        assert st["source"] == "daemon" and st["next_retrain"] == "2021-07-18T00:00:00Z"
+        assert st["series"][0]["feed"] == {"connected": True} and st["series"][0]["bars"] == 65741
+        # `barcast status` asks the daemon first.
+        monkeypatch.setenv("BARCAST_API__PORT", str(r.api.port))
+        res = barcast(capsys, "--db", database.url, "status", "--format", "json")
+        assert json.loads(res.out)["source"] == "daemon"
+
+        objs = [{"series": str(k), "exchange": k.exchange, "symbol": k.symbol, "interval": k.interval,
+                 "issued_at": f"2021-07-17T21:{i:02d}:00Z"} for i in range(3) for k in (BTC, ETH)]
+        got: list[dict[str, Any]] = []
+        with httpx.Client(timeout=20) as c, c.stream("GET", r.url + "/forecasts/stream",
+                                                      params={"series": "binance:ETH-USDT"}) as resp:
+            assert resp.headers["content-type"].startswith("text/event-stream")
+            lines = resp.iter_lines()
+            assert next(lines).startswith(":")  # the opening comment: the subscription exists
+            for _ in range(200):
+                if live.queues:
+                    break
+                threading.Event().wait(0.02)
+            for o in objs:
+                r.loop.call_soon_threadsafe(live.queues[0].put_nowait, o)
+            for line in lines:
+                if line.startswith("data: "):
+                    got.append(json.loads(line[6:]))
+                    if len(got) == 3:
+                        break
+        assert [g["issued_at"] for g in got] == [o["issued_at"] for o in objs if o["symbol"] == "ETH-USDT"]
+    finally:
+        r.stop()
+    assert live.closed == 1 and not live.queues  # the subscription was closed when the client left

@@ -1,0 +1,162 @@
+"""`barcast forecasts|accuracy|status|plot` on a database filled by the real import path."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+
+from db.bars import read_bars
+from db.engine import open_database
+from tests.daemon.clirun import barcast
+from tests.daemon.opsdata import BTC, DRIFT, ETH, FORECAST_BARS, HORIZON, PERSISTENCE, ops_db_url
+
+
+@pytest.fixture(autouse=True)
+def _wide_tables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "200")  # rich tables are 80 wide off a terminal
+
+
+@pytest.fixture
+def db_url(tmp_path: Path, shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    return ops_db_url(tmp_path, shared_dir, tmp_path_factory.getbasetemp())
+
+
+def test_forecasts_json_has_outcomes_where_targets_closed(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    res = barcast(capsys, "--db", db_url, "forecasts", "--series", "binance:BTC-USDT", "--last", "40",
+                  "--format", "json")
+    assert res.code == 0, res.err
+    docs = json.loads(res.out)
+    assert len(docs) == 40
+    assert [d["issued_at"] for d in docs] == sorted((d["issued_at"] for d in docs), reverse=True)
+    database = open_database(db_url)
+    try:
+        bars = {b.open_time.strftime("%Y-%m-%dT%H:%M:%SZ"): b for b in read_bars(database, BTC)[-FORECAST_BARS:]}
+    finally:
+        database.close()
+    for d in docs:
+        assert d["series"] == "binance:BTC-USDT:5m" and d["model_id"] in (PERSISTENCE, DRIFT)
+        assert len(d["targets"]) == len(d["closes"]) == len(d["actuals"]) == len(d["errors"]) == HORIZON
+        assert d["last_close"] == str(bars[d["issued_at"]].close)  # exact decimal text of the import
+        for t, c, a, e in zip(d["targets"], d["closes"], d["actuals"], d["errors"], strict=True):
+            if t in bars:
+                assert a == str(bars[t].close)
+                assert e == pytest.approx(c - float(bars[t].close))
+            else:
+                assert a is None and e is None
+        assert d["realised"] == sum(a is not None for a in d["actuals"])
+    newest = docs[0]
+    assert newest["realised"] == 0 and newest["mae"] is None  # issued on the last stored bar
+    persistence = next(d for d in docs if d["model_id"] == PERSISTENCE and d["realised"] == HORIZON)
+    assert set(persistence["closes"]) == {float(persistence["last_close"])}
+
+
+def test_forecasts_csv_is_one_row_per_step_and_table_is_readable(
+    db_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    res = barcast(capsys, "--db", db_url, "forecasts", "--series", "binance:ETH-USDT", "--last", "3",
+                  "--model", DRIFT, "--format", "csv")
+    assert res.code == 0, res.err
+    rows = list(csv.DictReader(io.StringIO(res.out)))
+    assert len(rows) == 3 * HORIZON
+    assert list(rows[0]) == ["series", "issued_at", "model_id", "step", "target_time", "predicted", "actual",
+                             "error", "last_close", "latency_ms", "created_at"]
+    assert {r["model_id"] for r in rows} == {DRIFT}
+    assert [int(r["step"]) for r in rows[:HORIZON]] == list(range(1, HORIZON + 1))
+    res = barcast(capsys, "--db", db_url, "forecasts", "--last", "4")
+    assert res.code == 0 and "issued_at" in res.out and "+16" in res.out and "drift-16" in res.out
+
+
+def test_forecasts_latest_and_time_range(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    res = barcast(capsys, "--db", db_url, "forecasts", "--latest", "--model", PERSISTENCE, "--format", "json")
+    docs = json.loads(res.out)
+    assert sorted(d["series"] for d in docs) == [str(BTC), str(ETH)]
+    assert {d["issued_at"] for d in docs} == {"2021-07-17T21:05:00Z", "2021-07-17T21:10:00Z"}
+    res = barcast(capsys, "--db", db_url, "forecasts", "--series", str(BTC), "--since", "2021-07-17T20:00:00Z",
+                  "--until", "2021-07-17T21:00", "--format", "json")
+    issued = {d["issued_at"] for d in json.loads(res.out)}
+    assert min(issued) == "2021-07-17T20:00:00Z" and max(issued) == "2021-07-17T20:55:00Z" and len(issued) == 12
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["forecasts", "--series", "binance"],
+        ["forecasts", "--series", "binance:BTC-USDT:7m"],
+        ["forecasts", "--since", "yesterday"],
+        ["forecasts", "--since", "2021-07-18", "--until", "2021-07-17"],
+        ["forecasts", "--series", "x'; DROP TABLE forecasts; --:BTC-USD"],
+        ["accuracy", "--window", "forever"],
+        ["forecasts", "--latest", "--last", "3"],
+    ],
+)
+def test_bad_input_is_one_line_exit_2(db_url: str, capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    res = barcast(capsys, "--db", db_url, *argv)
+    assert res.code == 2, (res.out, res.err)
+    assert "Traceback" not in res.err and res.err.strip()
+
+
+def test_accuracy_formats(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    res = barcast(capsys, "--db", db_url, "accuracy", "--window", "all", "--format", "json")
+    docs = json.loads(res.out)
+    assert {(d["series"], d["model_id"]) for d in docs} == {
+        (str(k), m) for k in (BTC, ETH) for m in (PERSISTENCE, DRIFT)
+    }
+    for d in docs:
+        assert d["horizon_minutes"] == 5 * d["step"]
+        assert d["n"] == FORECAST_BARS - d["step"]  # the last `step` forecasts' targets are not stored yet
+        if d["model_id"] == PERSISTENCE:  # persistence scored against itself
+            assert d["mae"] == pytest.approx(d["persistence_mae"]) and d["skill"] == pytest.approx(0.0, abs=1e-9)
+    res = barcast(capsys, "--db", db_url, "accuracy", "--series", str(ETH), "--model", DRIFT, "--window", "all",
+                  "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(res.out)))
+    assert len(rows) == HORIZON and rows[0]["series"] == str(ETH)
+    res = barcast(capsys, "--db", db_url, "accuracy")  # default window 7d back from now: nothing that old
+    assert res.code == 0 and "no scored forecasts" in res.err
+    res = barcast(capsys, "--db", db_url, "accuracy", "--window", "all")
+    assert res.code == 0 and "skill" in res.out
+
+
+def test_status_from_the_database(db_url: str, capsys: pytest.CaptureFixture[str],
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BARCAST_API__PORT", "1")  # nothing listens there: the database answers
+    res = barcast(capsys, "--db", db_url, "status", "--format", "json")
+    assert res.code == 0, res.err
+    doc = json.loads(res.out)
+    assert doc["source"] == "database" and doc["database"]["size_bytes"] > 0
+    rows = {r["series"]: r for r in doc["series"]}
+    btc = rows[str(BTC)]
+    assert btc["bars"] == 65741 and btc["last_bar"] == "2021-07-17T21:05:00Z"
+    assert btc["champion"] == "drift-16-btc-usdt" and btc["champion_age_s"] > 0
+    assert btc["last_forecast"] == "2021-07-17T21:05:00Z"
+    assert rows["coinbase:BTC-USD:5m"]["configured"] is True and rows["coinbase:BTC-USD:5m"]["bars"] == 0
+    res = barcast(capsys, "--db", db_url, "status", "--offline")
+    assert res.code == 0 and "drift-16-btc-usdt" in res.out and "next retrain" in res.out
+
+
+def _check_png(path: Path) -> None:
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert path.stat().st_size > 20_000
+    img = imread(path)
+    assert img.shape[0] > 400 and img.shape[1] > 800
+    assert float(np.var(img[..., :3])) > 0.01  # not a blank canvas
+
+
+def test_plots_are_non_trivial_pngs(db_url: str, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    out = tmp_path / "btc.png"
+    res = barcast(capsys, "--db", db_url, "plot", "--series", "binance:BTC-USDT", "--last", "1d", "--out", str(out))
+    assert res.code == 0, res.err
+    assert "288 bars" in res.out and "latest issued 2021-07-17T21:05:00Z" in res.out
+    _check_png(out)
+    acc = tmp_path / "accuracy.png"
+    res = barcast(capsys, "--db", db_url, "plot", "accuracy", "--window", "all", "--out", str(acc))
+    assert res.code == 0, res.err
+    _check_png(acc)
+    res = barcast(capsys, "--db", db_url, "plot", "--series", "kraken:BTC-USD", "--out", str(tmp_path / "x.png"))
+    assert res.code == 2 and "no bars" in res.err

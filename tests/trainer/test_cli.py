@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+from click.testing import CliRunner
+
+from daemon.cli import main
+
+
+def _csv(frame: pd.DataFrame, path: Path) -> Path:
+    out = frame.drop(columns=["trade_count"]).copy()
+    out.insert(0, "timestamp", out.index.as_unit("s").asi8)
+    out.to_csv(path, index=False)
+    return path
+
+
+def _run(args: list[str]) -> str:
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def test_evaluate_json_and_plot(gap_frame: pd.DataFrame, tmp_path: Path) -> None:
+    csv = _csv(gap_frame, tmp_path / "btc.csv")
+    out = _run([
+        "--db", f"sqlite:///{tmp_path / 'x.db'}", "evaluate", "--csv", str(csv), "--models",
+        "persistence,drift,linear,cnn3", "--window", "96", "--horizon", "4", "--epochs", "1",
+        "--format", "json", "--plot", str(tmp_path / "e.png"),
+    ])
+    report = json.loads(out)
+    assert set(report["models"]) == {"persistence", "drift", "linear", "cnn3"}
+    assert len(report["models"]["linear"]["mae"]) == 4 and report["models"]["persistence"]["mase"] == [1.0] * 4
+    assert (tmp_path / "e.png").stat().st_size > 1000
+    table = _run(["--db", f"sqlite:///{tmp_path / 'x.db'}", "evaluate", "--csv", str(csv), "--models",
+                  "persistence,drift", "--window", "96", "--horizon", "4"])
+    assert "persistence" in table and "drift" in table
+
+
+def test_train_register_promote_retire(small_frame: pd.DataFrame, tmp_path: Path) -> None:
+    csv = _csv(small_frame, tmp_path / "btc.csv")
+    db = ["--db", f"sqlite:///{tmp_path / 'r.db'}"]
+    out = _run([*db, "train", "--csv", str(csv), "--series", "binance:BTC-USDT", "--arch", "linear",
+                "--window", "64", "--horizon", "4", "--artifacts", str(tmp_path / "art"), "--format", "json"])
+    row = json.loads(out)[0]
+    assert row["registered"] and Path(row["artifact"]).is_dir() and row["test_mae"] > 0
+    listed = json.loads(_run([*db, "models", "list", "--format", "json"]))
+    assert [m["id"] for m in listed] == [row["id"]] and listed[0]["status"] == "candidate"
+    shown = json.loads(_run([*db, "models", "show", row["id"]]))
+    assert shown["params"]["data"]["window"] == 64 and shown["manifest"]["format"] == "barcast-model/1"
+    _run([*db, "models", "promote", row["id"]])
+    assert json.loads(_run([*db, "models", "list", "--status", "champion", "--format", "json"]))[0]["id"] == row["id"]
+    _run([*db, "models", "retire", row["id"]])
+    assert json.loads(_run([*db, "models", "list", "--format", "json"]))[0]["status"] == "retired"
+    h5 = tmp_path / "d.h5"
+    assert "windows of 64" in _run([*db, "dataset", "export", "--csv", str(csv), "--window", "64",
+                                    "--horizon", "4", "--out", str(h5)])
+    assert h5.stat().st_size > 0
+    from_h5 = json.loads(
+        _run([*db, "train", "--h5", str(h5), "--arch", "linear", "--no-register", "--artifacts",
+              str(tmp_path / "art"), "--format", "json"])
+    )[0]
+    assert not from_h5["registered"] and Path(from_h5["artifact"]).is_dir() and from_h5["test_mae"] > 0
+    assert len(json.loads(_run([*db, "models", "list", "--format", "json"]))) == 1
+
+
+def test_bad_input_is_a_clean_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["--db", f"sqlite:///{tmp_path / 'x.db'}", "evaluate", "--models", "nope",
+                                       "--csv", str(tmp_path / "missing.csv")])
+    assert result.exit_code != 0

@@ -1,0 +1,110 @@
+"""Keras batch feeder: featurizes raw windows batch by batch (imports keras; only loaded to train)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import keras
+import numpy as np
+
+from trainer.datasets import SampleSource
+from trainer.features import Featurizer
+
+
+class FeatureBatches(keras.utils.PyDataset):  # type: ignore[misc]
+    """Batches of (scaled inputs, scaled targets) from any `SampleSource`.
+
+    `contiguous=True` (HDF5) keeps each batch a contiguous row range and shuffles the order of
+    batches instead of samples, so every read is a chunk read. Shuffling within the training
+    split is seeded, so the same seed gives the same batches.
+    """
+
+    def __init__(
+        self,
+        source: SampleSource,
+        featurizer: Featurizer,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        contiguous: bool = False,
+    ) -> None:
+        super().__init__(workers=1, use_multiprocessing=False)
+        self.source = source
+        self.featurizer = featurizer
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.contiguous = contiguous
+        self._rng = np.random.default_rng(seed)
+        self._n_batches = math.ceil(len(source) / batch_size)
+        self._order = np.arange(len(source))
+        self._batch_order = np.arange(self._n_batches)
+        self._reshuffle()
+
+    def _reshuffle(self) -> None:
+        if not self.shuffle:
+            return
+        if self.contiguous:
+            self._batch_order = self._rng.permutation(self._n_batches)
+        else:
+            self._order = self._rng.permutation(len(self.source))
+
+    def __len__(self) -> int:
+        return self._n_batches
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.contiguous:
+            b = int(self._batch_order[i])
+            index: np.ndarray | slice = slice(
+                b * self.batch_size, min((b + 1) * self.batch_size, len(self.source))
+            )
+        else:
+            index = self._order[i * self.batch_size : (i + 1) * self.batch_size]
+        raw, future = self.source.batch(index)
+        return self.featurizer.inputs(raw), self.featurizer.targets(raw, future)
+
+    def on_epoch_end(self) -> None:
+        self._reshuffle()
+
+
+class RichProgress(keras.callbacks.Callback):  # type: ignore[misc]
+    """A progress bar on stderr (stdout stays clean for `--format json`)."""
+
+    def __init__(self, title: str, epochs: int) -> None:
+        super().__init__()
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.title = title
+        self.epochs = epochs
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            TextColumn("{task.fields[loss]}"), console=Console(stderr=True), transient=True,
+        )
+        self.task: Any = None
+        self.steps = 0
+
+    def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
+        self.progress.start()
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        total = self.params.get("steps") if self.params else None
+        desc = f"{self.title} epoch {epoch + 1}/{self.epochs}"
+        if self.task is None:
+            self.task = self.progress.add_task(desc, total=total, loss="")
+        else:
+            self.progress.reset(self.task, total=total, description=desc)
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
+        if self.task is not None:
+            loss = f"loss {logs['loss']:.4f}" if logs and "loss" in logs else ""
+            self.progress.update(self.task, completed=batch + 1, loss=loss)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        logs = logs or {}
+        parts = [f"{k} {v:.4f}" for k, v in logs.items() if k in ("loss", "val_loss")]
+        self.progress.console.print(f"{self.title} epoch {epoch + 1}: {', '.join(parts)}")
+
+    def on_train_end(self, logs: dict[str, float] | None = None) -> None:
+        self.progress.stop()

@@ -1,0 +1,76 @@
+"""Champion / challenger decision: a pure function of metrics on the same held-out bars."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from trainer.metrics import HorizonMetrics
+
+#: Metrics where larger is better; every other is an error (smaller is better).
+HIGHER_IS_BETTER: frozenset[str] = frozenset({"skill", "directional"})
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    promote: bool
+    reason: str
+    metric: str
+    challenger: float | None
+    champion: float | None
+    persistence: float | None
+
+
+def _better(a: float, b: float, metric: str, margin: float) -> bool:
+    """`a` beats `b` by a relative margin (0.02 = 2 %) on `metric`."""
+    if metric in HIGHER_IS_BETTER:
+        return a > b + abs(b) * margin if b != 0 else a > margin
+    return a < b * (1.0 - margin)
+
+
+def decide(
+    challenger: HorizonMetrics,
+    champion: HorizonMetrics | None,
+    persistence: HorizonMetrics,
+    *,
+    metric: str = "mae",
+    margin: float = 0.0,
+) -> Decision:
+    """Promote the challenger only if, averaged over the horizon, it beats persistence and the
+    champion (if any) by `margin` (relative) on `metric`.
+
+    All three must be scored on the same origins; a differing count is refused because a
+    comparison on different bars is meaningless. A metric that persistence cannot have
+    (directional) is compared with the champion only.
+    """
+    for name, m in (("champion", champion), ("persistence", persistence)):
+        if m is not None and m.n != challenger.n:
+            raise ValueError(
+                f"{name} scored on {m.n} origins, challenger on {challenger.n}: not the same bars"
+            )
+    c = challenger.average(metric)
+    p = persistence.average(metric)
+    ch = champion.average(metric) if champion is not None else None
+    if c is None:
+        return Decision(False, f"challenger has no {metric}", metric, c, ch, p)
+    if p is not None and not _better(c, p, metric, margin):
+        return Decision(
+            False,
+            f"challenger {metric} {c:.6g} does not beat persistence {p:.6g} by {margin:.1%}",
+            metric,
+            c,
+            ch,
+            p,
+        )
+    if ch is not None and not _better(c, ch, metric, margin):
+        return Decision(
+            False,
+            f"challenger {metric} {c:.6g} does not beat champion {ch:.6g} by {margin:.1%}",
+            metric,
+            c,
+            ch,
+            p,
+        )
+    against = "no champion" if ch is None else f"champion {ch:.6g}"
+    return Decision(
+        True, f"challenger {metric} {c:.6g} beats {against} and persistence {p}", metric, c, ch, p
+    )

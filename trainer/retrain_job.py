@@ -1,0 +1,173 @@
+"""One retraining run end to end: load recent bars, challenge the champion (trainer.retrain),
+save and register the challenger, promote it only if it won, prune old artifacts.
+
+Runs in a child process (`spawn`) started by the daemon's scheduler or by `barcast retrain`;
+everything it needs travels in a picklable `RetrainRequest`, everything it decided comes back
+in a `RetrainOutcome`. The registry records the outcome either way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from db import registry
+from db.bars import bars_frame
+from db.engine import Database, open_database
+from db.errors import ArtifactError, InputError
+from db.records import ModelInfo, SeriesKey
+from trainer.params import DataParams, ModelParams, TrainParams
+
+log = logging.getLogger("barcast.retrain")
+
+#: Registry id of the persistence baseline served before any trained model exists.
+BASELINE_ID = "persistence"
+
+
+@dataclass(frozen=True, slots=True)
+class RetrainRequest:
+    db_url: str
+    #: Series the model serves, "exchange:SYMBOL:interval"; trained and judged on the first.
+    series: tuple[str, ...]
+    arch: str = "lstm"
+    data: DataParams = field(default_factory=DataParams)
+    model: ModelParams = field(default_factory=ModelParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    history_days: float = 30.0
+    holdout_bars: int = 288
+    metric: str = "mae"
+    margin: float = 0.0
+    artifacts_dir: str = "models"
+    keep_artifacts: int = 5
+    log_level: str = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class RetrainOutcome:
+    model_id: str
+    series: tuple[str, ...]
+    promoted: bool
+    reason: str
+    metric: str
+    challenger: float | None
+    champion: float | None
+    persistence: float | None
+    champion_id: str | None
+    artifact_path: str
+    seconds: float
+    origins: int
+    #: Process that trained it (the daemon's child, never the daemon itself).
+    pid: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def ensure_baseline(database: Database, series: list[SeriesKey]) -> ModelInfo:
+    """Register the persistence baseline and make it champion of every series that has none."""
+    try:
+        registry.get_model(database, BASELINE_ID)
+    except InputError:
+        info = ModelInfo(BASELINE_ID, "persistence", tuple(series), None, None, {}, {}, None, status="candidate")
+        registry.register_model(database, info)
+    for s in series:
+        if registry.champion(database, s) is None:
+            registry.promote(database, BASELINE_ID, s, reason="baseline until a trained model beats it")
+    return registry.get_model(database, BASELINE_ID)
+
+
+def load_champion(database: Database, series: SeriesKey, data: DataParams) -> tuple[str | None, Any]:
+    """The champion of `series` as a loaded model (None for the baseline or an unusable artifact)."""
+    from trainer.artifacts import load_artifact
+
+    info = registry.champion(database, series)
+    if info is None or info.id == BASELINE_ID or not info.artifact_path:
+        return (info.id if info else None), None
+    try:
+        return info.id, load_artifact(info.artifact_path, window=data.window, horizon=data.horizon)
+    except ArtifactError as exc:
+        log.warning("champion artifact unusable; judging against persistence only",
+                    extra={"model": info.id, "error": str(exc)})
+        return info.id, None
+
+
+def prune_artifacts(database: Database, artifacts_dir: Path, keep: int) -> list[str]:
+    """Delete artifacts of all but the newest `keep` models (never a current champion's)."""
+    champions = {m.id for m in registry.list_models(database, status="champion")}
+    models = [m for m in registry.list_models(database) if m.artifact_path]
+    removed = []
+    for m in models[keep:]:
+        if m.id in champions:
+            continue
+        path = Path(m.artifact_path or "")
+        if path.is_dir() and path.resolve().parent == artifacts_dir.resolve():
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(m.id)
+    return removed
+
+
+def run_retrain(req: RetrainRequest) -> RetrainOutcome:
+    """Train, judge and (maybe) promote. Safe to run in a fresh process."""
+    from trainer.registry import new_model_id, save_and_register
+    from trainer.retrain import challenge
+
+    t0 = time.perf_counter()
+    keys = [SeriesKey.parse(s) for s in req.series]
+    primary = keys[0]
+    database = open_database(req.db_url)
+    try:
+        latest = registry_latest_bar(database, primary)
+        since = latest - timedelta(days=req.history_days) if latest else datetime.now(UTC)
+        frame = bars_frame(database, primary, since=since)
+        need = req.data.window + req.data.horizon
+        if len(frame) < need * 2 + req.holdout_bars:
+            raise InputError(
+                f"{primary}: {len(frame)} bars in the {req.history_days:g} days before its newest bar; retraining "
+                f"needs at least {need * 2 + req.holdout_bars} (two windows plus {req.holdout_bars} held-out bars)"
+            )
+        champion_id, champion = load_champion(database, primary, req.data)
+        result = challenge(
+            frame, req.arch, champion, holdout_bars=req.holdout_bars, data=req.data, model_params=req.model,
+            train=req.train, metric=req.metric, margin=req.margin, series=str(primary),
+        )
+        decision = result.decision
+        model = result.challenger
+        model.meta.setdefault("metrics", {})["decision_against"] = champion_id
+        model_id = new_model_id(req.arch, primary)
+        info = save_and_register(database, model, req.artifacts_dir, tuple(keys), model_id=model_id)
+        if decision.promote:
+            for s in keys:
+                registry.promote(database, model_id, s, reason=decision.reason)
+        else:
+            registry.set_status(database, model_id, "retired")
+        prune_artifacts(database, Path(req.artifacts_dir), req.keep_artifacts)
+        return RetrainOutcome(
+            model_id=model_id, series=req.series, promoted=decision.promote, reason=decision.reason,
+            metric=decision.metric, challenger=decision.challenger, champion=decision.champion,
+            persistence=decision.persistence, champion_id=champion_id, artifact_path=info.artifact_path or "",
+            seconds=time.perf_counter() - t0, origins=result.backtest.n, pid=os.getpid(),
+        )
+    finally:
+        database.close()
+
+
+def registry_latest_bar(database: Database, series: SeriesKey) -> datetime | None:
+    """History is counted back from the newest stored bar (exchange time), not the wall clock,
+    so replays of old data and a daemon that was down a while train on what they have."""
+    from db.bars import latest_bar
+
+    bar = latest_bar(database, series)
+    return bar.open_time if bar else None
+
+
+def child_main(req: RetrainRequest) -> RetrainOutcome:
+    """Entry point in the spawned child: quiet TensorFlow, log like the daemon, then run."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=req.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run_retrain(req)
