@@ -174,8 +174,13 @@ class _Feed:
     # --- main loop -------------------------------------------------------------------------------
     async def run(self) -> None:
         conn_task = asyncio.create_task(self.connection.run(), name=f"feed:{self.spec.exchange}")
+        me = asyncio.current_task()
         try:
-            while True:
+            while not self.ingest._stop.is_set():
+                # Python 3.11's wait_for can swallow a cancellation that lands as the queue yields
+                # an item; re-raise it here, or a stopped ingest would keep running.
+                if me is not None and me.cancelling():
+                    raise asyncio.CancelledError
                 try:
                     ev = await asyncio.wait_for(self.connection.queue.get(), self.ingest.tick_s)
                 except TimeoutError:

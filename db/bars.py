@@ -172,3 +172,8 @@ def series_stats(database: Database) -> list[SeriesStats]:
 
 def list_series(database: Database) -> list[SeriesKey]:
     return [s.series for s in series_stats(database)]
+
+
+def count_bars(database: Database, series: SeriesKey, *, since: datetime | None = None) -> int:
+    with database.engine.connect() as conn:
+        return int(conn.execute(select(func.count()).where(_series_where(series, since, None))).scalar_one())

@@ -170,4 +170,5 @@ def child_main(req: RetrainRequest) -> RetrainOutcome:
     """Entry point in the spawned child: quiet TensorFlow, log like the daemon, then run."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=req.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     return run_retrain(req)

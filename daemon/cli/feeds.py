@@ -16,6 +16,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import click
 import orjson
@@ -326,9 +327,17 @@ async def ingest_daemon(
 
 
 DaemonFn = Callable[..., Awaitable[None]]
-#: What `barcast demo` runs against its simulator: ingest only until the live service exists;
-#: the live issue swaps in the full service with the same signature as `ingest_daemon`.
-DEMO_DAEMON: DaemonFn = ingest_daemon
+
+
+async def _live_daemon(config: Config, database: Database, **kwargs: Any) -> None:
+    from daemon.live.service import demo_daemon
+
+    await demo_daemon(config, database, **kwargs)
+
+
+#: What `barcast demo` runs against its simulator: the whole live service (forecasts included),
+#: with the same signature as `ingest_daemon`.
+DEMO_DAEMON: DaemonFn = _live_daemon
 
 
 @click.command("ingest")
@@ -450,7 +459,17 @@ def demo(app: AppContext, speed: float, duration: str, protocol: str, seed: int,
                     exchanges={**base.exchanges, protocol: ExchangeConfig(sim.ws_url, sim.rest_url)},
                     feeds=replace(base.feeds, backfill_days=1.0, backoff_initial_s=0.2, backoff_max_s=2.0),
                 )
-                config = replace(config, database=replace(config.database, url=f"sqlite:///{db_path}"))
+                config = replace(
+                    config,
+                    database=replace(config.database, url=f"sqlite:///{db_path}"),
+                    paths=replace(config.paths, data_dir=tmp, log_dir="", artifacts_dir=""),
+                    api=replace(config.api, port=0),
+                    # the demo's model is persistence: no GPU probe (TensorFlow import) to wait for
+                    forecast=replace(config.forecast, log_file="", device="cpu"),
+                    # 300 bars of history are too few to train a 256-bar model: persistence serves
+                    retrain=replace(config.retrain, enabled=False),
+                    service=replace(config.service, control_socket=""),
+                )
                 database = open_database(config.database_url)
                 click.echo(
                     f"demo: {protocol} simulator on {sim.ws_url} at {speed:g}x, database {db_path}; "

@@ -53,9 +53,10 @@ def retrain_cmd(app: AppContext, series: str | None, all_series: bool, now: bool
     if key is not None and key not in config.series_keys:
         raise InputError(f"series {key} is not in the config (configured: "
                          f"{', '.join(str(k) for k in config.series_keys)})")
-    if not standalone and epochs is None:
-        from daemon.live.control import request
+    from daemon.live.control import request
 
+    daemon_up = False
+    if not standalone and epochs is None:
         try:
             resp = asyncio.run(request(config.control_socket,
                                        {"cmd": "retrain", "series": str(key) if key else None, "wait": now},
@@ -63,12 +64,22 @@ def retrain_cmd(app: AppContext, series: str | None, all_series: bool, now: bool
         except ConnectionError:
             click.echo(f"no daemon listening on {config.control_socket}; training standalone", err=True)
         else:
-            if not resp.get("ok"):
+            daemon_up = True
+            if resp.get("ok"):
+                click.echo(json.dumps(resp, indent=2, default=str))
+                return
+            if not resp.get("disabled"):
                 raise BarcastError(f"daemon refused: {resp.get('error')}")
-            click.echo(json.dumps(resp, indent=2, default=str))
-            return
+            click.echo("the daemon does not retrain (retrain.enabled = false); training here", err=True)
     outcomes = asyncio.run(_standalone(app, key, epochs))
     click.echo(json.dumps([o.as_dict() if o else None for o in outcomes], indent=2, default=str))
+    if any(o is not None and o.promoted for o in outcomes) and (daemon_up or config.control_socket.exists()):
+        # the daemon serves the new champion at once (timer-driven retraining)
+        try:
+            resp = asyncio.run(request(config.control_socket, {"cmd": "reload"}))
+            click.echo(f"daemon now serves: {', '.join(resp.get('serving', []))}", err=True)
+        except ConnectionError:
+            pass
     if any(o is None for o in outcomes):
         sys.exit(1)
 

@@ -86,6 +86,11 @@ class FeedConnection:
         self._ws: ClientConnection | None = None
         self._closing: asyncio.Task[None] | None = None
 
+    @property
+    def connected(self) -> bool:
+        """A websocket is open (subscribed or subscribing)."""
+        return self._ws is not None
+
     def stop(self) -> None:
         self._stopping.set()
         self.reconnect()

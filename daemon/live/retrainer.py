@@ -149,7 +149,28 @@ class Retrainer:
         sched.start()
         self._scheduler = sched
         for group in initial_groups:
-            self.trigger(group, reason="initial model")
+            task = asyncio.create_task(self._initial(group), name=f"initial-{group}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _initial(self, group: str, poll_s: float = 30.0) -> None:
+        """Train a group's first model as soon as enough history is stored (backfill runs
+        meanwhile; persistence serves until then)."""
+        from db.bars import count_bars
+
+        req = make_request(self.config, group)
+        need = 2 * (req.data.window + req.data.horizon) + req.holdout_bars
+        key = self.config.group_series(group)[0]
+        waited = False
+        while True:
+            have = await asyncio.to_thread(count_bars, self.database, key)
+            if have >= need:
+                break
+            if not waited:
+                log.info("initial model waits for history", extra={"group": group, "bars": have, "needed": need})
+                waited = True
+            await asyncio.sleep(poll_s)
+        await self.retrain(group, reason="initial model")
 
     def next_run(self) -> datetime | None:
         if self._scheduler is None:

@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,9 +42,11 @@ log = logging.getLogger("barcast.service")
 
 class Service:
     def __init__(self, config: Config, *, clock: Callable[[], float] | str | None = "config",
-                 notifier: Notifier | None = None) -> None:
+                 notifier: Notifier | None = None,
+                 on_bars: Callable[[list[BarUpdate]], Awaitable[None]] | None = None) -> None:
         self.config = config
         self.clock = clock
+        self.extra_on_bars = on_bars
         self.notifier = notifier or Notifier()
         self.stop_event = asyncio.Event()
         self.database: Database | None = None
@@ -193,6 +195,8 @@ class Service:
             recent = u.kind != "backfilled" or b.open_time > newest[b.series] - b.series.step * horizon
             await self.pipeline.on_bar(b, forecast=recent)
             metrics.BARS_CLOSED.labels(str(b.series)).inc()
+        if self.extra_on_bars is not None:
+            await self.extra_on_bars(updates)
 
     async def _promoted(self, group: str, outcome: RetrainOutcome) -> None:
         assert self.pipeline is not None
@@ -204,9 +208,15 @@ class Service:
         cmd = req.get("cmd")
         if cmd == "status":
             return {"ok": True, "status": self.status()}
+        if cmd == "reload":
+            assert self.pipeline is not None
+            served = [await self.pipeline.install(g) for g in self._groups_for(None)]
+            self.notifier.status(self._status_line())
+            return {"ok": True, "serving": [s.model_id for s in served]}
         if cmd == "retrain":
             if self.retrainer is None:
-                return {"ok": False, "error": "retraining is disabled in this daemon's config (retrain.enabled)"}
+                return {"ok": False, "disabled": True,
+                        "error": "retraining is disabled in this daemon's config (retrain.enabled)"}
             groups = self._groups_for(req.get("series"))
             if req.get("wait"):
                 outcomes = [await self.retrainer.retrain(g, reason="manual") for g in groups]
@@ -323,3 +333,32 @@ class Service:
 
 async def run_service(config: Config, **kwargs: Any) -> None:
     await Service(config, **kwargs).run()
+
+
+async def demo_daemon(
+    config: Config,
+    database: Database,
+    *,
+    clock: Callable[[], float] | None,
+    on_bars: Callable[[list[BarUpdate]], Awaitable[None]] | None,
+    stop: asyncio.Event,
+) -> None:
+    """The whole service for `barcast demo` (same signature as the ingest-only daemon): prints each
+    forecast as it is issued. The caller owns signals and `database`; the service opens its own."""
+    import click
+
+    from daemon.tail import pretty
+
+    svc = Service(config, clock=clock, on_bars=on_bars)
+    await svc.start()
+
+    async def show() -> None:
+        async for doc in svc.subscribe():
+            click.echo(f"forecast {pretty(doc)}")
+
+    shower = asyncio.create_task(show())
+    try:
+        await stop.wait()
+    finally:
+        shower.cancel()
+        await svc.shutdown()

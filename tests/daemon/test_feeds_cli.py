@@ -107,8 +107,11 @@ def test_record_writes_the_capture_format(
 
 
 def test_demo_shows_bars_offline(capsys: pytest.CaptureFixture[str]) -> None:
-    r = barcast(capsys, "demo", "--speed", "3000", "--duration", "3s")
+    r = barcast(capsys, "demo", "--speed", "3000", "--duration", "5s")
     assert r.code == 0, r.err
     closed = [line for line in r.out.splitlines() if line.endswith(" closed")]
     assert len(closed) >= 5 and "binance:BTC-USDT:5m" in closed[0]
     assert "backfilled" in r.out
+    # the whole service runs: every live bar gets a forecast line (persistence serves)
+    forecasts = [line for line in r.out.splitlines() if line.startswith("forecast ")]
+    assert len(forecasts) >= len(closed) and all("persistence" in f for f in forecasts)

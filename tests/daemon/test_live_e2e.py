@@ -72,6 +72,9 @@ def test_service_end_to_end(shared_dir: Path, tmp_path: Path) -> None:
                 seen["health"] = (await client.get("/health")).json()
                 seen["status"] = (await client.get("/status")).json()
             seen["control"] = await request(svc.config.control_socket, {"cmd": "status"})
+            seen["manual"] = await request(svc.config.control_socket,
+                                           {"cmd": "retrain", "series": "binance:BTC-USDT", "wait": True}, timeout=120)
+            seen["bad"] = await request(svc.config.control_socket, {"cmd": "retrain", "series": "kraken:XBT-USD"})
             # let at least one scheduled retrain finish (every 14.4 s)
             for _ in range(600):
                 if any(r.outcome in ("promoted", "kept_champion") for r in svc.retrainer.history):  # type: ignore[union-attr]
@@ -131,6 +134,8 @@ def test_service_end_to_end(shared_dir: Path, tmp_path: Path) -> None:
     assert "series" in seen["status"], seen["status"]  # type: ignore[operator]
     assert seen["status"]["series"][0]["series"] == str(SERIES)  # type: ignore[index]
     assert seen["control"]["ok"] is True  # type: ignore[index]
+    assert seen["manual"]["ok"] is True and len(seen["manual"]["outcomes"]) == 1  # type: ignore[index]
+    assert seen["bad"]["ok"] is False and "not served" in seen["bad"]["error"]  # type: ignore[index]
     assert len(seen["stream"]) >= 3 and seen["stream"][0]["series"] == str(SERIES)  # type: ignore[arg-type,index]
     db.close()
     assert all(r.pid is not None and r.pid != os.getpid() for r in runs)  # trained in a child process

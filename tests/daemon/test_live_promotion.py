@@ -80,3 +80,79 @@ def test_too_little_history_is_a_clear_error(tmp_db: Database, tmp_path: Path) -
     url = f"sqlite:///{tmp_db.path}"
     with pytest.raises(InputError, match="retraining needs at least"):
         run_retrain(request(url, tmp_path))
+
+
+def test_two_daemons_sharing_a_database_retrain_a_series_once(pg_db_url: str, tmp_path: Path) -> None:
+    """Two retrainers (two daemons) on one PostgreSQL database race for the same series: the lease
+    lets exactly one of them train (in a child process) and promote."""
+    import asyncio
+    import dataclasses
+
+    from daemon.config import Config, RetrainConfig, SeriesConfig
+    from daemon.live.retrainer import Retrainer
+    from db.engine import open_database
+
+    db = open_database(pg_db_url)
+    upsert_bars(db, synthetic_bars(900))
+    ensure_baseline(db, [S])
+    config = Config(
+        series=(SeriesConfig(S.exchange, S.symbol),),
+        data=DataParams(window=32, horizon=16),
+        retrain=RetrainConfig(holdout_bars=96, history_days=30),
+    )
+    config = dataclasses.replace(config, database=dataclasses.replace(config.database, url=pg_db_url),
+                                 paths=dataclasses.replace(config.paths, data_dir=str(tmp_path)),
+                                 forecast=dataclasses.replace(config.forecast, arch="linear"))
+    promoted: list[str] = []
+
+    async def on_promoted(group: str, outcome: object) -> None:
+        promoted.append(group)
+
+    async def race() -> list[object]:
+        a, b = Retrainer(config, db, on_promoted), Retrainer(config, db, on_promoted)
+        b.owner = "other-host:1"
+        return await asyncio.gather(a.retrain(str(S), reason="test"), b.retrain(str(S), reason="test"))
+
+    outcomes = asyncio.run(race())
+    done = [o for o in outcomes if o is not None]
+    assert len(done) == 1 and promoted == [str(S)]
+    assert [m.arch for m in registry.list_models(db) if m.arch == "linear"] == ["linear"]
+    db.close()
+
+
+def test_retrain_command_standalone_then_reload(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`barcast retrain` with no daemon listening trains here (a child process) and promotes."""
+    import json
+
+    from db.engine import open_database
+    from tests.daemon.clirun import barcast
+
+    db_url = f"sqlite:///{tmp_path / 'b.db'}"
+    db = open_database(db_url)
+    upsert_bars(db, synthetic_bars(900))
+    db.close()
+    cfg = tmp_path / "barcast.toml"
+    cfg.write_text(f"""
+[database]
+url = "{db_url}"
+[paths]
+data_dir = "{tmp_path / 'data'}"
+[[series]]
+exchange = "binance"
+symbol = "SYN-USDT"
+[data]
+window = 32
+[forecast]
+arch = "linear"
+[retrain]
+holdout_bars = 96
+""")
+    res = barcast(capsys, "--config", str(cfg), "retrain", "--series", "binance:SYN-USDT", "--now")
+    assert res.code == 0, res.err
+    assert "no daemon listening" in res.err
+    out = json.loads(res.out)
+    assert out[0]["promoted"] is True and out[0]["pid"] != __import__("os").getpid()
+    res = barcast(capsys, "--config", str(cfg), "retrain", "--series", "kraken:XBT-USD")
+    assert res.code == 2 and "not in the config" in res.err
+    res = barcast(capsys, "--config", str(cfg), "models", "list", "--format", "json")
+    assert res.code == 0 and out[0]["model_id"] in res.out
