@@ -48,8 +48,10 @@ class Database:
     def begin(self) -> Iterator[Connection]:
         """One transaction; translates driver errors into a DatabaseError naming the database."""
         try:
-            with self.engine.begin() as conn:
-                yield conn
+            with self.engine.connect() as conn:
+                conn.execution_options(barcast_write=True)
+                with conn.begin():
+                    yield conn
         except SADatabaseError as exc:
             raise DatabaseError(f"database {self.display_url}: {exc.orig}") from exc
 
@@ -123,9 +125,13 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(conn: Connection) -> None:
-    # IMMEDIATE takes the write lock up front, so two writers queue on busy_timeout instead of
-    # failing with "database is locked" when a read transaction tries to upgrade.
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    # Writes (Database.begin) take the write lock up front with IMMEDIATE, so two writers queue on
+    # busy_timeout instead of failing with "database is locked" when a read transaction tries to
+    # upgrade. Reads stay deferred: in WAL mode they never wait for a writer.
+    if conn.get_execution_options().get("barcast_write"):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        conn.exec_driver_sql("BEGIN")
 
 
 def create_db_engine(url: str, *, create: bool = True) -> Engine:

@@ -114,3 +114,32 @@ def test_lease_is_exclusive_until_expiry(any_db: Database) -> None:
     assert leases.acquire(any_db, "retrain:x", "daemon-3", timedelta(minutes=5))
     held = leases.holder(any_db, "retrain:x")
     assert held is not None and held[0] == "daemon-3"
+
+
+def test_sqlite_reads_do_not_wait_for_a_writer(tmp_db: Database) -> None:
+    """WAL: a reader (the API, the CLI) is never blocked by the daemon's open write transaction.
+
+    The writer keeps its transaction open until the reader has finished; a reader that needed
+    the writer's lock could not finish first (it would fail with "database is locked")."""
+    import threading
+
+    upsert_bars(tmp_db, make_bars(3))
+    holding, reader_done = threading.Event(), threading.Event()
+    outcome: dict[str, object] = {}
+
+    def writer() -> None:
+        with tmp_db.begin() as conn:
+            conn.exec_driver_sql(
+                "INSERT INTO leases (name, owner, expires_at) VALUES ('x', 'y', '2030-01-01 00:00:00.000000')")
+            holding.set()
+            outcome["reader_finished_inside_write"] = reader_done.wait(60)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    assert holding.wait(60)
+    got = read_bars(tmp_db, S)
+    reader_done.set()
+    t.join()
+    assert len(got) == 3
+    assert outcome["reader_finished_inside_write"] is True
+    assert leases.holder(tmp_db, "x") is not None
