@@ -9,6 +9,7 @@ Environment: `BARCAST_<SECTION>__<KEY>=value` (value read as a TOML value, else 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -393,8 +394,16 @@ def load_config(
     try:
         cfg: Config = build(Config, data)
     except ConfigError as exc:
+        msg = str(exc)
+        from_env = [
+            name for name in env
+            if name.startswith(ENV_PREFIX) and "__" in name
+            and re.search(rf"(?<![\w.]){re.escape(name[len(ENV_PREFIX):].lower().replace('__', '.'))}(?![\w.])", msg)
+        ]
+        if from_env:
+            raise ConfigError(f"{msg} (set by environment variable {from_env[0]})") from None
         where = f" (in {file})" if file else ""
-        raise ConfigError(f"{exc}{where}") from None
+        raise ConfigError(f"{msg}{where}") from None
     cfg = replace(cfg, source=str(file) if file else "(defaults)")
     if db_url:
         cfg = replace(cfg, database=replace(cfg.database, url=db_url))

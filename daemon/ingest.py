@@ -415,9 +415,13 @@ class Ingest:
         rest_min_interval_s: float | None = None,
         backfill_retry_s: float = BACKFILL_RETRY_S,
         rest_poll_s: float = REST_POLL_S,
+        db_call: Callable[..., Awaitable[Any]] | None = None,
     ) -> None:
         self.options = options
         self.database = database
+        #: Runs a blocking database call off the loop; the live service passes its single writer
+        #: thread so every write of the process goes through one place.
+        self.db_call: Callable[..., Awaitable[Any]] = db_call or asyncio.to_thread
         self.clock = clock
         self.on_bars = on_bars
         self.tick_s = tick_s
@@ -439,11 +443,13 @@ class Ingest:
         database: Database | None,
         clock: Callable[[], float] | str | None = "config",
         on_bars: BarsCallback | None = None,
+        db_call: Callable[..., Awaitable[Any]] | None = None,
     ) -> Ingest:
         if clock == "config":
             clock = time.time if config.feeds.clock == "wall" else None
         assert not isinstance(clock, str)
-        return cls(specs_from_config(config), config.feeds, database=database, clock=clock, on_bars=on_bars)
+        return cls(specs_from_config(config), config.feeds, database=database, clock=clock, on_bars=on_bars,
+                   db_call=db_call)
 
     @property
     def series(self) -> list[SeriesKey]:
@@ -485,7 +491,7 @@ class Ingest:
             return
         for f in self.feeds:
             for s in f.series:
-                bar = await asyncio.to_thread(latest_bar, self.database, s.key)
+                bar = await self.db_call(latest_bar, self.database, s.key)
                 if bar is not None:
                     s.next_needed_us = to_unix(bar.open_time) * 1_000_000 + s.step_us
                     s.last_close = bar.close
@@ -499,7 +505,7 @@ class Ingest:
             return
         if self.database is not None:
             async with self._write_lock:
-                self.bars_written += await asyncio.to_thread(upsert_bars, self.database, [u.bar for u in updates])
+                self.bars_written += await self.db_call(upsert_bars, self.database, [u.bar for u in updates])
         if self.on_bars is not None:
             await self.on_bars(updates)
         for q in self._subscribers:

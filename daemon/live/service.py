@@ -96,7 +96,8 @@ class Service:
             self._spawn(self.api.serve(), "api")
         from daemon.ingest import Ingest
 
-        self.ingest = Ingest.from_config(cfg, database=db, clock=self.clock, on_bars=self._on_bars)
+        self.ingest = Ingest.from_config(cfg, database=db, clock=self.clock, on_bars=self._on_bars,
+                                         db_call=pipe.writer.run)
         self._spawn(self._run_ingest(), "ingest")
         await pipe.catch_up()
         if cfg.retrain.enabled:
@@ -194,7 +195,6 @@ class Service:
             b = u.bar
             recent = u.kind != "backfilled" or b.open_time > newest[b.series] - b.series.step * horizon
             await self.pipeline.on_bar(b, forecast=recent)
-            metrics.BARS_CLOSED.labels(str(b.series)).inc()
         if self.extra_on_bars is not None:
             await self.extra_on_bars(updates)
 

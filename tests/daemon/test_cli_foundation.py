@@ -122,8 +122,10 @@ def test_config_file_env_and_errors(tmp_path: Path, capsys: pytest.CaptureFixtur
         res = barcast(capsys, "--config", str(cfg), "config", "show")
         assert res.code == 2 and why in res.err
 
-    with pytest.raises(ConfigError, match=r"logging\.format"):
+    with pytest.raises(ConfigError, match=r"logging\.format.*set by environment variable BARCAST_LOGGING__FORMAT"):
         load_config(None, env={"BARCAST_LOGGING__FORMAT": "xml"})
+    with pytest.raises(ConfigError, match=r"unknown config key 'api\.prot'.*BARCAST_API__PROT"):
+        load_config(None, env={"BARCAST_API__PROT": "1"})
     monkeypatch.chdir(tmp_path)
     cfg.write_text('[logging]\nformat = "json"\n')
     res = barcast(capsys, "config", "show")  # found on the search path: ./barcast.toml
