@@ -250,7 +250,7 @@ def create_app(
     ) -> dict[str, Any]:
         """Live MAE per series, model and step against persistence on the same bars."""
         span = reports.parse_window(window)
-        since = datetime.now(UTC) - span if span is not None else None
+        since = reports.window_since(database, span, series=_series(series), model_id=model)
         docs = reports.accuracy_docs(database, series=_series(series), model_id=model, since=since)
         return {"window": window, "since": reports.iso(since), "accuracy": docs}
 

@@ -36,6 +36,16 @@ def _dec(v: Any) -> str | None:
     return decimal_text(v if isinstance(v, Decimal) else Decimal(str(v)))
 
 
+def window_since(database: Database, span: timedelta | None, *, series: SeriesKey | None = None,
+                 model_id: str | None = None) -> datetime | None:
+    """Start of an accuracy window of `span`, counted back from the newest scored target bar
+    (for a live daemon that is about now; for replayed or imported data it is their end)."""
+    if span is None:
+        return None
+    newest = scores.latest_scored_target(database, series=series, model_id=model_id)
+    return (newest or datetime.now(UTC)) - span
+
+
 def parse_window(text: str, name: str = "window") -> timedelta | None:
     """`90s`, `30m`, `12h`, `7d`, `2w`, or `all` (None: no lower bound)."""
     t = text.strip().lower()

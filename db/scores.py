@@ -152,3 +152,21 @@ def realised_closes(
     )
     with database.engine.connect() as conn:
         return {r.open_time: r.close for r in conn.execute(stmt)}
+
+
+def latest_scored_target(database: Database, *, series: SeriesKey | None = None,
+                         model_id: str | None = None) -> datetime | None:
+    """Target time of the newest scored step (the 'now' of accuracy windows, so replays of old
+    data read the same as a live daemon)."""
+    s = sc_t
+    cond: list[Any] = []
+    if series is not None:
+        cond += [s.c.exchange == series.exchange, s.c.symbol == series.symbol, s.c.interval == series.interval]
+    if model_id is not None:
+        cond.append(s.c.model_id == model_id)
+    stmt = select(func.max(s.c.target_time, type_=s.c.target_time.type))
+    if cond:
+        stmt = stmt.where(and_(*cond))
+    with database.engine.connect() as conn:
+        value: datetime | None = conn.execute(stmt).scalar_one()
+    return value

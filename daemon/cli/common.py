@@ -104,7 +104,12 @@ def emit_rows(rows: Iterable[dict[str, Any]], columns: Sequence[str], fmt: str, 
             table.add_column(c)
         for r in rows:
             table.add_row(*("" if r[c] is None else str(r[c]) for c in columns))
-        Console().print(table)
+        out_console().print(table)
+
+
+def out_console() -> Console:
+    """stdout for tables: the terminal's width, or unlimited when piped (never cut a column)."""
+    return Console() if sys.stdout.isatty() else Console(width=100_000)
 
 
 def parse_time(text: str | None, name: str) -> datetime | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import urllib.error
 import urllib.request
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -107,10 +107,9 @@ def forecasts_cmd(app: AppContext, series: str | None, last: int | None, since: 
 # accuracy ------------------------------------------------------------------------------------
 
 
-def _window(text: str) -> datetime | None:
-    if text.strip().lower() == "all":
-        return None
-    return datetime.now(UTC) - parse_duration(text, "--window")
+def _window(app: AppContext, text: str, series: str | None, model_id: str | None) -> datetime | None:
+    span = reports.parse_window(text, "--window")
+    return reports.window_since(app.database(), span, series=_series(series), model_id=model_id)
 
 
 ACCURACY_COLUMNS = ["series", "model_id", "step", "horizon_minutes", "n", "mae", "persistence_mae", "skill"]
@@ -125,7 +124,7 @@ ACCURACY_COLUMNS = ["series", "model_id", "step", "horizon_minutes", "n", "mae",
 @pass_app
 def accuracy_cmd(app: AppContext, series: str | None, model_id: str | None, window: str, fmt: str) -> None:
     """Live MAE per step against persistence on the same bars, from the online scores."""
-    since = _window(window)
+    since = _window(app, window, series, model_id)
     docs = reports.accuracy_docs(app.database(), series=_series(series), model_id=model_id, since=since)
     if fmt == "json":
         _dump_json(docs)
@@ -320,7 +319,7 @@ def plot_accuracy_cmd(app: AppContext, series: str | None, model_id: str | None,
     from daemon.plots import accuracy_plot
 
     summary = accuracy_plot(app.database(), out=out, series=_series(series), model_id=model_id,
-                            since=_window(window))
+                            since=_window(app, window, series, model_id))
     click.echo(f"wrote {summary.path} ({summary.forecasts} series/model pairs)")
 
 

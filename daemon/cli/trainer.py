@@ -15,7 +15,7 @@ from typing import Any
 import click
 import orjson
 
-from daemon.cli.common import AppContext, emit_rows, format_option, iso, parse_time, pass_app
+from daemon.cli.common import AppContext, emit_rows, format_option, iso, out_console, parse_time, pass_app
 from db.errors import InputError
 from db.records import SeriesKey
 
@@ -322,7 +322,6 @@ def evaluate(
         for k, v in r.items():
             if isinstance(v, float):
                 r[k] = f"{v:.4f}" if k in ("mase", "skill", "directional", "mape") else f"{v:.2f}"
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(
@@ -333,8 +332,7 @@ def evaluate(
         table.add_column(c, justify="left" if c == "model" else "right")
     for r in rows:
         table.add_row(*("-" if r[c] is None else str(r[c]) for c in rows[0]))
-    console = Console()
-    Console(width=max(console.width, 140)).print(table)
+    out_console().print(table)
 
 
 def _utc(unix: int) -> Any:

@@ -117,7 +117,11 @@ def test_accuracy_formats(db_url: str, capsys: pytest.CaptureFixture[str]) -> No
                   "--format", "csv")
     rows = list(csv.DictReader(io.StringIO(res.out)))
     assert len(rows) == HORIZON and rows[0]["series"] == str(ETH)
-    res = barcast(capsys, "--db", db_url, "accuracy")  # default window 7d back from now: nothing that old
+    # a window counts back from the newest scored target bar (the data here is years old)
+    res = barcast(capsys, "--db", db_url, "accuracy", "--window", "30m", "--format", "json")
+    recent = json.loads(res.out)
+    assert 0 < sum(d["n"] for d in recent) < sum(d["n"] for d in docs)
+    res = barcast(capsys, "--db", db_url, "accuracy", "--model", "no-such-model")
     assert res.code == 0 and "no scored forecasts" in res.err
     res = barcast(capsys, "--db", db_url, "accuracy", "--window", "all")
     assert res.code == 0 and "skill" in res.out
