@@ -25,6 +25,7 @@ from daemon.live.window import RollingWindow
 from db import registry
 from db.bars import last_bars
 from db.engine import Database
+from db.errors import ArtifactError
 from db.forecasts import latest_forecast, query_forecasts, store_new_forecasts
 from db.records import Bar, Forecast, ForecastScore, SeriesKey
 from db.scores import accuracy, insert_scores, unscored_steps
@@ -260,7 +261,6 @@ class Pipeline:
     def load_serving(self, group: str) -> ServingModel:
         """The champion of a group's first series, or the persistence baseline (inference thread)."""
         from trainer.artifacts import load_artifact
-        from trainer.models import build_model
         from trainer.retrain_job import BASELINE_ID
 
         keys = self.config.group_series(group)
@@ -269,11 +269,27 @@ class Pipeline:
         if info is not None and info.id != BASELINE_ID and info.artifact_path:
             model = load_artifact(info.artifact_path, window=data.window, horizon=data.horizon)
             return ServingModel.of(info.id, model)
-        return ServingModel.of(BASELINE_ID, build_model("persistence", data=data))
+        return self.baseline()
+
+    def baseline(self) -> ServingModel:
+        from trainer.models import build_model
+        from trainer.retrain_job import BASELINE_ID
+
+        return ServingModel.of(BASELINE_ID, build_model("persistence", data=self.config.data))
 
     async def install(self, group: str) -> ServingModel:
-        """(Re)load a group's champion and swap it in atomically."""
-        serving = await self.inference.run(self.load_serving, group)
+        """(Re)load a group's champion and swap it in atomically. An artifact that cannot be loaded
+        (deleted, corrupt, from another window size) keeps the model already serving, or the
+        persistence baseline at start: forecasting never stops over a bad file."""
+        try:
+            serving = await self.inference.run(self.load_serving, group)
+        except ArtifactError as exc:
+            current = self.book.get(group)
+            serving = current or self.baseline()
+            log.error("champion artifact unusable; serving another model", extra={
+                "group": group, "error": str(exc), "serving": serving.model_id})
+            if current is not None:
+                return current
         old = self.book.swap(group, serving)
         if old is None or old.model_id != serving.model_id:
             log.info("model serving", extra={"group": group, "model": serving.model_id,

@@ -21,6 +21,7 @@ from daemon.live.inference import Job, ModelBook, ServingModel, forecast_batch
 from daemon.live.notify import Notifier
 from daemon.live.scoring import DriftWatch, score
 from daemon.live.window import RollingWindow
+from db.engine import Database
 from db.records import Bar, Forecast, SeriesKey
 from db.scores import Unscored
 
@@ -200,3 +201,34 @@ def test_control_socket_round_trip_and_single_instance(tmp_path: Path) -> None:
             await request(path, {"cmd": "status"})
 
     asyncio.run(main())
+
+
+def test_unusable_champion_artifact_does_not_stop_forecasting(tmp_db: Database, tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """A champion whose artifact is corrupt: the service serves persistence and says why."""
+    import dataclasses
+
+    from daemon.config import Config, SeriesConfig
+    from daemon.live.pipeline import Pipeline
+    from db import registry
+    from db.records import ModelInfo
+
+    art = tmp_path / "models" / "lstm-broken"
+    art.mkdir(parents=True)
+    (art / "manifest.json").write_text("{not json")
+    registry.register_model(tmp_db, ModelInfo("lstm-broken", "lstm", (S,), None, None, {}, {}, str(art)))
+    registry.promote(tmp_db, "lstm-broken", S)
+    config = Config(series=(SeriesConfig(S.exchange, S.symbol),))
+    config = dataclasses.replace(config, paths=dataclasses.replace(config.paths, data_dir=str(tmp_path)))
+
+    async def main() -> str:
+        pipe = Pipeline(config, tmp_db, book=ModelBook(), forecast_log=ForecastLog(tmp_path / "f.jsonl"))
+        try:
+            served = await pipe.install(config.model_group(S))
+            return served.model_id
+        finally:
+            pipe.close()
+
+    assert asyncio.run(main()) == "persistence"
+    flagged = [r for r in caplog.records if "artifact unusable" in r.getMessage()]
+    assert flagged and "lstm-broken" in flagged[0].error  # type: ignore[attr-defined]
