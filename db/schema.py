@@ -115,6 +115,8 @@ forecast_scores = Table(
         ondelete="CASCADE",
     ),
     Index("ix_forecast_scores_scored_at", "scored_at"),
+    # live accuracy windows: scores of one series by target bar time
+    Index("ix_forecast_scores_series_target", "exchange", "symbol", "interval", "target_time"),
 )
 
 champion_history = Table(

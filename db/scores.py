@@ -63,8 +63,11 @@ class Unscored:
     actual: Any
 
 
-def unscored_steps(database: Database, series: SeriesKey, *, until: datetime | None = None) -> list[Unscored]:
-    """Forecast steps of `series` whose target bar exists and that are not scored yet."""
+def unscored_steps(
+    database: Database, series: SeriesKey, *, until: datetime | None = None, issued_since: datetime | None = None
+) -> list[Unscored]:
+    """Forecast steps of `series` whose target bar exists and that are not scored yet
+    (`issued_since` bounds the scan to recent forecasts: the live loop's per-bar pass)."""
     f, b, s = fc_t, bars_t, sc_t
     join_bar = and_(
         b.c.exchange == f.c.exchange, b.c.symbol == f.c.symbol, b.c.interval == f.c.interval,
@@ -80,6 +83,8 @@ def unscored_steps(database: Database, series: SeriesKey, *, until: datetime | N
     ]
     if until is not None:
         cond.append(f.c.target_time <= until)
+    if issued_since is not None:
+        cond.append(f.c.issued_at >= issued_since)
     stmt = (
         select(f.c.issued_at, f.c.model_id, f.c.step, f.c.target_time, f.c.predicted, f.c.last_close, b.c.close)
         .select_from(f.join(b, join_bar).outerjoin(s, join_score))

@@ -92,8 +92,10 @@ class Pipeline:
         self._runner = asyncio.create_task(self._run_batches(), name="forecast-batches")
 
     async def catch_up(self) -> None:
-        """Forecast the newest stored bar of each series if nothing has forecast it yet (a crash
-        between a bar close and its forecast loses nothing)."""
+        """Score whatever became scorable while the daemon was down, and forecast the newest stored
+        bar of each series if nothing has forecast it yet (a crash between a bar close and its
+        forecast loses nothing)."""
+        self._watch(await self.writer.run(lambda: self._score(list(self.series), full=True)))
         for key, st in self.series.items():
             if not st.window.ready or st.last_bar is None:
                 continue
@@ -211,11 +213,16 @@ class Pipeline:
         self.forecast_log.write(new)
         return new
 
-    def _score(self, keys: list[SeriesKey]) -> list[ForecastScore]:
+    def _score(self, keys: list[SeriesKey], *, full: bool = False) -> list[ForecastScore]:
+        """Score what became scorable. The per-bar pass looks only at recent forecasts (an index
+        range, not the whole history); `full` (once at start) catches up after downtime."""
         now = datetime.now(UTC)
         out: list[ForecastScore] = []
+        lookback = self.config.data.horizon * 4 + self.config.forecast.backfill_forecast_bars
         for key in keys:
-            rows = unscored_steps(self.database, key)
+            newest = self.series[key].last_bar
+            since = None if full or newest is None else newest - key.step * lookback
+            rows = unscored_steps(self.database, key, issued_since=since)
             if rows:
                 scores = score(rows, now)
                 insert_scores(self.database, scores)
