@@ -232,3 +232,51 @@ def test_unusable_champion_artifact_does_not_stop_forecasting(tmp_db: Database, 
     assert asyncio.run(main()) == "persistence"
     flagged = [r for r in caplog.records if "artifact unusable" in r.getMessage()]
     assert flagged and "lstm-broken" in flagged[0].error  # type: ignore[attr-defined]
+
+
+def test_series_closing_at_one_boundary_share_one_batch(tmp_db: Database, tmp_path: Path) -> None:
+    """Two series, one model group each: bars closing at the same boundary go through one batch
+    (one trip to the inference thread), each forecast stored and logged once."""
+    import dataclasses
+
+    from daemon.config import Config, SeriesConfig
+    from daemon.live.pipeline import Pipeline
+    from db.bars import upsert_bars
+    from trainer.params import DataParams
+
+    eth = SeriesKey("binance", "ETH-USDT")
+    config = Config(series=(SeriesConfig(S.exchange, S.symbol), SeriesConfig(eth.exchange, eth.symbol)),
+                    data=DataParams(window=8))
+    config = dataclasses.replace(config, paths=dataclasses.replace(config.paths, data_dir=str(tmp_path)))
+
+    def eth_bar(i: int) -> Bar:
+        b = bar(i, 2000 + i)
+        return dataclasses.replace(b, symbol="ETH-USDT")
+
+    history = [bar(i) for i in range(8)] + [eth_bar(i) for i in range(8)]
+    upsert_bars(tmp_db, history)
+
+    async def main() -> tuple[int, int]:
+        pipe = Pipeline(config, tmp_db, book=ModelBook(), forecast_log=ForecastLog(tmp_path / "f.jsonl"))
+        await asyncio.to_thread(pipe.restore)
+        for key in config.series_keys:
+            await pipe.install(config.model_group(key))
+        pipe.start()
+        for i in range(8, 12):
+            new = [bar(i), eth_bar(i)]
+            upsert_bars(tmp_db, new)
+            for b in new:
+                await pipe.on_bar(b)
+        await pipe.drain()
+        pipe.close()
+        return pipe.stats.batches, pipe.stats.forecasts
+
+    batches, forecasts = asyncio.run(main())
+    assert (batches, forecasts) == (4, 8)
+    from db.forecasts import query_forecasts
+
+    stored = query_forecasts(tmp_db)
+    assert len(stored) == 8 and {f.series for f in stored} == {S, eth}
+    eth_latest = next(f for f in stored if f.series == eth)
+    assert eth_latest.closes[0] == 2011.0 and eth_latest.model_id == "persistence"
+    assert len((tmp_path / "f.jsonl").read_text().splitlines()) == 8
