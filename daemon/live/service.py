@@ -185,7 +185,7 @@ class Service:
         except backfilled history older than `forecast.backfill_forecast_bars` before the newest
         bar of its batch."""
         assert self.pipeline is not None
-        horizon = self.config.forecast.backfill_forecast_bars
+        reach = self.config.forecast.backfill_forecast_bars
         newest: dict[SeriesKey, datetime] = {}
         for u in updates:
             k = u.bar.series
@@ -193,7 +193,7 @@ class Service:
                 newest[k] = u.bar.open_time
         for u in updates:
             b = u.bar
-            recent = u.kind != "backfilled" or b.open_time > newest[b.series] - b.series.step * horizon
+            recent = u.kind != "backfilled" or b.open_time > newest[b.series] - b.series.step * reach
             await self.pipeline.on_bar(b, forecast=recent)
         if self.extra_on_bars is not None:
             await self.extra_on_bars(updates)
