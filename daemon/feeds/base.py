@@ -310,6 +310,16 @@ def split_concat(native: str) -> tuple[str, str]:
     return up[: -len(q)], q
 
 
+def split_separated(native: str, sep: str) -> tuple[str, str]:
+    """XBT/USD with sep "/" -> (XBT, USD); anything but exactly two non-empty parts is malformed."""
+    if not isinstance(native, str) or native.count(sep) != 1:
+        raise BadMessage("bad_symbol")
+    base, quote = native.upper().split(sep)
+    if not base or not quote:
+        raise BadMessage("bad_symbol")
+    return base, quote
+
+
 def split_normal(symbol: str) -> tuple[str, str]:
     base, sep, quote = symbol.upper().partition("-")
     if not sep or not base or not quote:
@@ -396,8 +406,20 @@ class ExchangeProtocol(ABC):
         """Candles from a REST body, oldest first; raises BadMessage when the body is not candles."""
 
     # simulator side
+    def parse_client(self, text: str | bytes) -> ClientRequest:
+        """What a client sent the simulator: JSON objects go to `client_request`; anything else,
+        or an object it does not recognise, is "unknown"."""
+        try:
+            msg = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return ClientRequest("unknown", raw=text)
+        if not isinstance(msg, dict):
+            return ClientRequest("unknown", raw=msg)
+        return self.client_request(msg) or ClientRequest("unknown", raw=msg)
+
     @abstractmethod
-    def parse_client(self, text: str | bytes) -> ClientRequest: ...
+    def client_request(self, msg: dict[str, Any]) -> ClientRequest | None:
+        """A subscribe or heartbeat request in this exchange's dialect, or None."""
 
     @abstractmethod
     def render_ack(self, request: ClientRequest) -> list[str]: ...

@@ -8,6 +8,7 @@ the server's websocket pings (answered by the websockets library) are the keep-a
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import orjson
 
@@ -122,15 +123,11 @@ class Binance(ExchangeProtocol):
         return out
 
     # simulator side -----------------------------------------------------------------------------
-    def parse_client(self, text: str | bytes) -> ClientRequest:
-        try:
-            msg = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            return ClientRequest("unknown", raw=text)
-        if isinstance(msg, dict) and msg.get("method") == "SUBSCRIBE" and isinstance(msg.get("params"), list):
+    def client_request(self, msg: dict[str, Any]) -> ClientRequest | None:
+        if msg.get("method") == "SUBSCRIBE" and isinstance(msg.get("params"), list):
             natives = tuple(p.split("@")[0].upper() for p in msg["params"] if isinstance(p, str))
             return ClientRequest("subscribe", natives, request_id=msg.get("id"))
-        return ClientRequest("unknown", raw=msg)
+        return None
 
     def render_ack(self, request: ClientRequest) -> list[str]:
         return [orjson.dumps({"result": None, "id": request.request_id}).decode()]

@@ -8,6 +8,7 @@ client sends `bts:heartbeat` itself; `bts:request_reconnect` asks for a reconnec
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import orjson
 
@@ -147,20 +148,14 @@ class Bitstamp(ExchangeProtocol):
         return out
 
     # simulator side -----------------------------------------------------------------------------
-    def parse_client(self, text: str | bytes) -> ClientRequest:
-        try:
-            msg = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            return ClientRequest("unknown", raw=text)
-        if not isinstance(msg, dict):
-            return ClientRequest("unknown", raw=msg)
+    def client_request(self, msg: dict[str, Any]) -> ClientRequest | None:
         if msg.get("event") == "bts:subscribe":
             channel = (msg.get("data") or {}).get("channel", "")
             if isinstance(channel, str) and channel.startswith(_PREFIX):
                 return ClientRequest("subscribe", (channel[len(_PREFIX) :],))
         if msg.get("event") == "bts:heartbeat":
             return ClientRequest("heartbeat")
-        return ClientRequest("unknown", raw=msg)
+        return None
 
     def render_ack(self, request: ClientRequest) -> list[str]:
         return [

@@ -8,6 +8,7 @@ are strings on the websocket; REST candles are JSON numbers, read as Decimals fr
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 from urllib.parse import quote
 
 import orjson
@@ -140,15 +141,11 @@ class Coinbase(ExchangeProtocol):
         return out
 
     # simulator side -----------------------------------------------------------------------------
-    def parse_client(self, text: str | bytes) -> ClientRequest:
-        try:
-            msg = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            return ClientRequest("unknown", raw=text)
-        if isinstance(msg, dict) and msg.get("type") == "subscribe" and isinstance(msg.get("product_ids"), list):
+    def client_request(self, msg: dict[str, Any]) -> ClientRequest | None:
+        if msg.get("type") == "subscribe" and isinstance(msg.get("product_ids"), list):
             channels = msg.get("channels") or []
             return ClientRequest("subscribe", tuple(msg["product_ids"]), raw={"channels": channels})
-        return ClientRequest("unknown", raw=msg)
+        return None
 
     def render_ack(self, request: ClientRequest) -> list[str]:
         channels = [c if isinstance(c, str) else c.get("name") for c in (request.raw or {}).get("channels", [])]

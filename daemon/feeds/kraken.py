@@ -38,6 +38,7 @@ from daemon.feeds.base import (
     seconds_text_to_us,
     size,
     split_normal,
+    split_separated,
 )
 
 _ALIASES = {"XBT": "BTC", "XDG": "DOGE"}
@@ -69,11 +70,7 @@ class Kraken(ExchangeProtocol):
         return f"{base}/{q}"
 
     def normal_symbol(self, native: str) -> str:
-        if not isinstance(native, str) or native.count("/") != 1:
-            raise BadMessage("bad_symbol")
-        base, q = native.upper().split("/")
-        if not base or not q:
-            raise BadMessage("bad_symbol")
+        base, q = split_separated(native, "/")
         return f"{_ALIASES.get(base, base)}-{_ALIASES.get(q, q)}"
 
     def subscribe_messages(self, natives: Sequence[str]) -> list[str]:
@@ -203,19 +200,13 @@ class Kraken(ExchangeProtocol):
         return out
 
     # simulator side -----------------------------------------------------------------------------
-    def parse_client(self, text: str | bytes) -> ClientRequest:
-        try:
-            msg = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            return ClientRequest("unknown", raw=text)
-        if not isinstance(msg, dict):
-            return ClientRequest("unknown", raw=msg)
+    def client_request(self, msg: dict[str, Any]) -> ClientRequest | None:
         params: dict[str, Any] = msg["params"] if isinstance(msg.get("params"), dict) else {}
         if msg.get("method") == "subscribe" and params.get("channel") == "trade":
             return ClientRequest("subscribe", tuple(params.get("symbol") or ()), request_id=msg.get("req_id"))
         if msg.get("method") == "ping":
             return ClientRequest("heartbeat", request_id=msg.get("req_id"))
-        return ClientRequest("unknown", raw=msg)
+        return None
 
     def render_ack(self, request: ClientRequest) -> list[str]:
         return [

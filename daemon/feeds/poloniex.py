@@ -7,6 +7,7 @@ The client must send `{"event": "ping"}` at least every 30 s or the server disco
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import orjson
 
@@ -31,6 +32,7 @@ from daemon.feeds.base import (
     price,
     size,
     split_normal,
+    split_separated,
 )
 
 _INTERVALS = {60: "MINUTE_1", 300: "MINUTE_5", 900: "MINUTE_15", 3600: "HOUR_1"}
@@ -52,11 +54,7 @@ class Poloniex(ExchangeProtocol):
         return f"{base}_{q}"
 
     def normal_symbol(self, native: str) -> str:
-        if not isinstance(native, str) or native.count("_") != 1:
-            raise BadMessage("bad_symbol")
-        base, q = native.upper().split("_")
-        if not base or not q:
-            raise BadMessage("bad_symbol")
+        base, q = split_separated(native, "_")
         return f"{base}-{q}"
 
     def subscribe_messages(self, natives: Sequence[str]) -> list[str]:
@@ -127,18 +125,12 @@ class Poloniex(ExchangeProtocol):
         return out
 
     # simulator side -----------------------------------------------------------------------------
-    def parse_client(self, text: str | bytes) -> ClientRequest:
-        try:
-            msg = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            return ClientRequest("unknown", raw=text)
-        if not isinstance(msg, dict):
-            return ClientRequest("unknown", raw=msg)
+    def client_request(self, msg: dict[str, Any]) -> ClientRequest | None:
         if msg.get("event") == "subscribe" and "trades" in (msg.get("channel") or ()):
             return ClientRequest("subscribe", tuple(msg.get("symbols") or ()))
         if msg.get("event") == "ping":
             return ClientRequest("heartbeat")
-        return ClientRequest("unknown", raw=msg)
+        return None
 
     def render_ack(self, request: ClientRequest) -> list[str]:
         return [orjson.dumps({"event": "subscribe", "channel": "trades", "symbols": list(request.natives)}).decode()]
