@@ -19,6 +19,7 @@ from db.dialect import chunks, insert_for
 from db.engine import Database
 from db.records import Bar, SeriesKey
 from db.schema import bars as bars_t
+from db.schema import series_is
 from db.types import UtcDateTime
 
 BATCH_ROWS = 2000
@@ -80,11 +81,7 @@ def _bar(row: Any) -> Bar:
 
 
 def _series_where(series: SeriesKey, since: datetime | None, until: datetime | None) -> Any:
-    cond = [
-        bars_t.c.exchange == series.exchange,
-        bars_t.c.symbol == series.symbol,
-        bars_t.c.interval == series.interval,
-    ]
+    cond = [series_is(bars_t, series)]
     if since is not None:
         cond.append(bars_t.c.open_time >= since)
     if until is not None:

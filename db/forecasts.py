@@ -12,6 +12,7 @@ from db.dialect import chunks, insert_for
 from db.engine import Database
 from db.records import Forecast, SeriesKey
 from db.schema import forecasts as fc_t
+from db.schema import series_is
 
 
 def _rows(f: Forecast) -> list[dict[str, Any]]:
@@ -114,11 +115,7 @@ def query_forecasts(
     """Forecasts newest issued first, `since <= issued_at < until`, at most `limit` forecasts."""
     cond: list[Any] = []
     if series is not None:
-        cond += [
-            fc_t.c.exchange == series.exchange,
-            fc_t.c.symbol == series.symbol,
-            fc_t.c.interval == series.interval,
-        ]
+        cond.append(series_is(fc_t, series))
     if since is not None:
         cond.append(fc_t.c.issued_at >= since)
     if until is not None:

@@ -10,7 +10,7 @@ from sqlalchemy import and_, delete, select, update
 from db.engine import Database
 from db.errors import InputError
 from db.records import ModelInfo, ModelStatus, SeriesKey
-from db.schema import champion_history, models
+from db.schema import champion_history, models, series_is
 
 STATUSES: tuple[ModelStatus, ...] = ("candidate", "champion", "retired")
 
@@ -99,14 +99,6 @@ def set_status(database: Database, model_id: str, status: ModelStatus) -> None:
         )
 
 
-def _series_cond(series: SeriesKey) -> Any:
-    return and_(
-        champion_history.c.exchange == series.exchange,
-        champion_history.c.symbol == series.symbol,
-        champion_history.c.interval == series.interval,
-    )
-
-
 def promote(database: Database, model_id: str, series: SeriesKey, *, reason: str | None = None) -> None:
     """Make `model_id` the champion of `series` in one transaction.
 
@@ -118,7 +110,7 @@ def promote(database: Database, model_id: str, series: SeriesKey, *, reason: str
     with database.begin() as conn:
         current = conn.execute(
             select(champion_history.c.id, champion_history.c.model_id).where(
-                and_(_series_cond(series), champion_history.c.ended_at.is_(None))
+                and_(series_is(champion_history, series), champion_history.c.ended_at.is_(None))
             )
         ).all()
         if any(r.model_id == model_id for r in current):
@@ -150,7 +142,7 @@ def champion(database: Database, series: SeriesKey) -> ModelInfo | None:
     with database.engine.connect() as conn:
         row = conn.execute(
             select(champion_history.c.model_id)
-            .where(and_(_series_cond(series), champion_history.c.ended_at.is_(None)))
+            .where(and_(series_is(champion_history, series), champion_history.c.ended_at.is_(None)))
             .order_by(champion_history.c.started_at.desc())
         ).first()
     return get_model(database, row.model_id) if row else None
@@ -160,7 +152,7 @@ def champion_since(database: Database, series: SeriesKey) -> datetime | None:
     with database.engine.connect() as conn:
         row = conn.execute(
             select(champion_history.c.started_at).where(
-                and_(_series_cond(series), champion_history.c.ended_at.is_(None))
+                and_(series_is(champion_history, series), champion_history.c.ended_at.is_(None))
             )
         ).first()
     return row.started_at if row else None
@@ -176,7 +168,7 @@ def history(database: Database, series: SeriesKey) -> list[tuple[str, datetime, 
                 champion_history.c.ended_at,
                 champion_history.c.reason,
             )
-            .where(_series_cond(series))
+            .where(series_is(champion_history, series))
             .order_by(champion_history.c.started_at, champion_history.c.id)
         ).all()
     return [(r.model_id, r.started_at, r.ended_at, r.reason) for r in rows]

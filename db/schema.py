@@ -11,6 +11,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Column,
+    ColumnElement,
     Float,
     ForeignKeyConstraint,
     Index,
@@ -19,8 +20,10 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    and_,
 )
 
+from db.records import SeriesKey
 from db.types import ExactDecimal, UtcDateTime
 
 metadata = MetaData(
@@ -31,6 +34,15 @@ metadata = MetaData(
         "pk": "pk_%(table_name)s",
     }
 )
+
+
+def series_is(table: Table, series: SeriesKey) -> ColumnElement[bool]:
+    """The one predicate for "rows of this series" on any table with the series columns."""
+    return and_(
+        table.c.exchange == series.exchange,
+        table.c.symbol == series.symbol,
+        table.c.interval == series.interval,
+    )
 
 
 def _series_columns() -> list[Column[str]]:

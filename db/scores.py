@@ -15,6 +15,7 @@ from db.records import ForecastScore, SeriesKey
 from db.schema import bars as bars_t
 from db.schema import forecast_scores as sc_t
 from db.schema import forecasts as fc_t
+from db.schema import series_is
 
 
 def insert_scores(database: Database, scores: Iterable[ForecastScore]) -> int:
@@ -77,10 +78,7 @@ def unscored_steps(
         s.c.exchange == f.c.exchange, s.c.symbol == f.c.symbol, s.c.interval == f.c.interval,
         s.c.issued_at == f.c.issued_at, s.c.model_id == f.c.model_id, s.c.step == f.c.step,
     )
-    cond = [
-        f.c.exchange == series.exchange, f.c.symbol == series.symbol, f.c.interval == series.interval,
-        s.c.step.is_(None),
-    ]
+    cond = [series_is(f, series), s.c.step.is_(None)]
     if until is not None:
         cond.append(f.c.target_time <= until)
     if issued_since is not None:
@@ -119,7 +117,7 @@ def accuracy(
     s = sc_t
     cond: list[Any] = []
     if series is not None:
-        cond += [s.c.exchange == series.exchange, s.c.symbol == series.symbol, s.c.interval == series.interval]
+        cond.append(series_is(s, series))
     if model_id is not None:
         cond.append(s.c.model_id == model_id)
     if since is not None:
@@ -151,8 +149,7 @@ def realised_closes(
     b = bars_t
     stmt = select(b.c.open_time, b.c.close).where(
         and_(
-            b.c.exchange == series.exchange, b.c.symbol == series.symbol, b.c.interval == series.interval,
-            b.c.open_time >= since, b.c.open_time <= until,
+            series_is(b, series), b.c.open_time >= since, b.c.open_time <= until,
         )
     )
     with database.engine.connect() as conn:
@@ -166,7 +163,7 @@ def latest_scored_target(database: Database, *, series: SeriesKey | None = None,
     s = sc_t
     cond: list[Any] = []
     if series is not None:
-        cond += [s.c.exchange == series.exchange, s.c.symbol == series.symbol, s.c.interval == series.interval]
+        cond.append(series_is(s, series))
     if model_id is not None:
         cond.append(s.c.model_id == model_id)
     stmt = select(func.max(s.c.target_time, type_=s.c.target_time.type))
