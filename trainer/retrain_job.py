@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from db import registry
-from db.bars import bars_frame
+from db.bars import bars_frame, latest_bar
 from db.engine import Database, open_database
 from db.errors import ArtifactError, InputError
 from db.records import ModelInfo, SeriesKey
@@ -122,8 +122,10 @@ def run_retrain(req: RetrainRequest) -> RetrainOutcome:
     primary = keys[0]
     database = open_database(req.db_url)
     try:
-        latest = registry_latest_bar(database, primary)
-        since = latest - timedelta(days=req.history_days) if latest else datetime.now(UTC)
+        # history counts back from the newest stored bar (exchange time), not the wall clock, so
+        # replays of old data and a daemon that was down a while train on what they have
+        newest = latest_bar(database, primary)
+        since = (newest.open_time if newest else datetime.now(UTC)) - timedelta(days=req.history_days)
         frame = bars_frame(database, primary, since=since)
         need = req.data.window + req.data.horizon
         if len(frame) < need * 2 + req.holdout_bars:
@@ -155,15 +157,6 @@ def run_retrain(req: RetrainRequest) -> RetrainOutcome:
         )
     finally:
         database.close()
-
-
-def registry_latest_bar(database: Database, series: SeriesKey) -> datetime | None:
-    """History is counted back from the newest stored bar (exchange time), not the wall clock,
-    so replays of old data and a daemon that was down a while train on what they have."""
-    from db.bars import latest_bar
-
-    bar = latest_bar(database, series)
-    return bar.open_time if bar else None
 
 
 def child_main(req: RetrainRequest) -> RetrainOutcome:

@@ -24,7 +24,7 @@ from daemon import metrics
 from daemon.config import Config
 from db import leases
 from db.engine import Database
-from db.errors import BarcastError
+from db.errors import BarcastError, InputError
 from trainer.retrain_job import BASELINE_ID, RetrainOutcome, RetrainRequest
 
 log = logging.getLogger("barcast.retrain")
@@ -33,7 +33,9 @@ Promoted = Callable[[str, RetrainOutcome], Awaitable[None]]
 
 
 def make_request(config: Config, group: str, *, overrides: dict[str, Any] | None = None) -> RetrainRequest:
-    keys = config.group_series(group) or [next(k for k in config.series_keys if str(k) == group)]
+    keys = config.group_series(group)
+    if not keys:
+        raise InputError(f"no configured series belongs to model group {group!r}")
     r = config.retrain
     fields: dict[str, Any] = dict(
         db_url=config.database_url,
