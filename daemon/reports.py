@@ -18,16 +18,10 @@ from db import forecasts as db_forecasts
 from db import registry, scores
 from db.engine import Database
 from db.errors import InputError
-from db.records import Bar, Forecast, ModelInfo, SeriesKey, decimal_text
+from db.records import Bar, Forecast, ModelInfo, SeriesKey, decimal_text, iso
 from db.stats import database_size_bytes
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def iso(t: datetime | None) -> str | None:
-    if t is None:
-        return None
-    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _dec(v: Any) -> str | None:

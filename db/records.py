@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 from db.errors import InputError
 
@@ -52,6 +52,17 @@ def to_unix(t: datetime) -> int:
     if t.tzinfo is None:
         raise ValueError(f"naive datetime {t!r}: barcast times must be timezone-aware UTC")
     return int(t.timestamp())
+
+
+@overload
+def iso(t: datetime) -> str: ...
+@overload
+def iso(t: None) -> None: ...
+def iso(t: datetime | None) -> str | None:
+    """ISO-8601 UTC with a Z: the one time format of every output (CLI, API, forecast log)."""
+    if t is None:
+        return None
+    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def decimal_text(d: Decimal) -> str:

@@ -19,6 +19,7 @@ from rich.console import Console
 from daemon.config import Config, load_config
 from db.engine import Database, open_database
 from db.errors import InputError
+from db.records import iso
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -69,11 +70,6 @@ def format_option(default: str = "table", choices: Sequence[str] = FORMATS) -> C
     )
 
 
-def iso(t: datetime | None) -> str | None:
-    """ISO-8601 UTC with a Z, the one time format of every output."""
-    if t is None:
-        return None
-    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _plain(v: Any) -> Any:

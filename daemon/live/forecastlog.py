@@ -15,11 +15,7 @@ from typing import Any
 
 import orjson
 
-from db.records import Forecast, decimal_text
-
-
-def iso_z(t: Any) -> str:
-    return t.isoformat().replace("+00:00", "Z")
+from db.records import Forecast, decimal_text, iso
 
 
 def forecast_line(f: Forecast) -> dict[str, Any]:
@@ -29,13 +25,13 @@ def forecast_line(f: Forecast) -> dict[str, Any]:
         "exchange": f.series.exchange,
         "symbol": f.series.symbol,
         "interval": f.series.interval,
-        "issued_at": iso_z(f.issued_at),
+        "issued_at": iso(f.issued_at),
         "last_close": decimal_text(f.last_close) if f.last_close is not None else None,
         "model_id": f.model_id,
-        "targets": [iso_z(t) for t in f.target_times],
+        "targets": [iso(t) for t in f.target_times],
         "closes": [round(float(c), 8) for c in f.closes],
         "latency_ms": None if f.latency_ms is None else round(f.latency_ms, 3),
-        "created_at": iso_z(f.created_at),
+        "created_at": iso(f.created_at),
     }
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from daemon import metrics
 from daemon.config import Config
 from daemon.live.broadcast import Broadcast
-from daemon.live.forecastlog import ForecastLog, forecast_line, iso_z
+from daemon.live.forecastlog import ForecastLog, forecast_line
 from daemon.live.inference import Job, ModelBook, ServingModel, Worker, forecast_batch
 from daemon.live.scoring import DriftWatch, score
 from daemon.live.window import RollingWindow
@@ -27,7 +27,7 @@ from db.bars import last_bars
 from db.engine import Database
 from db.errors import ArtifactError
 from db.forecasts import latest_forecast, query_forecasts, store_new_forecasts
-from db.records import Bar, Forecast, ForecastScore, SeriesKey
+from db.records import Bar, Forecast, ForecastScore, SeriesKey, iso
 from db.scores import accuracy, insert_scores, unscored_steps
 
 log = logging.getLogger("barcast.live")
@@ -114,7 +114,7 @@ class Pipeline:
                 continue  # nothing logged for it: a new log file; don't replay history into it
             since = datetime.fromisoformat(newest.replace("Z", "+00:00"))
             for f in reversed(query_forecasts(self.database, key, since=since, limit=1000)):
-                if (iso_z(f.issued_at), f.model_id) not in seen:
+                if (iso(f.issued_at), f.model_id) not in seen:
                     missing.append(f)
         self.forecast_log.write(missing)
         if missing:
