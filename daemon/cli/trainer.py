@@ -199,7 +199,9 @@ def train(
         info = save_and_register(app.database(), model, root, keys)
     else:
         model_id = new_model_id(arch, series)
-        info = model_info(model, model_id, model.save(root / model_id).resolve(), keys)
+        from trainer.artifacts import save_artifact
+
+        info = model_info(model, model_id, save_artifact(model, root / model_id).resolve(), keys)
     test = (model.meta.get("metrics") or {}).get("test", {}).get("mean", {})
     persist = (model.meta.get("metrics") or {}).get("persistence", {}).get("mean", {})
     row = {
