@@ -13,21 +13,41 @@ from __future__ import annotations
 
 import numpy as np
 
+from statistics import NormalDist
+
 from trainer.forecaster import Forecaster
+from trainer.params import DataParams, ModelParams
+
+
+def _gaussian_spread(horizon: int, levels: tuple[float, ...]) -> np.ndarray:
+    z = [NormalDist().inv_cdf(tau) for tau in levels]
+    return np.tile(np.asarray(z, dtype=np.float64), (horizon, 1))
 
 
 class Persistence(Forecaster):
-    """Tomorrow is today: the last close, repeated."""
+    """Tomorrow is today: the last close, repeated.
+
+    Ready before any fit (it serves while the first model trains): until fitted its fan is a
+    Gaussian random walk on the window's volatility; fitting replaces z with the empirical
+    quantiles of its training residuals.
+    """
 
     shrinks = False
+
+    def __init__(self, arch: str, params: ModelParams, data: DataParams) -> None:
+        super().__init__(arch, params, data)
+        if self.scaled_spread:
+            self.spread = _gaussian_spread(data.horizon, params.quantiles)
 
     def _forecast(self, raw: np.ndarray, times: np.ndarray | None) -> tuple[np.ndarray, None]:
         last = raw[:, -1, self.data.close_index]
         return np.repeat(last[:, None], self.horizon, axis=1), None
 
 
-class Drift(Forecaster):
+class Drift(Persistence):
     """The last close plus the window's average change per bar, extended linearly."""
+
+    shrinks = True
 
     def _forecast(self, raw: np.ndarray, times: np.ndarray | None) -> tuple[np.ndarray, None]:
         close = raw[:, :, self.data.close_index]
