@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+from statistics import NormalDist
+
 import numpy as np
 
 from trainer.forecaster import Forecaster
@@ -24,6 +26,15 @@ class Persistence(Forecaster):
     def _forecast(self, raw: np.ndarray, times: np.ndarray | None) -> tuple[np.ndarray, None]:
         last = raw[:, -1, self.data.close_index]
         return np.repeat(last[:, None], self.horizon, axis=1), None
+
+
+def random_walk_fan(model: Persistence) -> Persistence:
+    """Give an untrained persistence model (the daemon's baseline before any training) the
+    Gaussian random-walk fan: the window's 1-bar volatility x sqrt(k) x z_tau. Online
+    calibration then corrects its width from the scored forecasts."""
+    z = np.array([NormalDist().inv_cdf(level) for level in model.levels])
+    model.spread = np.repeat(z[None, :], model.horizon, axis=0)
+    return model
 
 
 class Drift(Forecaster):
