@@ -19,10 +19,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trainer.datasets import load_bars, read_csv_frame  # noqa: E402
-from trainer.evaluation import evaluate_splits  # noqa: E402
-from trainer.params import DataParams, ModelParams, TrainParams  # noqa: E402
-from trainer.training import fit_on_splits, make_splits  # noqa: E402
+from trainer.datasets import load_bars, read_csv_frame
+from trainer.evaluation import evaluate_splits
+from trainer.params import DataParams, ModelParams, TrainParams
+from trainer.training import fit_on_splits, make_splits
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "btcusdt_binance_5m_2020-12_2021-07.csv"
 
@@ -48,14 +48,20 @@ def main() -> None:
     bt = ev.test
     print(f"walk-forward (validation {len(splits.val):,} + test {bt.n:,} origins) {time.perf_counter() - t0:.1f} s")
     print(f"\nselected on the validation split: {ev.selected}\n")
-    print(f"{'model':12s} {'pinball':>9s} {'prob skill':>10s} {'skill 9-16':>10s} {'coverage':>9s} {'width':>8s} {'MASE max':>9s}")
+    cols = ("pinball", "prob skill", "skill 9-16", "coverage", "width", "MASE max")
+    print(f"{'model':12s} " + " ".join(f"{c:>10s}" for c in cols))
+    nan = float("nan")
     for name, m in sorted(bt.metrics.items(), key=lambda kv: kv[1].average("pinball") or 1e9):
         ps = np.asarray(m.prob_skill) if m.prob_skill is not None else None
-        print(
-            f"{name:12s} {m.average('pinball') or float('nan'):9.3f} "
-            f"{(ps.mean() if ps is not None else float('nan')):10.4f} {(ps[8:].mean() if ps is not None else float('nan')):10.4f} "
-            f"{m.average('coverage') or float('nan'):9.3f} {m.average('width') or float('nan'):8.1f} {max(m.mase):9.5f}"
+        values = (
+            m.average("pinball") or nan,
+            ps.mean() if ps is not None else nan,
+            ps[8:].mean() if ps is not None else nan,
+            m.average("coverage") or nan,
+            m.average("width") or nan,
+            max(m.mase),
         )
+        print(f"{name:12s} " + " ".join(f"{v:10.4f}" for v in values))
     if ev.selected is None:
         return
     sel = bt.metrics[ev.selected]

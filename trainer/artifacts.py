@@ -83,7 +83,7 @@ def save_artifact(model: Forecaster, directory: str | Path) -> Path:
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
-        np.savez(tmp / STATE, **model.state_arrays())
+        np.savez(tmp / STATE, **model.state_arrays())  # type: ignore[arg-type]
         model._write(tmp)
         files = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         manifest = {

@@ -11,9 +11,9 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from statistics import NormalDist
+
+import numpy as np
 
 from trainer.forecaster import Forecaster
 from trainer.params import DataParams, ModelParams

@@ -47,8 +47,8 @@ class Calibrator:
     levels: tuple[float, ...]
     horizon: int
     gamma: float = DEFAULT_GAMMA
-    theta: np.ndarray = field(default=None)  # type: ignore[assignment]
-    updates: np.ndarray = field(default=None)  # type: ignore[assignment]
+    theta: np.ndarray = field(default=None)  # type: ignore[arg-type]
+    updates: np.ndarray = field(default=None)  # type: ignore[arg-type]
 
     def __post_init__(self) -> None:
         if self.theta is None:

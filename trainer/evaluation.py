@@ -70,13 +70,14 @@ def model_samples(samples: WindowSet, model: Forecaster) -> WindowSet:
     cols = _columns(model, samples.features)
     bars = samples.bars
     return WindowSet(
-        BarArray(bars.times, bars.values[:, cols], model.features, bars.step), samples.origins, samples.window, samples.horizon
+        BarArray(bars.times, bars.values[:, cols], model.features, bars.step),
+        samples.origins,
+        samples.window,
+        samples.horizon,
     )
 
 
-def refit_on_history(
-    model: Forecaster, bars: BarArray, upto: int, params: TrainParams, val_frac: float = 0.1
-) -> None:
+def refit_on_history(model: Forecaster, bars: BarArray, upto: int, params: TrainParams, val_frac: float = 0.1) -> None:
     """Re-train `model` on bars `[0, upto]` (chronological train/validation cut, nothing later)."""
     samples = model_samples(window_set(bars.slice(0, upto + 1), model.window, model.horizon), model)
     n = upto + 1
@@ -84,7 +85,9 @@ def refit_on_history(
     model.fit(strided(splits.train, params.stride), splits.val, params)
 
 
-def _score(backtest_preds: dict[str, Prediction], actual: np.ndarray, last_close: np.ndarray) -> dict[str, HorizonMetrics]:
+def _score(
+    backtest_preds: dict[str, Prediction], actual: np.ndarray, last_close: np.ndarray
+) -> dict[str, HorizonMetrics]:
     point = {name: horizon_metrics(p.point, actual, last_close) for name, p in backtest_preds.items()}
     scores = {
         name: quantile_scores(p.quantiles, actual, p.levels)
@@ -92,9 +95,7 @@ def _score(backtest_preds: dict[str, Prediction], actual: np.ndarray, last_close
         if p.quantiles.shape[2] > 0
     }
     ref = scores[CLIMATOLOGY].pinball_mean if CLIMATOLOGY in scores else None
-    return {
-        name: point[name].with_quantiles(scores[name], ref) if name in scores else point[name] for name in point
-    }
+    return {name: point[name].with_quantiles(scores[name], ref) if name in scores else point[name] for name in point}
 
 
 def walk_forward(
@@ -233,9 +234,7 @@ def evaluate_splits(
         refit_params=refit_params,
         calibrators=calibrators,
     )
-    selected = (
-        select({k: v for k, v in val.metrics.items() if k in models}, metric=metric, band=band) if val else None
-    )
+    selected = select({k: v for k, v in val.metrics.items() if k in models}, metric=metric, band=band) if val else None
     return Evaluation(val, test, selected, metric, band)
 
 
@@ -245,9 +244,7 @@ ROW_METRICS: tuple[str, ...] = ("mae", "rmse", "mase", "skill", "pinball", "cove
 def metrics_rows(backtest: Backtest, steps: tuple[int, ...] = (1, 4, 16)) -> list[dict[str, Any]]:
     """One row per model: averages of the main metrics and MAE at a few horizon steps."""
     rows = []
-    order = sorted(
-        backtest.metrics, key=lambda k: (k != PERSISTENCE, backtest.metrics[k].average("mae") or 0)
-    )
+    order = sorted(backtest.metrics, key=lambda k: (k != PERSISTENCE, backtest.metrics[k].average("mae") or 0))
     for name in order:
         m = backtest.metrics[name]
         row: dict[str, Any] = {"model": name, "n": m.n}
@@ -261,7 +258,13 @@ def metrics_rows(backtest: Backtest, steps: tuple[int, ...] = (1, 4, 16)) -> lis
 
 
 PREDICTION_COLUMNS: tuple[str, ...] = (
-    "model", "origin_time", "step", "target_time", "last_close", "actual", "point",
+    "model",
+    "origin_time",
+    "step",
+    "target_time",
+    "last_close",
+    "actual",
+    "point",
 )
 
 
@@ -283,8 +286,13 @@ def prediction_rows(backtest: Backtest) -> tuple[list[str], list[list[Any]]]:
                 q = p.quantiles[i, k]
                 rows.append(
                     [
-                        name, f"{iso[i]}Z", k + 1, f"{target[k][i]}Z", repr(float(backtest.last_close[i])),
-                        repr(float(backtest.actual[i, k])), repr(float(p.point[i, k])),
+                        name,
+                        f"{iso[i]}Z",
+                        k + 1,
+                        f"{target[k][i]}Z",
+                        repr(float(backtest.last_close[i])),
+                        repr(float(backtest.actual[i, k])),
+                        repr(float(p.point[i, k])),
                         *("" if c is None else repr(float(q[c])) for c in col),
                     ]
                 )
@@ -312,7 +320,8 @@ def plot_backtest(
     probabilistic = {k: m for k, m in backtest.metrics.items() if m.coverage is not None}
     if fan_model is None and probabilistic:
         fan_model = min(
-            (k for k in probabilistic if k != CLIMATOLOGY), key=lambda k: probabilistic[k].average("pinball") or 0.0,
+            (k for k in probabilistic if k != CLIMATOLOGY),
+            key=lambda k: probabilistic[k].average("pinball") or 0.0,
             default=None,
         )
     fig, axes = plt.subplots(3 + fans, 1, figsize=(10, 3.0 * (3 + fans)))
@@ -357,7 +366,11 @@ def plot_backtest(
             fp = backtest.predictions[fan_model]
             q = fp.quantiles[i]
             ax.fill_between(
-                fut_x, q[:, 0], q[:, -1], alpha=0.25, color="tab:blue",
+                fut_x,
+                q[:, 0],
+                q[:, -1],
+                alpha=0.25,
+                color="tab:blue",
                 label=f"{fan_model} {level_name(fp.levels[0])}–{level_name(fp.levels[-1])}",
             )
             if 0.5 in fp.levels:

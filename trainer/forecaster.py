@@ -259,9 +259,7 @@ class Forecaster(ABC):
         if self.residual_spread:
             spread = arrays.get("spread")
             if spread is None or spread.shape != (self.horizon, len(self.levels)):
-                raise ArtifactError(
-                    f"{where}: residual spread missing or not ({self.horizon}, {len(self.levels)})"
-                )
+                raise ArtifactError(f"{where}: residual spread missing or not ({self.horizon}, {len(self.levels)})")
             self.spread = spread
 
     # Each model stores only what is its own (weights, coefficients).

@@ -16,6 +16,7 @@ Scores, all per horizon step over the same origins:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,7 +32,7 @@ def check_levels(levels: Sequence[float], key: str = "model.quantiles") -> tuple
     out = tuple(float(x) for x in levels)
     if len(out) < 2:
         raise ConfigError(f"{key} = {list(out)}: give at least two levels, e.g. [0.1, 0.5, 0.9]")
-    if any(not 0.0 < x < 1.0 for x in out) or any(b <= a for a, b in zip(out, out[1:], strict=False)):
+    if any(not 0.0 < x < 1.0 for x in out) or any(b <= a for a, b in itertools.pairwise(out)):
         raise ConfigError(f"{key} = {list(out)}: levels must be strictly increasing and inside (0, 1)")
     return out
 
@@ -58,9 +59,7 @@ class Prediction:
     def __post_init__(self) -> None:
         p, q = self.point, self.quantiles
         if p.ndim != 2 or q.ndim != 3 or q.shape[:2] != p.shape or q.shape[2] != len(self.levels):
-            raise ValueError(
-                f"prediction shapes disagree: point {p.shape}, quantiles {q.shape}, levels {self.levels}"
-            )
+            raise ValueError(f"prediction shapes disagree: point {p.shape}, quantiles {q.shape}, levels {self.levels}")
 
     def __len__(self) -> int:
         return int(self.point.shape[0])
@@ -79,9 +78,7 @@ class Prediction:
     ) -> Prediction:
         """Quantiles given as log-returns (n, H, L) against `last_close` (n,), point in price units."""
         last = np.asarray(last_close, dtype=np.float64)[:, None, None]
-        return cls(
-            np.asarray(point, dtype=np.float64), non_crossing(last * np.exp(log_quantiles)), tuple(levels)
-        )
+        return cls(np.asarray(point, dtype=np.float64), non_crossing(last * np.exp(log_quantiles)), tuple(levels))
 
     def take(self, rows: np.ndarray | slice) -> Prediction:
         return Prediction(self.point[rows], self.quantiles[rows], self.levels)

@@ -239,7 +239,8 @@ def train(
     "--predictions",
     "predictions_path",
     type=click.Path(dir_okay=False),
-    help="Write every test forecast of every model as CSV (model, origin, step, target, last close, actual, point, quantiles).",
+    help="Write every test forecast of every model as CSV "
+    "(model, origin_time, step, target_time, last_close, actual, point, q10, q50, q90).",
 )
 @format_option(choices=("table", "json"))
 @pass_app
@@ -312,19 +313,21 @@ def evaluate(
         models, splits, test_stride=test_stride, refit_every=refit_every, refit_params=tp if refit_every else None
     )
     bt = ev.test
-    app.console.print(f"selected on the validation split (mean {ev.metric}, coverage in {list(ev.band)}): {ev.selected}")
+    app.console.print(
+        f"selected on the validation split (mean {ev.metric}, coverage in {list(ev.band)}): {ev.selected}"
+    )
     if plot_path:
         plot_backtest(bt, bars, plot_path, fan_model=ev.selected if ev.selected != CLIMATOLOGY else None)
         app.console.print(f"wrote {plot_path}")
     if predictions_path:
         import csv
 
-        header, rows = prediction_rows(bt)
+        header, csv_rows = prediction_rows(bt)
         with open(predictions_path, "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(header)
-            w.writerows(rows)
-        app.console.print(f"wrote {len(rows):,} forecast rows to {predictions_path}")
+            w.writerows(csv_rows)
+        app.console.print(f"wrote {len(csv_rows):,} forecast rows to {predictions_path}")
     if fmt == "json":
         out = {
             "source": name,

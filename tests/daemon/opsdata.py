@@ -9,6 +9,7 @@ the live scorer's own pure function over `unscored_steps`, as the daemon compute
 
 from __future__ import annotations
 
+import itertools
 import math
 import shutil
 from dataclasses import replace
@@ -52,7 +53,7 @@ def forecasts_for(bars: list[Bar], i: int, model_id: str, created: datetime) -> 
                         latency_ms=3.5, created_at=created)
     closes = tuple(c for _ in range(HORIZON))
     logs = [math.log(float(b.close)) for b in bars[max(0, i - 48) : i + 1]]
-    rets = [b - a for a, b in zip(logs, logs[1:], strict=False)]
+    rets = [b - a for a, b in itertools.pairwise(logs)]
     sigma = math.sqrt(sum(r * r for r in rets) / max(1, len(rets)))
     quantiles = tuple(tuple(c * math.exp(z * sigma * math.sqrt(k + 1)) for z in _Z) for k in range(HORIZON))
     return Forecast(last.series, last.open_time, model_id, targets, closes, last_close=last.close,

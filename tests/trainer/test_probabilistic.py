@@ -28,12 +28,23 @@ def evaluated(btc_frame: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory)
     preds = tmp / "pred.csv"
     result = CliRunner().invoke(
         main,
-        ["--db", f"sqlite:///{tmp / 'x.db'}", "evaluate", "--csv", str(path), "--models", "har,drift,linear",
-         "--format", "json", "--predictions", str(preds)],
+        [
+            "--db",
+            f"sqlite:///{tmp / 'x.db'}",
+            "evaluate",
+            "--csv",
+            str(path),
+            "--models",
+            "har,drift,linear",
+            "--format",
+            "json",
+            "--predictions",
+            str(preds),
+        ],
         catch_exceptions=False,
     )
     assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout[result.stdout.index("{"):])
+    report = json.loads(result.stdout[result.stdout.index("{") :])
     with preds.open() as fh:
         rows = list(csv.DictReader(fh))
     return report, rows
@@ -65,8 +76,18 @@ def test_no_point_forecast_loses_more_than_a_tenth_of_a_percent_to_persistence(
 
 def test_prediction_rows_reproduce_the_json_metrics(evaluated: tuple[dict, list[dict[str, str]]]) -> None:
     report, rows = evaluated
-    assert list(rows[0]) == ["model", "origin_time", "step", "target_time", "last_close", "actual", "point",
-                             "q10", "q50", "q90"]
+    assert list(rows[0]) == [
+        "model",
+        "origin_time",
+        "step",
+        "target_time",
+        "last_close",
+        "actual",
+        "point",
+        "q10",
+        "q50",
+        "q90",
+    ]
     for name in ("har", "climatology", "linear"):
         m = report["models"][name]
         mine = [r for r in rows if r["model"] == name]
@@ -77,7 +98,9 @@ def test_prediction_rows_reproduce_the_json_metrics(evaluated: tuple[dict, list[
             pt = np.array([float(r["point"]) for r in sel])
             q = np.array([[float(r[c]) for c in ("q10", "q50", "q90")] for r in sel])
             assert np.all(q[:, 0] <= q[:, 1]) and np.all(q[:, 1] <= q[:, 2])
-            pin = np.mean([np.mean(np.maximum(t * (y - q[:, i]), (t - 1) * (y - q[:, i]))) for i, t in enumerate(LEVELS)])
+            pin = np.mean(
+                [np.mean(np.maximum(t * (y - q[:, i]), (t - 1) * (y - q[:, i]))) for i, t in enumerate(LEVELS)]
+            )
             assert np.mean(np.abs(pt - y)) == pytest.approx(m["mae"][step - 1], rel=1e-9)
             assert pin == pytest.approx(m["pinball"][step - 1], rel=1e-9)
             assert np.mean((y >= q[:, 0]) & (y <= q[:, 2])) == pytest.approx(m["coverage"][step - 1], rel=1e-9)

@@ -18,6 +18,7 @@ def test_pinball_by_hand_and_wis_is_bracher_interval_score() -> None:
     # y=10: 0.1*(10-9), 0, 0.1*(12-10); y=13: 0.1*4, 0.5*3, 0.9*1; y=7: 0.9*2, 0.5*3, 0.1*5
     np.testing.assert_allclose(loss[:, 0], [[0.1, 0.0, 0.2], [0.4, 1.5, 0.9], [1.8, 1.5, 0.5]])
     s = quantile_scores(q, y, levels)
+
     # Bracher et al. (2021): WIS = (0.5|y-m| + alpha/2 * IS_alpha) / (K + 1/2), K = 1, alpha = 0.2
     def interval_score(yv: float, lo: float, hi: float, a: float) -> float:
         return (hi - lo) + 2 / a * max(lo - yv, 0) + 2 / a * max(yv - hi, 0)
@@ -32,7 +33,9 @@ def test_quantiles_never_cross_and_levels_are_checked() -> None:
     rng = np.random.default_rng(1)
     q = non_crossing(rng.normal(size=(50, 4, 5)))
     assert np.all(np.diff(q, axis=-1) >= 0)
-    p = Prediction.from_log_returns(np.full(2, 100.0), np.full((2, 1), 100.0), np.array([[[0.1, -0.1, 0.0]]] * 2), (0.1, 0.5, 0.9))
+    p = Prediction.from_log_returns(
+        np.full(2, 100.0), np.full((2, 1), 100.0), np.array([[[0.1, -0.1, 0.0]]] * 2), (0.1, 0.5, 0.9)
+    )
     assert np.all(np.diff(p.quantiles, axis=-1) >= 0) and p.quantiles[0, 0, 0] == pytest.approx(100 * np.exp(-0.1))
     assert [level_name(x) for x in (0.1, 0.5, 0.9, 0.025)] == ["q10", "q50", "q90", "q2.5"]
     with pytest.raises(ConfigError, match="strictly increasing"):
