@@ -20,8 +20,8 @@ from db.errors import InputError
 from trainer.calibration import Calibrator, calibrate_walk_forward
 from trainer.challenger import COVERAGE_BAND, select
 from trainer.metrics import HorizonMetrics, horizon_metrics
-from trainer.models import BASELINES, CLIMATOLOGY, PERSISTENCE, Forecaster
-from trainer.params import FEATURE_COLUMNS, TrainParams
+from trainer.models import BASELINES, CLIMATOLOGY, PERSISTENCE, Forecaster, build_model
+from trainer.params import FEATURE_COLUMNS, DataParams, TrainParams
 from trainer.quantiles import Prediction, level_name, quantile_scores
 from trainer.splits import SplitIndex, Splits, split_windows, strided
 from trainer.windows import BarArray, WindowSet, window_set
@@ -117,6 +117,8 @@ def walk_forward(
     test split). Persistence is always scored (as "persistence") as the point reference;
     probabilistic skill is measured against "climatology" when it is among the models.
     """
+    if not models:
+        raise InputError("walk-forward: no models given")
     if len(samples) == 0:
         raise InputError("walk-forward: no forecast origins (the test period has no gap-free windows)")
     for name, m in models.items():
@@ -127,6 +129,16 @@ def walk_forward(
             )
     if refit_every is not None and refit_params is None:
         raise InputError("walk-forward: refit_every needs refit_params")
+    if PERSISTENCE not in models:  # the point reference, with its random-walk fan
+        first = next(iter(models.values()))
+        models = {
+            **models,
+            PERSISTENCE: build_model(
+                PERSISTENCE,
+                first.params,
+                DataParams(window=samples.window, horizon=samples.horizon, features=("close",)),
+            ),
+        }
     cols = {name: _columns(m, samples.features) for name, m in models.items()}
     close_col = samples.features.index("close")
     n, horizon = len(samples), samples.horizon
@@ -168,9 +180,6 @@ def walk_forward(
             cal = Calibrator(m.levels, horizon, m.params.aci_gamma)
         served = calibrate_walk_forward(cal, times, step_s, last_close, quants[name], actual)
         preds[name] = Prediction(points[name], served, m.levels)
-    if PERSISTENCE not in preds:
-        persist = np.repeat(last_close[:, None], horizon, axis=1)
-        preds[PERSISTENCE] = Prediction(persist, np.zeros((n, horizon, 0)), ())
     fps = {name: (n / s if s > 0 else float("inf")) for name, s in seconds.items()}
     return Backtest(times, last_close, actual, preds, _score(preds, actual, last_close), fps, step_s)
 
