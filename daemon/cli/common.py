@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import functools
 import io
+import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -35,7 +36,7 @@ class AppContext:
         self.log_level = log_level
         self._config: Config | None = None
         self._database: Database | None = None
-        self.console = Console(stderr=True)
+        self.console = make_console(stderr=True)
 
     @property
     def config(self) -> Config:
@@ -103,9 +104,29 @@ def emit_rows(rows: Iterable[dict[str, Any]], columns: Sequence[str], fmt: str, 
         out_console().print(table)
 
 
+def colour_allowed(stream: Any) -> bool:
+    """ANSI colours only on a terminal, never under journald (JOURNAL_STREAM) or with NO_COLOR."""
+    if os.environ.get("JOURNAL_STREAM") or os.environ.get("NO_COLOR"):
+        return False
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def make_console(*, stderr: bool = False) -> Console:
+    """A rich console for people: colours and progress bars only on a terminal (see colour_allowed)."""
+    stream = sys.stderr if stderr else sys.stdout
+    if colour_allowed(stream):
+        return Console(stderr=stderr)
+    return Console(stderr=stderr, no_color=True, color_system=None, highlight=False)
+
+
 def out_console() -> Console:
     """stdout for tables: the terminal's width, or unlimited when piped (never cut a column)."""
-    return Console() if sys.stdout.isatty() else Console(width=100_000)
+    if sys.stdout.isatty():
+        return make_console()
+    return Console(width=100_000, no_color=True, color_system=None, highlight=False)
 
 
 def parse_time(text: str | None, name: str) -> datetime | None:

@@ -146,21 +146,27 @@ def accuracy_cmd(app: AppContext, series: str | None, model_id: str | None, wind
 # status --------------------------------------------------------------------------------------
 
 
-def _daemon_status(app: AppContext, timeout: float) -> dict[str, Any] | None:
-    """The running daemon's /status, or None when no daemon answers at the configured address."""
+def _daemon_status(app: AppContext, timeout: float, api: str | None) -> dict[str, Any] | None:
+    """The running daemon's /status, or None when no daemon answers at `api` (default: the config's)."""
     cfg = app.config.api
-    if not cfg.enabled:
-        return None
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(cfg.host, cfg.host)
-    host = f"[{host}]" if ":" in host else host
-    req = urllib.request.Request(f"http://{host}:{cfg.port}/status", headers={"Accept": "application/json"})
+    if api:
+        base = api.rstrip("/")
+        if not base.startswith(("http://", "https://")):
+            raise InputError(f"--api: {api!r} is not a URL like http://127.0.0.1:8787")
+    else:
+        if not cfg.enabled:
+            return None
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(cfg.host, cfg.host)
+        host = f"[{host}]" if ":" in host else host
+        base = f"http://{host}:{cfg.port}"
+    req = urllib.request.Request(f"{base}/status", headers={"Accept": "application/json"})
     if cfg.token:
         req.add_header("Authorization", f"Bearer {cfg.token}")
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             doc = orjson.loads(resp.read())
     except urllib.error.HTTPError as exc:
-        app.console.print(f"[yellow]daemon at {host}:{cfg.port} answered {exc.code}; reading the database[/]")
+        app.console.print(f"[yellow]daemon at {base} answered {exc.code}; reading the database[/]")
         return None
     except (OSError, ValueError):
         return None
@@ -182,13 +188,14 @@ def _age(seconds: Any) -> str | None:
 
 @click.command("status")
 @click.option("--offline", is_flag=True, help="Read the database only; do not ask a running daemon.")
+@click.option("--api", metavar="URL", help="The daemon's HTTP API (default: api.host:api.port from the config).")
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
               help="Seconds to wait for the daemon's answer.")
 @format_option()
 @pass_app
-def status_cmd(app: AppContext, offline: bool, timeout: float, fmt: str) -> None:
+def status_cmd(app: AppContext, offline: bool, api: str | None, timeout: float, fmt: str) -> None:
     """Per series last bar and age, feed state, champion and age, next retrain, database size."""
-    doc = None if offline else _daemon_status(app, timeout)
+    doc = None if offline else _daemon_status(app, timeout, api)
     if doc is None:
         doc = reports.status_from_database(app.database(), app.config.series_keys)
     if fmt == "json":
@@ -259,8 +266,8 @@ def tail_cmd(app: AppContext, follow: bool, lines: int, series: str | None, fmt:
         sys.stdout.flush()
         if follower is None:
             return
-        if not log_path.exists():
-            app.console.print(f"waiting for {log_path} …")
+        if not recent:
+            app.console.print(f"waiting for forecasts in {log_path} … (Ctrl-C stops)")
         for raw in follower.follow(interval=interval):
             emit(raw)
             sys.stdout.flush()
