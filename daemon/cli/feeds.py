@@ -17,7 +17,18 @@ import click
 import orjson
 
 from daemon.bars import BarUpdate
-from daemon.cli.common import AppContext, existing_file, format_option, iso, parse_duration, parse_time, pass_app
+from daemon.cli.common import (
+    AppContext,
+    existing_file,
+    flat_series,
+    format_option,
+    iso,
+    parse_duration,
+    parse_time,
+    pass_app,
+    progress_bar,
+    series_option,
+)
 from daemon.config import SeriesConfig
 from daemon.feeds import PROTOCOLS
 from daemon.feeds import protocol as get_protocol
@@ -279,12 +290,7 @@ def bar_line(u: BarUpdate) -> str:
 
 
 @click.command("ingest")
-@click.option(
-    "--series",
-    "series_opt",
-    multiple=True,
-    help="EXCHANGE:SYMBOL[:INTERVAL] to ingest (repeatable; default: the config's series).",
-)
+@series_option("Series to ingest (default: the config's series).", many=True, name="series_opt")
 @click.option(
     "--clock",
     type=click.Choice(["wall", "feed"]),
@@ -295,29 +301,40 @@ def bar_line(u: BarUpdate) -> str:
 @click.option("--quiet", is_flag=True, help="Do not print bars as they close.")
 @pass_app
 def ingest_cmd(
-    app: AppContext, series_opt: tuple[str, ...], clock: str | None, duration: str | None, quiet: bool
+    app: AppContext, series_opt: tuple[list[SeriesKey], ...], clock: str | None, duration: str | None, quiet: bool
 ) -> None:
     """Ingest live trades into bars in the database (with start-up and reconnect backfill)."""
     config = app.config
     if series_opt:
-        keys = [SeriesKey.parse(s) for s in series_opt]
+        keys = flat_series(series_opt)
         config = replace(config, series=tuple(SeriesConfig(k.exchange, k.symbol, k.interval) for k in keys))
     if clock:
         config = replace(config, feeds=replace(config.feeds, clock=clock))  # type: ignore[arg-type]
     database = app.database()
     limit = parse_duration(duration, "--duration").total_seconds() if duration else None
 
+    progress = progress_bar(app.console)
+    backfill_tasks: dict[SeriesKey, Any] = {}
+
     async def on_bars(updates: list[BarUpdate]) -> None:
-        if not quiet:
-            for u in updates:
+        for u in updates:
+            if u.kind == "backfilled":  # a bar per backfilled bucket: the progress bar counts them
+                key = u.bar.series
+                if key not in backfill_tasks:
+                    total = config.feeds.backfill_days * 86400 / key.step.total_seconds()
+                    backfill_tasks[key] = progress.add_task(f"backfilling {key}", total=total)
+                progress.advance(backfill_tasks[key])
+            elif not quiet:
                 click.echo(bar_line(u))
 
     async def main(stop: asyncio.Event) -> None:
         if limit:
             asyncio.get_running_loop().call_later(limit, stop.set)
-        stats = await ingest_daemon(
-            config, database, clock=time.time if config.feeds.clock == "wall" else None, on_bars=on_bars, stop=stop
-        )
+        with progress:
+            stats = await ingest_daemon(
+                config, database, clock=time.time if config.feeds.clock == "wall" else None, on_bars=on_bars,
+                stop=stop,
+            )
         for ex, st in stats.items():
             click.echo(
                 f"{ex}: {st['messages']} trades={st['trades']} malformed={st['malformed']} "

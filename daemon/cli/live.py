@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from daemon.cli.common import AppContext, pass_app
+from daemon.cli.common import AppContext, pass_app, series_option
 from db.errors import BarcastError, InputError
 from db.records import SeriesKey
 
@@ -32,14 +32,14 @@ def run_cmd(app: AppContext) -> None:
 
 
 @click.command("retrain")
-@click.option("--series", "series", default=None, help="EXCHANGE:SYMBOL[:INTERVAL] to retrain.")
+@series_option("The configured series (model group) to retrain.")
 @click.option("--all", "all_series", is_flag=True, help="Every configured series (model group).")
 @click.option("--now", is_flag=True,
               help="Wait for the run and print its outcome (default: a running daemon starts it and returns).")
 @click.option("--standalone", is_flag=True, help="Do not ask a running daemon; train in this process's child.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override train.epochs (standalone only).")
 @pass_app
-def retrain_cmd(app: AppContext, series: str | None, all_series: bool, now: bool, standalone: bool,
+def retrain_cmd(app: AppContext, series: SeriesKey | None, all_series: bool, now: bool, standalone: bool,
                 epochs: int | None) -> None:
     """Train a challenger and promote it only if it beats the champion and persistence.
 
@@ -49,7 +49,7 @@ def retrain_cmd(app: AppContext, series: str | None, all_series: bool, now: bool
     if bool(series) == all_series:
         raise InputError("give --series EXCHANGE:SYMBOL or --all")
     config = app.config
-    key = SeriesKey.parse(series) if series else None
+    key = series
     if key is not None and key not in config.series_keys:
         raise InputError(f"series {key} is not in the config (configured: "
                          f"{', '.join(str(k) for k in config.series_keys)})")
