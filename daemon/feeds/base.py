@@ -216,7 +216,7 @@ class ExchangeProtocol(ABC):
             normal = self.symbols.normal
             name = self.name
             trades = tuple(
-                Trade(name, normal(n), n, None if tid is None else str(tid), t, p, q, side)
+                Trade(name, normal(n), n, None if tid is None else str(tid), t, p, q, side)  # type: ignore[arg-type]
                 for n, tid, t, p, q, side in rows
             )
         except BadMessage as exc:

@@ -84,8 +84,8 @@ def price_text(value: Any) -> Decimal | None:
         except InvalidOperation:  # "", ".", "1.2.3"
             return None
         return d if MIN_MAGNITUDE <= d < MAX_PRICE else None
-    d = decimal(value)
-    return d if d is not None and MIN_MAGNITUDE <= d < MAX_PRICE else None
+    g = decimal(value)
+    return g if g is not None and MIN_MAGNITUDE <= g < MAX_PRICE else None
 
 
 def size_text(value: Any) -> Decimal | None:
@@ -96,10 +96,10 @@ def size_text(value: Any) -> Decimal | None:
         except InvalidOperation:
             return None
         return d if d < MAX_SIZE and (d >= MIN_MAGNITUDE or not d) else None
-    d = decimal(value)
-    if d is None or d.is_signed():
+    g = decimal(value)
+    if g is None or g.is_signed():
         return None
-    return d
+    return g
 
 
 #: Longest trade id kept (ids are compared for duplicates and printed; longer is garbage).

@@ -58,7 +58,7 @@ class Trade:
 #: A trade as the hot path carries it: (native symbol, trade id, time µs, price, size, side).
 #: A plain tuple, so a frame's trades cost one small allocation each; `Trade` is built only
 #: where a rich record is wanted (`barcast parse`, tests).
-Row = tuple[str, "str | int | None", int, Decimal, Decimal, "Side | None"]
+Row = tuple[str, Any, int, Decimal, Decimal, str | None]
 
 
 @dataclass(frozen=True, slots=True)
