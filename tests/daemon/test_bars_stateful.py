@@ -71,10 +71,13 @@ class AggregatorMachine(RuleBasedStateMachine):
         t = max(BASE, self.now + offset_s * 1_000_000 + self.next_id)
         self.now = max(self.now, t)
         bucket = t - t % STEP
-        # the first trade starts the series; after it a fresh trade is kept unless its bar was
-        # never observed (before the first) or ended further back than the late allowance
+        # the first trade starts the series; after it a fresh trade is kept if its bar is still open,
+        # else unless that bar was never observed (before the first) or ended beyond the allowance
+        cursor = self.agg.cursor_us
         if self.first_bucket is None:
             self.first_bucket = bucket
+            expected = True
+        elif cursor is not None and bucket >= cursor:
             expected = True
         else:
             late_by = max(self.watermark, t) - (bucket + STEP)
