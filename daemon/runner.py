@@ -12,6 +12,7 @@ import shlex
 import shutil
 import signal
 import socket
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -21,8 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from daemon.bars import BarUpdate
-from daemon.config import Config, ExchangeConfig, SeriesConfig
+from daemon.config import Config, ExchangeConfig, FeedsConfig, SeriesConfig
 from daemon.feeds import protocol as get_protocol
+from daemon.feeds.base import ExchangeProtocol
 from daemon.feeds.randomwalk import random_walk_bars
 from daemon.feeds.simulator import ExchangeSimulator, SimSeries
 from daemon.ops import reports
@@ -48,6 +50,76 @@ def run_until_signal(main: Callable[[asyncio.Event], Awaitable[Any]]) -> Any:
         return await main(stop)
 
     return asyncio.run(runner())
+
+
+# --- capture and simulator ---------------------------------------------------------------------
+
+
+async def record_daemon(
+    proto: ExchangeProtocol,
+    natives: list[str],
+    feeds: FeedsConfig,
+    ws_url: str,
+    out_path: Path,
+    *,
+    stop: asyncio.Event,
+    limit_s: float | None = None,
+    max_messages: int | None = None,
+) -> Counter[str]:
+    """`barcast record`: raw messages of one connection appended to a capture file until `stop`,
+    `limit_s` or `max_messages`; returns counts per event kind and message class."""
+    from daemon.feeds.capture import CaptureWriter
+    from daemon.feeds.connection import FeedConnection
+
+    counts = Counter[str]()
+    with out_path.open("a", encoding="utf-8") as fh:
+        writer = CaptureWriter(fh, ws_url)
+        conn = FeedConnection(proto, natives, feeds, url=ws_url, capture=writer)
+        task = asyncio.create_task(conn.run())
+        deadline = time.monotonic() + limit_s if limit_s else None
+        try:
+            while not stop.is_set():
+                timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+                try:
+                    ev = await asyncio.wait_for(conn.queue.get(), timeout=min(timeout or 1.0, 1.0))
+                except TimeoutError:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        break
+                    continue
+                counts[ev.kind] += 1
+                if ev.kind == "message":
+                    counts[proto.parse(ev.text).kind] += 1
+                    if max_messages is not None and counts["message"] >= max_messages:
+                        break
+                if counts["message"] % 100 == 0:
+                    writer.flush()
+        finally:
+            conn.stop()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            writer.flush()
+    return counts
+
+
+async def simulator_daemon(
+    sim: ExchangeSimulator,
+    *,
+    on_start: Callable[[ExchangeSimulator], None],
+    on_end: Callable[[], None],
+    stop: asyncio.Event,
+) -> None:
+    """`barcast exchange-sim`: serve until `stop`; at the end of the bars keep serving REST."""
+    async with sim:
+        on_start(sim)
+        finished = asyncio.create_task(sim.finished.wait())
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait([finished, stopper], return_when=asyncio.FIRST_COMPLETED)
+        if finished.done():
+            on_end()
+            await stop.wait()
+        finished.cancel()
+        stopper.cancel()
 
 
 # --- ingest only -------------------------------------------------------------------------------
@@ -117,6 +189,26 @@ async def service_daemon(
             shower.cancel()
     finally:
         await svc.shutdown()
+
+
+async def retrain_standalone(
+    config: Config, database: Database, key: SeriesKey | None, *, epochs: int | None = None
+) -> list[Any]:
+    """`barcast retrain` with no daemon: the daemon's retraining job (child process, lease) here,
+    for one series' model group or all of them; returns each group's outcome (None: not run)."""
+    from daemon.live.retrainer import Retrainer
+    from trainer.retrain_job import ensure_baseline
+
+    if epochs is not None:
+        config = replace(config, train=replace(config.train, epochs=epochs))
+    await asyncio.to_thread(ensure_baseline, database, config.series_keys)
+
+    async def nothing(group: str, outcome: Any) -> None:
+        return None
+
+    retrainer = Retrainer(config, database, nothing)
+    groups = [config.model_group(key)] if key else retrainer.groups
+    return [await retrainer.retrain(g, reason="manual (standalone)") for g in groups]
 
 
 # --- the demo ----------------------------------------------------------------------------------

@@ -32,11 +32,20 @@ from daemon.cli.common import (
 from daemon.config import SeriesConfig
 from daemon.feeds import PROTOCOLS
 from daemon.feeds import protocol as get_protocol
-from daemon.feeds.capture import CaptureWriter, read_capture
-from daemon.feeds.connection import FeedConnection
+from daemon.feeds.capture import read_capture
 from daemon.feeds.simulator import ExchangeSimulator, Faults, SimSeries
 from daemon.ops.tail import pretty
-from daemon.runner import DEMO_API_PORT, DEMO_ARCH, DemoRun, DemoSettings, demo_daemon, ingest_daemon, run_until_signal
+from daemon.runner import (
+    DEMO_API_PORT,
+    DEMO_ARCH,
+    DemoRun,
+    DemoSettings,
+    demo_daemon,
+    ingest_daemon,
+    record_daemon,
+    run_until_signal,
+    simulator_daemon,
+)
 from db.csvbars import read_bars_csv
 from db.errors import InputError
 from db.records import SeriesKey, decimal_text, interval_seconds
@@ -84,38 +93,11 @@ def record(
     natives = [proto.native_symbol(s) for s in _symbols(symbols)]
     ws_url = url or app.config.exchange(exchange).ws_url or proto.ws_url
     limit_s = parse_duration(duration, "--duration").total_seconds() if duration else None
-    counts = Counter[str]()
+    async def main(stop: asyncio.Event) -> Counter[str]:
+        return await record_daemon(proto, natives, app.config.feeds, ws_url, out_path, stop=stop,
+                                   limit_s=limit_s, max_messages=max_messages)
 
-    async def main(stop: asyncio.Event) -> None:
-        with out_path.open("a", encoding="utf-8") as fh:
-            writer = CaptureWriter(fh, ws_url)
-            conn = FeedConnection(proto, natives, app.config.feeds, url=ws_url, capture=writer)
-            task = asyncio.create_task(conn.run())
-            deadline = time.monotonic() + limit_s if limit_s else None
-            try:
-                while not stop.is_set():
-                    timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-                    try:
-                        ev = await asyncio.wait_for(conn.queue.get(), timeout=min(timeout or 1.0, 1.0))
-                    except TimeoutError:
-                        if deadline is not None and time.monotonic() >= deadline:
-                            break
-                        continue
-                    counts[ev.kind] += 1
-                    if ev.kind == "message":
-                        counts[proto.parse(ev.text).kind] += 1
-                        if max_messages is not None and counts["message"] >= max_messages:
-                            break
-                    if counts["message"] % 100 == 0:
-                        writer.flush()
-            finally:
-                conn.stop()
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-                writer.flush()
-
-    run_until_signal(main)
+    counts = run_until_signal(main)
     summary = ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))
     click.echo(f"recorded {counts['message']} messages to {out_path} ({summary})", err=True)
 
@@ -228,40 +210,38 @@ def exchange_sim(
     start_t = parse_time(start, "--start")
     proto = get_protocol(protocol)
 
-    async def main(stop: asyncio.Event) -> None:
-        sim = ExchangeSimulator(
-            proto,
-            [SimSeries(symbol.upper(), tuple(bars))],
-            speed=speed,
-            host=host,
-            port=port,
-            start=start_t.timestamp() if start_t else None,
-            heartbeat_s=heartbeat,
-            faults=Faults(drop_every, refuse, malformed_every, stall_after),
+    sim = ExchangeSimulator(
+        proto,
+        [SimSeries(symbol.upper(), tuple(bars))],
+        speed=speed,
+        host=host,
+        port=port,
+        start=start_t.timestamp() if start_t else None,
+        heartbeat_s=heartbeat,
+        faults=Faults(drop_every, refuse, malformed_every, stall_after),
+    )
+
+    def on_start(sim: ExchangeSimulator) -> None:
+        ex = protocol.upper()
+        click.echo(
+            f"exchange simulator ({protocol}) on {sim.ws_url} (REST {sim.rest_url}), "
+            f"{len(bars)} bars, speed {speed:g}x",
+            err=True,
         )
-        async with sim:
-            ex = protocol.upper()
-            click.echo(
-                f"exchange simulator ({protocol}) on {sim.ws_url} (REST {sim.rest_url}), "
-                f"{len(bars)} bars, speed {speed:g}x",
-                err=True,
-            )
-            click.echo(
-                f"point barcast at it:\n  export BARCAST_EXCHANGES__{ex}__WS_URL={sim.ws_url}\n"
-                f"  export BARCAST_EXCHANGES__{ex}__REST_URL={sim.rest_url}\n"
-                f"  export BARCAST_FEEDS__CLOCK=feed   # the simulated clock is not the wall clock",
-                err=True,
-            )
-            click.echo(sim.ws_url, err=False)
-            sys.stdout.flush()
-            finished = asyncio.create_task(sim.finished.wait())
-            stopper = asyncio.create_task(stop.wait())
-            await asyncio.wait([finished, stopper], return_when=asyncio.FIRST_COMPLETED)
-            if finished.done():
-                click.echo("end of bars reached; serving REST until interrupted", err=True)
-                await stop.wait()
-            finished.cancel()
-            stopper.cancel()
+        click.echo(
+            f"point barcast at it:\n  export BARCAST_EXCHANGES__{ex}__WS_URL={sim.ws_url}\n"
+            f"  export BARCAST_EXCHANGES__{ex}__REST_URL={sim.rest_url}\n"
+            f"  export BARCAST_FEEDS__CLOCK=feed   # the simulated clock is not the wall clock",
+            err=True,
+        )
+        click.echo(sim.ws_url, err=False)
+        sys.stdout.flush()
+
+    def on_end() -> None:
+        click.echo("end of bars reached; serving REST until interrupted", err=True)
+
+    async def main(stop: asyncio.Event) -> None:
+        await simulator_daemon(sim, on_start=on_start, on_end=on_end, stop=stop)
 
     run_until_signal(main)
 

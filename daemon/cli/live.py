@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import sys
-from typing import Any
 
 import click
 
@@ -71,7 +69,9 @@ def retrain_cmd(app: AppContext, series: SeriesKey | None, all_series: bool, now
             if not resp.get("disabled"):
                 raise BarcastError(f"daemon refused: {resp.get('error')}")
             click.echo("the daemon does not retrain (retrain.enabled = false); training here", err=True)
-    outcomes = asyncio.run(_standalone(app, key, epochs))
+    from daemon.runner import retrain_standalone
+
+    outcomes = asyncio.run(retrain_standalone(config, app.database(), key, epochs=epochs))
     click.echo(json.dumps([o.as_dict() if o else None for o in outcomes], indent=2, default=str))
     if any(o is not None and o.promoted for o in outcomes) and (daemon_up or config.control_socket.exists()):
         # the daemon serves the new champion at once (timer-driven retraining)
@@ -82,24 +82,6 @@ def retrain_cmd(app: AppContext, series: SeriesKey | None, all_series: bool, now
             pass
     if any(o is None for o in outcomes):
         sys.exit(1)
-
-
-async def _standalone(app: AppContext, key: SeriesKey | None, epochs: int | None) -> list[Any]:
-    from daemon.live.retrainer import Retrainer
-    from trainer.retrain_job import ensure_baseline
-
-    config = app.config
-    if epochs is not None:
-        config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=epochs))
-    database = app.database()
-    await asyncio.to_thread(ensure_baseline, database, config.series_keys)
-
-    async def nothing(group: str, outcome: Any) -> None:
-        return None
-
-    retrainer = Retrainer(config, database, nothing)
-    groups = [config.model_group(key)] if key else retrainer.groups
-    return [await retrainer.retrain(g, reason="manual (standalone)") for g in groups]
 
 
 commands = [run_cmd, retrain_cmd]

@@ -7,8 +7,6 @@ key means one thing everywhere; the README lists them.
 from __future__ import annotations
 
 import sys
-import urllib.error
-import urllib.request
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -170,29 +168,16 @@ def accuracy_cmd(app: AppContext, series: tuple[list[SeriesKey], ...], model_id:
 
 def _daemon_status(app: AppContext, timeout: float, api: str | None) -> dict[str, Any] | None:
     """The running daemon's /status, or None when no daemon answers at `api` (default: the config's)."""
+    from daemon.ops.client import api_base, daemon_status
+
     cfg = app.config.api
-    if api:
-        base = api.rstrip("/")
-        if not base.startswith(("http://", "https://")):
-            raise InputError(f"--api: {api!r} is not a URL like http://127.0.0.1:8787")
-    else:
-        if not cfg.enabled:
-            return None
-        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(cfg.host, cfg.host)
-        host = f"[{host}]" if ":" in host else host
-        base = f"http://{host}:{cfg.port}"
-    req = urllib.request.Request(f"{base}/status", headers={"Accept": "application/json"})
-    if cfg.token:
-        req.add_header("Authorization", f"Bearer {cfg.token}")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            doc = orjson.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        app.console.print(f"[yellow]daemon at {base} answered {exc.code}; reading the database[/]")
+    base = api_base(cfg, api)
+    if base is None:
         return None
-    except (OSError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) else None
+    doc, why = daemon_status(base, token=cfg.token, timeout=timeout)
+    if why:
+        app.console.print(f"[yellow]{why}; reading the database[/]")
+    return doc
 
 
 STATUS_COLUMNS = ["series", "last_bar", "last_bar_age_s", "feed", "champion", "champion_age_s", "last_forecast"]
