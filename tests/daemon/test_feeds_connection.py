@@ -89,6 +89,8 @@ def test_refused_connections_are_retried_and_subscription_resent() -> None:
 
     events, _sim, conn = asyncio.run(main())
     assert conn.failures >= 3 + 2  # three refusals, then two drops
+    # what `status` shows: every refused attempt is a reconnect, not just connections that got through
+    assert conn.reconnects == conn.failures >= 5 and conn.connects <= conn.reconnects
     assert [e.kind for e in events if e.kind != "message"][:3] == ["up", "down", "up"]
     parsed = [PROTOCOLS["coinbase"].parse(e.text).kind for e in events if e.kind == "message"]
     assert parsed.count("ack") >= 2 and "heartbeat" in parsed  # resubscribed after each reconnect
