@@ -192,6 +192,7 @@ class KerasForecaster(Forecaster):
     """LSTM, GRU and the CNNs: Keras network (point + quantile heads) + featurizer."""
 
     residual_spread = False
+    conformalizes = True
     uses_featurizer = True
 
     def __init__(self, arch: str, params: ModelParams, data: DataParams) -> None:
