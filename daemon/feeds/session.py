@@ -501,6 +501,7 @@ class FeedSession:
 
     def _finish_request(self, out: list[Action]) -> None:
         self._outstanding -= 1
+        self._update_due()
         if self._outstanding == 0 and self._then is not None:
             then, self._then = self._then, None
             out.extend(then())
