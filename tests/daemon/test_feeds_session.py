@@ -118,7 +118,10 @@ def test_feed_clock_polls_open_ended_ranges_while_down() -> None:
     s = FeedSession(PROTOCOLS["coinbase"], [KEY], OPTS, wall_clock=False)
     s.up(0.0, 0.0)
     s.message(ACK, 0.0, 0.1)
-    s.message(match(T0 + 10, "10", 1), 0.0, 0.2)
+    acts = s.message(match(T0 + 10, "10", 1), 0.0, 0.2)  # live from the first feed time: history first
+    while acts:
+        b = next(a for a in acts if isinstance(a, Backfill))
+        acts = [a for a in s.backfilled(b, b.end_us, [], last=True) if isinstance(a, Backfill)]
     s.down(1.0)
     acts = s.tick(None, 11.5)
     req = next(a for a in acts if isinstance(a, Backfill))
