@@ -52,7 +52,8 @@ def test_parse_csv_and_counts_malformed(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_parse_summary_prints_counts_and_rate_only(shared_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    r = barcast(capsys, "parse", "--exchange", "coinbase", "--summary", str(shared_dir / "captures" / "COINBASE.ws.28.0"))
+    capture = str(shared_dir / "captures" / "COINBASE.ws.28.0")
+    r = barcast(capsys, "parse", "--exchange", "coinbase", "--summary", capture)
     assert r.code == 0, r.err
     lines = r.out.splitlines()
     assert "9946 messages" in lines[0] and "107 trades" in lines[0] and "malformed=0" in lines[0]
