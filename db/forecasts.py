@@ -152,3 +152,9 @@ def query_forecasts(
 def latest_forecast(database: Database, series: SeriesKey, model_id: str | None = None) -> Forecast | None:
     found = query_forecasts(database, series, model_id=model_id, limit=1)
     return found[0] if found else None
+
+
+def forecast_model_ids(database: Database) -> list[str]:
+    """Every model id that has stored forecasts (the valid choices of a `--model` filter)."""
+    with database.engine.connect() as conn:
+        return sorted(conn.execute(select(fc_t.c.model_id).distinct()).scalars())

@@ -78,9 +78,10 @@ class RichProgress(keras.callbacks.Callback):  # type: ignore[misc]
 
         self.title = title
         self.epochs = epochs
+        console = Console(stderr=True)  # off (no output at all) when stderr is not a terminal
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-            TextColumn("{task.fields[loss]}"), console=Console(stderr=True), transient=True,
+            TextColumn("{task.fields[loss]}"), console=console, transient=True, disable=not console.is_terminal,
         )
         self.task: Any = None
         self.steps = 0

@@ -215,6 +215,8 @@ def plot_backtest(
             if name != PERSISTENCE:
                 ax.plot(fut_x, p[i], "-", alpha=0.8, label=name)
         ax.axvline(0, color="grey", lw=0.5)
+        ax.set_xlabel("bars from the forecast origin (0 = last observed bar)")
+        ax.set_ylabel("close (price units)")
         ax.set_title(f"forecasts issued at {np.datetime64(int(backtest.origin_times[i]), 's')} UTC")
         ax.legend(fontsize=7, ncol=4)
     fig.tight_layout()

@@ -7,8 +7,6 @@ key means one thing everywhere; the README lists them.
 from __future__ import annotations
 
 import sys
-import urllib.error
-import urllib.request
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -16,7 +14,18 @@ from typing import Any
 import click
 import orjson
 
-from daemon.cli.common import AppContext, emit_rows, format_option, parse_duration, parse_time, pass_app
+from daemon.cli.common import (
+    AppContext,
+    emit_rows,
+    flat_series,
+    format_option,
+    parse_duration,
+    parse_time,
+    pass_app,
+    require_known_series,
+    require_model,
+    series_option,
+)
 from daemon.ops import reports
 from db.errors import BarcastError, InputError
 from db.records import SeriesKey
@@ -27,10 +36,8 @@ CSV_FORECAST_COLUMNS = [
     "last_close", "latency_ms", "created_at",
 ]
 TABLE_STEPS = (1, 4, 8, 16)
-
-
-def _series(text: str | None) -> SeriesKey | None:
-    return SeriesKey.parse(text) if text else None
+#: `--series` not given: one query over every series.
+ALL: list[SeriesKey | None] = [None]
 
 
 def _dump_json(data: Any) -> None:
@@ -74,7 +81,7 @@ def _emit_forecasts(docs: list[reports.ForecastDoc], fmt: str) -> None:
 
 
 @click.command("forecasts")
-@click.option("--series", metavar="E:S[:I]", help="One series (default: all).")
+@series_option("Only these series (default: all).", many=True)
 @click.option("--last", "last", type=click.IntRange(min=1), metavar="N",
               help=f"The newest N forecasts (default {DEFAULT_LAST} without --since).")
 @click.option("--since", metavar="T", help="Issued at or after T (ISO-8601, Unix seconds, or an age like 3d).")
@@ -83,22 +90,28 @@ def _emit_forecasts(docs: list[reports.ForecastDoc], fmt: str) -> None:
 @click.option("--latest", is_flag=True, help="Only the newest forecast of each series.")
 @format_option()
 @pass_app
-def forecasts_cmd(app: AppContext, series: str | None, last: int | None, since: str | None, until: str | None,
-                  model_id: str | None, latest: bool, fmt: str) -> None:
+def forecasts_cmd(app: AppContext, series: tuple[list[SeriesKey], ...], last: int | None, since: str | None,
+                  until: str | None, model_id: str | None, latest: bool, fmt: str) -> None:
     """Stored forecasts, newest first, with realised closes and errors where the targets have closed."""
-    key = _series(series)
+    keys = flat_series(series)
     t0, t1 = parse_time(since, "--since"), parse_time(until, "--until")
     if t0 is not None and t1 is not None and t0 >= t1:
         raise InputError("--since must be before --until")
+    require_known_series(app, keys)
+    require_model(app, model_id)
     database = app.database()
     if latest:
         if last or since or until:
             raise InputError("--latest takes no --last, --since or --until")
-        keys = [key] if key else reports.known_series(database, app.config.series_keys)
-        docs = reports.latest_docs(database, keys, model_id=model_id)
+        docs = reports.latest_docs(database, keys or reports.known_series(database, app.config.series_keys),
+                                   model_id=model_id)
     else:
         limit = last if last is not None else (None if t0 is not None else DEFAULT_LAST)
-        docs = reports.forecast_docs(database, key, since=t0, until=t1, model_id=model_id, limit=limit)
+        docs = [d for k in (keys or ALL) for d in reports.forecast_docs(
+            database, k, since=t0, until=t1, model_id=model_id, limit=limit)]
+        if len(keys) > 1:
+            docs.sort(key=lambda d: (d["issued_at"], d["series"]), reverse=True)
+            docs = docs[:limit] if limit is not None else docs
     if not docs and fmt == "table":
         app.console.print("no forecasts stored for that selection")
     _emit_forecasts(docs, fmt)
@@ -107,25 +120,32 @@ def forecasts_cmd(app: AppContext, series: str | None, last: int | None, since: 
 # accuracy ------------------------------------------------------------------------------------
 
 
-def _window(app: AppContext, text: str, series: str | None, model_id: str | None) -> datetime | None:
+def _window(app: AppContext, text: str, series: SeriesKey | None, model_id: str | None) -> datetime | None:
     span = reports.parse_window(text, "--window")
-    return reports.window_since(app.database(), span, series=_series(series), model_id=model_id)
+    return reports.window_since(app.database(), span, series=series, model_id=model_id)
 
 
 ACCURACY_COLUMNS = ["series", "model_id", "step", "horizon_minutes", "n", "mae", "persistence_mae", "skill"]
 
 
 @click.command("accuracy")
-@click.option("--series", metavar="E:S[:I]", help="One series (default: all).")
+@series_option("Only these series (default: all).", many=True)
 @click.option("--model", "model_id", metavar="ID", help="One model (default: all).")
 @click.option("--window", default="7d", show_default=True, metavar="SPAN",
               help="Scores of target bars in the last SPAN (30m, 12h, 7d…) or 'all'.")
 @format_option()
 @pass_app
-def accuracy_cmd(app: AppContext, series: str | None, model_id: str | None, window: str, fmt: str) -> None:
+def accuracy_cmd(app: AppContext, series: tuple[list[SeriesKey], ...], model_id: str | None, window: str,
+                 fmt: str) -> None:
     """Live MAE per step against persistence on the same bars, from the online scores."""
-    since = _window(app, window, series, model_id)
-    docs = reports.accuracy_docs(app.database(), series=_series(series), model_id=model_id, since=since)
+    keys = flat_series(series)
+    require_known_series(app, keys)
+    require_model(app, model_id)
+    docs = [
+        d for k in (keys or ALL)
+        for d in reports.accuracy_docs(app.database(), series=k, model_id=model_id,
+                                       since=_window(app, window, k, model_id))
+    ]
     if fmt == "json":
         _dump_json(docs)
         return
@@ -146,25 +166,18 @@ def accuracy_cmd(app: AppContext, series: str | None, model_id: str | None, wind
 # status --------------------------------------------------------------------------------------
 
 
-def _daemon_status(app: AppContext, timeout: float) -> dict[str, Any] | None:
-    """The running daemon's /status, or None when no daemon answers at the configured address."""
+def _daemon_status(app: AppContext, timeout: float, api: str | None) -> dict[str, Any] | None:
+    """The running daemon's /status, or None when no daemon answers at `api` (default: the config's)."""
+    from daemon.ops.client import api_base, daemon_status
+
     cfg = app.config.api
-    if not cfg.enabled:
+    base = api_base(cfg, api)
+    if base is None:
         return None
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(cfg.host, cfg.host)
-    host = f"[{host}]" if ":" in host else host
-    req = urllib.request.Request(f"http://{host}:{cfg.port}/status", headers={"Accept": "application/json"})
-    if cfg.token:
-        req.add_header("Authorization", f"Bearer {cfg.token}")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            doc = orjson.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        app.console.print(f"[yellow]daemon at {host}:{cfg.port} answered {exc.code}; reading the database[/]")
-        return None
-    except (OSError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) else None
+    doc, why = daemon_status(base, token=cfg.token, timeout=timeout)
+    if why:
+        app.console.print(f"[yellow]{why}; reading the database[/]")
+    return doc
 
 
 STATUS_COLUMNS = ["series", "last_bar", "last_bar_age_s", "feed", "champion", "champion_age_s", "last_forecast"]
@@ -182,13 +195,14 @@ def _age(seconds: Any) -> str | None:
 
 @click.command("status")
 @click.option("--offline", is_flag=True, help="Read the database only; do not ask a running daemon.")
+@click.option("--api", metavar="URL", help="The daemon's HTTP API (default: api.host:api.port from the config).")
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
               help="Seconds to wait for the daemon's answer.")
 @format_option()
 @pass_app
-def status_cmd(app: AppContext, offline: bool, timeout: float, fmt: str) -> None:
+def status_cmd(app: AppContext, offline: bool, api: str | None, timeout: float, fmt: str) -> None:
     """Per series last bar and age, feed state, champion and age, next retrain, database size."""
-    doc = None if offline else _daemon_status(app, timeout)
+    doc = None if offline else _daemon_status(app, timeout, api)
     if doc is None:
         doc = reports.status_from_database(app.database(), app.config.series_keys)
     if fmt == "json":
@@ -227,40 +241,41 @@ def status_cmd(app: AppContext, offline: bool, timeout: float, fmt: str) -> None
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new forecasts (across log rotation) until Ctrl-C.")
 @click.option("-n", "--lines", type=click.IntRange(min=0), default=10, show_default=True,
               help="Recent forecasts to print first.")
-@click.option("--series", metavar="E:S[:I]", help="Only this series.")
+@series_option("Only these series.", many=True)
 @format_option("pretty", ("pretty", "json"))
 @click.option("--file", "path", type=click.Path(dir_okay=False, path_type=Path),
               help="Forecast log to read (default: the config's forecast log).")
 @click.option("--interval", type=click.FloatRange(min=0.01), default=0.25, show_default=True, hidden=True)
 @pass_app
-def tail_cmd(app: AppContext, follow: bool, lines: int, series: str | None, fmt: str, path: Path | None,
-             interval: float) -> None:
+def tail_cmd(app: AppContext, follow: bool, lines: int, series: tuple[list[SeriesKey], ...], fmt: str,
+             path: Path | None, interval: float) -> None:
     """Recent forecast log lines; with -f, follow new ones like `tail -F`."""
     from daemon.ops import tail
 
-    key = _series(series)
+    keys = flat_series(series)
     log_path = path or app.config.forecast_log
     if not follow and not log_path.exists():
         raise BarcastError(f"no forecast log at {log_path} (is `barcast run` running? see --file)")
 
     def emit(raw: bytes) -> None:
         obj = tail.parse(raw)
-        if obj is None or not tail.matches(obj, key):
+        if obj is None or not (not keys or any(tail.matches(obj, k) for k in keys)):
             return
         sys.stdout.write((raw.decode() if fmt == "json" else tail.pretty(obj)) + "\n")
 
     try:
-        recent = tail.recent_lines(log_path, lines * 50 if key else lines) if lines else []
-        if key:
-            recent = [ln for ln in recent if (o := tail.parse(ln)) is not None and tail.matches(o, key)][-lines:]
+        recent = tail.recent_lines(log_path, lines * 50 if keys else lines) if lines else []
+        if keys:
+            recent = [ln for ln in recent
+                      if (o := tail.parse(ln)) is not None and any(tail.matches(o, k) for k in keys)][-lines:]
         follower = tail.Follower(log_path, from_end=True) if follow else None
         for raw in recent:
             emit(raw)
         sys.stdout.flush()
         if follower is None:
             return
-        if not log_path.exists():
-            app.console.print(f"waiting for {log_path} …")
+        if not recent:
+            app.console.print(f"waiting for forecasts in {log_path} … (Ctrl-C stops)")
         for raw in follower.follow(interval=interval):
             emit(raw)
             sys.stdout.flush()
@@ -274,13 +289,14 @@ def tail_cmd(app: AppContext, follow: bool, lines: int, series: str | None, fmt:
 
 
 @click.group("plot", invoke_without_command=True)
-@click.option("--series", metavar="E:S[:I]", help="The series to draw (default: the first configured).")
+@series_option("The series to draw (default: the first configured).")
 @click.option("--last", "last", default="3d", show_default=True, metavar="SPAN", help="History to draw (12h, 3d…).")
 @click.option("--model", "model_id", metavar="ID", help="Only this model's forecasts.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE.png",
               help="PNG file to write.")
 @click.pass_context
-def plot_group(ctx: click.Context, series: str | None, last: str, model_id: str | None, out: Path | None) -> None:
+def plot_group(ctx: click.Context, series: SeriesKey | None, last: str, model_id: str | None,
+               out: Path | None) -> None:
     """Price history with the latest forecast fan and past forecasts vs realised prices (PNG).
 
     `barcast plot accuracy --out FILE.png` draws error by horizon vs persistence instead.
@@ -290,7 +306,9 @@ def plot_group(ctx: click.Context, series: str | None, last: str, model_id: str 
     if out is None:
         raise InputError("--out FILE.png is required")
     app: AppContext = ctx.ensure_object(AppContext)
-    key = _series(series) or app.config.series_keys[0]
+    key = series or app.config.series_keys[0]
+    require_known_series(app, [key])
+    require_model(app, model_id)
     database = app.database()
     from db.bars import latest_bar
 
@@ -308,17 +326,20 @@ def plot_group(ctx: click.Context, series: str | None, last: str, model_id: str 
 
 
 @plot_group.command("accuracy")
-@click.option("--series", metavar="E:S[:I]", help="One series (default: all).")
+@series_option("One series (default: all).")
 @click.option("--model", "model_id", metavar="ID", help="One model (default: all).")
 @click.option("--window", default="7d", show_default=True, metavar="SPAN", help="30m, 12h, 7d… or 'all'.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE.png", required=True,
               help="PNG file to write.")
 @pass_app
-def plot_accuracy_cmd(app: AppContext, series: str | None, model_id: str | None, window: str, out: Path) -> None:
+def plot_accuracy_cmd(app: AppContext, series: SeriesKey | None, model_id: str | None, window: str,
+                      out: Path) -> None:
     """Live MAE by horizon for each model vs persistence on the same bars, and skill (PNG)."""
     from daemon.ops.plots import accuracy_plot
 
-    summary = accuracy_plot(app.database(), out=out, series=_series(series), model_id=model_id,
+    require_known_series(app, [series] if series else [])
+    require_model(app, model_id)
+    summary = accuracy_plot(app.database(), out=out, series=series, model_id=model_id,
                             since=_window(app, window, series, model_id))
     click.echo(f"wrote {summary.path} ({summary.forecasts} series/model pairs)")
 

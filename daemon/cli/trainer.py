@@ -15,7 +15,19 @@ from typing import Any
 import click
 import orjson
 
-from daemon.cli.common import AppContext, emit_rows, format_option, iso, out_console, parse_time, pass_app
+from daemon.cli.common import (
+    AppContext,
+    emit_rows,
+    flat_series,
+    format_option,
+    iso,
+    out_console,
+    parse_time,
+    pass_app,
+    progress_bar,
+    require_known_series,
+    series_option,
+)
 from db.errors import InputError
 from db.records import SeriesKey
 
@@ -39,7 +51,7 @@ def _features(text: str | None) -> tuple[str, ...] | None:
 def data_options(fn: Any) -> Any:
     opts = [
         click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="OHLCV CSV file (shared-data format)."),
-        click.option("--series", "series_text", metavar="E:S[:I]", help="Stored series, e.g. binance:BTC-USDT."),
+        series_option("Stored series, e.g. binance:BTC-USDT (with --csv: the name to give it).", name="series_text"),
         click.option("--since", help="First bar time (ISO-8601, Unix seconds or an age like 30d)."),
         click.option("--until", help="End time, exclusive."),
         click.option("--window", type=int, help="Input bars per window [256]."),
@@ -57,12 +69,11 @@ def data_options(fn: Any) -> Any:
 
 
 def _load_frame(
-    app: AppContext, csv_path: str | None, series_text: str | None, since: str | None, until: str | None
+    app: AppContext, csv_path: str | None, series: SeriesKey | None, since: str | None, until: str | None
 ) -> tuple[Any, str, SeriesKey | None]:
     """(bars frame, name for messages, series key) from --csv or --series."""
-    if not csv_path and not series_text:
+    if not csv_path and not series:
         raise InputError("give a data source: --csv FILE or --series EXCHANGE:SYMBOL (with --csv, --series names it)")
-    series = SeriesKey.parse(series_text) if series_text else None
     if csv_path:
         from trainer.datasets import read_csv_frame
 
@@ -76,9 +87,10 @@ def _load_frame(
     from db.bars import bars_frame
 
     assert series is not None
+    require_known_series(app, [series])
     frame = bars_frame(app.database(), series, parse_time(since, "--since"), parse_time(until, "--until"))
     if frame.empty:
-        raise InputError(f"no stored bars for {series} in that range (see `barcast bars stats`)")
+        raise InputError(f"no stored bars for {series} in that range (see `barcast db stats`)")
     return frame, str(series), series
 
 
@@ -100,7 +112,7 @@ def dataset() -> None:
 def dataset_export(
     app: AppContext,
     csv_path: str | None,
-    series_text: str | None,
+    series_text: SeriesKey | None,
     since: str | None,
     until: str | None,
     out: str,
@@ -113,7 +125,10 @@ def dataset_export(
     frame, name, series = _load_frame(app, csv_path, series_text, since, until)
     data = _data_params(app, **kw)
     bars = load_bars(frame, data.features, fill_gaps=data.fill_gaps, source=name)
-    n = export_h5(bars, out, data, series=str(series) if series else name)
+    with progress_bar(app.console) as progress:
+        task = progress.add_task(f"writing {out}", total=None)
+        n = export_h5(bars, out, data, series=str(series) if series else name,
+                      on_rows=lambda done, total: progress.update(task, completed=done, total=total))
     click.echo(f"{out}: {n:,} windows of {data.window} → {data.horizon} bars, features {','.join(data.features)}")
 
 
@@ -141,7 +156,7 @@ def _train_params(app: AppContext, **kw: Any) -> Any:
 def train(
     app: AppContext,
     csv_path: str | None,
-    series_text: str | None,
+    series_text: SeriesKey | None,
     since: str | None,
     until: str | None,
     h5_path: str | None,
@@ -167,7 +182,7 @@ def train(
     model_params = _replace(model_params, units=units)
     tp = _train_params(app, epochs=epochs, batch_size=batch_size, patience=patience, stride=stride, seed=seed)
     data = _data_params(app, **kw)
-    series: SeriesKey | None = SeriesKey.parse(series_text) if series_text else None
+    series: SeriesKey | None = series_text
     progress = fmt == "table"
     if h5_path:
         result = train_from_h5(
@@ -238,7 +253,7 @@ def train(
 def evaluate(
     app: AppContext,
     csv_path: str | None,
-    series_text: str | None,
+    series_text: SeriesKey | None,
     since: str | None,
     until: str | None,
     model_list: str,
@@ -283,21 +298,28 @@ def evaluate(
     )
     models = {}
     fit_seconds: dict[str, float] = {}
-    for arch in names:
-        t0 = time.perf_counter()
-        models[arch], _ = fit_on_splits(
-            arch,
-            splits,
-            model_params=model_params,
-            data=data,
-            train=tp,
-            progress=fmt == "table" and sys.stderr.isatty(),
+    with progress_bar(app.console) as progress:
+        task = progress.add_task("training", total=len(names) + 1)
+        for i, arch in enumerate(names):
+            progress.update(task, description=f"training {arch} ({i + 1}/{len(names)})")
+            t0 = time.perf_counter()
+            models[arch], _ = fit_on_splits(
+                arch,
+                splits,
+                model_params=model_params,
+                data=data,
+                train=tp,
+                progress=False,  # one bar: this one
+            )
+            fit_seconds[arch] = time.perf_counter() - t0
+            progress.advance(task)
+            progress.console.print(f"trained {arch} in {fit_seconds[arch]:.1f}s")
+        progress.update(task, description=f"walk-forward over {len(splits.test):,} test windows")
+        bt = walk_forward(
+            models, strided(splits.test, test_stride), refit_every=refit_every,
+            refit_params=tp if refit_every else None,
         )
-        fit_seconds[arch] = time.perf_counter() - t0
-        app.console.print(f"trained {arch} in {fit_seconds[arch]:.1f}s")
-    bt = walk_forward(
-        models, strided(splits.test, test_stride), refit_every=refit_every, refit_params=tp if refit_every else None
-    )
+        progress.advance(task)
     if plot_path:
         plot_backtest(bt, bars, plot_path)
         app.console.print(f"wrote {plot_path}")
@@ -376,15 +398,15 @@ def _model_row(info: Any) -> dict[str, Any]:
 
 
 @models_group.command("list")
-@click.option("--series", "series_text", metavar="E:S[:I]", help="Only models of this series.")
+@series_option("Only models of this series.", name="series_text")
 @click.option("--status", type=click.Choice(["candidate", "champion", "retired"]))
 @format_option()
 @pass_app
-def models_list(app: AppContext, series_text: str | None, status: str | None, fmt: str) -> None:
+def models_list(app: AppContext, series_text: SeriesKey | None, status: str | None, fmt: str) -> None:
     """Registered models, newest first."""
     from db.registry import list_models
 
-    series = SeriesKey.parse(series_text) if series_text else None
+    series = series_text
     infos = list_models(app.database(), series=series, status=status)  # type: ignore[arg-type]
     emit_rows([_model_row(i) for i in infos], MODEL_COLUMNS, fmt)
 
@@ -413,16 +435,16 @@ def models_show(app: AppContext, model_id: str) -> None:
 
 @models_group.command("promote")
 @click.argument("model_id")
-@click.option("--series", "series_text", metavar="E:S[:I]", help="Series to champion (default: the model's own).")
+@series_option("Series to champion (default: the model's own).", name="series_text", many=True)
 @pass_app
-def models_promote(app: AppContext, model_id: str, series_text: str | None) -> None:
+def models_promote(app: AppContext, model_id: str, series_text: tuple[list[SeriesKey], ...]) -> None:
     """Make a model the champion of its series (after checking its artifact loads)."""
     from db.registry import get_model, promote
     from trainer.artifacts import load_artifact
 
     database = app.database()
     info = get_model(database, model_id)
-    targets = (SeriesKey.parse(series_text),) if series_text else info.series
+    targets = tuple(flat_series(series_text)) or info.series
     if not targets:
         raise InputError(f"model {model_id} names no series; give --series EXCHANGE:SYMBOL")
     if not info.artifact_path:

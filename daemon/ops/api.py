@@ -25,6 +25,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
@@ -131,7 +132,9 @@ def create_app(
     `token`: when set, every endpoint but /health needs `Authorization: Bearer <token>`.
     `series`: the configured series, listed first by /status and /forecasts/latest.
     """
-    app = FastAPI(
+    # Swagger UI and ReDoc assets come from the fastapi-offline wheel (served under
+    # /static-offline-docs), not a CDN: the service typically runs on a server without internet.
+    app = FastAPIOffline(
         title="barcast",
         summary="Read-only API of the barcast forecaster: forecasts, bars, accuracy, models, status, metrics.",
         version=_version(),

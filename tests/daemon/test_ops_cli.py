@@ -122,7 +122,7 @@ def test_accuracy_formats(db_url: str, capsys: pytest.CaptureFixture[str]) -> No
     recent = json.loads(res.out)
     assert 0 < sum(d["n"] for d in recent) < sum(d["n"] for d in docs)
     res = barcast(capsys, "--db", db_url, "accuracy", "--model", "no-such-model")
-    assert res.code == 0 and "no scored forecasts" in res.err
+    assert res.code == 2 and "no such model" in res.err and DRIFT in res.err
     res = barcast(capsys, "--db", db_url, "accuracy", "--window", "all")
     assert res.code == 0 and "skill" in res.out
 
@@ -163,4 +163,6 @@ def test_plots_are_non_trivial_pngs(db_url: str, capsys: pytest.CaptureFixture[s
     assert res.code == 0, res.err
     _check_png(acc)
     res = barcast(capsys, "--db", db_url, "plot", "--series", "kraken:BTC-USD", "--out", str(tmp_path / "x.png"))
-    assert res.code == 2 and "no bars" in res.err
+    assert res.code == 2 and "no such series" in res.err and str(BTC) in res.err
+    res = barcast(capsys, "--db", db_url, "plot", "--series", str(BTC), "--model", "nosuch", "--out", str(out))
+    assert res.code == 2 and "no such model" in res.err
