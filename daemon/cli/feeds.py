@@ -118,10 +118,16 @@ _TRADE_COLUMNS = ("exchange", "symbol", "trade_id", "time", "price", "size", "si
     show_default=True,
     help="Trade output: one JSON object per line, or CSV with a header.",
 )
-def parse(file: str, exchange: str, fmt: str) -> None:
+@click.option(
+    "--summary",
+    is_flag=True,
+    help="Print only the counts and the parse rate (messages/s) on stdout, no trades.",
+)
+def parse(file: str, exchange: str, fmt: str, summary: bool) -> None:
     """Parse a capture (or JSON lines of raw messages) and print its normalised trades.
 
-    A summary of message classes and malformed reasons goes to stderr.
+    A summary of message classes and malformed reasons goes to stderr (with --summary: to stdout,
+    with the rate of the parse alone, reading the file excluded).
     """
     proto = get_protocol(exchange)
     path = existing_file(file)
@@ -129,6 +135,22 @@ def parse(file: str, exchange: str, fmt: str) -> None:
     reasons: Counter[str] = Counter()
     trades = 0
     out = sys.stdout
+    if summary:
+        raws = [rec.raw for rec in read_capture(path)]
+        t0 = time.perf_counter()
+        for raw in raws:
+            res, rows = proto.scan_safe(raw)
+            kinds[res.kind] += 1
+            trades += len(rows)
+            if res.reason and res.kind in ("malformed", "error"):
+                reasons[res.reason] += 1
+        elapsed = max(time.perf_counter() - t0, 1e-9)
+        parts = ", ".join(f"{k}={kinds[k]}" for k in ("trade", "heartbeat", "ack", "other", "error", "malformed"))
+        click.echo(f"{path}: {len(raws)} messages ({parts}); {trades} trades")
+        click.echo(f"parsed in {elapsed:.3f} s: {len(raws) / elapsed:,.0f} messages/s")
+        for reason, n in reasons.most_common():
+            click.echo(f"  {n:6d}  {reason}")
+        return
     writer = csv.writer(out, lineterminator="\n") if fmt == "csv" else None
     if writer is not None:
         writer.writerow(_TRADE_COLUMNS)

@@ -51,6 +51,16 @@ def test_parse_csv_and_counts_malformed(tmp_path: Path, capsys: pytest.CaptureFi
     assert "malformed=2" in r.err and "bad_json" in r.err
 
 
+def test_parse_summary_prints_counts_and_rate_only(shared_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    capture = str(shared_dir / "captures" / "COINBASE.ws.28.0")
+    r = barcast(capsys, "parse", "--exchange", "coinbase", "--summary", capture)
+    assert r.code == 0, r.err
+    lines = r.out.splitlines()
+    assert "9946 messages" in lines[0] and "107 trades" in lines[0] and "malformed=0" in lines[0]
+    assert lines[1].startswith("parsed in ") and lines[1].endswith(" messages/s")
+    assert len(lines) == 2  # no trade lines
+
+
 def test_parse_missing_file_is_input_error(capsys: pytest.CaptureFixture[str]) -> None:
     r = barcast(capsys, "parse", "--exchange", "kraken", "/nonexistent/capture")
     assert r.code == 2 and "no such file" in r.err
