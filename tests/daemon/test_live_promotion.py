@@ -156,3 +156,37 @@ holdout_bars = 96
     assert res.code == 2 and "not in the config" in res.err
     res = barcast(capsys, "--config", str(cfg), "models", "list", "--format", "json")
     assert res.code == 0 and out[0]["model_id"] in res.out
+
+
+def test_har_challenger_on_real_bars_is_judged_by_pinball(shared_dir: Path, tmp_db: Database, tmp_path: Path) -> None:
+    """The volatility model trained by the live retraining job on 12 days of real BTC bars:
+    judged on held-out bars by mean pinball against persistence's random-walk fan, with the
+    coverage band; once promoted it serves a real fan through the model book."""
+    import numpy as np
+
+    from daemon.live.inference import ServingModel
+    from trainer.artifacts import load_artifact
+    from trainer.datasets import read_csv_frame
+
+    btc = SeriesKey("binance", "BTC-USDT")
+    frame = read_csv_frame(shared_dir / "data" / "btcusdt_binance_5m_2020-12_2021-07.csv").loc["2021-02-01":"2021-02-12"]
+    upsert_bars(tmp_db, [
+        Bar(btc.exchange, btc.symbol, btc.interval, t.to_pydatetime(), *(Decimal(repr(float(r[c])))
+            for c in ("open", "high", "low", "close", "volume")))
+        for t, r in frame.iterrows()
+    ])
+    ensure_baseline(tmp_db, [btc])
+    url = f"sqlite:///{tmp_path / 'barcast.db'}"
+    out = run_retrain(request(url, tmp_path, series=(str(btc),), arch="har", data=DataParams(window=256, horizon=16),
+                              holdout_bars=600))
+    assert out.metric == "pinball" and out.challenger is not None and out.persistence is not None
+    assert out.promoted == (out.challenger < out.persistence), out.reason
+    model = load_artifact(out.artifact_path)
+    assert model.arch == "har" and model.features == ("high", "low", "close", "volume")
+    serving = ServingModel.of(out.model_id, model)
+    window = frame[["open", "high", "low", "close", "volume"]].to_numpy()[-256:]
+    cols = [["open", "high", "low", "close", "volume"].index(f) for f in model.features]
+    last_open = int(frame.index[-1].timestamp())
+    p = serving.model.predict_batch(window[None, :, cols], np.array([last_open]))
+    assert p.quantiles.shape == (1, 16, 3) and np.all(np.diff(p.quantiles, axis=-1) > 0)
+    assert np.all(p.point == window[-1, 3])
