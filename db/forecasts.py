@@ -17,6 +17,7 @@ from db.schema import series_is
 
 def _rows(f: Forecast) -> list[dict[str, Any]]:
     rows = []
+    levels = None if f.levels is None else [float(x) for x in f.levels]
     for i, (t, c) in enumerate(zip(f.target_times, f.closes, strict=True)):
         rows.append(
             {
@@ -33,6 +34,8 @@ def _rows(f: Forecast) -> list[dict[str, Any]]:
                 "last_close": f.last_close,
                 "latency_ms": f.latency_ms,
                 "created_at": f.created_at,
+                "levels": levels,
+                "quantiles": None if f.quantiles is None else [float(v) for v in f.quantiles[i]],
             }
         )
     return rows
@@ -76,6 +79,7 @@ def _assemble(rows: Sequence[Any]) -> list[Forecast]:
             return
         g0 = group[0]
         has_bounds = all(r.lower is not None and r.upper is not None for r in group)
+        has_q = all(r.quantiles is not None and r.levels is not None for r in group)
         out.append(
             Forecast(
                 series=SeriesKey(g0.exchange, g0.symbol, g0.interval),
@@ -88,6 +92,8 @@ def _assemble(rows: Sequence[Any]) -> list[Forecast]:
                 last_close=g0.last_close,
                 latency_ms=g0.latency_ms,
                 created_at=g0.created_at,
+                levels=tuple(float(x) for x in g0.levels) if has_q else None,
+                quantiles=tuple(tuple(float(v) for v in r.quantiles) for r in group) if has_q else None,
             )
         )
         group.clear()

@@ -29,6 +29,7 @@ from daemon.cli.common import (
 from daemon.ops import reports
 from db.errors import BarcastError, InputError
 from db.records import SeriesKey
+from trainer.quantiles import level_name
 
 DEFAULT_LAST = 20
 CSV_FORECAST_COLUMNS = [
@@ -36,6 +37,8 @@ CSV_FORECAST_COLUMNS = [
     "last_close", "latency_ms", "created_at",
 ]
 TABLE_STEPS = (1, 4, 8, 16)
+#: Steps whose central interval (lowest..highest quantile) the forecasts table shows.
+BAND_STEPS = (1, 16)
 #: `--series` not given: one query over every series.
 ALL: list[SeriesKey | None] = [None]
 
@@ -47,37 +50,63 @@ def _dump_json(data: Any) -> None:
 # forecasts -----------------------------------------------------------------------------------
 
 
-def _forecast_table_row(d: reports.ForecastDoc) -> dict[str, Any]:
+def _band_name(d: reports.ForecastDoc, k: int) -> str:
+    levels = d["levels"] or [0.1, 0.9]
+    return f"+{k} {level_name(levels[0])}..{level_name(levels[-1])}"
+
+
+def _forecast_table_row(d: reports.ForecastDoc, band_columns: dict[int, str]) -> dict[str, Any]:
     row: dict[str, Any] = {
         "issued_at": d["issued_at"], "series": d["series"], "model": d["model_id"], "last_close": d["last_close"],
     }
     for k in TABLE_STEPS:
         if k <= len(d["closes"]):
             row[f"+{k}"] = f"{d['closes'][k - 1]:.2f}"
+    q = d["quantiles"]
+    for k, name in band_columns.items():
+        if q is not None and k <= len(q):
+            row[name] = f"{q[k - 1][0]:.2f}..{q[k - 1][-1]:.2f}"
     row["realised"] = f"{d['realised']}/{len(d['closes'])}"
     row["mae"] = None if d["mae"] is None else f"{d['mae']:.2f}"
     return row
+
+
+def _csv_rows(docs: list[reports.ForecastDoc]) -> tuple[list[dict[str, Any]], list[str]]:
+    """One row per forecast step; a column per quantile level any forecast has (q10, q50, …),
+    empty for point-only forecasts and for levels a forecast does not have."""
+    levels = sorted({lv for d in docs for lv in d["levels"] or ()})
+    rows = []
+    for d in docs:
+        at = {lv: j for j, lv in enumerate(d["levels"] or ())}
+        for i in range(len(d["closes"])):
+            row: dict[str, Any] = {
+                "series": d["series"], "issued_at": d["issued_at"], "model_id": d["model_id"], "step": i + 1,
+                "target_time": d["targets"][i], "predicted": repr(d["closes"][i]), "actual": d["actuals"][i],
+                "error": None if d["errors"][i] is None else repr(d["errors"][i]), "last_close": d["last_close"],
+                "latency_ms": d["latency_ms"], "created_at": d["created_at"],
+            }
+            q = d["quantiles"]
+            for lv in levels:
+                row[level_name(lv)] = repr(q[i][at[lv]]) if q is not None and lv in at else None
+            rows.append(row)
+    cols = CSV_FORECAST_COLUMNS[:6] + [level_name(lv) for lv in levels] + CSV_FORECAST_COLUMNS[6:]
+    return rows, cols
 
 
 def _emit_forecasts(docs: list[reports.ForecastDoc], fmt: str) -> None:
     if fmt == "json":
         _dump_json(docs)
     elif fmt == "csv":
-        rows = [
-            {
-                "series": d["series"], "issued_at": d["issued_at"], "model_id": d["model_id"], "step": i + 1,
-                "target_time": d["targets"][i], "predicted": repr(d["closes"][i]), "actual": d["actuals"][i],
-                "error": None if d["errors"][i] is None else repr(d["errors"][i]), "last_close": d["last_close"],
-                "latency_ms": d["latency_ms"], "created_at": d["created_at"],
-            }
-            for d in docs
-            for i in range(len(d["closes"]))
-        ]
-        emit_rows(rows, CSV_FORECAST_COLUMNS, "csv")
+        rows, cols = _csv_rows(docs)
+        emit_rows(rows, cols, "csv")
     else:
-        columns = ["issued_at", "series", "model", "last_close", *(f"+{k}" for k in TABLE_STEPS), "realised", "mae"]
-        emit_rows([_forecast_table_row(d) for d in docs], columns, "table",
-                  title="forecasts, newest first (+k: predicted close k bars ahead; mae over the realised steps)")
+        with_q = next((d for d in docs if d["quantiles"] is not None), None)
+        band_columns = {k: _band_name(with_q, k) for k in BAND_STEPS} if with_q else {}
+        columns = ["issued_at", "series", "model", "last_close", *(f"+{k}" for k in TABLE_STEPS),
+                   *band_columns.values(), "realised", "mae"]
+        emit_rows([_forecast_table_row(d, band_columns) for d in docs], columns, "table",
+                  title="forecasts, newest first (+k: predicted close k bars ahead; +k qLO..qHI: its central "
+                        "interval; mae over the realised steps)")
 
 
 @click.command("forecasts")
@@ -125,7 +154,23 @@ def _window(app: AppContext, text: str, series: SeriesKey | None, model_id: str 
     return reports.window_since(app.database(), span, series=series, model_id=model_id)
 
 
-ACCURACY_COLUMNS = ["series", "model_id", "step", "horizon_minutes", "n", "mae", "persistence_mae", "skill"]
+ACCURACY_COLUMNS = [
+    "series", "model_id", "step", "horizon_minutes", "n", "mae", "persistence_mae", "skill",
+    "n_quantile", "pinball_mean", "wis", "coverage", "nominal_coverage", "width",
+]
+
+
+def _accuracy_columns(docs: list[reports.AccuracyDoc]) -> list[str]:
+    """The fixed columns plus one pinball column per level seen (pinball_q10, …)."""
+    names = sorted({k for d in docs for k in d["pinball"] or {}}, key=lambda n: float(n[1:]))
+    return [*ACCURACY_COLUMNS[:9], *(f"pinball_{n}" for n in names), *ACCURACY_COLUMNS[9:]]
+
+
+def _accuracy_row(d: reports.AccuracyDoc) -> dict[str, Any]:
+    row: dict[str, Any] = {k: v for k, v in d.items() if k != "pinball"}
+    for name, v in (d["pinball"] or {}).items():
+        row[f"pinball_{name}"] = v
+    return row
 
 
 @click.command("accuracy")
@@ -137,7 +182,8 @@ ACCURACY_COLUMNS = ["series", "model_id", "step", "horizon_minutes", "n", "mae",
 @pass_app
 def accuracy_cmd(app: AppContext, series: tuple[list[SeriesKey], ...], model_id: str | None, window: str,
                  fmt: str) -> None:
-    """Live MAE per step against persistence on the same bars, from the online scores."""
+    """Live MAE per step against persistence on the same bars, and the quantile scores (pinball
+    per level, WIS, central-interval coverage and width), from the online scores."""
     keys = flat_series(series)
     require_known_series(app, keys)
     require_model(app, model_id)
@@ -149,18 +195,27 @@ def accuracy_cmd(app: AppContext, series: tuple[list[SeriesKey], ...], model_id:
     if fmt == "json":
         _dump_json(docs)
         return
+    columns = _accuracy_columns(docs)
     if fmt == "table":
         if not docs:
             app.console.print(f"no scored forecasts in the window ({window})")
-        rows = [
-            {**d, "mae": f"{d['mae']:.4f}", "persistence_mae": f"{d['persistence_mae']:.4f}",
-             "skill": None if d["skill"] is None else f"{100 * d['skill']:+.1f}%"}
-            for d in docs
-        ]
-        emit_rows(rows, ACCURACY_COLUMNS, "table",
-                  title=f"live accuracy, window {window} (skill > 0 beats persistence)")
+
+        def num(v: Any, spec: str = ".4f") -> str | None:
+            return None if v is None else format(v, spec)
+
+        rows = []
+        for d in docs:
+            row = {k: (num(v) if k.startswith(("pinball", "wis", "width")) else v)
+                   for k, v in _accuracy_row(d).items()}
+            row.update(mae=num(d["mae"]), persistence_mae=num(d["persistence_mae"]),
+                       skill=None if d["skill"] is None else f"{100 * d['skill']:+.1f}%",
+                       coverage=num(d["coverage"], ".3f"), nominal_coverage=num(d["nominal_coverage"], ".2f"))
+            rows.append(row)
+        emit_rows(rows, columns, "table",
+                  title=f"live accuracy, window {window} (skill > 0 beats persistence; coverage of the central "
+                        "interval beside its nominal value)")
         return
-    emit_rows([dict(d) for d in docs], ACCURACY_COLUMNS, "csv")
+    emit_rows([_accuracy_row(d) for d in docs], columns, "csv")
 
 
 # status --------------------------------------------------------------------------------------

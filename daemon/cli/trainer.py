@@ -214,7 +214,9 @@ def train(
         info = save_and_register(app.database(), model, root, keys)
     else:
         model_id = new_model_id(arch, series)
-        info = model_info(model, model_id, model.save(root / model_id).resolve(), keys)
+        from trainer.artifacts import save_artifact
+
+        info = model_info(model, model_id, save_artifact(model, root / model_id).resolve(), keys)
     test = (model.meta.get("metrics") or {}).get("test", {}).get("mean", {})
     persist = (model.meta.get("metrics") or {}).get("persistence", {}).get("mean", {})
     row = {
@@ -248,6 +250,13 @@ def train(
 @click.option("--refit-every", type=int, help="Re-train the networks every K bars of the test period.")
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG of errors and forecasts.")
+@click.option(
+    "--predictions",
+    "predictions_path",
+    type=click.Path(dir_okay=False),
+    help="Write every test forecast of every model as CSV "
+    "(model, origin_time, step, target_time, last_close, actual, point, q10, q50, q90).",
+)
 @format_option(choices=("table", "json"))
 @pass_app
 def evaluate(
@@ -265,6 +274,7 @@ def evaluate(
     refit_every: int | None,
     seed: int,
     plot_path: str | None,
+    predictions_path: str | None,
     fmt: str,
     **kw: Any,
 ) -> None:
@@ -275,22 +285,26 @@ def evaluate(
     4 minutes on 2 cores. Errors are in price units per horizon step; `mase` < 1 and `skill` > 0 beat persistence.
     """
     from trainer.datasets import load_bars
-    from trainer.evaluation import metrics_rows, plot_backtest, walk_forward
-    from trainer.models import ARCHS
-    from trainer.splits import strided
+    from trainer.evaluation import evaluate_splits, metrics_rows, plot_backtest, prediction_rows
+    from trainer.models import ARCHS, CLIMATOLOGY, PERSISTENCE, model_features
+    from trainer.params import FEATURE_COLUMNS
     from trainer.training import fit_on_splits, make_splits
 
     names = [m.strip() for m in model_list.split(",") if m.strip()]
     unknown = [m for m in names if m not in ARCHS]
     if unknown or not names:
         raise InputError(f"--models: unknown {', '.join(unknown) or '(none)'}; known: {', '.join(ARCHS)}")
+    for reference in (PERSISTENCE, CLIMATOLOGY):  # the point and the probabilistic reference
+        if reference not in names:
+            names.append(reference)
     frame, name, _ = _load_frame(app, csv_path, series_text, since, until)
     data = _data_params(app, **kw)
     _, model_params, base_train = _trainer_params(app)
     tp = dataclasses.replace(
         base_train, epochs=epochs, patience=patience, batch_size=batch_size, stride=train_stride, seed=seed
     )
-    bars = load_bars(frame, data.features, fill_gaps=data.fill_gaps, source=name)
+    wanted = {f for arch in names for f in model_features(arch, data)}
+    bars = load_bars(frame, tuple(f for f in FEATURE_COLUMNS if f in wanted), fill_gaps=data.fill_gaps, source=name)
     splits = make_splits(bars, data)
     app.console.print(
         f"{name}: {len(bars):,} bars; windows train {len(splits.train):,} (using every {train_stride}), "
@@ -314,15 +328,29 @@ def evaluate(
             fit_seconds[arch] = time.perf_counter() - t0
             progress.advance(task)
             progress.console.print(f"trained {arch} in {fit_seconds[arch]:.1f}s")
-        progress.update(task, description=f"walk-forward over {len(splits.test):,} test windows")
-        bt = walk_forward(
-            models, strided(splits.test, test_stride), refit_every=refit_every,
-            refit_params=tp if refit_every else None,
+        progress.update(
+            task, description=f"walk-forward over {len(splits.val):,} validation + {len(splits.test):,} test windows"
+        )
+        ev = evaluate_splits(
+            models, splits, test_stride=test_stride, refit_every=refit_every, refit_params=tp if refit_every else None
         )
         progress.advance(task)
+    bt = ev.test
+    app.console.print(
+        f"selected on the validation split (mean {ev.metric}, coverage in {list(ev.band)}): {ev.selected}"
+    )
     if plot_path:
-        plot_backtest(bt, bars, plot_path)
+        plot_backtest(bt, bars, plot_path, fan_model=ev.selected if ev.selected != CLIMATOLOGY else None)
         app.console.print(f"wrote {plot_path}")
+    if predictions_path:
+        import csv
+
+        header, csv_rows = prediction_rows(bt)
+        with open(predictions_path, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(header)
+            w.writerows(csv_rows)
+        app.console.print(f"wrote {len(csv_rows):,} forecast rows to {predictions_path}")
     if fmt == "json":
         out = {
             "source": name,
@@ -335,6 +363,13 @@ def evaluate(
             "test_start": iso(_utc(int(bt.origin_times[0]))),
             "test_end": iso(_utc(int(bt.origin_times[-1]))),
             "fit_seconds": fit_seconds,
+            "selected": ev.selected,
+            "selection": {
+                "split": "validation",
+                "metric": ev.metric,
+                "coverage_band": list(ev.band),
+                "models": {k: m.to_dict() for k, m in ev.validation.metrics.items()} if ev.validation else {},
+            },
             **bt.to_dict(),
         }
         sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode() + "\n")
@@ -343,7 +378,7 @@ def evaluate(
     for r in rows:
         for k, v in r.items():
             if isinstance(v, float):
-                r[k] = f"{v:.4f}" if k in ("mase", "skill", "directional", "mape") else f"{v:.2f}"
+                r[k] = f"{v:.2f}" if k in ("mae", "rmse", "width") or k.startswith("mae@") else f"{v:.4f}"
     from rich.table import Table
 
     table = Table(

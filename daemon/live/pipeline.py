@@ -18,12 +18,14 @@ from typing import Any
 from daemon import metrics
 from daemon.config import Config
 from daemon.live.broadcast import Broadcast
+from daemon.live.calibration import CalibrationBook
 from daemon.live.forecastlog import ForecastLog, forecast_line
 from daemon.live.inference import Job, ModelBook, ServingModel, Worker, forecast_batch
 from daemon.live.scoring import DriftWatch, score
 from daemon.live.window import RollingWindow
 from db import registry
 from db.bars import last_bars
+from db.calibration import load_states
 from db.engine import Database
 from db.errors import ArtifactError
 from db.forecasts import latest_forecast, query_forecasts, store_new_forecasts
@@ -71,6 +73,7 @@ class Pipeline:
         }
         self.stats = PipelineStats()
         self.drift: dict[tuple[SeriesKey, str], DriftWatch] = {}
+        self.calibration = CalibrationBook(horizon=config.data.horizon, gamma=config.model.aci_gamma)
         self._pending: dict[datetime, dict[SeriesKey, Job]] = {}
         self._timers: dict[datetime, asyncio.TimerHandle] = {}
         self._queue: asyncio.Queue[list[Job] | None] = asyncio.Queue(BATCH_QUEUE)
@@ -79,7 +82,10 @@ class Pipeline:
 
     # ---- start-up ------------------------------------------------------------------------
     def restore(self) -> None:
-        """Fill every window from stored bars (call in a thread at start)."""
+        """Fill every window from stored bars and load the calibration state (call in a thread at start)."""
+        loaded = self.calibration.load(load_states(self.database, self.series))
+        if loaded:
+            log.info("calibration state restored", extra={"models": loaded})
         for key, st in self.series.items():
             bars = last_bars(self.database, key, st.window.size)
             st.window.extend(bars)
@@ -189,7 +195,7 @@ class Pipeline:
         t0 = time.monotonic()
         self.busy_since = t0
         try:
-            forecasts = await self.inference.run(forecast_batch, jobs, lambda k: k.step)
+            forecasts = await self.inference.run(forecast_batch, jobs, lambda k: k.step, self.calibration)
             new = await self.writer.run(self._store, forecasts)
         finally:
             self.busy_since = None
@@ -225,7 +231,9 @@ class Pipeline:
             rows = unscored_steps(self.database, key, issued_since=since)
             if rows:
                 scores = score(rows, now)
-                insert_scores(self.database, scores)
+                moved = self.calibration.updated(rows)
+                insert_scores(self.database, scores, self.calibration.states(moved, now))
+                self.calibration.commit(moved)
                 out.extend(scores)
         self.stats.scores += len(out)
         if out:
@@ -233,16 +241,20 @@ class Pipeline:
         return out
 
     def _publish_accuracy(self, keys: list[SeriesKey]) -> None:
-        """Per-step live MAE gauges over the scoring window (runs in the writer thread)."""
+        """Per-step live MAE, pinball and coverage gauges over the scoring window (writer thread)."""
         span = self.config.scoring.window_steps // max(1, self.config.data.horizon)
         for key in keys:
             since = datetime.now(UTC) - key.step * span if span else None
             st = self.series[key]
             if st.last_bar is not None:
                 since = st.last_bar - key.step * span  # exchange time, so replays score too
-            for row in accuracy(self.database, series=key, since=since):
-                metrics.LIVE_MAE.labels(str(key), row.model_id, str(row.step)).set(row.mae)
+            for row in accuracy(self.database, series=key, since=since, per_level=False):
+                labels = (str(key), row.model_id, str(row.step))
+                metrics.LIVE_MAE.labels(*labels).set(row.mae)
                 metrics.PERSISTENCE_MAE.labels(str(key), str(row.step)).set(row.persistence_mae)
+                if row.pinball_mean is not None and row.coverage is not None:
+                    metrics.LIVE_PINBALL.labels(*labels).set(row.pinball_mean)
+                    metrics.LIVE_COVERAGE.labels(*labels).set(row.coverage)
 
     def _watch(self, scores: list[ForecastScore]) -> None:
         by: dict[tuple[SeriesKey, str], list[ForecastScore]] = {}
@@ -279,10 +291,11 @@ class Pipeline:
         return self.baseline()
 
     def baseline(self) -> ServingModel:
+        """Persistence with a Gaussian random-walk fan (calibrated online like any model)."""
         from trainer.models import build_model
         from trainer.retrain_job import BASELINE_ID
 
-        return ServingModel.of(BASELINE_ID, build_model("persistence", data=self.config.data))
+        return ServingModel.of(BASELINE_ID, build_model("persistence", self.config.model, self.config.data))
 
     async def install(self, group: str) -> ServingModel:
         """(Re)load a group's champion and swap it in atomically. An artifact that cannot be loaded

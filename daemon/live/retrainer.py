@@ -48,6 +48,7 @@ def make_request(config: Config, group: str, *, overrides: dict[str, Any] | None
         holdout_bars=r.holdout_bars,
         metric=r.metric,
         margin=r.margin,
+        coverage_band=(r.coverage_min, r.coverage_max),
         artifacts_dir=str(config.artifacts_dir),
         keep_artifacts=r.keep_artifacts,
         log_level=config.logging.level,
