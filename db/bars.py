@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import and_, func, or_, select
 
+from db.cluster import Fence, lease_filter
 from db.dialect import chunks, insert_for
 from db.engine import Database
 from db.records import Bar, SeriesKey
@@ -43,8 +44,10 @@ def _row(bar: Bar, now: datetime) -> dict[str, Any]:
     }
 
 
-def upsert_bars(database: Database, bars: Iterable[Bar], *, batch_rows: int = BATCH_ROWS) -> int:
-    """Insert or correct bars in one transaction; returns how many rows were inserted or changed."""
+def upsert_bars(database: Database, bars: Iterable[Bar], *, batch_rows: int = BATCH_ROWS,
+                fence: Fence | None = None) -> int:
+    """Insert or correct bars in one transaction; returns how many rows were inserted or changed.
+    With `fence` (a daemon sharing the database), bars of series it no longer owns are refused."""
     now = datetime.now(UTC)
     rows = [_row(b, now) for b in bars]
     if not rows:
@@ -59,6 +62,7 @@ def upsert_bars(database: Database, bars: Iterable[Bar], *, batch_rows: int = BA
     ).returning(bars_t.c.open_time)
     written = 0
     with database.begin() as conn:
+        rows = lease_filter(conn, fence, rows, "bars")
         for batch in chunks(rows, batch_rows):
             written += len(conn.execute(stmt, batch).all())
     return written

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, select, true
 
+from db.cluster import Fence, lease_filter
 from db.dialect import chunks, insert_for
 from db.engine import Database
 from db.records import Forecast, SeriesKey
@@ -15,7 +17,7 @@ from db.schema import forecasts as fc_t
 from db.schema import series_is
 
 
-def _rows(f: Forecast) -> list[dict[str, Any]]:
+def _rows(f: Forecast, issued_by: str | None = None) -> list[dict[str, Any]]:
     rows = []
     for i, (t, c) in enumerate(zip(f.target_times, f.closes, strict=True)):
         rows.append(
@@ -33,6 +35,7 @@ def _rows(f: Forecast) -> list[dict[str, Any]]:
                 "last_close": f.last_close,
                 "latency_ms": f.latency_ms,
                 "created_at": f.created_at,
+                "issued_by": issued_by or f.issued_by,
             }
         )
     return rows
@@ -43,10 +46,14 @@ def insert_forecasts(database: Database, forecasts: Iterable[Forecast]) -> int:
     return sum(len(f.closes) for f in store_new_forecasts(database, list(forecasts)))
 
 
-def store_new_forecasts(database: Database, forecasts: list[Forecast]) -> list[Forecast]:
+def store_new_forecasts(database: Database, forecasts: list[Forecast], *, fence: Fence | None = None
+                        ) -> list[Forecast]:
     """Store forecasts in one transaction and return those that were not stored before, so a
-    replay after a restart neither duplicates rows nor writes a second forecast-log line."""
-    rows = [r for f in forecasts for r in _rows(f)]
+    replay after a restart neither duplicates rows nor writes a second forecast-log line.
+    With `fence` (a daemon sharing the database), forecasts of series it no longer owns are
+    refused and `issued_by` is the fence's owner."""
+    issued_by = fence.owner if fence is not None else None
+    rows = [r for f in forecasts for r in _rows(f, issued_by)]
     if not rows:
         return []
     stmt = (
@@ -58,10 +65,11 @@ def store_new_forecasts(database: Database, forecasts: list[Forecast]) -> list[F
     )
     fresh: set[tuple[Any, ...]] = set()
     with database.begin() as conn:
+        rows = lease_filter(conn, fence, rows, "forecasts")
         for batch in chunks(rows, 2000):
             fresh.update(tuple(r) for r in conn.execute(stmt, batch).all())
     return [
-        f for f in forecasts
+        replace(f, issued_by=issued_by or f.issued_by) for f in forecasts
         if (f.series.exchange, f.series.symbol, f.series.interval, f.issued_at, f.model_id) in fresh
     ]
 
@@ -88,6 +96,7 @@ def _assemble(rows: Sequence[Any]) -> list[Forecast]:
                 last_close=g0.last_close,
                 latency_ms=g0.latency_ms,
                 created_at=g0.created_at,
+                issued_by=g0.issued_by,
             )
         )
         group.clear()

@@ -98,6 +98,7 @@ forecasts = Table(
     Column("last_close", ExactDecimal(), nullable=True),
     Column("latency_ms", Float(53), nullable=True),
     Column("created_at", UtcDateTime(), nullable=False),
+    Column("issued_by", String(200), nullable=True),  # the daemon instance that issued it
     Index("ix_forecasts_issued_at", "issued_at"),
     Index("ix_forecasts_series_target", "exchange", "symbol", "interval", "target_time"),
 )
@@ -166,5 +167,29 @@ leases = Table(
     metadata,
     Column("name", String(200), primary_key=True),
     Column("owner", String(200), nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=False),
+)
+
+instances = Table(
+    "instances",
+    metadata,
+    Column("id", String(200), primary_key=True),
+    Column("host", String(200), nullable=False),
+    Column("pid", Integer(), nullable=False),
+    Column("started_at", UtcDateTime(), nullable=False),
+    Column("heartbeat_at", UtcDateTime(), nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=False),  # heartbeat_at + lease TTL: alive until then
+    Column("info", JSON(), nullable=False),  # API URL, version: for `status` of the cluster
+)
+
+# Who owns a series: one row per series, taken over only when expired or released. `token` grows
+# by one at every change of owner (the fencing token every write of the series carries).
+series_leases = Table(
+    "series_leases",
+    metadata,
+    *_series_columns(),
+    Column("owner", String(200), nullable=False),  # "" once released
+    Column("token", BigInteger(), nullable=False),
+    Column("acquired_at", UtcDateTime(), nullable=False),
     Column("expires_at", UtcDateTime(), nullable=False),
 )

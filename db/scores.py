@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import and_, func, select
 
+from db.cluster import Fence, lease_filter
 from db.dialect import chunks, insert_for
 from db.engine import Database
 from db.records import ForecastScore, SeriesKey
@@ -18,8 +19,9 @@ from db.schema import forecasts as fc_t
 from db.schema import series_is
 
 
-def insert_scores(database: Database, scores: Iterable[ForecastScore]) -> int:
-    """Store scores; a step already scored is left as it was. Returns rows newly written."""
+def insert_scores(database: Database, scores: Iterable[ForecastScore], *, fence: Fence | None = None) -> int:
+    """Store scores; a step already scored is left as it was. Returns rows newly written.
+    With `fence`, scores of series this daemon no longer owns are refused."""
     rows = [
         {
             "exchange": s.series.exchange,
@@ -45,6 +47,7 @@ def insert_scores(database: Database, scores: Iterable[ForecastScore]) -> int:
     )
     written = 0
     with database.begin() as conn:
+        rows = lease_filter(conn, fence, rows, "scores")
         for batch in chunks(rows, 2000):
             written += len(conn.execute(stmt, batch).all())
     return written

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -24,6 +25,7 @@ from daemon.live.scoring import DriftWatch, score
 from daemon.live.window import RollingWindow
 from db import registry
 from db.bars import last_bars
+from db.cluster import Fence
 from db.engine import Database
 from db.errors import ArtifactError
 from db.forecasts import latest_forecast, query_forecasts, store_new_forecasts
@@ -57,7 +59,8 @@ class PipelineStats:
 
 class Pipeline:
     def __init__(self, config: Config, database: Database, *, book: ModelBook, forecast_log: ForecastLog,
-                 broadcast: Broadcast | None = None) -> None:
+                 broadcast: Broadcast | None = None, fence: Callable[[], Fence | None] | None = None,
+                 owned: Iterable[SeriesKey] | None = None) -> None:
         self.config = config
         self.database = database
         self.book = book
@@ -69,6 +72,11 @@ class Pipeline:
             k: SeriesState(RollingWindow(config.data.window, k.interval, fill_gaps=config.data.fill_gaps))
             for k in config.series_keys
         }
+        #: Series this daemon owns now (default: every configured one); the others' bars are
+        #: ignored and never forecast here.
+        self.owned: set[SeriesKey] = set(self.series if owned is None else owned)
+        #: The fencing tokens every write carries (None: unfenced, e.g. tests and benches).
+        self.fence: Callable[[], Fence | None] = fence or (lambda: None)
         self.stats = PipelineStats()
         self.drift: dict[tuple[SeriesKey, str], DriftWatch] = {}
         self._pending: dict[datetime, dict[SeriesKey, Job]] = {}
@@ -78,10 +86,13 @@ class Pipeline:
         self.busy_since: float | None = None
 
     # ---- start-up ------------------------------------------------------------------------
-    def restore(self) -> None:
-        """Fill every window from stored bars (call in a thread at start)."""
-        for key, st in self.series.items():
+    def restore(self, keys: Iterable[SeriesKey] | None = None) -> None:
+        """Fill windows from stored bars (call in a thread): every series' at start, or those of
+        series this daemon just took over (another daemon stored their newest bars)."""
+        for key in list(self.series) if keys is None else keys:
+            st = self.series[key]
             bars = last_bars(self.database, key, st.window.size)
+            st.window.clear()
             st.window.extend(bars)
             if bars:
                 st.last_close, st.last_bar = bars[-1].close, bars[-1].open_time
@@ -91,12 +102,34 @@ class Pipeline:
     def start(self) -> None:
         self._runner = asyncio.create_task(self._run_batches(), name="forecast-batches")
 
-    async def catch_up(self) -> None:
+    async def adopt(self, keys: Iterable[SeriesKey]) -> None:
+        """Start serving series (at start, or taken over from another daemon): windows from the
+        database, their groups' models loaded if not yet serving."""
+        new = [k for k in keys if k in self.series]
+        if not new:
+            return
+        await self.writer.run(self.restore, new)
+        for group in dict.fromkeys(self.config.model_group(k) for k in new):
+            if self.book.get(group) is None:
+                await self.install(group)
+        self.owned.update(new)
+
+    def drop(self, keys: Iterable[SeriesKey]) -> None:
+        """Stop serving series (given to another daemon): pending jobs for them are dropped."""
+        gone = set(keys)
+        self.owned -= gone
+        for group in self._pending.values():
+            for k in gone & group.keys():
+                del group[k]
+
+    async def catch_up(self, keys: Iterable[SeriesKey] | None = None) -> None:
         """Score whatever became scorable while the daemon was down, and forecast the newest stored
         bar of each series if nothing has forecast it yet (a crash between a bar close and its
-        forecast loses nothing)."""
-        self._watch(await self.writer.run(lambda: self._score(list(self.series), full=True)))
-        for key, st in self.series.items():
+        forecast loses nothing). `keys`: only those (series just taken over); default: all owned."""
+        todo = [k for k in (self.owned if keys is None else keys) if k in self.owned]
+        self._watch(await self.writer.run(lambda: self._score(todo, full=True)))
+        for key in todo:
+            st = self.series[key]
             if not st.window.ready or st.last_bar is None:
                 continue
             latest = await self.writer.run(latest_forecast, self.database, key)
@@ -126,7 +159,7 @@ class Pipeline:
         """A closed (or backfilled, or amended) bar. New bars extend the window and, when
         `forecast`, ask for a forecast at their boundary."""
         st = self.series.get(bar.series)
-        if st is None:
+        if st is None or bar.series not in self.owned:
             return
         seen = time.monotonic()
         extended = st.window.push(bar)
@@ -146,7 +179,7 @@ class Pipeline:
         job = Job(key, serving, st.window.values(), t, st.last_close, seen)
         group = self._pending.setdefault(t, {})
         group[key] = job
-        expected = {k for k, s in self.series.items() if s.window.ready}
+        expected = {k for k in self.owned if self.series[k].window.ready}
         if expected <= group.keys():
             await self._flush(t)
         elif t not in self._timers:
@@ -209,7 +242,7 @@ class Pipeline:
         self._watch(scored)
 
     def _store(self, forecasts: list[Forecast]) -> list[Forecast]:
-        new = store_new_forecasts(self.database, forecasts)
+        new = store_new_forecasts(self.database, forecasts, fence=self.fence())
         self.forecast_log.write(new)
         return new
 
@@ -225,7 +258,7 @@ class Pipeline:
             rows = unscored_steps(self.database, key, issued_since=since)
             if rows:
                 scores = score(rows, now)
-                insert_scores(self.database, scores)
+                insert_scores(self.database, scores, fence=self.fence())
                 out.extend(scores)
         self.stats.scores += len(out)
         if out:
