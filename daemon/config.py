@@ -234,7 +234,7 @@ class ClusterConfig:
 
 @dataclass(frozen=True, slots=True)
 class ApiConfig:
-    """The read-only HTTP API and `/metrics`, served inside the daemon's event loop (daemon/api.py)."""
+    """The read-only HTTP API and `/metrics`, served inside the daemon's event loop (daemon/ops/api.py)."""
 
     enabled: bool = True
     #: Address to bind. Anything beyond loopback needs `token` (or `allow_insecure_remote`).

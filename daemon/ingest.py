@@ -40,7 +40,7 @@ from daemon.feeds import protocol as get_protocol
 from daemon.feeds.backfill import BackfillError, RestClient, backfill_bars
 from daemon.feeds.base import ExchangeProtocol, ParseResult, Trade
 from daemon.feeds.connection import FeedConnection, FeedEvent
-from db.bars import latest_bar, upsert_bars
+from db.bars import latest_bars, upsert_bars
 from db.cluster import Fence
 from db.engine import Database
 from db.records import SeriesKey, interval_seconds, to_unix
@@ -501,9 +501,10 @@ class Ingest:
         """Resume from stored bars: each series continues after its latest stored bar."""
         if self.database is None:
             return
+        newest = await self.db_call(latest_bars, self.database, self.series)
         for f in self.feeds:
             for s in f.series:
-                bar = await self.db_call(latest_bar, self.database, s.key)
+                bar = newest.get(s.key)
                 if bar is not None:
                     s.next_needed_us = to_unix(bar.open_time) * 1_000_000 + s.step_us
                     s.last_close = bar.close
@@ -532,6 +533,8 @@ class Ingest:
 
     async def run(self) -> None:
         await self._restore()
+        if self._stop.is_set():
+            return
         tasks = [asyncio.create_task(f.run(), name=f"ingest:{f.spec.exchange}") for f in self.feeds]
         self.started.set()
         stop = asyncio.create_task(self._stop.wait())

@@ -116,6 +116,25 @@ def latest_bar(database: Database, series: SeriesKey) -> Bar | None:
     return found[0] if found else None
 
 
+def latest_bars(database: Database, series: Iterable[SeriesKey]) -> dict[SeriesKey, Bar]:
+    """The newest stored bar of each of `series` (those with any), in one query."""
+    wanted = set(series)
+    if not wanted:
+        return {}
+    newest = (
+        select(bars_t.c.exchange, bars_t.c.symbol, bars_t.c.interval,
+               func.max(bars_t.c.open_time, type_=UtcDateTime()).label("t"))
+        .group_by(bars_t.c.exchange, bars_t.c.symbol, bars_t.c.interval)
+        .subquery()
+    )
+    stmt = select(bars_t).join(newest, and_(
+        bars_t.c.exchange == newest.c.exchange, bars_t.c.symbol == newest.c.symbol,
+        bars_t.c.interval == newest.c.interval, bars_t.c.open_time == newest.c.t))
+    with database.engine.connect() as conn:
+        found = [_bar(r) for r in conn.execute(stmt)]
+    return {b.series: b for b in found if b.series in wanted}
+
+
 def last_bars(database: Database, series: SeriesKey, n: int, *, until: datetime | None = None) -> list[Bar]:
     """The newest `n` bars (before `until`), oldest first: what a forecaster's window needs."""
     return list(reversed(read_bars(database, series, until=until, limit=n, newest_first=True)))

@@ -6,12 +6,11 @@ import asyncio
 import contextlib
 import csv
 import random
-import signal
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -23,14 +22,16 @@ import orjson
 
 from daemon.bars import BarUpdate
 from daemon.cli.common import AppContext, existing_file, iso, parse_duration, parse_time, pass_app
-from daemon.config import Config, ExchangeConfig, SeriesConfig
+from daemon.config import SeriesConfig
 from daemon.feeds import PROTOCOLS
 from daemon.feeds import protocol as get_protocol
 from daemon.feeds.capture import CaptureWriter, read_capture
 from daemon.feeds.connection import FeedConnection
-from daemon.feeds.simulator import ExchangeSimulator, Faults, SimSeries, random_walk_bars, walk_seed
+from daemon.feeds.randomwalk import random_walk_bars, walk_seed
+from daemon.feeds.simulator import ExchangeSimulator, Faults, SimSeries
+from daemon.ops.tail import pretty
+from daemon.runner import DEMO_HISTORY_BARS, DemoRun, DemoSettings, demo_daemon, ingest_daemon, run_until_signal
 from db.csvbars import read_bars_csv
-from db.engine import Database, open_database
 from db.errors import InputError
 from db.records import SeriesKey, decimal_text, floor_time, interval_seconds
 
@@ -44,20 +45,6 @@ def _symbols(values: Iterable[str]) -> list[str]:
     for s in out:
         SeriesKey("x", s)  # validates BASE-QUOTE
     return out
-
-
-def _run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-    """Run `main(stop)`; SIGINT/SIGTERM set `stop` so the command can finish cleanly."""
-
-    async def runner() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
-        await main(stop)
-
-    asyncio.run(runner())
 
 
 # --- record --------------------------------------------------------------------------------------
@@ -122,7 +109,7 @@ def record(
                     await task
                 writer.flush()
 
-    _run_until_signal(main)
+    run_until_signal(main)
     summary = ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))
     click.echo(f"recorded {counts['message']} messages to {out_path} ({summary})", err=True)
 
@@ -293,7 +280,7 @@ def exchange_sim(
             finished.cancel()
             stopper.cancel()
 
-    _run_until_signal(main)
+    run_until_signal(main)
 
 
 def sim_series(
@@ -381,50 +368,6 @@ def bar_line(u: BarUpdate) -> str:
     )
 
 
-async def ingest_daemon(
-    config: Config,
-    database: Database,
-    *,
-    clock: Callable[[], float] | None,
-    on_bars: Callable[[list[BarUpdate]], Awaitable[None]] | None,
-    stop: asyncio.Event,
-) -> None:
-    """Ingest only: feeds -> bars -> database until `stop`. `demo` and `ingest` run this; the live
-    service (`barcast run`) is the same shape with forecasting added (see DEMO_DAEMON)."""
-    from daemon.ingest import Ingest
-
-    ingest = Ingest.from_config(config, database=database, clock=clock, on_bars=on_bars)
-    task = asyncio.create_task(ingest.run())
-    stopper = asyncio.create_task(stop.wait())
-    try:
-        await asyncio.wait([task, stopper], return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        ingest.stop()
-        stopper.cancel()
-        await task
-        stats = ingest.stats()
-        for ex, st in stats.items():
-            click.echo(
-                f"{ex}: {st['messages']} trades={st['trades']} malformed={st['malformed']} "
-                f"connects={st['connects']} backfilled={st['backfilled_bars']}",
-                err=True,
-            )
-
-
-DaemonFn = Callable[..., Awaitable[None]]
-
-
-async def _live_daemon(config: Config, database: Database, **kwargs: Any) -> None:
-    from daemon.live.service import demo_daemon
-
-    await demo_daemon(config, database, **kwargs)
-
-
-#: What `barcast demo` runs against its simulator: the whole live service (forecasts included),
-#: with the same signature as `ingest_daemon`.
-DEMO_DAEMON: DaemonFn = _live_daemon
-
-
 @click.command("ingest")
 @click.option(
     "--series",
@@ -462,11 +405,17 @@ def ingest_cmd(
     async def main(stop: asyncio.Event) -> None:
         if limit:
             asyncio.get_running_loop().call_later(limit, stop.set)
-        await ingest_daemon(
+        stats = await ingest_daemon(
             config, database, clock=time.time if config.feeds.clock == "wall" else None, on_bars=on_bars, stop=stop
         )
+        for ex, st in stats.items():
+            click.echo(
+                f"{ex}: {st['messages']} trades={st['trades']} malformed={st['malformed']} "
+                f"connects={st['connects']} backfilled={st['backfilled_bars']}",
+                err=True,
+            )
 
-    _run_until_signal(main)
+    run_until_signal(main)
 
 
 # --- demo ----------------------------------------------------------------------------------------
@@ -494,70 +443,40 @@ def ingest_cmd(
 @pass_app
 def demo(app: AppContext, speed: float, duration: str, protocol: str, seed: int, keep_db: Path | None) -> None:
     """Simulated exchange + the daemon on a temporary database: bars appear within seconds, offline."""
-    symbol = "BTC-USDT"
-    limit = parse_duration(duration, "--duration").total_seconds()
-    history = 300
-    now = datetime.now(UTC).replace(second=0, microsecond=0)
-    start = now - timedelta(minutes=now.minute % 5) - timedelta(minutes=5 * history)
-    bars = random_walk_bars(symbol, history + int(limit * speed / 300) + 10, start=start, seed=seed)
-    proto = get_protocol(protocol)
-    base = app.config
+    settings = DemoSettings(
+        speed=speed, duration_s=parse_duration(duration, "--duration").total_seconds(), protocol=protocol,
+        seed=seed, db_path=keep_db,
+    )
 
-    async def main(stop: asyncio.Event) -> None:
-        sim = ExchangeSimulator(
-            proto,
-            [SimSeries(symbol, tuple(bars))],
-            speed=speed,
-            start=bars[history].open_time.timestamp(),
-            heartbeat_s=1.0,
+    def on_start(run: DemoRun) -> None:
+        click.echo(
+            f"demo: {protocol} simulator on {run.ws_url} at {speed:g}x, database {run.db_path}; "
+            f"{DEMO_HISTORY_BARS} bars of history, then live bars (Ctrl-C stops)",
+            err=True,
         )
-        async with sim:
-            with tempfile.TemporaryDirectory(prefix="barcast-demo-") as tmp:
-                db_path = keep_db or Path(tmp) / "demo.db"
-                config = replace(
-                    base,
-                    series=(SeriesConfig(protocol, symbol, "5m"),),
-                    exchanges={**base.exchanges, protocol: ExchangeConfig(sim.ws_url, sim.rest_url)},
-                    feeds=replace(base.feeds, backfill_days=1.0, backoff_initial_s=0.2, backoff_max_s=2.0),
-                )
-                config = replace(
-                    config,
-                    database=replace(config.database, url=f"sqlite:///{db_path}"),
-                    paths=replace(config.paths, data_dir=tmp, log_dir="", artifacts_dir=""),
-                    api=replace(config.api, port=0),
-                    # the demo's model is persistence: no GPU probe (TensorFlow import) to wait for
-                    forecast=replace(config.forecast, log_file="", device="cpu"),
-                    # 300 bars of history are too few to train a 256-bar model: persistence serves
-                    retrain=replace(config.retrain, enabled=False),
-                    service=replace(config.service, control_socket=""),
-                )
-                database = open_database(config.database_url)
-                click.echo(
-                    f"demo: {protocol} simulator on {sim.ws_url} at {speed:g}x, database {db_path}; "
-                    f"{history} bars of history, then live bars (Ctrl-C stops)",
-                    err=True,
-                )
-                seen = Counter[str]()
 
-                async def on_bars(updates: list[BarUpdate]) -> None:
-                    for u in updates:
-                        seen[u.kind] += 1
-                        if u.kind != "backfilled":
-                            click.echo(bar_line(u))
-                    if updates and updates[0].kind == "backfilled":
-                        click.echo(
-                            f"backfilled {len(updates)} bars "
-                            f"({iso(updates[0].bar.open_time)} .. {iso(updates[-1].bar.open_time)})"
-                        )
+    async def on_bars(updates: list[BarUpdate]) -> None:
+        for u in updates:
+            if u.kind != "backfilled":
+                click.echo(bar_line(u))
+        if updates and updates[0].kind == "backfilled":
+            click.echo(
+                f"backfilled {len(updates)} bars "
+                f"({iso(updates[0].bar.open_time)} .. {iso(updates[-1].bar.open_time)})"
+            )
 
-                asyncio.get_running_loop().call_later(limit, stop.set)
-                try:
-                    await DEMO_DAEMON(config, database, clock=sim.clock.now, on_bars=on_bars, stop=stop)
-                finally:
-                    database.close()
-                click.echo(f"demo done: {dict(seen)}", err=True)
+    def on_forecast(doc: dict[str, Any]) -> None:
+        click.echo(f"forecast {pretty(doc)}")
 
-    _run_until_signal(main)
+    async def main(stop: asyncio.Event) -> DemoRun:
+        with tempfile.TemporaryDirectory(prefix="barcast-demo-") as tmp:
+            return await demo_daemon(
+                app.config, settings, data_dir=Path(tmp), on_start=on_start, on_bars=on_bars,
+                on_forecast=on_forecast, stop=stop,
+            )
+
+    run = run_until_signal(main)
+    click.echo(f"demo done: {dict(run.bar_kinds)}", err=True)
 
 
 commands: list[click.Command] = [record, parse, exchange_sim, ingest_cmd, demo]

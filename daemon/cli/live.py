@@ -23,12 +23,12 @@ def run_cmd(app: AppContext) -> None:
     Feeds -> bars -> a 16-step forecast per series at every bar close -> database + forecast log;
     retraining on its schedule; HTTP API and control socket. Stops cleanly on SIGTERM/SIGINT.
     """
-    from daemon.live.service import run_service
+    from daemon.runner import run_service
 
     config = app.config
     if not config.series:
         raise InputError("no [[series]] configured: nothing to forecast")
-    asyncio.run(run_service(config))
+    run_service(config)
 
 
 @click.command("retrain")

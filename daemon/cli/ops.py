@@ -1,6 +1,6 @@
 """Operator commands: `barcast forecasts`, `accuracy`, `status`, `tail`, `plot`.
 
-JSON output is the documents of daemon/reports.py (the HTTP API returns the same objects), so a
+JSON output is the documents of daemon/ops/reports.py (the HTTP API returns the same objects), so a
 key means one thing everywhere; the README lists them.
 """
 
@@ -16,8 +16,8 @@ from typing import Any
 import click
 import orjson
 
-from daemon import reports
 from daemon.cli.common import AppContext, emit_rows, format_option, parse_duration, parse_time, pass_app
+from daemon.ops import reports
 from db.errors import BarcastError, InputError
 from db.records import SeriesKey
 
@@ -236,7 +236,7 @@ def status_cmd(app: AppContext, offline: bool, timeout: float, fmt: str) -> None
 def tail_cmd(app: AppContext, follow: bool, lines: int, series: str | None, fmt: str, path: Path | None,
              interval: float) -> None:
     """Recent forecast log lines; with -f, follow new ones like `tail -F`."""
-    from daemon import tail
+    from daemon.ops import tail
 
     key = _series(series)
     log_path = path or app.config.forecast_log
@@ -300,7 +300,7 @@ def plot_group(ctx: click.Context, series: str | None, last: str, model_id: str 
     # The span counts back from the newest stored bar, so a plot of imported history works too.
     end = newest.open_time + key.step
     since = end - parse_duration(last, "--last")
-    from daemon.plots import price_plot
+    from daemon.ops.plots import price_plot
 
     summary = price_plot(database, key, since=since, out=out, model_id=model_id)
     click.echo(f"wrote {summary.path} ({summary.bars} bars, {summary.forecasts} forecasts, "
@@ -316,7 +316,7 @@ def plot_group(ctx: click.Context, series: str | None, last: str, model_id: str 
 @pass_app
 def plot_accuracy_cmd(app: AppContext, series: str | None, model_id: str | None, window: str, out: Path) -> None:
     """Live MAE by horizon for each model vs persistence on the same bars, and skill (PNG)."""
-    from daemon.plots import accuracy_plot
+    from daemon.ops.plots import accuracy_plot
 
     summary = accuracy_plot(app.database(), out=out, series=_series(series), model_id=model_id,
                             since=_window(app, window, series, model_id))

@@ -2,7 +2,7 @@
 
 Every `heartbeat_s`: upsert the heartbeat row, renew the leases still ours (a lease taken over
 while we were stalled is lost), release what rendezvous hashing now gives to another live
-daemon, claim what it gives us once free. The first round in shared mode only heartbeats, so
+daemon, claim what it gives us once free. The first rounds in shared mode only heartbeat, so
 daemons started together see each other before claiming (less churn). Changes are handed to
 `on_change(gained, lost)` (in a task: the heartbeat never waits for models to load); the fence
 is updated first on a loss (nothing more gets written for a series being given up) and last on
@@ -18,7 +18,7 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -31,7 +31,11 @@ from db.records import SeriesKey
 
 log = logging.getLogger("barcast.cluster")
 
-OnChange = Callable[[set[SeriesKey], set[SeriesKey]], Awaitable[None]]
+#: Rounds a daemon only heartbeats after it starts (shared mode), so daemons started together see
+#: each other before claiming and the first one up does not take everything for a moment.
+SETTLE_ROUNDS = 2
+
+OnChange = Callable[[set[SeriesKey], set[SeriesKey]], Coroutine[Any, Any, None]]
 
 
 class Membership:
@@ -74,7 +78,7 @@ class Membership:
             metrics.LEASE_CHANGES.labels("lost").inc(len(lost))
         self.fence = Fence(self.id, held)
         gained: dict[SeriesKey, int] = {}
-        settle = self.rounds == 0 and not self.solo
+        settle = self.rounds < SETTLE_ROUNDS and not self.solo
         self.rounds += 1
         if not settle:
             step = plan(self.id, self.series, self.live, set(held), solo=self.solo)

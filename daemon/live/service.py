@@ -88,7 +88,7 @@ class Service:
         self.control = ControlServer(cfg.control_socket, self._control)
         await self.control.start()
         if cfg.api.enabled:
-            from daemon.api import ApiServer, check_bind, create_app
+            from daemon.ops.api import ApiServer, check_bind, create_app
 
             check_bind(cfg.api)
             app = create_app(db, live=self, token=cfg.api.token or None, max_limit=cfg.api.max_limit,
@@ -381,31 +381,3 @@ class Service:
 async def run_service(config: Config, **kwargs: Any) -> None:
     await Service(config, **kwargs).run()
 
-
-async def demo_daemon(
-    config: Config,
-    database: Database,
-    *,
-    clock: Callable[[], float] | None,
-    on_bars: Callable[[list[BarUpdate]], Awaitable[None]] | None,
-    stop: asyncio.Event,
-) -> None:
-    """The whole service for `barcast demo` (same signature as the ingest-only daemon): prints each
-    forecast as it is issued. The caller owns signals and `database`; the service opens its own."""
-    import click
-
-    from daemon.tail import pretty
-
-    svc = Service(config, clock=clock, on_bars=on_bars)
-    await svc.start()
-
-    async def show() -> None:
-        async for doc in svc.subscribe():
-            click.echo(f"forecast {pretty(doc)}")
-
-    shower = asyncio.create_task(show())
-    try:
-        await stop.wait()
-    finally:
-        shower.cancel()
-        await svc.shutdown()

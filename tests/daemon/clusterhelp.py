@@ -115,6 +115,11 @@ def leases(db: Database) -> dict[SeriesKey, tuple[str, int, datetime]]:
         return {SeriesKey(r[0], r[1], r[2]): (r[3], int(r[4]), r[5]) for r in rows}
 
 
+def forecast_series(db: Database) -> set[str]:
+    with db.engine.connect() as conn:
+        return {r[0] for r in conn.execute(text("SELECT DISTINCT symbol FROM forecasts"))}
+
+
 def owners(db: Database) -> dict[SeriesKey, str]:
     now = datetime.now(UTC)
     return {k: o for k, (o, _t, exp) in leases(db).items() if o and exp > now}
@@ -123,6 +128,13 @@ def owners(db: Database) -> dict[SeriesKey, str]:
 def newest_bar(db: Database) -> datetime | None:
     with db.engine.connect() as conn:
         return conn.execute(text("SELECT min(m) FROM (SELECT max(open_time) AS m FROM bars "
+                                 "GROUP BY exchange, symbol, interval) x")).scalar()
+
+
+def newest_forecast(db: Database) -> datetime | None:
+    """The newest bar every series has a forecast for (min over series of their newest)."""
+    with db.engine.connect() as conn:
+        return conn.execute(text("SELECT min(m) FROM (SELECT max(issued_at) AS m FROM forecasts "
                                  "GROUP BY exchange, symbol, interval) x")).scalar()
 
 
@@ -160,9 +172,10 @@ async def run_cluster(db_url: str, tmp: Path, sc: Scenario, *, log: Any = print)
             cfg = tmp / f"{name}.toml"
             cfg.write_text(config_text(tmp, name, db_url, sim.ws_url, sim.rest_url, sc))
             run.logs[name] = tmp / f"{name}.log"
-            procs[name] = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "daemon", "run", env={**env_base, "BARCAST_CONFIG": str(cfg)},
-                stdout=asyncio.subprocess.DEVNULL, stderr=open(run.logs[name], "ab"))
+            with open(run.logs[name], "ab") as err:
+                procs[name] = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "daemon", "run", env={**env_base, "BARCAST_CONFIG": str(cfg)},
+                    stdout=asyncio.subprocess.DEVNULL, stderr=err)
 
         def balanced(expect: dict[SeriesKey, str]) -> bool:
             return owners(db) == expect
@@ -171,13 +184,17 @@ async def run_cluster(db_url: str, tmp: Path, sc: Scenario, *, log: Any = print)
             newest = newest_bar(db)
             return newest is not None and newest >= t
 
+        def forecasts_past(t: datetime) -> bool:
+            newest = newest_forecast(db)
+            return newest is not None and newest >= t and len(forecast_series(db)) == sc.series
+
         try:
             await asyncio.gather(*(start(n) for n in names))
             await _wait(lambda: balanced(want), 120, "every series owned by its rendezvous winner")
             run.balance_before = dict(Counter(owners(db).values()))
             log(f"balanced: {run.balance_before}")
-            await _wait(lambda: bars_past(sim_start + timedelta(minutes=5 * sc.bars_before_kill)), 120,
-                        f"{sc.bars_before_kill} live bars of every series")
+            await _wait(lambda: forecasts_past(sim_start + timedelta(minutes=5 * sc.bars_before_kill)), 120,
+                        f"forecasts of {sc.bars_before_kill} live bars of every series")
             victim = names[1]
             run.killed = victim
             run.killed_series = {k for k, o in want.items() if o == victim}
@@ -202,11 +219,11 @@ async def run_cluster(db_url: str, tmp: Path, sc: Scenario, *, log: Any = print)
             log(f"restarted {victim}: rebalanced in {run.rebalance_s:.2f} s: {run.balance_after}")
             seen = newest_bar(db)
             assert seen is not None
-            await _wait(lambda: bars_past(seen + timedelta(minutes=5 * sc.bars_after_rebalance)), 120,
-                        f"{sc.bars_after_rebalance} bars after the rebalance")
-            run.end_bar = newest_bar(db)
+            await _wait(lambda: forecasts_past(seen + timedelta(minutes=5 * sc.bars_after_rebalance)), 120,
+                        f"forecasts of {sc.bars_after_rebalance} bars after the rebalance")
+            run.end_bar = newest_forecast(db)
         finally:
-            for name, p in procs.items():
+            for p in procs.values():
                 if p.returncode is None:
                     p.send_signal(signal.SIGTERM)
             for name, p in procs.items():
@@ -235,7 +252,6 @@ def check(db_url: str, run: Run, series: list[SimSeries]) -> dict[str, Any]:
                 {"t0": run.live_from, "t1": run.end_bar}).all()
     finally:
         db.close()
-    step = timedelta(minutes=5)
     for s in series:
         stored = bars[s.symbol]
         expected = [(b.open_time, b.open, b.high, b.low, b.close, b.volume) for b in s.bars

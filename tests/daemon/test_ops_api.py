@@ -16,8 +16,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon.api import ApiServer, check_bind, create_app
 from daemon.config import ApiConfig
+from daemon.ops.api import ApiServer, check_bind, create_app
 from db.bars import read_bars
 from db.engine import Database, open_database
 from db.errors import ConfigError

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon import tail
 from daemon.live.forecastlog import ForecastLog
+from daemon.ops import tail
 from db.bars import read_bars
 from db.engine import open_database
 from db.records import Forecast

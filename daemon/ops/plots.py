@@ -19,7 +19,7 @@ import matplotlib.dates as mdates
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
-from daemon import reports
+from daemon.ops import reports
 from db import bars as db_bars
 from db import forecasts as db_forecasts
 from db import registry, scores

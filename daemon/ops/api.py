@@ -29,8 +29,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
-from daemon import metrics, reports
+from daemon import metrics
 from daemon.config import ApiConfig
+from daemon.ops import reports
 from db import bars as db_bars
 from db.engine import Database
 from db.errors import BarcastError, ConfigError, InputError
