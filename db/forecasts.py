@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, select, true
+from sqlalchemy import and_, func, select, true
 
 from db.cluster import Fence, lease_filter
 from db.dialect import chunks, insert_for
 from db.engine import Database
 from db.records import Forecast, SeriesKey
 from db.schema import forecasts as fc_t
-from db.schema import series_is
+from db.schema import series_in, series_is
 
 
 def _rows(f: Forecast, issued_by: str | None = None) -> list[dict[str, Any]]:
@@ -161,3 +161,18 @@ def query_forecasts(
 def latest_forecast(database: Database, series: SeriesKey, model_id: str | None = None) -> Forecast | None:
     found = query_forecasts(database, series, model_id=model_id, limit=1)
     return found[0] if found else None
+
+
+def latest_issued(database: Database, series: Collection[SeriesKey]) -> dict[SeriesKey, datetime]:
+    """Issue time of the newest forecast of each of `series` (any model), in one query."""
+    keys = list(series)
+    if not keys:
+        return {}
+    stmt = (
+        select(fc_t.c.exchange, fc_t.c.symbol, fc_t.c.interval,
+               func.max(fc_t.c.issued_at, type_=fc_t.c.issued_at.type))
+        .where(series_in(fc_t, keys))
+        .group_by(fc_t.c.exchange, fc_t.c.symbol, fc_t.c.interval)
+    )
+    with database.engine.connect() as conn:
+        return {SeriesKey(r[0], r[1], r[2]): r[3] for r in conn.execute(stmt)}

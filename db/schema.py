@@ -21,6 +21,7 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    tuple_,
 )
 
 from db.records import SeriesKey
@@ -42,6 +43,13 @@ def series_is(table: Table, series: SeriesKey) -> ColumnElement[bool]:
         table.c.exchange == series.exchange,
         table.c.symbol == series.symbol,
         table.c.interval == series.interval,
+    )
+
+
+def series_in(table: Table, keys: list[SeriesKey]) -> ColumnElement[bool]:
+    """Rows of any of these series (one tuple IN, so a set-based pass is one query)."""
+    return tuple_(table.c.exchange, table.c.symbol, table.c.interval).in_(
+        [(k.exchange, k.symbol, k.interval) for k in keys]
     )
 
 

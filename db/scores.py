@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -16,7 +16,7 @@ from db.records import ForecastScore, SeriesKey
 from db.schema import bars as bars_t
 from db.schema import forecast_scores as sc_t
 from db.schema import forecasts as fc_t
-from db.schema import series_is
+from db.schema import series_in, series_is
 
 
 def insert_scores(database: Database, scores: Iterable[ForecastScore], *, fence: Fence | None = None) -> int:
@@ -68,10 +68,12 @@ class Unscored:
 
 
 def unscored_steps(
-    database: Database, series: SeriesKey, *, until: datetime | None = None, issued_since: datetime | None = None
+    database: Database, series: SeriesKey | Collection[SeriesKey], *, until: datetime | None = None,
+    issued_since: datetime | None = None,
 ) -> list[Unscored]:
-    """Forecast steps of `series` whose target bar exists and that are not scored yet
-    (`issued_since` bounds the scan to recent forecasts: the live loop's per-bar pass)."""
+    """Forecast steps of `series` (one, or many in one query: the live loop's set-based pass over
+    every series of a bar) whose target bar exists and that are not scored yet (`issued_since`
+    bounds the scan to recent forecasts: the live loop's per-bar pass)."""
     f, b, s = fc_t, bars_t, sc_t
     join_bar = and_(
         b.c.exchange == f.c.exchange, b.c.symbol == f.c.symbol, b.c.interval == f.c.interval,
@@ -81,20 +83,26 @@ def unscored_steps(
         s.c.exchange == f.c.exchange, s.c.symbol == f.c.symbol, s.c.interval == f.c.interval,
         s.c.issued_at == f.c.issued_at, s.c.model_id == f.c.model_id, s.c.step == f.c.step,
     )
-    cond = [series_is(f, series), s.c.step.is_(None)]
+    keys = [series] if isinstance(series, SeriesKey) else list(series)
+    if not keys:
+        return []
+    cond = [series_in(f, keys), s.c.step.is_(None)]
     if until is not None:
         cond.append(f.c.target_time <= until)
     if issued_since is not None:
         cond.append(f.c.issued_at >= issued_since)
     stmt = (
-        select(f.c.issued_at, f.c.model_id, f.c.step, f.c.target_time, f.c.predicted, f.c.last_close, b.c.close)
+        select(f.c.exchange, f.c.symbol, f.c.interval, f.c.issued_at, f.c.model_id, f.c.step, f.c.target_time,
+               f.c.predicted, f.c.last_close, b.c.close)
         .select_from(f.join(b, join_bar).outerjoin(s, join_score))
         .where(and_(*cond))
-        .order_by(f.c.issued_at, f.c.model_id, f.c.step)
+        .order_by(f.c.exchange, f.c.symbol, f.c.interval, f.c.issued_at, f.c.model_id, f.c.step)
     )
+    by_key = {(k.exchange, k.symbol, k.interval): k for k in keys}
     with database.engine.connect() as conn:
         return [
-            Unscored(series, r.issued_at, r.model_id, r.step, r.target_time, r.predicted, r.last_close, r.close)
+            Unscored(by_key[(r.exchange, r.symbol, r.interval)], r.issued_at, r.model_id, r.step, r.target_time,
+                     r.predicted, r.last_close, r.close)
             for r in conn.execute(stmt)
         ]
 
@@ -112,15 +120,17 @@ class StepAccuracy:
 def accuracy(
     database: Database,
     *,
-    series: SeriesKey | None = None,
+    series: SeriesKey | Collection[SeriesKey] | None = None,
     model_id: str | None = None,
     since: datetime | None = None,
 ) -> list[StepAccuracy]:
     """Live MAE per (series, model, step) and persistence's MAE on the same bars."""
     s = sc_t
     cond: list[Any] = []
-    if series is not None:
+    if isinstance(series, SeriesKey):
         cond.append(series_is(s, series))
+    elif series is not None:
+        cond.append(series_in(s, list(series)))
     if model_id is not None:
         cond.append(s.c.model_id == model_id)
     if since is not None:

@@ -140,8 +140,8 @@ class Service:
             if gained:
                 log.info("series adopted", extra={"series": len(gained), "owned": len(pipe.owned),
                                                   "seconds": round(time.monotonic() - t0, 2)})
+            await pipe.catch_up(gained)  # before the feeds: stored bars first, in order
             await self._restart_ingest(pipe.owned)
-            await pipe.catch_up(gained)
 
     async def _restart_ingest(self, owned: set[SeriesKey]) -> None:
         from daemon.ingest import Ingest

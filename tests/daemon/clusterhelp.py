@@ -41,7 +41,7 @@ class Scenario:
     heartbeat_s: float = 0.5
     ttl_s: float = 3.0
     window: int = 32
-    history: int = 300
+    history: int = 40
     bars_before_kill: int = 6
     bars_after_rebalance: int = 5
 
@@ -71,7 +71,6 @@ stall_timeout_s = 10.0
 device = "cpu"
 arch = "linear"
 coalesce_ms = 200
-backfill_forecast_bars = 12
 [data]
 window = {sc.window}
 [retrain]
