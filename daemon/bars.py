@@ -18,17 +18,20 @@ which starts at the first boundary at or after `t`; what lies between is the bac
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from typing import Literal
 
-from daemon.feeds.base import EXACT, Trade
+from daemon.feeds.fields import EXACT, datetime_from_us, us
+from daemon.feeds.records import Trade
 from db.records import Bar, SeriesKey, interval_seconds
 
 UpdateKind = Literal["closed", "amended", "backfilled"]
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_VOLUME_ADD = EXACT.add
+#: The updates of a call that closed nothing (shared: never mutated).
+NO_UPDATES: list[BarUpdate] = []
 
 #: More empty intervals than this in one jump are not filled with flat bars: such a jump is a
 #: garbled timestamp or a dead market, and a million flat bars would help neither.
@@ -58,49 +61,45 @@ class AggregatorStats:
         return {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
 
 
-@dataclass(slots=True)
 class _Acc:
-    """A bar being built (or kept for amendments). `count == 0` means flat at `close`."""
+    """A bar being built (or kept for amendments). `count == 0` means flat at `close`.
 
-    start: int
-    open: Decimal
-    high: Decimal
-    low: Decimal
-    close: Decimal
-    volume: Decimal
-    count: int
-    open_key: tuple[int, int]
-    close_key: tuple[int, int]
-    ids: set[str] = field(default_factory=set)
+    Open and close follow exchange time, ties by arrival: a trade becomes the open only if it is
+    strictly earlier than the open so far, and the close if it is at or after the close so far.
+    """
 
-    @classmethod
-    def flat(cls, start: int, price: Decimal) -> _Acc:
-        return cls(start, price, price, price, price, Decimal(0), 0, (0, 0), (0, 0))
+    __slots__ = ("close", "close_t", "count", "high", "ids", "low", "open", "open_t", "start", "volume")
 
-    def add(self, trade: Trade, seq: int) -> bool:
+    def __init__(self, start: int, price: Decimal) -> None:
+        self.start = start
+        self.open = self.high = self.low = self.close = price
+        self.volume = Decimal(0)
+        self.count = 0
+        self.open_t = self.close_t = 0
+        self.ids: set[object] = set()
+
+    def add(self, t: int, price: Decimal, size: Decimal, tid: object) -> bool:
         """Add a trade; False when its id was already counted in this bar."""
-        tid = trade.trade_id
         if tid is not None:
-            if tid in self.ids:
+            ids = self.ids
+            if tid in ids:
                 return False
-            self.ids.add(tid)
-        p = trade.price
-        key = (trade.time_us, seq)
+            ids.add(tid)
         if self.count == 0:
-            self.open = self.high = self.low = self.close = p
-            self.volume = trade.size
-            self.open_key = self.close_key = key
+            self.open = self.high = self.low = self.close = price
+            self.volume = size
+            self.open_t = self.close_t = t
             self.count = 1
             return True
-        if p > self.high:
-            self.high = p
-        elif p < self.low:
-            self.low = p
-        if key < self.open_key:
-            self.open_key, self.open = key, p
-        if key > self.close_key:
-            self.close_key, self.close = key, p
-        self.volume = EXACT.add(self.volume, trade.size)
+        if price > self.high:
+            self.high = price
+        elif price < self.low:
+            self.low = price
+        if t < self.open_t:
+            self.open_t, self.open = t, price
+        if t >= self.close_t:
+            self.close_t, self.close = t, price
+        self.volume = _VOLUME_ADD(self.volume, size)
         self.count += 1
         return True
 
@@ -119,9 +118,9 @@ class Aggregator:
         late_allowance_s: float = 300.0,
     ) -> None:
         self.series = series
-        self.step_us = interval_seconds(series.interval) * 1_000_000
-        self.grace_us = int(grace_s * 1_000_000)
-        self.allowance_us = int(late_allowance_s * 1_000_000)
+        self.step_us = us(interval_seconds(series.interval))
+        self.grace_us = us(grace_s)
+        self.allowance_us = us(late_allowance_s)
         self.stats = AggregatorStats()
         self._suspended = False
         self._cursor: int | None = None  # open time of the earliest bar not yet closed
@@ -129,7 +128,8 @@ class Aggregator:
         self._last_close: Decimal | None = None
         self._closed: OrderedDict[int, _Acc] = OrderedDict()
         self._watermark = 0
-        self._seq = 0
+        #: the clock must reach this before `advance` closes anything (cursor + step + grace)
+        self._next_close = 0
 
     # --- state ---------------------------------------------------------------------------------
     @property
@@ -163,7 +163,7 @@ class Aggregator:
         """
         self._suspended = False
         self._acc = None
-        self._cursor = self.ceil(observed_from_us)
+        self._set_cursor(self.ceil(observed_from_us))
         if last_close is not None:
             self._last_close = last_close
 
@@ -178,26 +178,29 @@ class Aggregator:
     # --- input ---------------------------------------------------------------------------------
     def add(self, trade: Trade) -> list[BarUpdate]:
         """Add one trade; returns the bars it closed or amended, oldest first."""
+        return self.add_row(trade.time_us, trade.price, trade.size, trade.trade_id)
+
+    def add_row(self, t: int, price: Decimal, size: Decimal, tid: object) -> list[BarUpdate]:
+        """The hot path of `add`: a trade's fields, no record. Duplicate ids are per bar."""
         self.stats.trades += 1
         if self._suspended:
             self.stats.unobserved += 1
-            return []
-        t = trade.time_us
+            return NO_UPDATES
         if t > self._watermark:
             self._watermark = t
         start = t - t % self.step_us
-        if self._cursor is None:
-            self._cursor = start
-        updates: list[BarUpdate] = []
-        if start < self._cursor:
-            return self._late(trade, start)
-        if start > self._cursor:
-            updates = self._close_through(start)
-        self._seq += 1
+        updates = NO_UPDATES
+        if start != self._cursor:
+            if self._cursor is None:
+                self._set_cursor(start)
+            elif start < self._cursor:
+                return self._late(t, price, size, tid, start)
+            else:
+                updates = self._close_through(start)
         acc = self._acc
         if acc is None:
-            acc = self._acc = _Acc.flat(start, trade.price)
-        if not acc.add(trade, self._seq):
+            acc = self._acc = _Acc(start, price)
+        if not acc.add(t, price, size, tid):
             self.stats.duplicates += 1
         return updates
 
@@ -212,12 +215,23 @@ class Aggregator:
         """The exchange clock reads `now_us`: close every bar whose end + grace has passed."""
         if now_us > self._watermark:
             self._watermark = now_us
-        if self._suspended or self._cursor is None:
-            return []
+        if now_us < self._next_close or self._suspended or self._cursor is None:
+            return NO_UPDATES
         target = self.floor(now_us - self.grace_us)
         if target <= self._cursor:
-            return []
+            return NO_UPDATES
         return self._close_through(target)
+
+    def finish(self) -> list[BarUpdate]:
+        """End of input (a replay, a capture, a simulator run that is over): close the bar in
+        progress, as its interval will see no more trades. Nothing closes while suspended."""
+        if self._suspended or self._cursor is None or self._acc is None:
+            return NO_UPDATES
+        return self._close_through(self._cursor + self.step_us)
+
+    def _set_cursor(self, cursor: int) -> None:
+        self._cursor = cursor
+        self._next_close = cursor + self.step_us + self.grace_us
 
     # --- internals -----------------------------------------------------------------------------
     def _close_through(self, target: int) -> list[BarUpdate]:
@@ -229,7 +243,8 @@ class Aggregator:
             if self._acc is not None:
                 out.append(self._close(self._acc))
             self.stats.flat_skipped += (target - self._cursor) // step - 1
-            self._cursor, self._acc = target, None
+            self._set_cursor(target)
+            self._acc = None
             self._prune()
             return out
         cursor = self._cursor
@@ -239,10 +254,10 @@ class Aggregator:
                 out.append(self._close(acc))
             elif self._last_close is not None:
                 self.stats.flat_bars += 1
-                out.append(self._close(_Acc.flat(cursor, self._last_close)))
+                out.append(self._close(_Acc(cursor, self._last_close)))
             cursor += step
             self._acc = None
-        self._cursor = cursor
+        self._set_cursor(cursor)
         self._prune()
         return out
 
@@ -261,14 +276,13 @@ class Aggregator:
                 break
             del closed[first]
 
-    def _late(self, trade: Trade, start: int) -> list[BarUpdate]:
+    def _late(self, t: int, price: Decimal, size: Decimal, tid: object, start: int) -> list[BarUpdate]:
         acc = self._closed.get(start)
         if acc is None or self._watermark - (start + self.step_us) > self.allowance_us:
             self.stats.late_dropped += 1
             return []
         before = acc.values()
-        self._seq += 1
-        if not acc.add(trade, self._seq):
+        if not acc.add(t, price, size, tid):
             self.stats.duplicates += 1
             return []
         self.stats.late_amended += 1
@@ -297,7 +311,7 @@ class Aggregator:
             s.exchange,
             s.symbol,
             s.interval,
-            _EPOCH + timedelta(microseconds=acc.start),
+            datetime_from_us(acc.start),
             acc.open,
             acc.high,
             acc.low,
@@ -315,7 +329,7 @@ def aggregate(series: SeriesKey, trades: list[Trade], *, until_us: int | None = 
     for u in agg.add_many(trades):
         latest[u.bar.open_time] = u.bar
     if trades:
-        end = until_us if until_us is not None else agg.ceil(max(t.time_us for t in trades) + 1)
-        for u in agg.advance(end):
+        ends = agg.advance(until_us) if until_us is not None else agg.finish()
+        for u in ends:
             latest[u.bar.open_time] = u.bar
     return [latest[k] for k in sorted(latest)]

@@ -139,6 +139,12 @@ class ForecastConfig:
         _check(self.log_backups >= 0, "log_backups: must be >= 0")
 
 
+#: Metrics promotion can decide by (averaged over the horizon on the held-out bars).
+PROMOTION_METRICS: tuple[str, ...] = (
+    "pinball", "wis", "prob_skill", "mae", "rmse", "mape", "mase", "skill", "directional",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class RetrainConfig:
     """Periodic retraining with champion/challenger promotion."""
@@ -153,10 +159,14 @@ class RetrainConfig:
     history_days: float = 30.0
     #: The most recent bars held out to judge challenger vs champion vs persistence.
     holdout_bars: int = 288
-    #: Metric averaged over the horizon (mae, rmse, mape, mase, skill, directional) and the
-    #: relative margin the challenger must win by.
-    metric: str = "mae"
+    #: Metric averaged over the horizon (pinball, wis, prob_skill, mae, rmse, mape, mase, skill,
+    #: directional) and the relative margin the challenger must win by.
+    metric: str = "pinball"
     margin: float = 0.0
+    #: A challenger whose central-interval coverage (mean over the horizon, held-out bars) is
+    #: outside [coverage_min, coverage_max] is never promoted.
+    coverage_min: float = 0.70
+    coverage_max: float = 0.90
     time_limit_minutes: float = 60.0
     keep_artifacts: int = 5
 
@@ -172,9 +182,11 @@ class RetrainConfig:
                 raise ValueError(f"cron: {self.cron!r} is not a crontab expression ({exc})") from None
         _check(self.history_days > 0, "history_days: must be > 0")
         _check(self.holdout_bars > 0, "holdout_bars: must be > 0")
-        _check(self.metric in ("mae", "rmse", "mape", "mase", "skill", "directional"),
-               f"metric: {self.metric!r} is not one of mae, rmse, mape, mase, skill, directional")
+        _check(self.metric in PROMOTION_METRICS,
+               f"metric: {self.metric!r} is not one of {', '.join(PROMOTION_METRICS)}")
         _check(0 <= self.margin < 1, "margin: must be in [0, 1)")
+        _check(0 <= self.coverage_min < self.coverage_max <= 1,
+               "coverage_min, coverage_max: need 0 <= coverage_min < coverage_max <= 1")
         _check(self.time_limit_minutes > 0, "time_limit_minutes: must be > 0")
         _check(self.keep_artifacts >= 1, "keep_artifacts: must be >= 1")
 

@@ -1,23 +1,17 @@
-"""The ingest shell: exchange websockets -> parsers -> aggregators -> stored bars -> subscribers.
+"""The ingest shell: exchange websockets -> sessions -> aggregators -> stored bars -> subscribers.
 
-One `FeedConnection` per exchange (several symbols each), one processing task per connection,
-one database writer. Every closed, amended or backfilled bar is upserted (idempotent) and then
-published, in order, to `on_bars` and to every `updates()` iterator: a consumer never sees a bar
-that is not stored.
-
-What is known and what is backfilled (per series):
-- `next_needed`: open time of the first bar not stored yet (from the database at start).
-- When a connection is subscribed (all acknowledgements in), each aggregator resumes at the first
-  boundary after that moment (`live_from`); the interval in progress is partial and is never built
-  from trades. Bars in [next_needed, now) are fetched from REST at once, and the partial interval
-  as soon as it is over, before any live bar is published, so bars arrive in order.
-- On disconnect, bars that ended (+ grace) before it are closed, the partial one is dropped and
-  the aggregator waits for the next subscription.
+One `FeedConnection` (bytes) and one `FeedSession` (decisions, see daemon/feeds/session.py) per
+exchange connection, several symbols each; one processing task per connection; one database
+writer. This module only moves frames from the socket into the session and executes what the
+session answers: store and publish bars, fetch REST ranges page by page (each page is stored in
+its own transaction, so a backfill interrupted by a full disk or a crash resumes after the last
+stored page), reconnect, log rejected frames. Every closed, amended or backfilled bar is upserted
+(idempotent) and then published, in order, to `on_bars` and to every `updates()` iterator: a
+consumer never sees a bar that is not stored.
 
 Clock: `clock()` is the exchange clock in seconds (wall time live, the simulator's clock in
-tests). Each message is stamped with it on receipt, and bars close by that stamp, so a backlog in
-the queue does not close bars early. `clock=None` uses only times the feed carries (trades,
-timed heartbeats): nothing closes while a feed is silent.
+tests). Each frame is stamped with it on receipt, and bars close by that stamp, so a backlog in
+the queue does not close bars early. `clock=None` uses only times the feed carries.
 """
 
 from __future__ import annotations
@@ -29,34 +23,41 @@ import logging
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
-from dataclasses import dataclass, field, replace
-from decimal import Decimal
+from dataclasses import dataclass, replace
 from typing import Any
 
 from daemon import metrics
-from daemon.bars import Aggregator, BarUpdate
+from daemon.bars import BarUpdate
 from daemon.config import Config, FeedsConfig
 from daemon.feeds import protocol as get_protocol
-from daemon.feeds.backfill import BackfillError, RestClient, backfill_bars
-from daemon.feeds.base import ExchangeProtocol, ParseResult, Trade
-from daemon.feeds.connection import FeedConnection, FeedEvent
+from daemon.feeds.backfill import BackfillError, RestClient, backfill_pages
+from daemon.feeds.connection import FeedConnection
+from daemon.feeds.fields import seconds
+from daemon.feeds.session import (
+    MIN_HISTORY_BARS,
+    Action,
+    Backfill,
+    FeedSession,
+    FeedStats,
+    Publish,
+    Reconnect,
+    Rejected,
+    SeriesState,
+    SessionOptions,
+)
 from db.bars import latest_bars, upsert_bars
 from db.cluster import Fence
 from db.engine import Database
-from db.records import SeriesKey, interval_seconds, to_unix
+from db.records import SeriesKey
+
+__all__ = ["MIN_HISTORY_BARS", "FeedSpec", "FeedStats", "Ingest", "specs_from_config"]
 
 log = logging.getLogger("barcast.ingest")
 
-#: The forecaster's window: start-up backfill fetches at least this many bars.
-MIN_HISTORY_BARS = 256
-#: Without acknowledgements for this long after connecting, treat the subscription as live.
-ACK_TIMEOUT_S = 10.0
 #: A failed backfill is retried after this many (wall) seconds.
 BACKFILL_RETRY_S = 30.0
 #: While a websocket is down, closed bars are fetched from REST this often (wall seconds).
 REST_POLL_S = 10.0
-#: Malformed messages logged per reason before logging only every 1000th.
-LOG_FIRST = 5
 
 BarsCallback = Callable[[list[BarUpdate]], Awaitable[None]]
 
@@ -84,70 +85,32 @@ def specs_from_config(config: Config) -> list[FeedSpec]:
     return out
 
 
-@dataclass(slots=True)
-class _Series:
-    key: SeriesKey
-    native: str
-    agg: Aggregator
-    step_us: int
-    next_needed_us: int | None = None
-    last_close: Decimal | None = None
-    #: [next_needed, live_from) still to fetch; live_from is the first bar built from trades.
-    pending_until_us: int | None = None
-    retry_at: float = 0.0
-
-
-@dataclass(slots=True)
-class FeedStats:
-    """Counters of one exchange feed (also exported as Prometheus metrics)."""
-
-    messages: Counter[str] = field(default_factory=Counter)
-    malformed: Counter[str] = field(default_factory=Counter)
-    trades: int = 0
-    unknown_symbol: int = 0
-    future_trades: int = 0
-    backfilled_bars: int = 0
-    backfill_failures: int = 0
-    subscriptions: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "messages": dict(self.messages),
-            "malformed": dict(self.malformed),
-            "trades": self.trades,
-            "unknown_symbol": self.unknown_symbol,
-            "future_trades": self.future_trades,
-            "backfilled_bars": self.backfilled_bars,
-            "backfill_failures": self.backfill_failures,
-            "subscriptions": self.subscriptions,
-        }
-
-
 class _Feed:
-    """The processing side of one connection."""
+    """The shell of one connection: socket events into the session, its actions executed."""
 
     def __init__(self, ingest: Ingest, spec: FeedSpec) -> None:
         self.ingest = ingest
         self.spec = spec
-        self.protocol: ExchangeProtocol = get_protocol(spec.exchange)
+        self.protocol = get_protocol(spec.exchange)
         opts = ingest.options
-        self.series: list[_Series] = []
-        self.by_native: dict[str, list[_Series]] = defaultdict(list)
-        for key in spec.series:
-            native = self.protocol.native_symbol(key.symbol)
-            s = _Series(
-                key,
-                native,
-                Aggregator(key, grace_s=opts.grace_s, late_allowance_s=opts.late_allowance_s),
-                interval_seconds(key.interval) * 1_000_000,
-            )
-            s.agg.interrupt()  # nothing is observed before the first subscription
-            self.series.append(s)
-            self.by_native[native].append(s)
-        self.natives = list(self.by_native)
+        self.session = FeedSession(
+            self.protocol,
+            spec.series,
+            SessionOptions(
+                grace_s=opts.grace_s,
+                late_allowance_s=opts.late_allowance_s,
+                max_future_s=opts.max_future_s,
+                backfill_days=opts.backfill_days,
+                stall_timeout_s=opts.stall_timeout_s,
+                backfill_retry_s=ingest.backfill_retry_s,
+                rest_poll_s=ingest.rest_poll_s,
+                max_candles=self.protocol.max_candles,
+            ),
+            wall_clock=ingest.clock is not None,
+        )
         self.connection = FeedConnection(
             self.protocol,
-            self.natives,
+            self.session.natives,
             opts,
             url=spec.ws_url,
             capture=None,
@@ -157,26 +120,24 @@ class _Feed:
         self.rest = RestClient(
             self.protocol, spec.rest_url, timeout_s=opts.rest_timeout_s, min_interval_s=ingest.rest_min_interval_s
         )
-        self.stats = FeedStats()
-        self._acks_needed = 0
-        self._up_at: float | None = None  # monotonic time of 'up' while awaiting acknowledgements
-        self._await_feed_time = False
-        self._feed_time_us = 0
-        self._last_msg_stamp: float | None = None
-        self._connected = False
-        self._next_poll = 0.0  # REST-only polling while the websocket is down
-        self._logged: Counter[str] = Counter()
+        self._exported: Counter[str] = Counter()  # what of the session's counters is in metrics
 
-    # --- time ------------------------------------------------------------------------------------
-    def _now_us(self, stamp: float | None) -> int | None:
-        if self.ingest.clock is None:
-            return self._feed_time_us or None
-        return int((stamp if stamp is not None else self.ingest.clock()) * 1_000_000)
+    @property
+    def stats(self) -> FeedStats:
+        return self.session.stats
+
+    @property
+    def series(self) -> list[SeriesState]:
+        return self.session.series
 
     # --- main loop -------------------------------------------------------------------------------
     async def run(self) -> None:
         conn_task = asyncio.create_task(self.connection.run(), name=f"feed:{self.spec.exchange}")
         me = asyncio.current_task()
+        session = self.session
+        queue = self.connection.queue
+        clock = self.ingest.clock
+        mono = time.monotonic
         try:
             while not self.ingest._stop.is_set():
                 # Python 3.11's wait_for can swallow a cancellation that lands as the queue yields
@@ -184,214 +145,94 @@ class _Feed:
                 if me is not None and me.cancelling():
                     raise asyncio.CancelledError
                 try:
-                    ev = await asyncio.wait_for(self.connection.queue.get(), self.ingest.tick_s)
-                except TimeoutError:
-                    await self._tick()
-                    continue
+                    ev = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    try:
+                        ev = await asyncio.wait_for(queue.get(), self.ingest.tick_s)
+                    except TimeoutError:
+                        await self._execute(session.tick(clock() if clock else None, mono()))
+                        self._export_metrics()
+                        continue
                 if ev.kind == "message":
-                    await self._message(ev)
+                    actions = session.message(ev.text, ev.received, mono())
                 elif ev.kind == "up":
-                    self._up(ev)
+                    actions = session.up(ev.received, mono())
                 else:
-                    await self._down(ev)
+                    actions = session.down(mono())
+                    log.info(
+                        "feed down; bars resume after resubscription",
+                        extra={"exchange": self.spec.exchange, "reason": ev.reason},
+                    )
+                if actions:
+                    await self._execute(actions)
         finally:
+            session.close()
+            self._export_metrics()
             self.connection.stop()
             conn_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await conn_task
 
-    def _up(self, ev: FeedEvent) -> None:
-        self._acks_needed = self.protocol.expected_acks(self.natives)
-        self._up_at = time.monotonic()
-        self._last_msg_stamp = ev.received
-        self._connected = True
-        self._await_feed_time = False
+    async def _execute(self, actions: list[Action]) -> None:
+        """Carry out the session's actions in order (a backfill's own actions run before the next)."""
+        for a in actions:
+            if type(a) is Publish:
+                self._count_bars(a.updates)
+                await self.ingest.publish(a.updates)
+            elif type(a) is Backfill:
+                await self._backfill(a)
+            elif type(a) is Rejected:
+                self._log_rejected(a)
+            elif type(a) is Reconnect:
+                log.warning("reconnecting", extra={"exchange": self.spec.exchange, "reason": a.reason})
+                self.connection.reconnect()
 
-    async def _down(self, ev: FeedEvent) -> None:
-        # The drop happened some time before we noticed it. Bars are proven complete only up to the
-        # last message received (minus grace); any closed after that by the clock alone are suspect
-        # and fetched again from REST after the reconnect (the upsert corrects them if needed).
-        last = self._now_us(self._last_msg_stamp)
-        grace_us = int(self.ingest.options.grace_s * 1_000_000)
-        for s in self.series:
-            if last is not None and s.next_needed_us is not None:
-                s.next_needed_us = min(s.next_needed_us, s.agg.floor(last - grace_us))
-            s.agg.interrupt()
-        self._connected = False
-        self._next_poll = time.monotonic() + self.ingest.rest_poll_s
-        self._up_at = None
-        self._await_feed_time = False
-        log.info(
-            "feed down; bars resume after resubscription", extra={"exchange": self.spec.exchange, "reason": ev.reason}
-        )
-
-    async def _rest_only(self) -> None:
-        """While the websocket is down, keep bars flowing from REST (a periodic backfill)."""
-        clock = self.ingest.clock
-        if clock is None or self._connected or time.monotonic() < self._next_poll:
-            return
-        self._next_poll = time.monotonic() + self.ingest.rest_poll_s
-        now_us = int(clock() * 1_000_000)
-        grace_us = int(self.ingest.options.grace_s * 1_000_000)
-        for s in self.series:
-            self._ensure_start(s, now_us)
-            await self._backfill(s, s.agg.floor(now_us - grace_us))
-
-    def _ensure_start(self, s: _Series, now_us: int) -> None:
-        if s.next_needed_us is None:
-            history = max(self.ingest.options.backfill_days * 86_400_000_000, MIN_HISTORY_BARS * s.step_us)
-            s.next_needed_us = s.agg.floor(int(now_us - history))
-
-    async def _tick(self) -> None:
-        await self._rest_only()
-        if self._up_at is not None and time.monotonic() - self._up_at > ACK_TIMEOUT_S and not self._await_feed_time:
-            log.warning(
-                "no subscription acknowledgement; treating the stream as live", extra={"exchange": self.spec.exchange}
-            )
-            await self._subscribed(self.ingest.clock() if self.ingest.clock else None)
-        now = self._now_us(None)
-        if now is None:
-            return
-        await self._due_backfills(now)
-        for s in self.series:
-            if not s.agg.suspended:
-                await self.ingest.publish(self._closed(s, s.agg.advance(now)))
-
-    async def _message(self, ev: FeedEvent) -> None:
-        res: ParseResult = self.protocol.parse(ev.text)
-        self._last_msg_stamp = ev.received
-        st = self.stats
-        st.messages[res.kind] += 1
-        metrics.MESSAGES.labels(self.spec.exchange, res.kind).inc()
-        if res.kind == "malformed" or res.kind == "error":
-            self._log_bad(res, ev.text)
-        elif res.kind == "ack" and self._up_at is not None:
-            self._acks_needed -= 1
-            if self._acks_needed <= 0:
-                await self._subscribed(ev.received if self.ingest.clock is not None else None)
-        if res.reconnect:
-            self.connection.reconnect()
-        if res.time_us is not None and res.time_us > self._feed_time_us:
-            self._feed_time_us = res.time_us
-        if res.trades:
-            await self._trades(res.trades, ev.received)
-        elif self._await_feed_time and res.time_us is not None:
-            await self._resume_all(res.time_us)
-        now = self._now_us(ev.received)
-        if now is not None:
-            await self._due_backfills(now)
-            for s in self.series:
-                if not s.agg.suspended:
-                    ups = s.agg.advance(now)
-                    if ups:
-                        await self.ingest.publish(self._closed(s, ups))
-
-    async def _trades(self, trades: Sequence[Trade], received: float) -> None:
-        st = self.stats
-        clock = self.ingest.clock
-        limit = int((received + self.ingest.options.max_future_s) * 1_000_000) if clock is not None else None
-        for tr in trades:
-            st.trades += 1
-            targets = self.by_native.get(tr.native_symbol)
-            if not targets:
-                st.unknown_symbol += 1
-                continue
-            if limit is not None and tr.time_us > limit:
-                st.future_trades += 1
-                continue
-            if tr.time_us > self._feed_time_us:
-                self._feed_time_us = tr.time_us
-            if self._await_feed_time:
-                await self._resume_all(tr.time_us)
-            now = self._now_us(received)
-            if now is not None:
-                await self._due_backfills(max(now, tr.time_us))
-            for s in targets:
-                ups = s.agg.add(tr)
-                if ups:
-                    await self.ingest.publish(self._closed(s, ups))
-        metrics.TRADES.labels(self.spec.exchange, "all").inc(len(trades))
-
-    # --- subscription and backfill ------------------------------------------------------------
-    async def _subscribed(self, at: float | None) -> None:
-        self._up_at = None
-        self.stats.subscriptions += 1
-        if at is None:  # feed clock: live from the first time the feed tells us
-            self._await_feed_time = True
-            return
-        await self._resume_all(int(at * 1_000_000))
-
-    async def _resume_all(self, observed_us: int) -> None:
-        self._await_feed_time = False
-        grace_us = int(self.ingest.options.grace_s * 1_000_000)
-        for s in self.series:
-            s.agg.resume(observed_us, s.last_close)
-            live_from = s.agg.cursor_us
-            assert live_from is not None
-            self._ensure_start(s, observed_us)
-            s.pending_until_us = live_from
-            s.retry_at = 0.0
-            # what has closed already can be fetched now; the partial interval once it is over
-            await self._backfill(s, s.agg.floor(observed_us - grace_us))
-
-    async def _due_backfills(self, now_us: int) -> None:
-        grace_us = int(self.ingest.options.grace_s * 1_000_000)
-        for s in self.series:
-            due = s.pending_until_us is not None and now_us >= s.pending_until_us + grace_us
-            if due and time.monotonic() >= s.retry_at:
-                assert s.pending_until_us is not None
-                await self._backfill(s, s.pending_until_us, final=True)
-
-    async def _backfill(self, s: _Series, until_us: int, *, final: bool = False) -> None:
-        start_us = s.next_needed_us
-        if start_us is None or until_us <= start_us:
-            if final:
-                s.pending_until_us = None
-            return
+    async def _backfill(self, req: Backfill) -> None:
+        """Fetch `req` page by page; each page is stored before the next is fetched."""
+        session = self.session
+        pages = backfill_pages(self.rest, req.series, req.native, seconds(req.start_us), seconds(req.end_us))
         try:
-            bars = await backfill_bars(self.rest, s.key, s.native, start_us // 1_000_000, until_us // 1_000_000)
+            async for page_end, bars, last in pages:
+                await self._execute(session.backfilled(req, page_end, bars, last=last))
         except BackfillError as exc:
-            self.stats.backfill_failures += 1
-            s.retry_at = time.monotonic() + self.ingest.backfill_retry_s
-            log.warning("backfill failed; will retry", extra={"series": str(s.key), "error": str(exc)})
-            return
-        self.stats.backfilled_bars += len(bars)
-        s.next_needed_us = max(s.next_needed_us or 0, until_us)
-        if final:
-            s.pending_until_us = None
-        if bars:
-            s.last_close = bars[-1].close
-            s.agg.set_last_close(bars[-1].close)
-            await self.ingest.publish([BarUpdate(b, "backfilled") for b in bars])
+            log.warning("backfill failed; will retry", extra={"series": str(req.series), "error": str(exc)})
+            await self._execute(session.backfill_failed(req, time.monotonic()))
 
-    def _closed(self, s: _Series, ups: list[BarUpdate]) -> list[BarUpdate]:
-        for u in ups:
+    def _count_bars(self, updates: list[BarUpdate]) -> None:
+        for u in updates:
             if u.kind == "closed":
-                end = to_unix(u.bar.open_time) * 1_000_000 + s.step_us
-                if s.next_needed_us is None or end > s.next_needed_us:
-                    s.next_needed_us = end
-                s.last_close = u.bar.close
-                metrics.BARS_CLOSED.labels(str(s.key)).inc()
-            else:
-                metrics.LATE_TRADES.labels(str(s.key), "amended").inc()
-        return ups
+                metrics.BARS_CLOSED.labels(f"{u.bar.exchange}:{u.bar.symbol}:{u.bar.interval}").inc()
+            elif u.kind == "amended":
+                metrics.LATE_TRADES.labels(f"{u.bar.exchange}:{u.bar.symbol}:{u.bar.interval}", "amended").inc()
 
-    def _log_bad(self, res: ParseResult, text: str | bytes) -> None:
-        reason = res.reason or res.kind
-        if res.kind == "malformed":
-            self.stats.malformed[reason] += 1
-            metrics.MALFORMED.labels(self.spec.exchange, reason.split(":")[0]).inc()
-        self._logged[reason] += 1
-        n = self._logged[reason]
-        if n <= LOG_FIRST or n % 1000 == 0:
-            raw = text if isinstance(text, str) else text.decode("utf-8", "replace")
+    def _export_metrics(self) -> None:
+        """Session counters into Prometheus (per tick, not per frame: the hot path stays plain ints)."""
+        ex = self.spec.exchange
+        st = self.session.stats
+        done = self._exported
+        for kind, n in st.messages.items():
+            if n > done[kind]:
+                metrics.MESSAGES.labels(ex, kind).inc(n - done[kind])
+                done[kind] = n
+        for reason, n in st.malformed.items():
+            key = "malformed:" + reason
+            if n > done[key]:
+                metrics.MALFORMED.labels(ex, reason.split(":")[0]).inc(n - done[key])
+                done[key] = n
+        if st.trades > done["trades"]:
+            metrics.TRADES.labels(ex, "all").inc(st.trades - done["trades"])
+            done["trades"] = st.trades
+
+    def _log_rejected(self, r: Rejected) -> None:
+        if FeedSession.should_log(r):
+            raw = r.text if isinstance(r.text, str) else r.text.decode("utf-8", "replace")
             log.warning(
                 "skipped %s message",
-                res.kind,
+                r.kind,
                 extra={
                     "exchange": self.spec.exchange,
-                    "reason": reason,
-                    "count": n,
+                    "reason": r.reason,
+                    "count": r.count,
                     "raw": raw[:200] + ("…" if len(raw) > 200 else ""),
                 },
             )
@@ -473,7 +314,9 @@ class Ingest:
             f.spec.exchange: {
                 **f.stats.as_dict(),
                 "connects": f.connection.connects,
+                "reconnects": f.connection.reconnects,
                 "resyncs": f.connection.resyncs,
+                "state": f.session.state.value,
                 "series": {str(s.key): s.agg.stats.as_dict() for s in f.series},
             }
             for f in self.feeds
@@ -506,8 +349,7 @@ class Ingest:
             for s in f.series:
                 bar = newest.get(s.key)
                 if bar is not None:
-                    s.next_needed_us = to_unix(bar.open_time) * 1_000_000 + s.step_us
-                    s.last_close = bar.close
+                    f.session.restore(s.key, bar)
                     log.info(
                         "resuming after stored bars", extra={"series": str(s.key), "latest": bar.open_time.isoformat()}
                     )

@@ -1,5 +1,8 @@
 """Structured logging for an operator: text for a terminal, JSON lines for journald/shippers.
 
+One format for the daemon, uvicorn, APScheduler and the training child; never ANSI colours
+(uvicorn's `color_message` extra is dropped), so journald and pipes get plain lines.
+
 Pass context as `extra={...}`; it is rendered as key=value pairs (text) or fields (JSON).
 """
 
@@ -13,10 +16,12 @@ from typing import Any
 import orjson
 
 _STD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "taskName"}
+#: uvicorn attaches an ANSI-coloured copy of its message; one plain format has no use for it.
+_DROP = {"color_message"}
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in record.__dict__.items() if k not in _STD and not k.startswith("_")}
+    return {k: v for k, v in record.__dict__.items() if k not in _STD and k not in _DROP and not k.startswith("_")}
 
 
 class JsonFormatter(logging.Formatter):
@@ -53,3 +58,8 @@ def configure(level: str = "info", fmt: str = "text") -> None:
     root.setLevel(level.upper())
     for noisy in ("websockets", "apscheduler", "alembic", "uvicorn.access", "matplotlib", "h5py"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # one format for everything: libraries that bring their own handlers log through ours instead
+    for name in ("uvicorn", "uvicorn.error", "apscheduler", "apscheduler.scheduler", "alembic"):
+        lib = logging.getLogger(name)
+        lib.handlers.clear()
+        lib.propagate = True

@@ -35,6 +35,11 @@ LIVE_MAE = Gauge("barcast_live_mae", "Rolling live MAE (price units)", ["series"
                  registry=REGISTRY)
 PERSISTENCE_MAE = Gauge("barcast_live_persistence_mae", "Persistence baseline's MAE on the same bars",
                         ["series", "step"], registry=REGISTRY)
+LIVE_PINBALL = Gauge("barcast_live_pinball", "Rolling live pinball loss, mean over the quantile levels (price units)",
+                     ["series", "model", "step"], registry=REGISTRY)
+LIVE_COVERAGE = Gauge("barcast_live_coverage",
+                      "Fraction of realised closes inside the served central interval [lowest, highest quantile]",
+                      ["series", "model", "step"], registry=REGISTRY)
 DRIFT_FLAG = Gauge("barcast_model_drifting", "1 while a model's live error is above persistence by the margin",
                    ["series", "model"], registry=REGISTRY)
 CHAMPION_AGE = Gauge("barcast_champion_age_seconds", "Age of the serving model", ["series", "model"],

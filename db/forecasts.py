@@ -19,6 +19,7 @@ from db.schema import series_in, series_is
 
 def _rows(f: Forecast, issued_by: str | None = None) -> list[dict[str, Any]]:
     rows = []
+    levels = None if f.levels is None else [float(x) for x in f.levels]
     for i, (t, c) in enumerate(zip(f.target_times, f.closes, strict=True)):
         rows.append(
             {
@@ -36,6 +37,8 @@ def _rows(f: Forecast, issued_by: str | None = None) -> list[dict[str, Any]]:
                 "latency_ms": f.latency_ms,
                 "created_at": f.created_at,
                 "issued_by": issued_by or f.issued_by,
+                "levels": levels,
+                "quantiles": None if f.quantiles is None else [float(v) for v in f.quantiles[i]],
             }
         )
     return rows
@@ -84,6 +87,7 @@ def _assemble(rows: Sequence[Any]) -> list[Forecast]:
             return
         g0 = group[0]
         has_bounds = all(r.lower is not None and r.upper is not None for r in group)
+        has_q = all(r.quantiles is not None and r.levels is not None for r in group)
         out.append(
             Forecast(
                 series=SeriesKey(g0.exchange, g0.symbol, g0.interval),
@@ -97,6 +101,8 @@ def _assemble(rows: Sequence[Any]) -> list[Forecast]:
                 latency_ms=g0.latency_ms,
                 created_at=g0.created_at,
                 issued_by=g0.issued_by,
+                levels=tuple(float(x) for x in g0.levels) if has_q else None,
+                quantiles=tuple(tuple(float(v) for v in r.quantiles) for r in group) if has_q else None,
             )
         )
         group.clear()
@@ -176,3 +182,9 @@ def latest_issued(database: Database, series: Collection[SeriesKey]) -> dict[Ser
     )
     with database.engine.connect() as conn:
         return {SeriesKey(r[0], r[1], r[2]): r[3] for r in conn.execute(stmt)}
+
+
+def forecast_model_ids(database: Database) -> list[str]:
+    """Every model id that has stored forecasts (the valid choices of a `--model` filter)."""
+    with database.engine.connect() as conn:
+        return sorted(conn.execute(select(fc_t.c.model_id).distinct()).scalars())

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from itertools import pairwise
 from typing import Any, Literal, overload
 
 from db.errors import InputError
@@ -145,6 +146,8 @@ class Forecast:
     `issued_at` is the open time of the last closed bar the model saw; the forecast is
     identified by (series, issued_at, model_id), so storing it twice changes nothing.
     Predicted closes are floats: they come out of a model, not off an exchange.
+    `quantiles` holds, per step, the served (calibrated) quantiles at `levels` (ascending);
+    both are None for point-only forecasts stored before quantiles existed.
     """
 
     series: SeriesKey
@@ -159,10 +162,21 @@ class Forecast:
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     #: The daemon instance that issued it (several daemons share a database); None if unknown.
     issued_by: str | None = None
+    levels: tuple[float, ...] | None = None
+    quantiles: tuple[tuple[float, ...], ...] | None = None
 
     def __post_init__(self) -> None:
         if len(self.target_times) != len(self.closes):
             raise ValueError("forecast target_times and closes differ in length")
+        if (self.levels is None) != (self.quantiles is None):
+            raise ValueError("forecast levels and quantiles come together")
+        if self.quantiles is not None and self.levels is not None:
+            if len(self.quantiles) != len(self.closes):
+                raise ValueError("forecast quantiles and closes differ in length")
+            if any(len(q) != len(self.levels) for q in self.quantiles):
+                raise ValueError(f"forecast quantiles must have {len(self.levels)} values per step")
+            if any(b < a for q in self.quantiles for a, b in pairwise(q)):
+                raise ValueError("forecast quantiles must be ascending at every step")
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +193,27 @@ class ForecastScore:
     error: float  # predicted - actual
     persistence_error: float  # last_close - actual, the baseline on the same bars
     scored_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    #: Probabilistic scores (None for a point-only forecast): pinball loss per level of
+    #: `levels`, whether the actual fell inside [lowest, highest] quantile, that width.
+    levels: tuple[float, ...] | None = None
+    pinball: tuple[float, ...] | None = None
+    inside: bool | None = None
+    width: float | None = None
+
+    @property
+    def pinball_mean(self) -> float | None:
+        return None if not self.pinball else sum(self.pinball) / len(self.pinball)
+
+
+@dataclass(frozen=True, slots=True)
+class CalibrationState:
+    """Persisted online-calibration state of one (series, model); `state` is the calibrator's
+    own JSON document (trainer.calibration.Calibrator.to_dict)."""
+
+    series: SeriesKey
+    model_id: str
+    state: dict[str, Any]
+    updated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     ColumnElement,
     Float,
@@ -107,6 +108,9 @@ forecasts = Table(
     Column("latency_ms", Float(53), nullable=True),
     Column("created_at", UtcDateTime(), nullable=False),
     Column("issued_by", String(200), nullable=True),  # the daemon instance that issued it
+    # served (calibrated) quantiles of this step at `levels`, ascending; NULL on point-only rows
+    Column("levels", JSON(), nullable=True),
+    Column("quantiles", JSON(), nullable=True),
     Index("ix_forecasts_issued_at", "issued_at"),
     Index("ix_forecasts_series_target", "exchange", "symbol", "interval", "target_time"),
 )
@@ -123,6 +127,11 @@ forecast_scores = Table(
     Column("error", Float(53), nullable=False),  # predicted - actual
     Column("persistence_error", Float(53), nullable=False),  # last_close - actual
     Column("scored_at", UtcDateTime(), nullable=False),
+    # probabilistic scores, NULL where the forecast had no quantiles:
+    Column("pinball", JSON(), nullable=True),  # {"0.1": loss, ...} per level
+    Column("pinball_mean", Float(53), nullable=True),  # mean over the levels (WIS = 2x)
+    Column("inside", Boolean(), nullable=True),  # actual within [lowest, highest] quantile
+    Column("width", Float(53), nullable=True),  # highest - lowest quantile
     ForeignKeyConstraint(
         ["exchange", "symbol", "interval", "issued_at", "model_id", "step"],
         [
@@ -200,4 +209,14 @@ series_leases = Table(
     Column("token", BigInteger(), nullable=False),
     Column("acquired_at", UtcDateTime(), nullable=False),
     Column("expires_at", UtcDateTime(), nullable=False),
+)
+
+calibration = Table(
+    "calibration",
+    metadata,
+    # online conformal calibration state of one (series, model), so a restart keeps it
+    *_series_columns(),
+    Column("model_id", String(128), primary_key=True),
+    Column("state", JSON(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
 )

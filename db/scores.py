@@ -7,21 +7,32 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import Float, Integer, and_, cast, func, select
 
+from db.calibration import save_states
 from db.cluster import Fence, lease_filter
 from db.dialect import chunks, insert_for
 from db.engine import Database
-from db.records import ForecastScore, SeriesKey
+from db.records import CalibrationState, ForecastScore, SeriesKey
 from db.schema import bars as bars_t
 from db.schema import forecast_scores as sc_t
 from db.schema import forecasts as fc_t
 from db.schema import series_in, series_is
 
 
-def insert_scores(database: Database, scores: Iterable[ForecastScore], *, fence: Fence | None = None) -> int:
-    """Store scores; a step already scored is left as it was. Returns rows newly written.
-    With `fence`, scores of series this daemon no longer owns are refused."""
+def _pinball_doc(s: ForecastScore) -> dict[str, float] | None:
+    if s.pinball is None or s.levels is None:
+        return None
+    return {repr(float(level)): float(v) for level, v in zip(s.levels, s.pinball, strict=True)}
+
+
+def insert_scores(
+    database: Database, scores: Iterable[ForecastScore], calibration: Iterable[CalibrationState] = (), *,
+    fence: Fence | None = None,
+) -> int:
+    """Store scores, and the calibration states they moved, in one transaction; a step already
+    scored is left as it was. Returns rows newly written. With `fence` (daemons sharing the
+    database), scores of series this daemon no longer owns are refused."""
     rows = [
         {
             "exchange": s.series.exchange,
@@ -35,10 +46,18 @@ def insert_scores(database: Database, scores: Iterable[ForecastScore], *, fence:
             "error": s.error,
             "persistence_error": s.persistence_error,
             "scored_at": s.scored_at,
+            "pinball": _pinball_doc(s),
+            "pinball_mean": s.pinball_mean,
+            "inside": s.inside,
+            "width": s.width,
         }
         for s in scores
     ]
+    states = list(calibration)
     if not rows:
+        if states:
+            with database.begin() as conn:
+                save_states(database, conn, states)
         return 0
     stmt = (
         insert_for(database, sc_t)
@@ -50,6 +69,7 @@ def insert_scores(database: Database, scores: Iterable[ForecastScore], *, fence:
         rows = lease_filter(conn, fence, rows, "scores")
         for batch in chunks(rows, 2000):
             written += len(conn.execute(stmt, batch).all())
+        save_states(database, conn, states)
     return written
 
 
@@ -65,6 +85,8 @@ class Unscored:
     predicted: float
     last_close: Any
     actual: Any
+    levels: tuple[float, ...] | None = None
+    quantiles: tuple[float, ...] | None = None
 
 
 def unscored_steps(
@@ -93,7 +115,7 @@ def unscored_steps(
         cond.append(f.c.issued_at >= issued_since)
     stmt = (
         select(f.c.exchange, f.c.symbol, f.c.interval, f.c.issued_at, f.c.model_id, f.c.step, f.c.target_time,
-               f.c.predicted, f.c.last_close, b.c.close)
+               f.c.predicted, f.c.last_close, b.c.close, f.c.levels, f.c.quantiles)
         .select_from(f.join(b, join_bar).outerjoin(s, join_score))
         .where(and_(*cond))
         .order_by(f.c.exchange, f.c.symbol, f.c.interval, f.c.issued_at, f.c.model_id, f.c.step)
@@ -102,19 +124,31 @@ def unscored_steps(
     with database.engine.connect() as conn:
         return [
             Unscored(by_key[(r.exchange, r.symbol, r.interval)], r.issued_at, r.model_id, r.step, r.target_time,
-                     r.predicted, r.last_close, r.close)
+                     r.predicted, r.last_close, r.close,
+                     None if r.levels is None or r.quantiles is None else tuple(float(x) for x in r.levels),
+                     None if r.levels is None or r.quantiles is None else tuple(float(x) for x in r.quantiles))
             for r in conn.execute(stmt)
         ]
 
 
 @dataclass(frozen=True, slots=True)
 class StepAccuracy:
+    """Live scores of one (series, model, step). The probabilistic ones are over the `n_quantile`
+    scored steps that had quantiles (None when none had): mean pinball loss over the levels, the
+    fraction of actuals inside [lowest, highest] quantile, the mean width of that interval, and
+    (with `per_level`) the mean pinball loss per level, keyed by the level."""
+
     series: SeriesKey
     model_id: str
     step: int
     n: int
     mae: float
     persistence_mae: float
+    n_quantile: int = 0
+    pinball_mean: float | None = None
+    coverage: float | None = None
+    width: float | None = None
+    pinball: dict[float, float] | None = None
 
 
 def accuracy(
@@ -123,8 +157,10 @@ def accuracy(
     series: SeriesKey | Collection[SeriesKey] | None = None,
     model_id: str | None = None,
     since: datetime | None = None,
+    per_level: bool = True,
 ) -> list[StepAccuracy]:
-    """Live MAE per (series, model, step) and persistence's MAE on the same bars."""
+    """Live MAE per (series, model, step) and persistence's MAE on the same bars, with the
+    probabilistic scores (`per_level=False` skips the per-level pinball pass, e.g. for gauges)."""
     s = sc_t
     cond: list[Any] = []
     if isinstance(series, SeriesKey):
@@ -135,20 +171,49 @@ def accuracy(
         cond.append(s.c.model_id == model_id)
     if since is not None:
         cond.append(s.c.target_time >= since)
+    where = and_(*cond) if cond else s.c.step.is_not(None)
+    group = (s.c.exchange, s.c.symbol, s.c.interval, s.c.model_id, s.c.step)
     stmt = (
         select(
-            s.c.exchange, s.c.symbol, s.c.interval, s.c.model_id, s.c.step,
+            *group,
             func.count(), func.avg(func.abs(s.c.error)), func.avg(func.abs(s.c.persistence_error)),
+            func.count(s.c.pinball_mean), func.avg(s.c.pinball_mean),
+            func.avg(cast(cast(s.c.inside, Integer), Float)), func.avg(s.c.width),
         )
-        .where(and_(*cond) if cond else s.c.step.is_not(None))
-        .group_by(s.c.exchange, s.c.symbol, s.c.interval, s.c.model_id, s.c.step)
-        .order_by(s.c.exchange, s.c.symbol, s.c.interval, s.c.model_id, s.c.step)
+        .where(where)
+        .group_by(*group)
+        .order_by(*group)
     )
     with database.engine.connect() as conn:
-        return [
-            StepAccuracy(SeriesKey(r[0], r[1], r[2]), r[3], int(r[4]), int(r[5]), float(r[6]), float(r[7]))
-            for r in conn.execute(stmt)
-        ]
+        rows = conn.execute(stmt).all()
+        levels = _per_level(conn, where) if per_level else {}
+
+    def opt(v: Any) -> float | None:
+        return None if v is None else float(v)
+
+    return [
+        StepAccuracy(
+            SeriesKey(r[0], r[1], r[2]), r[3], int(r[4]), int(r[5]), float(r[6]), float(r[7]),
+            int(r[8]), opt(r[9]), opt(r[10]), opt(r[11]), levels.get(tuple(r[:5])),
+        )
+        for r in rows
+    ]
+
+
+def _per_level(conn: Any, where: Any) -> dict[tuple[Any, ...], dict[float, float]]:
+    """Mean pinball loss per level per (series, model, step), over the rows that have one."""
+    s = sc_t
+    stmt = select(s.c.exchange, s.c.symbol, s.c.interval, s.c.model_id, s.c.step, s.c.pinball).where(
+        and_(where, s.c.pinball_mean.is_not(None))
+    )
+    sums: dict[tuple[Any, ...], dict[float, list[float]]] = {}
+    for r in conn.execute(stmt):
+        acc = sums.setdefault(tuple(r[:5]), {})
+        for level, loss in (r.pinball or {}).items():
+            tot = acc.setdefault(float(level), [0.0, 0.0])
+            tot[0] += float(loss)
+            tot[1] += 1.0
+    return {k: {lv: t[0] / t[1] for lv, t in sorted(v.items())} for k, v in sums.items()}
 
 
 def realised_closes(

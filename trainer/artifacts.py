@@ -29,7 +29,8 @@ from trainer.models import ARCHS, Forecaster, build_model, params_dict
 from trainer.params import DataParams, ModelParams
 
 MANIFEST = "manifest.json"
-FORMAT = "barcast-model/1"
+FORMAT = "barcast-model/2"  # 2: quantile outputs, point shrinkage and residual spread
+STATE = "forecaster.npz"
 
 
 def _sha256(path: Path) -> str:
@@ -82,6 +83,7 @@ def save_artifact(model: Forecaster, directory: str | Path) -> Path:
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
+        np.savez(tmp / STATE, **model.state_arrays())  # type: ignore[arg-type]
         model._write(tmp)
         files = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         manifest = {
@@ -92,6 +94,7 @@ def save_artifact(model: Forecaster, directory: str | Path) -> Path:
             "window": model.window,
             "horizon": model.horizon,
             "target": model.data.target,
+            "quantiles": list(model.levels),
             "featurizer": model.featurizer.to_dict() if model.featurizer else None,
             "created_at": datetime.now(UTC).isoformat(),
             "libraries": library_versions(),
@@ -171,8 +174,14 @@ def load_artifact(
             data.features,
         ):
             raise ArtifactError(f"{directory}: scaler description does not match window/horizon/features")
-    elif arch not in ("persistence", "drift"):
+    elif model.uses_featurizer:
         raise ArtifactError(f"{directory}: {arch} artifact has no scaler")
+    try:
+        with np.load(directory / STATE, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"{directory / STATE}: cannot be read: {e}") from None
+    model.load_state_arrays(arrays, str(directory / STATE))
     model._read(directory)
     model.meta = {k: manifest[k] for k in ("series", "training", "metrics", "fit", "train") if k in manifest}
     return model

@@ -68,6 +68,32 @@ class FeatureBatches(keras.utils.PyDataset):  # type: ignore[misc]
         self._reshuffle()
 
 
+@keras.saving.register_keras_serializable(package="barcast")
+class PointQuantileLoss(keras.losses.Loss):  # type: ignore[misc]
+    """MSE of the point head plus the mean pinball loss of the quantile heads.
+
+    `y_pred` is (n, H, 1 + L): [..., 0] the point, [..., 1:] one quantile per level; `y_true`
+    is (n, H). Keras ops only, so it runs on every backend.
+    """
+
+    def __init__(self, levels: tuple[float, ...] | list[float], name: str = "point_quantile", **kwargs: Any) -> None:
+        super().__init__(name=name, **kwargs)
+        self.levels = tuple(float(x) for x in levels)
+
+    def call(self, y_true: Any, y_pred: Any) -> Any:
+        ops = keras.ops
+        y = ops.expand_dims(ops.cast(y_true, y_pred.dtype), -1)
+        point = y_pred[..., :1]
+        q = y_pred[..., 1:]
+        tau = ops.reshape(ops.convert_to_tensor(self.levels, dtype=y_pred.dtype), (1, 1, -1))
+        d = y - q
+        pin = ops.maximum(tau * d, (tau - 1.0) * d)
+        return ops.mean(ops.square(y - point), axis=(-2, -1)) + ops.mean(pin, axis=(-2, -1))
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "levels": list(self.levels)}
+
+
 class RichProgress(keras.callbacks.Callback):  # type: ignore[misc]
     """A progress bar on stderr (stdout stays clean for `--format json`)."""
 
@@ -78,9 +104,10 @@ class RichProgress(keras.callbacks.Callback):  # type: ignore[misc]
 
         self.title = title
         self.epochs = epochs
+        console = Console(stderr=True)  # off (no output at all) when stderr is not a terminal
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-            TextColumn("{task.fields[loss]}"), console=Console(stderr=True), transient=True,
+            TextColumn("{task.fields[loss]}"), console=console, transient=True, disable=not console.is_terminal,
         )
         self.task: Any = None
         self.steps = 0

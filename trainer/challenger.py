@@ -7,7 +7,33 @@ from dataclasses import dataclass
 from trainer.metrics import HorizonMetrics
 
 #: Metrics where larger is better; every other is an error (smaller is better).
-HIGHER_IS_BETTER: frozenset[str] = frozenset({"skill", "directional"})
+HIGHER_IS_BETTER: frozenset[str] = frozenset({"skill", "directional", "prob_skill"})
+#: Central-interval coverage a model must reach (mean over the horizon) to be promoted.
+COVERAGE_BAND: tuple[float, float] = (0.70, 0.90)
+
+
+def coverage_problem(m: HorizonMetrics, band: tuple[float, float] = COVERAGE_BAND) -> str | None:
+    """Why `m`'s central-interval coverage disqualifies it, or None when it is inside `band`."""
+    cov = m.average("coverage")
+    if cov is None:
+        return None
+    lo, hi = band
+    if not lo <= cov <= hi:
+        return f"central-interval coverage {cov:.3f} is outside [{lo:.2f}, {hi:.2f}]"
+    return None
+
+
+def select(
+    candidates: dict[str, HorizonMetrics], *, metric: str = "pinball", band: tuple[float, float] = COVERAGE_BAND
+) -> str | None:
+    """The candidate promotion would choose: best mean `metric` among those whose coverage is
+    inside `band` (None when none qualifies). Scored on validation data, never the test split."""
+    ok = {k: m.average(metric) for k, m in candidates.items() if coverage_problem(m, band) is None}
+    scored = {k: v for k, v in ok.items() if v is not None and v == v}
+    if not scored:
+        return None
+    sign = -1.0 if metric in HIGHER_IS_BETTER else 1.0
+    return min(scored, key=lambda k: sign * scored[k])
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,8 +58,9 @@ def decide(
     champion: HorizonMetrics | None,
     persistence: HorizonMetrics,
     *,
-    metric: str = "mae",
+    metric: str = "pinball",
     margin: float = 0.0,
+    band: tuple[float, float] = COVERAGE_BAND,
 ) -> Decision:
     """Promote the challenger only if, averaged over the horizon, it beats persistence and the
     champion (if any) by `margin` (relative) on `metric`.
@@ -52,6 +79,9 @@ def decide(
     ch = champion.average(metric) if champion is not None else None
     if c is None:
         return Decision(False, f"challenger has no {metric}", metric, c, ch, p)
+    problem = coverage_problem(challenger, band)
+    if problem is not None:
+        return Decision(False, f"challenger {problem}", metric, c, ch, p)
     if p is not None and not _better(c, p, metric, margin):
         return Decision(
             False,

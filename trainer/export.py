@@ -9,6 +9,7 @@ holds more than one chunk of windows in memory.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +27,10 @@ def export_h5(
     *,
     series: str = "",
     chunk_rows: int = 1024,
+    on_rows: Callable[[int, int], None] | None = None,
 ) -> int:
-    """Write every gap-free sample of `bars`; returns the number of rows."""
+    """Write every gap-free sample of `bars`; returns the number of rows. `on_rows(done, total)`
+    is called after each chunk (the CLI's progress bar)."""
     import h5py
 
     path = Path(path)
@@ -56,6 +59,8 @@ def export_h5(
             block = np.asarray(view[starts])
             inputs[lo : lo + len(starts)] = block[:, : data.window]
             outputs[lo : lo + len(starts)] = block[:, data.window :]
+            if on_rows is not None:
+                on_rows(lo + len(starts), n)
         f.attrs["series"] = series
         f.attrs["features"] = np.array(data.features, dtype=h5py.string_dtype())
         f.attrs["window"] = data.window

@@ -12,12 +12,18 @@ Definitions (all per step k = 1..H, over the same forecast origins):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
+from trainer.quantiles import QuantileScores, level_name, probabilistic_skill
+
 METRIC_NAMES: tuple[str, ...] = ("mae", "rmse", "mape", "mase", "skill", "directional")
+#: Probabilistic metrics per step (see `trainer.quantiles`); None for a point-only model.
+#: `prob_skill` = 1 - pinball / pinball(climatology) on the same origins.
+PROB_METRIC_NAMES: tuple[str, ...] = ("pinball", "wis", "coverage", "width", "prob_skill")
+ALL_METRICS: tuple[str, ...] = METRIC_NAMES + PROB_METRIC_NAMES
 
 
 def _tuple(a: np.ndarray) -> tuple[float, ...]:
@@ -33,16 +39,37 @@ class HorizonMetrics:
     mase: tuple[float, ...]
     skill: tuple[float, ...]
     directional: tuple[float, ...] | None
+    levels: tuple[float, ...] | None = None
+    #: Pinball loss per level (L tuples of H), then the probabilistic metrics per step.
+    pinball_levels: tuple[tuple[float, ...], ...] | None = None
+    pinball: tuple[float, ...] | None = None
+    wis: tuple[float, ...] | None = None
+    coverage: tuple[float, ...] | None = None
+    width: tuple[float, ...] | None = None
+    prob_skill: tuple[float, ...] | None = None
 
     @property
     def horizon(self) -> int:
         return len(self.mae)
 
     def per_step(self, name: str) -> tuple[float, ...] | None:
-        if name not in METRIC_NAMES:
-            raise KeyError(f"unknown metric {name!r}; known: {', '.join(METRIC_NAMES)}")
+        if name not in ALL_METRICS:
+            raise KeyError(f"unknown metric {name!r}; known: {', '.join(ALL_METRICS)}")
         value: tuple[float, ...] | None = getattr(self, name)
         return value
+
+    def with_quantiles(self, scores: QuantileScores, reference: tuple[float, ...] | None) -> HorizonMetrics:
+        """These metrics plus probabilistic ones; `reference` is climatology's mean pinball per step."""
+        return replace(
+            self,
+            levels=scores.levels,
+            pinball_levels=scores.pinball,
+            pinball=scores.pinball_mean,
+            wis=scores.wis,
+            coverage=scores.coverage,
+            width=scores.width,
+            prob_skill=None if reference is None else probabilistic_skill(scores.pinball_mean, reference),
+        )
 
     def average(self, name: str) -> float | None:
         steps = self.per_step(name)
@@ -50,10 +77,16 @@ class HorizonMetrics:
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"n": self.n}
-        for name in METRIC_NAMES:
+        for name in ALL_METRICS:
             steps = self.per_step(name)
             d[name] = None if steps is None else list(steps)
-        d["mean"] = {name: self.average(name) for name in METRIC_NAMES}
+        d["levels"] = None if self.levels is None else list(self.levels)
+        d["pinball_levels"] = (
+            None
+            if self.pinball_levels is None or self.levels is None
+            else {level_name(lv): list(v) for lv, v in zip(self.levels, self.pinball_levels, strict=True)}
+        )
+        d["mean"] = {name: self.average(name) for name in ALL_METRICS}
         return d
 
     @classmethod
@@ -61,6 +94,11 @@ class HorizonMetrics:
         def steps(name: str) -> tuple[float, ...]:
             return tuple(float(v) for v in d[name])
 
+        def maybe(name: str) -> tuple[float, ...] | None:
+            return None if d.get(name) is None else steps(name)
+
+        levels = None if d.get("levels") is None else tuple(float(v) for v in d["levels"])
+        by_level = d.get("pinball_levels")
         return cls(
             int(d["n"]),
             steps("mae"),
@@ -68,7 +106,16 @@ class HorizonMetrics:
             steps("mape"),
             steps("mase"),
             steps("skill"),
-            None if d.get("directional") is None else steps("directional"),
+            maybe("directional"),
+            levels,
+            None
+            if by_level is None or levels is None
+            else tuple(tuple(float(v) for v in by_level[level_name(lv)]) for lv in levels),
+            maybe("pinball"),
+            maybe("wis"),
+            maybe("coverage"),
+            maybe("width"),
+            maybe("prob_skill"),
         )
 
 

@@ -1,30 +1,35 @@
-"""One factory, one interface: every model — the study's networks, linear regression and the
-persistence / drift baselines — answers `fit`, `predict_batch`, `save` and `load`.
+"""One factory, one interface: every model — the study's networks, linear regression, the
+`har` volatility model and the persistence / drift / climatology baselines — answers
+`fit` and `predict_batch` (see `trainer.forecaster`); `trainer.artifacts` saves and loads them.
 
-`predict_batch` takes RAW windows `(n, window, features)` (prices as stored, oldest first)
-and returns `(n, horizon)` predicted closes in price units; all scaling lives inside the
-model (its `Featurizer`), so callers never touch it. Keras is imported lazily and only
-through Keras 3 APIs, so the same code runs on the TensorFlow, JAX and PyTorch backends.
+Networks have two heads trained together: the point forecast (MSE) and one output per
+quantile level (pinball loss), both on scaled log-return targets. Keras is imported lazily
+and only through Keras 3 APIs, so the same code runs on TensorFlow, JAX and PyTorch.
 """
 
 from __future__ import annotations
 
-import time
-from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from db.errors import ArtifactError, InputError
+from trainer.baselines import Climatology, Drift, Persistence
 from trainer.datasets import SampleSource, iter_batches
 from trainer.features import Featurizer, fit_featurizer, input_length
+from trainer.forecaster import FitReport, Forecaster
 from trainer.params import DataParams, ModelParams, TrainParams
+from trainer.volatility import HAR_FEATURES, Har
 
 KERAS_ARCHS: tuple[str, ...] = ("lstm", "gru", "cnn2", "cnn3", "cnn4")
-ARCHS: tuple[str, ...] = (*KERAS_ARCHS, "linear", "persistence", "drift")
-BASELINES: frozenset[str] = frozenset({"persistence", "drift"})
+BASELINES: frozenset[str] = frozenset({"persistence", "drift", "climatology"})
+ARCHS: tuple[str, ...] = (*KERAS_ARCHS, "linear", "har", *sorted(BASELINES))
+#: The model that serves before any model is trained, and the point-forecast reference.
+PERSISTENCE = "persistence"
+#: The reference of probabilistic skill.
+CLIMATOLOGY = "climatology"
 
 #: The study's Conv1D stacks as (kernel, stride); with 256 inputs each ends at length 16.
 CNN_LAYERS: dict[str, tuple[tuple[int, int], ...]] = {
@@ -32,151 +37,6 @@ CNN_LAYERS: dict[str, tuple[tuple[int, int], ...]] = {
     "cnn3": ((8, 3), (8, 2), (8, 2)),
     "cnn4": ((2, 2), (2, 2), (2, 2), (2, 2)),
 }
-
-
-@dataclass(frozen=True, slots=True)
-class FitReport:
-    epochs: int
-    best_epoch: int | None
-    loss: tuple[float, ...]
-    val_loss: tuple[float, ...]
-    seconds: float
-    samples: int
-
-    @property
-    def samples_per_second(self) -> float:
-        return self.samples * self.epochs / self.seconds if self.seconds > 0 else float("nan")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "epochs": self.epochs,
-            "best_epoch": self.best_epoch,
-            "loss": list(self.loss),
-            "val_loss": list(self.val_loss),
-            "seconds": self.seconds,
-            "samples": self.samples,
-        }
-
-
-_NO_FIT = FitReport(0, None, (), (), 0.0, 0)
-
-
-class Forecaster(ABC):
-    """A model of `arch` that maps raw windows to predicted closes.
-
-    `meta` carries what training learned about the data (range, fingerprint, train params,
-    metrics); `save` writes it into the artifact manifest.
-    """
-
-    def __init__(self, arch: str, params: ModelParams, data: DataParams) -> None:
-        self.arch = arch
-        self.params = params
-        self.data = data
-        self.featurizer: Featurizer | None = None
-        self.meta: dict[str, Any] = {}
-
-    @property
-    def window(self) -> int:
-        return self.data.window
-
-    @property
-    def horizon(self) -> int:
-        return self.data.horizon
-
-    @property
-    def features(self) -> tuple[str, ...]:
-        return self.data.features
-
-    @property
-    def fitted(self) -> bool:
-        return True
-
-    def _check(self, windows: np.ndarray) -> np.ndarray:
-        raw = np.asarray(windows, dtype=np.float64)
-        if raw.ndim != 3 or raw.shape[1:] != (self.window, len(self.features)):
-            raise InputError(
-                f"{self.arch}: windows of shape {raw.shape} given; it takes (n, {self.window}, "
-                f"{len(self.features)}) raw {'/'.join(self.features)} windows"
-            )
-        if not self.fitted:
-            raise InputError(f"{self.arch}: model is not fitted")
-        return raw
-
-    @abstractmethod
-    def fit(
-        self,
-        train: SampleSource,
-        val: SampleSource | None,
-        params: TrainParams,
-        *,
-        log_csv: Path | None = None,
-        progress: bool = False,
-    ) -> FitReport:
-        """Fit scalers and weights on `train`, stop early on `val` loss; returns the epoch history."""
-
-    @abstractmethod
-    def predict_batch(self, windows: np.ndarray) -> np.ndarray:
-        """Predicted closes (n, horizon) in price units for raw windows (n, window, features)."""
-
-    def save(self, directory: str | Path) -> Path:
-        """Write the artifact (weights, scaler, manifest) into `directory` atomically."""
-        from trainer.artifacts import save_artifact
-
-        return save_artifact(self, directory)
-
-    @staticmethod
-    def load(directory: str | Path) -> Forecaster:
-        from trainer.artifacts import load_artifact
-
-        return load_artifact(directory)
-
-    # The artifact layer calls these two; each model stores only what is its own.
-    def _write(self, directory: Path) -> None:
-        return None
-
-    def _read(self, directory: Path) -> None:
-        return None
-
-
-class Persistence(Forecaster):
-    """Tomorrow is today: the last close, repeated."""
-
-    def fit(
-        self,
-        train: SampleSource,
-        val: SampleSource | None,
-        params: TrainParams,
-        *,
-        log_csv: Path | None = None,
-        progress: bool = False,
-    ) -> FitReport:
-        return _NO_FIT
-
-    def predict_batch(self, windows: np.ndarray) -> np.ndarray:
-        raw = self._check(windows)
-        last = raw[:, -1, self.data.close_index]
-        return np.repeat(last[:, None], self.horizon, axis=1)
-
-
-class Drift(Forecaster):
-    """The last close plus the window's average change per bar, extended linearly."""
-
-    def fit(
-        self,
-        train: SampleSource,
-        val: SampleSource | None,
-        params: TrainParams,
-        *,
-        log_csv: Path | None = None,
-        progress: bool = False,
-    ) -> FitReport:
-        return _NO_FIT
-
-    def predict_batch(self, windows: np.ndarray) -> np.ndarray:
-        raw = self._check(windows)
-        close = raw[:, :, self.data.close_index]
-        slope = (close[:, -1] - close[:, 0]) / (self.window - 1)
-        return close[:, -1:] + slope[:, None] * np.arange(1, self.horizon + 1)
 
 
 def _fit_featurizer(source: SampleSource, data: DataParams) -> Featurizer:
@@ -198,27 +58,28 @@ class Linear(Forecaster):
     Only coefficients are stored (npz), never a pickle, so loading an artifact runs no code.
     """
 
+    uses_featurizer = True
+
     def __init__(self, arch: str, params: ModelParams, data: DataParams) -> None:
         super().__init__(arch, params, data)
         self._coef: np.ndarray | None = None
         self._intercept: np.ndarray | None = None
 
     @property
-    def fitted(self) -> bool:
+    def _core_fitted(self) -> bool:
         return self._coef is not None
 
-    def fit(
+    def _fit(
         self,
         train: SampleSource,
         val: SampleSource | None,
         params: TrainParams,
         *,
-        log_csv: Path | None = None,
-        progress: bool = False,
+        log_csv: Path | None,
+        progress: bool,
     ) -> FitReport:
         from sklearn.linear_model import LinearRegression
 
-        t0 = time.perf_counter()
         self.featurizer = f = _fit_featurizer(train, self.data)
         xs, ys = [], []
         for raw, future in iter_batches(train):
@@ -235,17 +96,16 @@ class Linear(Forecaster):
                 strict=True,
             )
             val_loss = (float(np.mean((self._raw_predict(np.concatenate(vx)) - np.concatenate(vy)) ** 2)),)
-        return FitReport(1, 1, (loss,), val_loss, time.perf_counter() - t0, len(train))
+        return FitReport(1, 1, (loss,), val_loss, 0.0, len(train))
 
     def _raw_predict(self, x: np.ndarray) -> np.ndarray:
         assert self._coef is not None and self._intercept is not None
         return np.asarray(x, dtype=np.float64) @ self._coef.T + self._intercept
 
-    def predict_batch(self, windows: np.ndarray) -> np.ndarray:
-        raw = self._check(windows)
+    def _forecast(self, raw: np.ndarray, times: np.ndarray | None) -> tuple[np.ndarray, None]:
         assert self.featurizer is not None
         x = self.featurizer.inputs(raw).reshape(raw.shape[0], -1)
-        return self.featurizer.prices(self._raw_predict(x), raw)
+        return self.featurizer.prices(self._raw_predict(x), raw), None
 
     def _write(self, directory: Path) -> None:
         assert self._coef is not None and self._intercept is not None
@@ -272,13 +132,15 @@ def _activation(name: str) -> Any:
 
 
 def build_network(arch: str, params: ModelParams, data: DataParams) -> Any:
-    """The study's network for `arch`, uncompiled. Recurrent layers keep the cuDNN-compatible
-    defaults (tanh / sigmoid, no recurrent dropout, not unrolled, with bias; GRU reset_after)
-    so TensorFlow picks the fused GPU kernel when one is there."""
+    """The study's network for `arch`, uncompiled, with an output (H, 1 + L): the point forecast
+    and one quantile per level of `params.quantiles`, per step. Recurrent layers keep the
+    cuDNN-compatible defaults (tanh / sigmoid, no recurrent dropout, not unrolled, with bias;
+    GRU reset_after) so TensorFlow picks the fused GPU kernel when one is there."""
     import keras
     from keras import layers
 
     steps, nf = input_length(data.window, data.target), len(data.features)
+    heads = 1 + len(params.quantiles)
     inputs = keras.Input(shape=(steps, nf), name="window")
     if arch in ("lstm", "gru"):
         common: dict[str, Any] = dict(
@@ -296,7 +158,7 @@ def build_network(arch: str, params: ModelParams, data: DataParams) -> Any:
         x = rnn(inputs)
         x = layers.Activation("tanh")(x)
         x = layers.Dropout(params.dropout)(x)
-        x = layers.Dense(data.horizon)(x)
+        x = layers.Reshape((data.horizon, heads))(layers.Dense(data.horizon * heads)(x))
     elif arch in CNN_LAYERS:
         x = inputs
         spec = CNN_LAYERS[arch]
@@ -306,7 +168,7 @@ def build_network(arch: str, params: ModelParams, data: DataParams) -> Any:
                 raise InputError(f"{arch}: window {data.window} is too short for its Conv1D stack")
             last = i == len(spec) - 1
             x = layers.Conv1D(
-                1 if last else params.cnn_filters,
+                heads if last else params.cnn_filters,
                 kernel,
                 strides=stride,
                 activation=None if last else params.cnn_activation,
@@ -315,11 +177,8 @@ def build_network(arch: str, params: ModelParams, data: DataParams) -> Any:
             if not last:
                 x = layers.Dropout(params.cnn_dropout)(x)
         # The study's stacks land exactly on 16 steps; other windows/horizons get a dense head.
-        x = (
-            layers.Reshape((data.horizon,))(x)
-            if length == data.horizon
-            else layers.Dense(data.horizon)(layers.Flatten()(x))
-        )
+        if length != data.horizon:
+            x = layers.Reshape((data.horizon, heads))(layers.Dense(data.horizon * heads)(layers.Flatten()(x)))
     else:
         raise InputError(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
     if params.output_activation != "linear":
@@ -330,30 +189,33 @@ def build_network(arch: str, params: ModelParams, data: DataParams) -> Any:
 
 
 class KerasForecaster(Forecaster):
-    """LSTM, GRU and the CNNs: Keras network + featurizer."""
+    """LSTM, GRU and the CNNs: Keras network (point + quantile heads) + featurizer."""
+
+    residual_spread = False
+    conformalizes = True
+    uses_featurizer = True
 
     def __init__(self, arch: str, params: ModelParams, data: DataParams) -> None:
         super().__init__(arch, params, data)
         self.net: Any = None
 
     @property
-    def fitted(self) -> bool:
+    def _core_fitted(self) -> bool:
         return self.net is not None
 
-    def fit(
+    def _fit(
         self,
         train: SampleSource,
         val: SampleSource | None,
         params: TrainParams,
         *,
-        log_csv: Path | None = None,
-        progress: bool = False,
+        log_csv: Path | None,
+        progress: bool,
     ) -> FitReport:
         import keras
 
-        from trainer.batches import FeatureBatches, RichProgress
+        from trainer.batches import FeatureBatches, PointQuantileLoss, RichProgress
 
-        t0 = time.perf_counter()
         keras.utils.set_random_seed(params.seed)
         self.featurizer = f = _fit_featurizer(train, self.data)
         previous = keras.mixed_precision.global_policy()
@@ -363,17 +225,15 @@ class KerasForecaster(Forecaster):
             net = build_network(self.arch, self.params, self.data)
         finally:
             keras.mixed_precision.set_global_policy(previous)
-        net.compile(optimizer=keras.optimizers.Adam(learning_rate=params.learning_rate), loss="mse")
+        net.compile(
+            optimizer=keras.optimizers.Adam(learning_rate=params.learning_rate),
+            loss=PointQuantileLoss(self.levels),
+            jit_compile="auto",
+        )
         contiguous = not hasattr(train, "origins")  # file-backed sources read whole chunks
-        train_ds = FeatureBatches(
-            train, f, params.batch_size, shuffle=True, seed=params.seed, contiguous=contiguous
-        )
+        train_ds = FeatureBatches(train, f, params.batch_size, shuffle=True, seed=params.seed, contiguous=contiguous)
         has_val = val is not None and len(val) > 0
-        val_ds = (
-            FeatureBatches(val, f, params.batch_size, contiguous=True)
-            if has_val and val is not None
-            else None
-        )
+        val_ds = FeatureBatches(val, f, params.batch_size, contiguous=True) if has_val and val is not None else None
         stop = keras.callbacks.EarlyStopping(
             monitor="val_loss" if has_val else "loss", patience=params.patience, restore_best_weights=True
         )
@@ -383,36 +243,32 @@ class KerasForecaster(Forecaster):
         if log_csv is not None:
             Path(log_csv).parent.mkdir(parents=True, exist_ok=True)
             callbacks.append(keras.callbacks.CSVLogger(str(log_csv)))
-        history = net.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=params.epochs,
-            callbacks=callbacks,
-            verbose=0,
-        )
+        history = net.fit(train_ds, validation_data=val_ds, epochs=params.epochs, callbacks=callbacks, verbose=0)
         self.net = net
         h = history.history
         loss = tuple(float(v) for v in h.get("loss", []))
         val_loss = tuple(float(v) for v in h.get("val_loss", []))
         track = val_loss or loss
         best = int(np.argmin(track)) + 1 if track else None
-        return FitReport(len(loss), best, loss, val_loss, time.perf_counter() - t0, len(train))
+        return FitReport(len(loss), best, loss, val_loss, 0.0, len(train))
 
-    def predict_batch(self, windows: np.ndarray) -> np.ndarray:
+    def _forecast(self, raw: np.ndarray, times: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """One compiled forward pass for the whole batch (`predict_on_batch`, never `predict`)."""
         import keras
 
-        raw = self._check(windows)
         assert self.featurizer is not None
         n = raw.shape[0]
-        if n == 0:
-            return np.zeros((0, self.horizon))
         x = self.featurizer.inputs(raw)
         padded = 1 << (n - 1).bit_length()  # power-of-two batch shapes: a handful of traces, ever
         if padded != n:
             x = np.concatenate([x, np.repeat(x[-1:], padded - n, axis=0)])
-        y = keras.ops.convert_to_numpy(self.net.predict_on_batch(x))[:n]
-        return self.featurizer.prices(y, raw)
+        y = np.asarray(keras.ops.convert_to_numpy(self.net.predict_on_batch(x))[:n], dtype=np.float64)
+        point = self.featurizer.prices(y[:, :, 0], raw)
+        last = raw[:, -1, self.data.close_index][:, None]
+        log_q = np.stack(
+            [np.log(self.featurizer.prices(y[:, :, 1 + j], raw) / last) for j in range(len(self.levels))], axis=-1
+        )
+        return point, log_q
 
     def _write(self, directory: Path) -> None:
         self.net.save(directory / "model.keras")
@@ -427,7 +283,8 @@ class KerasForecaster(Forecaster):
                 f"{directory / 'model.keras'}: cannot be loaded: {type(e).__name__}: {e}"
             ) from None
         steps = input_length(self.window, self.data.target)
-        want_in, want_out = (None, steps, len(self.features)), (None, self.horizon)
+        want_in = (None, steps, len(self.features))
+        want_out = (None, self.horizon, 1 + len(self.levels))
         if tuple(net.input_shape) != want_in or tuple(net.output_shape) != want_out:
             raise ArtifactError(
                 f"{directory / 'model.keras'}: network maps {net.input_shape} -> {net.output_shape}, "
@@ -439,13 +296,15 @@ class KerasForecaster(Forecaster):
 _CLASSES: dict[str, type[Forecaster]] = {
     **{a: KerasForecaster for a in KERAS_ARCHS},
     "linear": Linear,
+    "har": Har,
     "persistence": Persistence,
     "drift": Drift,
+    "climatology": Climatology,
 }
 
 
 def build_model(arch: str, params: ModelParams | None = None, data: DataParams | None = None) -> Forecaster:
-    """The one factory: an unfitted model of `arch` (baselines are ready to predict at once)."""
+    """The one factory: an unfitted model of `arch`."""
     try:
         cls = _CLASSES[arch]
     except KeyError:
@@ -453,18 +312,27 @@ def build_model(arch: str, params: ModelParams | None = None, data: DataParams |
     return cls(arch, params or ModelParams(), data or DataParams())
 
 
+def model_features(arch: str, data: DataParams) -> tuple[str, ...]:
+    """The bar columns a model of `arch` reads (the volatility model reads its own)."""
+    return HAR_FEATURES if arch == "har" else data.features
+
+
 def params_dict(model: Forecaster) -> dict[str, Any]:
     return {
-        "model": asdict(model.params),
+        "model": {**asdict(model.params), "quantiles": list(model.params.quantiles)},
         "data": {**asdict(model.data), "features": list(model.data.features)},
     }
 
 
 __all__ = [
     "ARCHS",
+    "BASELINES",
+    "CLIMATOLOGY",
     "KERAS_ARCHS",
+    "PERSISTENCE",
     "FitReport",
     "Forecaster",
     "build_model",
     "build_network",
+    "model_features",
 ]

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from db.errors import ConfigError
+from trainer.quantiles import DEFAULT_LEVELS, check_levels
 
 #: Bar columns a model may use as input features, in the order of `db.bars.bars_frame`.
 FEATURE_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close", "volume", "trade_count")
@@ -86,8 +87,16 @@ class ModelParams:
     #: The study put LeakyReLU (LSTM) or ReLU (GRU) on the output; with log-return targets a
     #: linear output is the honest choice, so that is the default here.
     output_activation: str = "linear"
+    #: Quantile levels every model forecasts (ascending; the outermost two bound the central
+    #: interval whose coverage is reported and checked at promotion).
+    quantiles: tuple[float, ...] = DEFAULT_LEVELS
+    #: Step size of the online adaptive conformal calibration (0 turns it off).
+    aci_gamma: float = 0.002
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "quantiles", check_levels(self.quantiles))
+        if not 0 <= self.aci_gamma < 1:
+            raise ConfigError(f"model.aci_gamma = {self.aci_gamma}: must be in [0, 1)")
         _check_positive("model", "units", self.units)
         _check_positive("model", "cnn_filters", self.cnn_filters)
         for key, value in (("dropout", self.dropout), ("cnn_dropout", self.cnn_dropout)):

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from db.records import ModelInfo, SeriesKey
-from trainer.artifacts import _jsonable
+from trainer.artifacts import _jsonable, save_artifact
 from trainer.models import Forecaster, params_dict
 
 
@@ -53,7 +53,7 @@ def save_and_register(
     from db.registry import register_model
 
     model_id = model_id or new_model_id(model.arch, series[0] if series else None)
-    path = model.save(Path(artifacts_dir) / model_id)
+    path = save_artifact(model, Path(artifacts_dir) / model_id)
     info = model_info(model, model_id, path.resolve(), series)
     register_model(database, info)
     return info

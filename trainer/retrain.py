@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from trainer.challenger import Decision, decide
+from trainer.challenger import COVERAGE_BAND, Decision, decide
 from trainer.datasets import load_bars
 from trainer.evaluation import Backtest, evaluate_holdout, union_features
 from trainer.models import Forecaster
@@ -35,11 +35,13 @@ def challenge(
     data: DataParams | None = None,
     model_params: ModelParams | None = None,
     train: TrainParams | None = None,
-    metric: str = "mae",
+    metric: str = "pinball",
     margin: float = 0.0,
+    band: tuple[float, float] = COVERAGE_BAND,
     series: str | None = None,
 ) -> Challenge:
-    """Train `arch` on `frame` minus its last `holdout_bars` bars and compare on those bars.
+    """Train `arch` on `frame` minus its last `holdout_bars` bars and compare on those bars
+    (by `metric`; a challenger whose central-interval coverage is outside `band` is refused).
 
     Pick `holdout_bars` no larger than the bars that arrived since the champion's training
     ended, or the champion is scored on bars it was trained on.
@@ -55,12 +57,14 @@ def challenge(
     bars = load_bars(frame, union_features(models), fill_gaps=data.fill_gaps, source=series or "bars")
     bt = evaluate_holdout(models, bars, holdout_bars=holdout_bars)
     decision = decide(
-        bt.metrics["challenger"], bt.metrics.get("champion"), bt.metrics["persistence"], metric=metric, margin=margin
+        bt.metrics["challenger"], bt.metrics.get("champion"), bt.metrics["persistence"], metric=metric,
+        margin=margin, band=band,
     )
     result.model.meta["metrics"] = {
         "test": bt.metrics["challenger"].to_dict(),
         "persistence": bt.metrics["persistence"].to_dict(),
         **({"champion": bt.metrics["champion"].to_dict()} if champion is not None else {}),
-        "decision": {"promote": decision.promote, "reason": decision.reason, "metric": metric, "margin": margin},
+        "decision": {"promote": decision.promote, "reason": decision.reason, "metric": metric, "margin": margin,
+                     "coverage_band": list(band)},
     }
     return Challenge(result.model, bt, decision)

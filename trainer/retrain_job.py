@@ -22,6 +22,7 @@ from db.bars import bars_frame, latest_bar
 from db.engine import Database, open_database
 from db.errors import ArtifactError, InputError
 from db.records import ModelInfo, SeriesKey
+from trainer.challenger import COVERAGE_BAND
 from trainer.params import DataParams, ModelParams, TrainParams
 
 log = logging.getLogger("barcast.retrain")
@@ -41,8 +42,10 @@ class RetrainRequest:
     train: TrainParams = field(default_factory=TrainParams)
     history_days: float = 30.0
     holdout_bars: int = 288
-    metric: str = "mae"
+    metric: str = "pinball"
     margin: float = 0.0
+    #: Central-interval coverage a challenger must have on the held-out bars to be promoted.
+    coverage_band: tuple[float, float] = COVERAGE_BAND
     artifacts_dir: str = "models"
     keep_artifacts: int = 5
     log_level: str = "info"
@@ -136,7 +139,7 @@ def run_retrain(req: RetrainRequest) -> RetrainOutcome:
         champion_id, champion = load_champion(database, primary, req.data)
         result = challenge(
             frame, req.arch, champion, holdout_bars=req.holdout_bars, data=req.data, model_params=req.model,
-            train=req.train, metric=req.metric, margin=req.margin, series=str(primary),
+            train=req.train, metric=req.metric, margin=req.margin, band=req.coverage_band, series=str(primary),
         )
         decision = result.decision
         model = result.challenger

@@ -16,8 +16,8 @@ import pandas as pd
 from db.errors import InputError
 from trainer.artifacts import data_fingerprint
 from trainer.datasets import h5_splits, load_bars
-from trainer.evaluation import Backtest, walk_forward
-from trainer.models import FitReport, Forecaster, build_model
+from trainer.evaluation import Backtest, model_samples, walk_forward
+from trainer.models import FitReport, Forecaster, build_model, model_features
 from trainer.params import DataParams, ModelParams, TrainParams
 from trainer.splits import SplitIndex, Splits, split_by_fraction, split_windows, strided
 from trainer.windows import BarArray, window_set
@@ -63,8 +63,9 @@ def fit_on_splits(
     data = data or DataParams()
     train = train or TrainParams()
     model = build_model(arch, model_params, data)
-    train_set = strided(splits.train, train.stride)
-    report = model.fit(train_set, splits.val, train, log_csv=log_csv, progress=progress)
+    train_set = model_samples(strided(splits.train, train.stride), model)
+    val_set = model_samples(splits.val, model)
+    report = model.fit(train_set, val_set, train, log_csv=log_csv, progress=progress)
     bars = splits.train.bars
     first = int(splits.train.origins[0]) - data.window + 1
     last = int(splits.train.origins[-1]) + data.horizon
@@ -116,7 +117,7 @@ def train_from_frame(
     (the live loop's challenger); otherwise the data fractions decide the splits.
     """
     data = data or DataParams()
-    bars = load_bars(frame, data.features, fill_gaps=data.fill_gaps, source=series or "bars")
+    bars = load_bars(frame, model_features(arch, data), fill_gaps=data.fill_gaps, source=series or "bars")
     splits = make_splits(bars, data, holdout_bars=holdout_bars)
     model, report = fit_on_splits(
         arch,
@@ -172,9 +173,11 @@ def train_from_h5(
         from trainer.datasets import iter_batches
         from trainer.metrics import horizon_metrics
 
+        if model.needs_times:
+            raise InputError(f"{path}: {arch} needs bar times, which HDF5 exports do not carry; train from bars")
         preds, actual, last = [], [], []
         for raw, future in iter_batches(te):
-            preds.append(model.predict_batch(raw))
+            preds.append(model.predict_batch(raw).point)
             actual.append(future)
             last.append(raw[:, -1, data.close_index])
         p, a, c = np.concatenate(preds), np.concatenate(actual), np.concatenate(last)

@@ -32,7 +32,7 @@ def main(ctx: click.Context, config_path: str | None, db_url: str | None, log_le
     app = AppContext(config_path, db_url, log_level)
     ctx.obj = app
     ctx.call_on_close(app.close)
-    from daemon import logs
+    from daemon import logs, quiet
 
     level = log_level
     fmt = "text"
@@ -41,6 +41,7 @@ def main(ctx: click.Context, config_path: str | None, db_url: str | None, log_le
         fmt = app.config.logging.format
     except BarcastError:
         level = level or "info"  # a bad config is reported by the command that needs it
+    quiet.configure(debug=level == "debug")
     logs.configure(level, fmt)
 
 

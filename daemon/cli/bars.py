@@ -4,42 +4,78 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from daemon.cli.common import AppContext, emit_rows, format_option, parse_time, pass_app
+from daemon.cli.common import (
+    AppContext,
+    SeriesParam,
+    emit_rows,
+    format_option,
+    parse_time,
+    pass_app,
+    progress_bar,
+    require_known_series,
+    series_option,
+)
 from db.bars import read_bars, upsert_bars
 from db.csvbars import read_bars_csv, write_bars_csv
 from db.errors import InputError
-from db.records import INTERVALS, SeriesKey
+from db.records import DEFAULT_INTERVAL, INTERVALS, SeriesKey
 from db.resample import resample
 
 _INTERVAL = click.Choice(list(INTERVALS))
 
 
+def _series_options(fn: Any) -> Any:
+    for opt in reversed([
+        series_option("The series, e.g. binance:BTC-USDT or binance:BTC-USDT:1m."),
+        click.option("--exchange", metavar="E", help="Alias: with --symbol, the same as --series E:S."),
+        click.option("--symbol", metavar="S", help="Alias: with --exchange, the same as --series E:S."),
+        click.option("--interval", type=_INTERVAL, default=None,
+                     help="Bar interval when --series has none [5m]."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def _one_series(series: SeriesKey | None, exchange: str | None, symbol: str | None, interval: str | None
+                ) -> SeriesKey:
+    """--series E:S[:I], or its documented alias --exchange E --symbol S (checked the same way)."""
+    if series is not None and (exchange or symbol):
+        raise InputError("give --series E:S[:I], or its alias --exchange E --symbol S, not both")
+    if series is None:
+        if not (exchange and symbol):
+            raise click.UsageError("give --series EXCHANGE:SYMBOL[:INTERVAL] (e.g. binance:BTC-USDT)")
+        series = SeriesParam().convert(f"{exchange}:{symbol}", None, None)
+        series = SeriesKey(series.exchange, series.symbol, interval or series.interval)
+    elif interval and interval != series.interval:
+        if series.interval != DEFAULT_INTERVAL:
+            raise InputError(f"--interval {interval} contradicts --series {series}")
+        series = SeriesKey(series.exchange, series.symbol, interval)
+    return series
+
+
 @click.command("import-bars")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--exchange", required=True, help="Exchange name, e.g. binance.")
-@click.option("--symbol", required=True, help="Normalised symbol BASE-QUOTE, e.g. BTC-USDT.")
-@click.option("--interval", type=_INTERVAL, default="5m", show_default=True, help="Interval of the file's bars.")
+@_series_options
 @click.option("--resample", "resample_to", type=_INTERVAL, default=None,
               help="Also roll the bars up to this interval (e.g. 1m file -> 5m bars).")
 @pass_app
-def import_bars(app: AppContext, file: Path, exchange: str, symbol: str, interval: str,
-                resample_to: str | None) -> None:
+def import_bars(app: AppContext, file: Path, series: SeriesKey | None, exchange: str | None, symbol: str | None,
+                interval: str | None, resample_to: str | None) -> None:
     """Load an OHLCV CSV (timestamp,open,high,low,close,volume) into the database.
 
     The whole file is checked first; a bad row stops the import naming its line, and nothing
     from the file is stored.
     """
-    series = SeriesKey(exchange.lower(), symbol.upper(), interval)
+    series = _one_series(series, exchange, symbol, interval)
+    interval = series.interval
     if not file.is_file():
         raise InputError(f"{file}: no such file")
     size = file.stat().st_size
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                  TimeRemainingColumn(), console=app.console, transient=True,
-                  disable=not app.console.is_terminal) as progress:
+    with progress_bar(app.console) as progress:
         task = progress.add_task(f"checking {file.name}", total=size)
         approx_line = max(1, size // max(1, sum(1 for _ in file.open("rb"))))
 
@@ -64,18 +100,17 @@ def import_bars(app: AppContext, file: Path, exchange: str, symbol: str, interva
 
 
 @click.command("bars")
-@click.option("--exchange", required=True)
-@click.option("--symbol", required=True)
-@click.option("--interval", type=_INTERVAL, default="5m", show_default=True)
+@_series_options
 @click.option("--since", default=None, help="From this bar open time (ISO-8601 UTC, Unix seconds, or an age like 3d).")
 @click.option("--until", default=None, help="Before this bar open time (exclusive).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many (the newest).")
 @format_option()
 @pass_app
-def bars_cmd(app: AppContext, exchange: str, symbol: str, interval: str, since: str | None, until: str | None,
-             limit: int | None, fmt: str) -> None:
+def bars_cmd(app: AppContext, series: SeriesKey | None, exchange: str | None, symbol: str | None,
+             interval: str | None, since: str | None, until: str | None, limit: int | None, fmt: str) -> None:
     """Stored bars of one series, oldest first. `--format csv` is the import format."""
-    series = SeriesKey(exchange.lower(), symbol.upper(), interval)
+    series = _one_series(series, exchange, symbol, interval)
+    require_known_series(app, [series])
     rows = read_bars(app.database(), series, since=parse_time(since, "--since"), until=parse_time(until, "--until"),
                      limit=limit, newest_first=limit is not None)
     if limit is not None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import functools
 import io
+import os
+import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -15,11 +17,12 @@ from typing import Any, TypeVar
 import click
 import orjson
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from daemon.config import Config, load_config
 from db.engine import Database, open_database
 from db.errors import InputError
-from db.records import iso
+from db.records import SeriesKey, iso
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -35,7 +38,7 @@ class AppContext:
         self.log_level = log_level
         self._config: Config | None = None
         self._database: Database | None = None
-        self.console = Console(stderr=True)
+        self.console = make_console(stderr=True)
 
     @property
     def config(self) -> Config:
@@ -103,9 +106,37 @@ def emit_rows(rows: Iterable[dict[str, Any]], columns: Sequence[str], fmt: str, 
         out_console().print(table)
 
 
+def colour_allowed(stream: Any) -> bool:
+    """ANSI colours only on a terminal, never under journald (JOURNAL_STREAM) or with NO_COLOR."""
+    if os.environ.get("JOURNAL_STREAM") or os.environ.get("NO_COLOR"):
+        return False
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def make_console(*, stderr: bool = False) -> Console:
+    """A rich console for people: colours and progress bars only on a terminal (see colour_allowed)."""
+    stream = sys.stderr if stderr else sys.stdout
+    if colour_allowed(stream):
+        return Console(stderr=stderr)
+    return Console(stderr=stderr, no_color=True, color_system=None, highlight=False)
+
+
+def progress_bar(console: Console) -> Progress:
+    """The progress bar of every long command: on stderr, only on a terminal, gone when done."""
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+        TimeRemainingColumn(), console=console, transient=True, disable=not console.is_terminal,
+    )
+
+
 def out_console() -> Console:
     """stdout for tables: the terminal's width, or unlimited when piped (never cut a column)."""
-    return Console() if sys.stdout.isatty() else Console(width=100_000)
+    if sys.stdout.isatty():
+        return make_console()
+    return Console(width=100_000, no_color=True, color_system=None, highlight=False)
 
 
 def parse_time(text: str | None, name: str) -> datetime | None:
@@ -150,3 +181,87 @@ def existing_file(path: str) -> Path:
     if not p.is_file():
         raise InputError(f"{path}: no such file")
     return p
+
+
+# --- one series selector, checked names ------------------------------------------------------
+
+SERIES_METAVAR = "E:S[:I]"
+
+
+def exchange_names() -> list[str]:
+    from daemon.feeds import PROTOCOLS
+
+    return sorted(PROTOCOLS)
+
+
+class SeriesParam(click.ParamType):
+    """`--series EXCHANGE:SYMBOL[:INTERVAL]`: one, or (many=True) repeated or comma-separated.
+
+    A bad form, an unknown exchange or interval is a usage error (exit 2) naming the valid choices.
+    """
+
+    name = "series"
+
+    def __init__(self, many: bool = False) -> None:
+        self.many = many
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, SeriesKey | list):
+            return value
+        texts = [t for t in re.split(r"[,\s]+", str(value)) if t]
+        if not texts:
+            self.fail("give EXCHANGE:SYMBOL[:INTERVAL], e.g. binance:BTC-USDT", param, ctx)
+        if len(texts) > 1 and not self.many:
+            self.fail(f"takes one series, got {len(texts)} in {value!r}", param, ctx)
+        keys = []
+        for t in texts:
+            try:
+                key = SeriesKey.parse(t)
+            except InputError as exc:
+                self.fail(str(exc), param, ctx)
+            if key.exchange not in exchange_names():
+                self.fail(f"unknown exchange {key.exchange!r} in {t!r} (valid: {', '.join(exchange_names())})",
+                          param, ctx)
+            keys.append(key)
+        return keys if self.many else keys[0]
+
+
+def series_option(help: str, *, many: bool = False, name: str = "series") -> Callable[[F], F]:
+    """The one `--series` option every command shares."""
+    return click.option(
+        "--series", name, type=SeriesParam(many), multiple=many, metavar=SERIES_METAVAR,
+        help=help + (" Repeat or comma-separate." if many else ""),
+    )
+
+
+def flat_series(values: Iterable[list[SeriesKey]] | None) -> list[SeriesKey]:
+    return list(dict.fromkeys(k for v in values or () for k in v))
+
+
+def require_known_series(app: AppContext, keys: Iterable[SeriesKey]) -> None:
+    """A series that is neither configured nor stored is a typo: exit 2 listing the known ones."""
+    keys = list(keys)
+    if not keys:
+        return
+    from daemon.ops.reports import known_series
+
+    known = known_series(app.database(), app.config.series_keys)
+    for k in keys:
+        if k not in known:
+            listed = ", ".join(str(s) for s in known) or "none yet (`barcast ingest` or `barcast import-bars`)"
+            raise InputError(f"--series {k}: no such series in the config or the database (known: {listed})")
+
+
+def require_model(app: AppContext, model_id: str | None) -> None:
+    """An unknown model id (neither registered nor in stored forecasts) exits 2 listing the valid ones."""
+    if model_id is None:
+        return
+    from db.forecasts import forecast_model_ids
+    from db.registry import list_models
+
+    database = app.database()
+    ids = list(dict.fromkeys([m.id for m in list_models(database)] + forecast_model_ids(database)))
+    if model_id not in ids:
+        shown = ", ".join(ids[:12]) + (f", … ({len(ids)} in all)" if len(ids) > 12 else "")
+        raise InputError(f"--model {model_id!r}: no such model (registered or forecasting: {shown or 'none'}; "
+                         "see `barcast models list`)")

@@ -7,7 +7,6 @@ import contextlib
 import csv
 import random
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -21,16 +20,36 @@ import click
 import orjson
 
 from daemon.bars import BarUpdate
-from daemon.cli.common import AppContext, existing_file, iso, parse_duration, parse_time, pass_app
+from daemon.cli.common import (
+    AppContext,
+    existing_file,
+    flat_series,
+    format_option,
+    iso,
+    parse_duration,
+    parse_time,
+    pass_app,
+    progress_bar,
+    series_option,
+)
 from daemon.config import SeriesConfig
 from daemon.feeds import PROTOCOLS
 from daemon.feeds import protocol as get_protocol
-from daemon.feeds.capture import CaptureWriter, read_capture
-from daemon.feeds.connection import FeedConnection
+from daemon.feeds.capture import read_capture
 from daemon.feeds.randomwalk import random_walk_bars, walk_seed
 from daemon.feeds.simulator import ExchangeSimulator, Faults, SimSeries
 from daemon.ops.tail import pretty
-from daemon.runner import DEMO_HISTORY_BARS, DemoRun, DemoSettings, demo_daemon, ingest_daemon, run_until_signal
+from daemon.runner import (
+    DEMO_API_PORT,
+    DEMO_ARCH,
+    DemoRun,
+    DemoSettings,
+    demo_daemon,
+    ingest_daemon,
+    record_daemon,
+    run_until_signal,
+    simulator_daemon,
+)
 from db.csvbars import read_bars_csv
 from db.errors import InputError
 from db.records import SeriesKey, decimal_text, floor_time, interval_seconds
@@ -78,38 +97,11 @@ def record(
     natives = [proto.native_symbol(s) for s in _symbols(symbols)]
     ws_url = url or app.config.exchange(exchange).ws_url or proto.ws_url
     limit_s = parse_duration(duration, "--duration").total_seconds() if duration else None
-    counts = Counter[str]()
+    async def main(stop: asyncio.Event) -> Counter[str]:
+        return await record_daemon(proto, natives, app.config.feeds, ws_url, out_path, stop=stop,
+                                   limit_s=limit_s, max_messages=max_messages)
 
-    async def main(stop: asyncio.Event) -> None:
-        with out_path.open("a", encoding="utf-8") as fh:
-            writer = CaptureWriter(fh, ws_url)
-            conn = FeedConnection(proto, natives, app.config.feeds, url=ws_url, capture=writer)
-            task = asyncio.create_task(conn.run())
-            deadline = time.monotonic() + limit_s if limit_s else None
-            try:
-                while not stop.is_set():
-                    timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-                    try:
-                        ev = await asyncio.wait_for(conn.queue.get(), timeout=min(timeout or 1.0, 1.0))
-                    except TimeoutError:
-                        if deadline is not None and time.monotonic() >= deadline:
-                            break
-                        continue
-                    counts[ev.kind] += 1
-                    if ev.kind == "message":
-                        counts[proto.parse(ev.text).kind] += 1
-                        if max_messages is not None and counts["message"] >= max_messages:
-                            break
-                    if counts["message"] % 100 == 0:
-                        writer.flush()
-            finally:
-                conn.stop()
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-                writer.flush()
-
-    run_until_signal(main)
+    counts = run_until_signal(main)
     summary = ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))
     click.echo(f"recorded {counts['message']} messages to {out_path} ({summary})", err=True)
 
@@ -130,10 +122,16 @@ _TRADE_COLUMNS = ("exchange", "symbol", "trade_id", "time", "price", "size", "si
     show_default=True,
     help="Trade output: one JSON object per line, or CSV with a header.",
 )
-def parse(file: str, exchange: str, fmt: str) -> None:
+@click.option(
+    "--summary",
+    is_flag=True,
+    help="Print only the counts and the parse rate (messages/s) on stdout, no trades.",
+)
+def parse(file: str, exchange: str, fmt: str, summary: bool) -> None:
     """Parse a capture (or JSON lines of raw messages) and print its normalised trades.
 
-    A summary of message classes and malformed reasons goes to stderr.
+    A summary of message classes and malformed reasons goes to stderr (with --summary: to stdout,
+    with the rate of the parse alone, reading the file excluded).
     """
     proto = get_protocol(exchange)
     path = existing_file(file)
@@ -141,6 +139,22 @@ def parse(file: str, exchange: str, fmt: str) -> None:
     reasons: Counter[str] = Counter()
     trades = 0
     out = sys.stdout
+    if summary:
+        raws = [rec.raw for rec in read_capture(path)]
+        t0 = time.perf_counter()
+        for raw in raws:
+            res, rows = proto.scan_safe(raw)
+            kinds[res.kind] += 1
+            trades += len(rows)
+            if res.reason and res.kind in ("malformed", "error"):
+                reasons[res.reason] += 1
+        elapsed = max(time.perf_counter() - t0, 1e-9)
+        parts = ", ".join(f"{k}={kinds[k]}" for k in ("trade", "heartbeat", "ack", "other", "error", "malformed"))
+        click.echo(f"{path}: {len(raws)} messages ({parts}); {trades} trades")
+        click.echo(f"parsed in {elapsed:.3f} s: {len(raws) / elapsed:,.0f} messages/s")
+        for reason, n in reasons.most_common():
+            click.echo(f"  {n:6d}  {reason}")
+        return
     writer = csv.writer(out, lineterminator="\n") if fmt == "csv" else None
     if writer is not None:
         writer.writerow(_TRADE_COLUMNS)
@@ -245,40 +259,38 @@ def exchange_sim(
     proto = get_protocol(protocol)
     n_bars = sum(len(s.bars) for s in series)
 
-    async def main(stop: asyncio.Event) -> None:
-        sim = ExchangeSimulator(
-            proto,
-            series,
-            speed=speed,
-            host=host,
-            port=port,
-            start=start_t.timestamp() if start_t else None,
-            heartbeat_s=heartbeat,
-            faults=Faults(drop_every, refuse, malformed_every, stall_after),
+    sim = ExchangeSimulator(
+        proto,
+        series,
+        speed=speed,
+        host=host,
+        port=port,
+        start=start_t.timestamp() if start_t else None,
+        heartbeat_s=heartbeat,
+        faults=Faults(drop_every, refuse, malformed_every, stall_after),
+    )
+
+    def on_start(sim: ExchangeSimulator) -> None:
+        ex = protocol.upper()
+        click.echo(
+            f"exchange simulator ({protocol}) on {sim.ws_url} (REST {sim.rest_url}), "
+            f"{len(series)} symbol(s), {n_bars} bars, speed {speed:g}x",
+            err=True,
         )
-        async with sim:
-            ex = protocol.upper()
-            click.echo(
-                f"exchange simulator ({protocol}) on {sim.ws_url} (REST {sim.rest_url}), "
-                f"{len(series)} symbol(s), {n_bars} bars, speed {speed:g}x",
-                err=True,
-            )
-            click.echo(
-                f"point barcast at it:\n  export BARCAST_EXCHANGES__{ex}__WS_URL={sim.ws_url}\n"
-                f"  export BARCAST_EXCHANGES__{ex}__REST_URL={sim.rest_url}\n"
-                f"  export BARCAST_FEEDS__CLOCK=feed   # the simulated clock is not the wall clock",
-                err=True,
-            )
-            click.echo(sim.ws_url, err=False)
-            sys.stdout.flush()
-            finished = asyncio.create_task(sim.finished.wait())
-            stopper = asyncio.create_task(stop.wait())
-            await asyncio.wait([finished, stopper], return_when=asyncio.FIRST_COMPLETED)
-            if finished.done():
-                click.echo("end of bars reached; serving REST until interrupted", err=True)
-                await stop.wait()
-            finished.cancel()
-            stopper.cancel()
+        click.echo(
+            f"point barcast at it:\n  export BARCAST_EXCHANGES__{ex}__WS_URL={sim.ws_url}\n"
+            f"  export BARCAST_EXCHANGES__{ex}__REST_URL={sim.rest_url}\n"
+            f"  export BARCAST_FEEDS__CLOCK=feed   # the simulated clock is not the wall clock",
+            err=True,
+        )
+        click.echo(sim.ws_url, err=False)
+        sys.stdout.flush()
+
+    def on_end() -> None:
+        click.echo("end of bars reached; serving REST until interrupted", err=True)
+
+    async def main(stop: asyncio.Event) -> None:
+        await simulator_daemon(sim, on_start=on_start, on_end=on_end, stop=stop)
 
     run_until_signal(main)
 
@@ -369,12 +381,7 @@ def bar_line(u: BarUpdate) -> str:
 
 
 @click.command("ingest")
-@click.option(
-    "--series",
-    "series_opt",
-    multiple=True,
-    help="EXCHANGE:SYMBOL[:INTERVAL] to ingest (repeatable; default: the config's series).",
-)
+@series_option("Series to ingest (default: the config's series).", many=True, name="series_opt")
 @click.option(
     "--clock",
     type=click.Choice(["wall", "feed"]),
@@ -385,29 +392,40 @@ def bar_line(u: BarUpdate) -> str:
 @click.option("--quiet", is_flag=True, help="Do not print bars as they close.")
 @pass_app
 def ingest_cmd(
-    app: AppContext, series_opt: tuple[str, ...], clock: str | None, duration: str | None, quiet: bool
+    app: AppContext, series_opt: tuple[list[SeriesKey], ...], clock: str | None, duration: str | None, quiet: bool
 ) -> None:
     """Ingest live trades into bars in the database (with start-up and reconnect backfill)."""
     config = app.config
     if series_opt:
-        keys = [SeriesKey.parse(s) for s in series_opt]
+        keys = flat_series(series_opt)
         config = replace(config, series=tuple(SeriesConfig(k.exchange, k.symbol, k.interval) for k in keys))
     if clock:
         config = replace(config, feeds=replace(config.feeds, clock=clock))  # type: ignore[arg-type]
     database = app.database()
     limit = parse_duration(duration, "--duration").total_seconds() if duration else None
 
+    progress = progress_bar(app.console)
+    backfill_tasks: dict[SeriesKey, Any] = {}
+
     async def on_bars(updates: list[BarUpdate]) -> None:
-        if not quiet:
-            for u in updates:
+        for u in updates:
+            if u.kind == "backfilled":  # a bar per backfilled bucket: the progress bar counts them
+                key = u.bar.series
+                if key not in backfill_tasks:
+                    total = config.feeds.backfill_days * 86400 / key.step.total_seconds()
+                    backfill_tasks[key] = progress.add_task(f"backfilling {key}", total=total)
+                progress.advance(backfill_tasks[key])
+            elif not quiet:
                 click.echo(bar_line(u))
 
     async def main(stop: asyncio.Event) -> None:
         if limit:
             asyncio.get_running_loop().call_later(limit, stop.set)
-        stats = await ingest_daemon(
-            config, database, clock=time.time if config.feeds.clock == "wall" else None, on_bars=on_bars, stop=stop
-        )
+        with progress:
+            stats = await ingest_daemon(
+                config, database, clock=time.time if config.feeds.clock == "wall" else None, on_bars=on_bars,
+                stop=stop,
+            )
         for ex, st in stats.items():
             click.echo(
                 f"{ex}: {st['messages']} trades={st['trades']} malformed={st['malformed']} "
@@ -424,59 +442,118 @@ def ingest_cmd(
 @click.command("demo")
 @click.option(
     "--speed",
-    type=float,
+    type=click.FloatRange(min=1.0),
     default=60.0,
     show_default=True,
     help="Simulated seconds per real second (60: a 5-minute bar every 5 s).",
 )
-@click.option("--duration", default="60s", show_default=True, help="How long to run.")
+@click.option("--duration", default="60s", show_default=True, help="How long to run (e.g. 90s, 10m).")
 @click.option(
     "--protocol", type=_EXCHANGE, default="binance", show_default=True, help="Exchange protocol the simulator speaks."
 )
 @click.option("--seed", type=int, default=7, show_default=True, help="Random-walk seed.")
 @click.option(
-    "--keep-db",
-    type=click.Path(dir_okay=False, path_type=Path),
+    "--db",
+    "db_opt",
+    metavar="PATH|URL",
     default=None,
-    help="Keep the demo database at this path (default: a temporary file, removed).",
+    help="Demo database (default: the global --db, else demo/demo.db in the data directory; kept between runs).",
 )
+@click.option("--fresh", is_flag=True, help="Start over: delete the demo's database, models and forecast log first.")
+@click.option(
+    "--api-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help=f"HTTP API port (default {DEMO_API_PORT} when free, else any free port; 0: any free port).",
+)
+@format_option("table", ("table", "json"))
 @pass_app
-def demo(app: AppContext, speed: float, duration: str, protocol: str, seed: int, keep_db: Path | None) -> None:
-    """Simulated exchange + the daemon on a temporary database: bars appear within seconds, offline."""
+def demo(
+    app: AppContext,
+    speed: float,
+    duration: str,
+    protocol: str,
+    seed: int,
+    db_opt: str | None,
+    fresh: bool,
+    api_port: int | None,
+    fmt: str,
+) -> None:
+    """A simulated exchange and the whole service, offline: bars, forecasts and a trained model.
+
+    Prints where its database and API are and the commands to try in another terminal; ends with
+    a summary (bars, forecasts, model, accuracy). Run it again to continue where it stopped.
+    """
+    db = db_opt or app.db_url
+    if db and "://" not in db:
+        db = f"sqlite:///{Path(db).expanduser().resolve()}"
     settings = DemoSettings(
         speed=speed, duration_s=parse_duration(duration, "--duration").total_seconds(), protocol=protocol,
-        seed=seed, db_path=keep_db,
+        seed=seed, db_url=db, fresh=fresh, api_port=api_port,
     )
+    to_err = fmt == "json"  # stdout carries only the summary document
+
+    def say(text: str) -> None:
+        click.echo(text, err=to_err)
 
     def on_start(run: DemoRun) -> None:
-        click.echo(
-            f"demo: {protocol} simulator on {run.ws_url} at {speed:g}x, database {run.db_path}; "
-            f"{DEMO_HISTORY_BARS} bars of history, then live bars (Ctrl-C stops)",
-            err=True,
-        )
+        say(f"demo: {protocol} simulator at {speed:g}x ({run.ws_url}), {run.history_stored} bars of history stored")
+        say(f"  database  {run.db_url}")
+        say(f"  API       {run.api_url}  (docs: {run.api_url}/docs)")
+        say(f"  model     {DEMO_ARCH}, trained in the background while persistence serves; Ctrl-C stops")
+        say("in another terminal, try:")
+        for cmd in run.commands():
+            say(f"  {cmd}")
 
     async def on_bars(updates: list[BarUpdate]) -> None:
         for u in updates:
             if u.kind != "backfilled":
-                click.echo(bar_line(u))
-        if updates and updates[0].kind == "backfilled":
-            click.echo(
-                f"backfilled {len(updates)} bars "
-                f"({iso(updates[0].bar.open_time)} .. {iso(updates[-1].bar.open_time)})"
-            )
+                say(bar_line(u))
 
     def on_forecast(doc: dict[str, Any]) -> None:
-        click.echo(f"forecast {pretty(doc)}")
+        say(f"forecast {pretty(doc)}")
 
-    async def main(stop: asyncio.Event) -> DemoRun:
-        with tempfile.TemporaryDirectory(prefix="barcast-demo-") as tmp:
-            return await demo_daemon(
-                app.config, settings, data_dir=Path(tmp), on_start=on_start, on_bars=on_bars,
-                on_forecast=on_forecast, stop=stop,
-            )
+    async def main(stop: asyncio.Event) -> dict[str, Any]:
+        return await demo_daemon(
+            app.config, settings, on_start=on_start, on_bars=on_bars, on_forecast=on_forecast, stop=stop
+        )
 
-    run = run_until_signal(main)
-    click.echo(f"demo done: {dict(run.bar_kinds)}", err=True)
+    summary = run_until_signal(main)
+    if fmt == "json":
+        sys.stdout.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        for line in demo_summary_lines(summary):
+            click.echo(line)
+
+
+def demo_summary_lines(s: dict[str, Any]) -> list[str]:
+    bars, model = s["bars"], s["model"]
+    live = sum(v for k, v in bars.items() if k not in ("stored", "history_stored", "backfilled"))
+    forecasts = s["forecasts"]
+    lines = [
+        f"demo summary for {s['series']}:",
+        f"  bars       {bars['stored']} stored ({bars['history_stored']} history this run, {live} live)",
+        f"  forecasts  {sum(forecasts.values())} issued"
+        + (f" ({', '.join(f'{m} {n}' for m, n in forecasts.items())})" if forecasts else ""),
+    ]
+    if model["trained"]:
+        verdict = "serving" if model["serving"] == model["trained"] else f"{model['trained_status']}, not serving"
+        held = model["held_out"]
+        if held.get("mae") is not None and held.get("persistence_mae") is not None:
+            verdict += f"; held-out MAE {held['mae']:.2f} vs persistence {held['persistence_mae']:.2f}"
+        lines.append(f"  model      {model['trained']} ({verdict})")
+    else:
+        lines.append(f"  model      serving {model['serving']}; the first {DEMO_ARCH} model has not finished training")
+    for m, a in s["accuracy"].items():
+        skill = "" if a["skill"] is None else f", skill {100 * a['skill']:+.1f}%"
+        lines.append(
+            f"  accuracy   {m}: MAE {a['mae']:.2f} vs persistence {a['persistence_mae']:.2f}{skill} "
+            f"({a['scores']} scored steps)"
+        )
+    if not s["accuracy"]:
+        lines.append("  accuracy   no forecast has reached its targets yet (run longer: --duration 2m)")
+    lines.append(f"  kept in {s['database']}: run `barcast demo` again to continue, `--fresh` to start over")
+    return lines
 
 
 commands: list[click.Command] = [record, parse, exchange_sim, ingest_cmd, demo]

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import sys
-from typing import Any
 
 import click
 
-from daemon.cli.common import AppContext, pass_app
+from daemon.cli.common import AppContext, pass_app, series_option
 from db.errors import BarcastError, InputError
 from db.records import SeriesKey
 
@@ -32,14 +30,14 @@ def run_cmd(app: AppContext) -> None:
 
 
 @click.command("retrain")
-@click.option("--series", "series", default=None, help="EXCHANGE:SYMBOL[:INTERVAL] to retrain.")
+@series_option("The configured series (model group) to retrain.")
 @click.option("--all", "all_series", is_flag=True, help="Every configured series (model group).")
 @click.option("--now", is_flag=True,
               help="Wait for the run and print its outcome (default: a running daemon starts it and returns).")
 @click.option("--standalone", is_flag=True, help="Do not ask a running daemon; train in this process's child.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override train.epochs (standalone only).")
 @pass_app
-def retrain_cmd(app: AppContext, series: str | None, all_series: bool, now: bool, standalone: bool,
+def retrain_cmd(app: AppContext, series: SeriesKey | None, all_series: bool, now: bool, standalone: bool,
                 epochs: int | None) -> None:
     """Train a challenger and promote it only if it beats the champion and persistence.
 
@@ -49,7 +47,7 @@ def retrain_cmd(app: AppContext, series: str | None, all_series: bool, now: bool
     if bool(series) == all_series:
         raise InputError("give --series EXCHANGE:SYMBOL or --all")
     config = app.config
-    key = SeriesKey.parse(series) if series else None
+    key = series
     if key is not None and key not in config.series_keys:
         raise InputError(f"series {key} is not in the config (configured: "
                          f"{', '.join(str(k) for k in config.series_keys)})")
@@ -71,7 +69,9 @@ def retrain_cmd(app: AppContext, series: str | None, all_series: bool, now: bool
             if not resp.get("disabled"):
                 raise BarcastError(f"daemon refused: {resp.get('error')}")
             click.echo("the daemon does not retrain (retrain.enabled = false); training here", err=True)
-    outcomes = asyncio.run(_standalone(app, key, epochs))
+    from daemon.runner import retrain_standalone
+
+    outcomes = asyncio.run(retrain_standalone(config, app.database(), key, epochs=epochs))
     click.echo(json.dumps([o.as_dict() if o else None for o in outcomes], indent=2, default=str))
     if any(o is not None and o.promoted for o in outcomes) and (daemon_up or config.control_socket.exists()):
         # the daemon serves the new champion at once (timer-driven retraining)
@@ -82,24 +82,6 @@ def retrain_cmd(app: AppContext, series: str | None, all_series: bool, now: bool
             pass
     if any(o is None for o in outcomes):
         sys.exit(1)
-
-
-async def _standalone(app: AppContext, key: SeriesKey | None, epochs: int | None) -> list[Any]:
-    from daemon.live.retrainer import Retrainer
-    from trainer.retrain_job import ensure_baseline
-
-    config = app.config
-    if epochs is not None:
-        config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=epochs))
-    database = app.database()
-    await asyncio.to_thread(ensure_baseline, database, config.series_keys)
-
-    async def nothing(group: str, outcome: Any) -> None:
-        return None
-
-    retrainer = Retrainer(config, database, nothing)
-    groups = [config.model_group(key)] if key else retrainer.groups
-    return [await retrainer.retrain(g, reason="manual (standalone)") for g in groups]
 
 
 commands = [run_cmd, retrain_cmd]

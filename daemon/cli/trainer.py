@@ -15,7 +15,19 @@ from typing import Any
 import click
 import orjson
 
-from daemon.cli.common import AppContext, emit_rows, format_option, iso, out_console, parse_time, pass_app
+from daemon.cli.common import (
+    AppContext,
+    emit_rows,
+    flat_series,
+    format_option,
+    iso,
+    out_console,
+    parse_time,
+    pass_app,
+    progress_bar,
+    require_known_series,
+    series_option,
+)
 from db.errors import InputError
 from db.records import SeriesKey
 
@@ -39,7 +51,7 @@ def _features(text: str | None) -> tuple[str, ...] | None:
 def data_options(fn: Any) -> Any:
     opts = [
         click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="OHLCV CSV file (shared-data format)."),
-        click.option("--series", "series_text", metavar="E:S[:I]", help="Stored series, e.g. binance:BTC-USDT."),
+        series_option("Stored series, e.g. binance:BTC-USDT (with --csv: the name to give it).", name="series_text"),
         click.option("--since", help="First bar time (ISO-8601, Unix seconds or an age like 30d)."),
         click.option("--until", help="End time, exclusive."),
         click.option("--window", type=int, help="Input bars per window [256]."),
@@ -57,12 +69,11 @@ def data_options(fn: Any) -> Any:
 
 
 def _load_frame(
-    app: AppContext, csv_path: str | None, series_text: str | None, since: str | None, until: str | None
+    app: AppContext, csv_path: str | None, series: SeriesKey | None, since: str | None, until: str | None
 ) -> tuple[Any, str, SeriesKey | None]:
     """(bars frame, name for messages, series key) from --csv or --series."""
-    if not csv_path and not series_text:
+    if not csv_path and not series:
         raise InputError("give a data source: --csv FILE or --series EXCHANGE:SYMBOL (with --csv, --series names it)")
-    series = SeriesKey.parse(series_text) if series_text else None
     if csv_path:
         from trainer.datasets import read_csv_frame
 
@@ -76,9 +87,10 @@ def _load_frame(
     from db.bars import bars_frame
 
     assert series is not None
+    require_known_series(app, [series])
     frame = bars_frame(app.database(), series, parse_time(since, "--since"), parse_time(until, "--until"))
     if frame.empty:
-        raise InputError(f"no stored bars for {series} in that range (see `barcast bars stats`)")
+        raise InputError(f"no stored bars for {series} in that range (see `barcast db stats`)")
     return frame, str(series), series
 
 
@@ -100,7 +112,7 @@ def dataset() -> None:
 def dataset_export(
     app: AppContext,
     csv_path: str | None,
-    series_text: str | None,
+    series_text: SeriesKey | None,
     since: str | None,
     until: str | None,
     out: str,
@@ -113,7 +125,10 @@ def dataset_export(
     frame, name, series = _load_frame(app, csv_path, series_text, since, until)
     data = _data_params(app, **kw)
     bars = load_bars(frame, data.features, fill_gaps=data.fill_gaps, source=name)
-    n = export_h5(bars, out, data, series=str(series) if series else name)
+    with progress_bar(app.console) as progress:
+        task = progress.add_task(f"writing {out}", total=None)
+        n = export_h5(bars, out, data, series=str(series) if series else name,
+                      on_rows=lambda done, total: progress.update(task, completed=done, total=total))
     click.echo(f"{out}: {n:,} windows of {data.window} → {data.horizon} bars, features {','.join(data.features)}")
 
 
@@ -141,7 +156,7 @@ def _train_params(app: AppContext, **kw: Any) -> Any:
 def train(
     app: AppContext,
     csv_path: str | None,
-    series_text: str | None,
+    series_text: SeriesKey | None,
     since: str | None,
     until: str | None,
     h5_path: str | None,
@@ -167,7 +182,7 @@ def train(
     model_params = _replace(model_params, units=units)
     tp = _train_params(app, epochs=epochs, batch_size=batch_size, patience=patience, stride=stride, seed=seed)
     data = _data_params(app, **kw)
-    series: SeriesKey | None = SeriesKey.parse(series_text) if series_text else None
+    series: SeriesKey | None = series_text
     progress = fmt == "table"
     if h5_path:
         result = train_from_h5(
@@ -199,7 +214,9 @@ def train(
         info = save_and_register(app.database(), model, root, keys)
     else:
         model_id = new_model_id(arch, series)
-        info = model_info(model, model_id, model.save(root / model_id).resolve(), keys)
+        from trainer.artifacts import save_artifact
+
+        info = model_info(model, model_id, save_artifact(model, root / model_id).resolve(), keys)
     test = (model.meta.get("metrics") or {}).get("test", {}).get("mean", {})
     persist = (model.meta.get("metrics") or {}).get("persistence", {}).get("mean", {})
     row = {
@@ -233,12 +250,19 @@ def train(
 @click.option("--refit-every", type=int, help="Re-train the networks every K bars of the test period.")
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG of errors and forecasts.")
+@click.option(
+    "--predictions",
+    "predictions_path",
+    type=click.Path(dir_okay=False),
+    help="Write every test forecast of every model as CSV "
+    "(model, origin_time, step, target_time, last_close, actual, point, q10, q50, q90).",
+)
 @format_option(choices=("table", "json"))
 @pass_app
 def evaluate(
     app: AppContext,
     csv_path: str | None,
-    series_text: str | None,
+    series_text: SeriesKey | None,
     since: str | None,
     until: str | None,
     model_list: str,
@@ -250,6 +274,7 @@ def evaluate(
     refit_every: int | None,
     seed: int,
     plot_path: str | None,
+    predictions_path: str | None,
     fmt: str,
     **kw: Any,
 ) -> None:
@@ -260,22 +285,26 @@ def evaluate(
     4 minutes on 2 cores. Errors are in price units per horizon step; `mase` < 1 and `skill` > 0 beat persistence.
     """
     from trainer.datasets import load_bars
-    from trainer.evaluation import metrics_rows, plot_backtest, walk_forward
-    from trainer.models import ARCHS
-    from trainer.splits import strided
+    from trainer.evaluation import evaluate_splits, metrics_rows, plot_backtest, prediction_rows
+    from trainer.models import ARCHS, CLIMATOLOGY, PERSISTENCE, model_features
+    from trainer.params import FEATURE_COLUMNS
     from trainer.training import fit_on_splits, make_splits
 
     names = [m.strip() for m in model_list.split(",") if m.strip()]
     unknown = [m for m in names if m not in ARCHS]
     if unknown or not names:
         raise InputError(f"--models: unknown {', '.join(unknown) or '(none)'}; known: {', '.join(ARCHS)}")
+    for reference in (PERSISTENCE, CLIMATOLOGY):  # the point and the probabilistic reference
+        if reference not in names:
+            names.append(reference)
     frame, name, _ = _load_frame(app, csv_path, series_text, since, until)
     data = _data_params(app, **kw)
     _, model_params, base_train = _trainer_params(app)
     tp = dataclasses.replace(
         base_train, epochs=epochs, patience=patience, batch_size=batch_size, stride=train_stride, seed=seed
     )
-    bars = load_bars(frame, data.features, fill_gaps=data.fill_gaps, source=name)
+    wanted = {f for arch in names for f in model_features(arch, data)}
+    bars = load_bars(frame, tuple(f for f in FEATURE_COLUMNS if f in wanted), fill_gaps=data.fill_gaps, source=name)
     splits = make_splits(bars, data)
     app.console.print(
         f"{name}: {len(bars):,} bars; windows train {len(splits.train):,} (using every {train_stride}), "
@@ -283,24 +312,45 @@ def evaluate(
     )
     models = {}
     fit_seconds: dict[str, float] = {}
-    for arch in names:
-        t0 = time.perf_counter()
-        models[arch], _ = fit_on_splits(
-            arch,
-            splits,
-            model_params=model_params,
-            data=data,
-            train=tp,
-            progress=fmt == "table" and sys.stderr.isatty(),
+    with progress_bar(app.console) as progress:
+        task = progress.add_task("training", total=len(names) + 1)
+        for i, arch in enumerate(names):
+            progress.update(task, description=f"training {arch} ({i + 1}/{len(names)})")
+            t0 = time.perf_counter()
+            models[arch], _ = fit_on_splits(
+                arch,
+                splits,
+                model_params=model_params,
+                data=data,
+                train=tp,
+                progress=False,  # one bar: this one
+            )
+            fit_seconds[arch] = time.perf_counter() - t0
+            progress.advance(task)
+            progress.console.print(f"trained {arch} in {fit_seconds[arch]:.1f}s")
+        progress.update(
+            task, description=f"walk-forward over {len(splits.val):,} validation + {len(splits.test):,} test windows"
         )
-        fit_seconds[arch] = time.perf_counter() - t0
-        app.console.print(f"trained {arch} in {fit_seconds[arch]:.1f}s")
-    bt = walk_forward(
-        models, strided(splits.test, test_stride), refit_every=refit_every, refit_params=tp if refit_every else None
+        ev = evaluate_splits(
+            models, splits, test_stride=test_stride, refit_every=refit_every, refit_params=tp if refit_every else None
+        )
+        progress.advance(task)
+    bt = ev.test
+    app.console.print(
+        f"selected on the validation split (mean {ev.metric}, coverage in {list(ev.band)}): {ev.selected}"
     )
     if plot_path:
-        plot_backtest(bt, bars, plot_path)
+        plot_backtest(bt, bars, plot_path, fan_model=ev.selected if ev.selected != CLIMATOLOGY else None)
         app.console.print(f"wrote {plot_path}")
+    if predictions_path:
+        import csv
+
+        header, csv_rows = prediction_rows(bt)
+        with open(predictions_path, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(header)
+            w.writerows(csv_rows)
+        app.console.print(f"wrote {len(csv_rows):,} forecast rows to {predictions_path}")
     if fmt == "json":
         out = {
             "source": name,
@@ -313,6 +363,13 @@ def evaluate(
             "test_start": iso(_utc(int(bt.origin_times[0]))),
             "test_end": iso(_utc(int(bt.origin_times[-1]))),
             "fit_seconds": fit_seconds,
+            "selected": ev.selected,
+            "selection": {
+                "split": "validation",
+                "metric": ev.metric,
+                "coverage_band": list(ev.band),
+                "models": {k: m.to_dict() for k, m in ev.validation.metrics.items()} if ev.validation else {},
+            },
             **bt.to_dict(),
         }
         sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode() + "\n")
@@ -321,7 +378,7 @@ def evaluate(
     for r in rows:
         for k, v in r.items():
             if isinstance(v, float):
-                r[k] = f"{v:.4f}" if k in ("mase", "skill", "directional", "mape") else f"{v:.2f}"
+                r[k] = f"{v:.2f}" if k in ("mae", "rmse", "width") or k.startswith("mae@") else f"{v:.4f}"
     from rich.table import Table
 
     table = Table(
@@ -376,15 +433,15 @@ def _model_row(info: Any) -> dict[str, Any]:
 
 
 @models_group.command("list")
-@click.option("--series", "series_text", metavar="E:S[:I]", help="Only models of this series.")
+@series_option("Only models of this series.", name="series_text")
 @click.option("--status", type=click.Choice(["candidate", "champion", "retired"]))
 @format_option()
 @pass_app
-def models_list(app: AppContext, series_text: str | None, status: str | None, fmt: str) -> None:
+def models_list(app: AppContext, series_text: SeriesKey | None, status: str | None, fmt: str) -> None:
     """Registered models, newest first."""
     from db.registry import list_models
 
-    series = SeriesKey.parse(series_text) if series_text else None
+    series = series_text
     infos = list_models(app.database(), series=series, status=status)  # type: ignore[arg-type]
     emit_rows([_model_row(i) for i in infos], MODEL_COLUMNS, fmt)
 
@@ -413,16 +470,16 @@ def models_show(app: AppContext, model_id: str) -> None:
 
 @models_group.command("promote")
 @click.argument("model_id")
-@click.option("--series", "series_text", metavar="E:S[:I]", help="Series to champion (default: the model's own).")
+@series_option("Series to champion (default: the model's own).", name="series_text", many=True)
 @pass_app
-def models_promote(app: AppContext, model_id: str, series_text: str | None) -> None:
+def models_promote(app: AppContext, model_id: str, series_text: tuple[list[SeriesKey], ...]) -> None:
     """Make a model the champion of its series (after checking its artifact loads)."""
     from db.registry import get_model, promote
     from trainer.artifacts import load_artifact
 
     database = app.database()
     info = get_model(database, model_id)
-    targets = (SeriesKey.parse(series_text),) if series_text else info.series
+    targets = tuple(flat_series(series_text)) or info.series
     if not targets:
         raise InputError(f"model {model_id} names no series; give --series EXCHANGE:SYMBOL")
     if not info.artifact_path:

@@ -13,10 +13,11 @@ import logging
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from daemon import metrics
 from daemon.feeds.base import BadMessage, Candle, ExchangeProtocol
+from daemon.feeds.fields import us
 from db.errors import BarcastError
 from db.records import Bar, SeriesKey, utc_from_unix
 
@@ -78,6 +79,25 @@ class RestClient:
         raise BackfillError(f"{self.protocol.name} REST {url}: {last_error}")
 
 
+async def candle_pages(
+    client: RestClient, native: str, interval_s: int, start: int, end: int
+) -> AsyncIterator[tuple[int, list[Candle]]]:
+    """Candles opening in [start, end) one REST page at a time: (page end in Unix s, candles)."""
+    proto = client.protocol
+    window = proto.max_candles * interval_s
+    s = start
+    while s < end:
+        e = min(s + window, end)
+        body = await client.get(proto.candles_path(native, interval_s, s, e))
+        try:
+            page = proto.parse_candles(body, interval_s)
+        except BadMessage as exc:
+            raise BackfillError(f"{proto.name} candles for {native}: {exc.reason} in {body[:200]!r}") from None
+        kept = {c.open_time: c for c in page if s <= c.open_time < e and c.open_time % interval_s == 0}
+        yield e, [kept[k] for k in sorted(kept)]
+        s = e
+
+
 async def fetch_candles(
     client: RestClient,
     native: str,
@@ -88,24 +108,12 @@ async def fetch_candles(
     on_page: Callable[[int], None] | None = None,
 ) -> list[Candle]:
     """Candles opening in [start, end) (Unix seconds, aligned), oldest first."""
-    proto = client.protocol
-    out: dict[int, Candle] = {}
-    window = proto.max_candles * interval_s
-    s = start
-    while s < end:
-        e = min(s + window, end)
-        body = await client.get(proto.candles_path(native, interval_s, s, e))
-        try:
-            page = proto.parse_candles(body, interval_s)
-        except BadMessage as exc:
-            raise BackfillError(f"{proto.name} candles for {native}: {exc.reason} in {body[:200]!r}") from None
-        for c in page:
-            if s <= c.open_time < e and c.open_time % interval_s == 0:
-                out[c.open_time] = c
+    out: list[Candle] = []
+    async for _, page in candle_pages(client, native, interval_s, start, end):
+        out.extend(page)
         if on_page is not None:
             on_page(len(out))
-        s = e
-    return [out[k] for k in sorted(out)]
+    return out
 
 
 def candle_bar(series: SeriesKey, c: Candle) -> Bar:
@@ -122,6 +130,29 @@ def candle_bar(series: SeriesKey, c: Candle) -> Bar:
         c.trade_count,
         "backfill",
     )
+
+
+async def backfill_pages(
+    client: RestClient, series: SeriesKey, native: str, start: int, end: int
+) -> AsyncIterator[tuple[int, list[Bar], bool]]:
+    """Backfilled bars of [start, end) page by page: (page end in µs, bars, last page?), so the
+    caller can store each page in its own transaction and a failure keeps what was stored."""
+    from db.records import interval_seconds
+
+    if end <= start:
+        yield us(end), [], True
+        return
+    step = interval_seconds(series.interval)
+    async for page_end, candles in candle_pages(client, native, step, start, end):
+        bars = [candle_bar(series, c) for c in candles]
+        metrics.BACKFILLED.labels(series.exchange, series.symbol).inc(len(bars))
+        if bars:
+            log.info(
+                "backfilled",
+                extra={"series": str(series), "start": bars[0].open_time.isoformat(),
+                       "end": bars[-1].open_time.isoformat(), "bars": len(bars)},
+            )
+        yield us(page_end), bars, page_end >= end
 
 
 async def backfill_bars(client: RestClient, series: SeriesKey, native: str, start: int, end: int) -> list[Bar]:

@@ -1,243 +1,96 @@
-"""What every exchange module shares: the trade record, parse results and the protocol shape.
+"""The shape every exchange module has: the protocol base class.
 
-An exchange module is a sans-I/O core: it turns raw websocket text into `ParseResult`s and REST
-bodies into `Candle`s, and (for the simulator) renders the same messages back. The connection,
+An exchange module is a sans-I/O core: it turns raw websocket text into trades and REST bodies
+into `Candle`s, and (for the simulator) renders the same messages back. The connection,
 backfill and simulator shells do the I/O; because the simulator speaks through the same module
 that parses, parser and simulator cannot drift apart.
 
-Numbers are `Decimal` built from the exchange's text. Where an exchange sends prices as JSON
-numbers (Kraken v2, Coinbase REST candles) the text is parsed with the standard library's
-`json.loads(parse_float=Decimal)`, never through a float.
+Records live in `records`, field conversion in `fields`, symbol spelling in `symbols`; the names
+are re-exported here so an exchange module imports its whole toolkit from one place.
+
+Work per frame is bounded: a frame over `max_frame_bytes` is rejected before it is decoded, a
+frame with more than `max_trades` trades is rejected, numbers longer than `fields.MAX_TEXT` are
+never converted, and orjson refuses nesting deeper than 1024. A rejected frame is a counted reason.
 """
 
 from __future__ import annotations
 
 import json
-import re
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from decimal import Context, Decimal, InvalidOperation
+from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Literal
 
 import orjson
 
-Side = Literal["buy", "sell"]
-MessageKind = Literal["trade", "heartbeat", "ack", "other", "error", "malformed"]
-MESSAGE_KINDS: tuple[MessageKind, ...] = ("trade", "heartbeat", "ack", "other", "error", "malformed")
+from daemon.feeds.fields import (
+    EXACT,
+    US_PER_MS,
+    iso_us,
+    number_text,
+    price_text,
+    size_text,
+    us_from_datetime,
+    us_from_iso,
+)
+from daemon.feeds.records import (
+    ACK,
+    HEARTBEAT,
+    MESSAGE_KINDS,
+    OTHER,
+    TRADES,
+    BadMessage,
+    Candle,
+    CandleQuery,
+    ClientRequest,
+    MessageKind,
+    ParseResult,
+    Row,
+    Side,
+    SimState,
+    Trade,
+    error,
+    malformed,
+)
+from daemon.feeds.symbols import QUOTES, SymbolFormat, split_concat, split_normal, split_separated
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_US = timedelta(microseconds=1)
+__all__ = [
+    "ACK", "EXACT", "HEARTBEAT", "MESSAGE_KINDS", "NO_ROWS", "OTHER", "QUOTES", "TRADES", "BadMessage", "Candle",
+    "CandleColumns", "CandleQuery", "ClientRequest", "ExchangeProtocol", "MessageKind", "ParseResult", "Row", "Side",
+    "SimState", "SymbolFormat", "Trade", "error", "interval_name", "iso_to_us", "iso_us", "loads", "loads_exact",
+    "malformed", "number_text", "price", "size", "split_concat", "split_normal", "split_separated",
+    "us_from_datetime",
+]
 
-#: Numbers beyond these bounds are rejected as malformed: they are not real prices or sizes, and
-#: keeping them bounded keeps every Decimal sum in the aggregator exact (see `EXACT`).
-MAX_DIGITS = 30
-MAX_ABS_EXPONENT = 30
-#: Context for aggregation arithmetic: with inputs bounded as above, sums never round.
-EXACT = Context(prec=120)
+log = logging.getLogger("barcast.feeds")
 
-_NUMBER_RE = re.compile(r"^-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?$")
-
-
-class BadMessage(Exception):
-    """Raised inside a parser for a message that is not what its type promises; never escapes `parse`."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-@dataclass(frozen=True, slots=True)
-class Trade:
-    """One normalised trade. `time_us` is the exchange's timestamp in UTC microseconds."""
-
-    exchange: str
-    symbol: str  # normalised BASE-QUOTE
-    native_symbol: str
-    trade_id: str | None
-    time_us: int
-    price: Decimal
-    size: Decimal
-    side: Side | None
-
-    @property
-    def time(self) -> datetime:
-        return _EPOCH + timedelta(microseconds=self.time_us)
-
-    def as_json(self) -> dict[str, Any]:
-        """The `barcast parse` output object (decimals as strings, ISO-8601 UTC time)."""
-        return {
-            "exchange": self.exchange,
-            "symbol": self.symbol,
-            "trade_id": self.trade_id,
-            "time": iso_us(self.time_us),
-            "price": format(self.price, "f"),
-            "size": format(self.size, "f"),
-            "side": self.side,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class ParseResult:
-    """What one raw message was. `time_us` is an exchange time the message carries (heartbeats)."""
-
-    kind: MessageKind
-    trades: tuple[Trade, ...] = ()
-    reason: str | None = None
-    time_us: int | None = None
-    #: The exchange asks the client to reconnect (e.g. Bitstamp `bts:request_reconnect`).
-    reconnect: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Candle:
-    """One REST candle: open time in Unix seconds, exact OHLCV, trade count where the exchange says."""
-
-    open_time: int
-    open: Decimal
-    high: Decimal
-    low: Decimal
-    close: Decimal
-    volume: Decimal
-    trade_count: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class CandleQuery:
-    """A REST candle request as the simulator understands it: [start, end) in Unix seconds."""
-
-    native_symbol: str
-    interval_s: int
-    start: int | None
-    end: int | None
-    limit: int
-
-
-@dataclass(frozen=True, slots=True)
-class ClientRequest:
-    """A message a client sent to the (simulated) exchange."""
-
-    kind: Literal["subscribe", "heartbeat", "unknown"]
-    natives: tuple[str, ...] = ()
-    request_id: Any = None
-    raw: Any = None
-
-
-# Results that carry nothing are shared, so the hot path allocates nothing for them.
-HEARTBEAT = ParseResult("heartbeat")
-ACK = ParseResult("ack")
-OTHER = ParseResult("other")
-
-
-def malformed(reason: str) -> ParseResult:
-    return ParseResult("malformed", reason=reason)
-
-
-def error(reason: str) -> ParseResult:
-    return ParseResult("error", reason=reason)
-
-
-# --- numbers and times ---------------------------------------------------------------------------
-
-
-def dec(value: Any, what: str) -> Decimal:
-    """Exact Decimal of a number given as text (or as an int/Decimal from a Decimal-aware parse)."""
-    if isinstance(value, str):
-        if len(value) > 64 or not _NUMBER_RE.match(value):
-            raise BadMessage(f"bad_{what}")
-        d = Decimal(value)
-    elif isinstance(value, Decimal):
-        d = value
-    elif isinstance(value, int) and not isinstance(value, bool):
-        d = Decimal(value)
-    else:
-        raise BadMessage(f"bad_{what}")  # a float already lost exactness; bools, None, lists…
-    if not d.is_finite():
-        raise BadMessage(f"bad_{what}")
-    exp = d.as_tuple().exponent
-    assert isinstance(exp, int)
-    if len(d.as_tuple().digits) > MAX_DIGITS or abs(exp) > MAX_ABS_EXPONENT:
-        raise BadMessage(f"{what}_out_of_range")
-    return d
+#: The rows of a frame without trades (shared: never mutated).
+NO_ROWS: list[Row] = []
 
 
 def price(value: Any) -> Decimal:
-    d = dec(value, "price")
-    if d <= 0:
-        raise BadMessage("nonpositive_price")
+    """An exact trade/candle price, or BadMessage naming the problem."""
+    d = price_text(value)
+    if d is None:
+        raise BadMessage("bad_price")
     return d
 
 
 def size(value: Any) -> Decimal:
-    """Sizes may be zero (the simulator's zero-volume bars, see simulator.py) but never negative."""
-    d = dec(value, "size")
-    if d < 0:
-        raise BadMessage("negative_size")
+    """An exact size (zero allowed: the simulator's zero-volume bars), or BadMessage."""
+    d = size_text(value)
+    if d is None:
+        raise BadMessage("bad_size")
     return d
 
 
-#: Accept exchange times from 2000 to 2100 only; anything else is a garbled field.
-_MIN_US = 946_684_800_000_000
-_MAX_US = 4_102_444_800_000_000
-
-
-def check_us(us: int) -> int:
-    if not _MIN_US <= us < _MAX_US:
-        raise BadMessage("time_out_of_range")
-    return us
-
-
-def ms_to_us(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, str) and value.isdigit() and len(value) < 20:
-            value = int(value)
-        else:
-            raise BadMessage("bad_time")
-    return check_us(value * 1000)
-
-
-def seconds_text_to_us(value: Any) -> int:
-    """'1618678142.557535' (Kraken v1) to microseconds, exactly."""
-    if isinstance(value, str):
-        if len(value) > 32 or not _NUMBER_RE.match(value):
-            raise BadMessage("bad_time")
-        d = Decimal(value)
-    elif isinstance(value, int | Decimal) and not isinstance(value, bool):
-        d = Decimal(value)
-    else:
-        raise BadMessage("bad_time")
-    try:
-        return check_us(int(d.scaleb(6).to_integral_value(rounding="ROUND_FLOOR")))
-    except (InvalidOperation, OverflowError, ValueError):
-        raise BadMessage("bad_time") from None
-
-
-_ISO_RE = re.compile(r"^(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,12}))?(Z|[+-]00:?00)?$")
-
-
 def iso_to_us(value: Any) -> int:
-    """'2021-04-17T16:43:37.089723Z' (any number of fraction digits, truncated to µs) to µs."""
-    if not isinstance(value, str):
+    us = us_from_iso(value)
+    if us is None:
         raise BadMessage("bad_time")
-    m = _ISO_RE.match(value)
-    if m is None:
-        raise BadMessage("bad_time")
-    try:
-        dt = datetime.fromisoformat(f"{m.group(1)}T{m.group(2)}+00:00")
-    except ValueError:
-        raise BadMessage("bad_time") from None
-    frac = (m.group(3) or "")[:6].ljust(6, "0")
-    return check_us((dt - _EPOCH) // _US + int(frac))
-
-
-def iso_us(us: int) -> str:
-    """ISO-8601 UTC with microseconds and a Z, the time format of every output."""
-    return (_EPOCH + timedelta(microseconds=us)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def us_from_datetime(t: datetime) -> int:
-    return (t - _EPOCH) // _US
+    return us
 
 
 def loads(text: str | bytes) -> Any:
@@ -252,7 +105,7 @@ def loads_exact(text: str | bytes) -> Any:
     """Standard-library JSON with JSON numbers read as exact Decimals (ints stay ints)."""
     try:
         return json.loads(text, parse_float=Decimal, parse_constant=_reject_constant)
-    except (ValueError, TypeError, RecursionError):
+    except (ValueError, TypeError, RecursionError, ArithmeticError):
         raise BadMessage("bad_json") from None
 
 
@@ -260,84 +113,38 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"JSON constant {name} is not allowed")
 
 
-def number_text(d: Decimal) -> str:
-    """A Decimal as JSON number text (exact; for rendering exchanges that send numbers)."""
-    return format(d, "f")
-
-
-# --- symbols ---------------------------------------------------------------------------------------
-
-#: Quote currencies recognised at the end of concatenated symbols (BTCUSDT, btcusd), longest first.
-QUOTES = tuple(
-    sorted(
-        (
-            "USDT",
-            "USDC",
-            "BUSD",
-            "TUSD",
-            "FDUSD",
-            "USDP",
-            "DAI",
-            "USD",
-            "EUR",
-            "GBP",
-            "JPY",
-            "AUD",
-            "CAD",
-            "CHF",
-            "TRY",
-            "BRL",
-            "BTC",
-            "ETH",
-            "BNB",
-            "PAX",
-            "XBT",
-        ),
-        key=len,
-        reverse=True,
-    )
-)
-
-
-def split_concat(native: str) -> tuple[str, str]:
-    """BTCUSDT -> (BTC, USDT). The longest known quote wins unless it leaves a base under three
-    letters while a shorter one does not (XBTUSD is XBT-USD, not XB-TUSD)."""
-    up = native.upper()
-    matches = [q for q in QUOTES if up.endswith(q) and len(up) > len(q)]
-    if not matches:
-        raise BadMessage("unknown_symbol")
-    q = next((m for m in matches if len(up) - len(m) >= 3), matches[0])
-    return up[: -len(q)], q
-
-
-def split_separated(native: str, sep: str) -> tuple[str, str]:
-    """XBT/USD with sep "/" -> (XBT, USD); anything but exactly two non-empty parts is malformed."""
-    if not isinstance(native, str) or native.count(sep) != 1:
-        raise BadMessage("bad_symbol")
-    base, quote = native.upper().split(sep)
-    if not base or not quote:
-        raise BadMessage("bad_symbol")
-    return base, quote
-
-
-def split_normal(symbol: str) -> tuple[str, str]:
-    base, sep, quote = symbol.upper().partition("-")
-    if not sep or not base or not quote:
-        raise ValueError(f"bad symbol {symbol!r}: expected BASE-QUOTE like 'BTC-USD'")
-    return base, quote
-
-
-# --- the shape every exchange module has ---------------------------------------------------------
-
-
 @dataclass(frozen=True, slots=True)
-class SimState:
-    """What a simulated exchange tells a renderer about the connection (sequence numbers etc.)."""
+class CandleColumns:
+    """Where a REST candle row (a JSON array) keeps each value: the column order as data."""
 
-    now_us: int
-    sequence: int = 0
-    last_trade_id: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    time: int
+    open: int
+    high: int
+    low: int
+    close: int
+    volume: int
+    count: int | None = None
+    time_unit: Literal["s", "ms"] = "s"
+
+    @property
+    def width(self) -> int:
+        return 1 + max(self.time, self.open, self.high, self.low, self.close, self.volume, self.count or 0)
+
+    def candle(self, r: Any) -> Candle:
+        if not isinstance(r, list) or len(r) < self.width or type(r[self.time]) is not int:
+            raise BadMessage("bad_candle")
+        t = r[self.time] // US_PER_MS if self.time_unit == "ms" else r[self.time]
+        n = r[self.count] if self.count is not None else None
+        count = n if type(n) is int else None
+        return Candle(t, price(r[self.open]), price(r[self.high]), price(r[self.low]), price(r[self.close]),
+                      size(r[self.volume]), count)
+
+    def candles(self, rows: Any) -> list[Candle]:
+        if not isinstance(rows, list):
+            raise BadMessage("candles_not_a_list")
+        out = [self.candle(r) for r in rows]
+        out.sort(key=lambda c: c.open_time)
+        return out
 
 
 class ExchangeProtocol(ABC):
@@ -346,6 +153,7 @@ class ExchangeProtocol(ABC):
     name: str
     ws_url: str
     rest_url: str
+    symbols: SymbolFormat
     #: Path the simulator serves the websocket on (the exchange's real path).
     ws_path: str = "/"
     #: Most candles one REST request returns.
@@ -356,13 +164,17 @@ class ExchangeProtocol(ABC):
     server_heartbeat_s: float | None = None
     #: Minimum seconds between REST requests (public rate limits, with margin).
     rest_min_interval_s: float = 0.2
+    #: Largest frame parsed; the websocket refuses frames above 4x this (see connection.py).
+    max_frame_bytes: int = 1 << 20
+    #: Most trades one frame may carry (real frames carry one to a few hundred).
+    max_trades: int = 1000
 
     # symbols
-    @abstractmethod
-    def native_symbol(self, symbol: str) -> str: ...
+    def native_symbol(self, symbol: str) -> str:
+        return self.symbols.native(symbol)
 
-    @abstractmethod
-    def normal_symbol(self, native: str) -> str: ...
+    def normal_symbol(self, native: str) -> str:
+        return self.symbols.normal(native)
 
     # client side
     @abstractmethod
@@ -376,26 +188,48 @@ class ExchangeProtocol(ABC):
         return 1
 
     @abstractmethod
-    def parse_message(self, text: str | bytes) -> ParseResult:
-        """Parse one message; may raise BadMessage (and anything a garbled message provokes)."""
+    def scan(self, text: str | bytes) -> tuple[ParseResult, list[Row]]:
+        """One message to its classification and trade rows (the hot path: no Trade objects).
+
+        May raise BadMessage (and anything a garbled message provokes); `scan_safe` catches."""
+
+    def scan_safe(self, text: str | bytes) -> tuple[ParseResult, list[Row]]:
+        """`scan` that never raises: garbage, oversize frames and hostile numbers are a reason."""
+        if len(text) > self.max_frame_bytes:
+            return malformed("frame_too_large"), NO_ROWS
+        try:
+            return self.scan(text)
+        except BadMessage as exc:
+            return malformed(exc.reason), NO_ROWS
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError, ArithmeticError, RecursionError) as exc:
+            return malformed(f"unexpected_shape:{type(exc).__name__}"), NO_ROWS
+        except Exception as exc:  # a parser bug: still never the connection loop's problem
+            log.exception("parser failed", extra={"exchange": self.name})
+            return malformed(f"internal_error:{type(exc).__name__}"), NO_ROWS
 
     def parse(self, text: str | bytes) -> ParseResult:
-        """Raw text to a classification and trades. Never raises: garbage is a counted reason."""
+        """Raw text to a classification and normalised trades. Never raises."""
+        res, rows = self.scan_safe(text)
+        if not rows:
+            return res
         try:
-            return self.parse_message(text)
+            normal = self.symbols.normal
+            name = self.name
+            trades = tuple(
+                Trade(name, normal(n), n, None if tid is None else str(tid), t, p, q, side)  # type: ignore[arg-type]
+                for n, tid, t, p, q, side in rows
+            )
         except BadMessage as exc:
             return malformed(exc.reason)
-        except (
-            KeyError,
-            IndexError,
-            TypeError,
-            AttributeError,
-            ValueError,
-            InvalidOperation,
-            RecursionError,
-            OverflowError,
-        ) as exc:
-            return malformed(f"unexpected_shape:{type(exc).__name__}")
+        return ParseResult(res.kind, trades, res.reason, res.time_us, res.reconnect)
+
+    def rows(self, data: Any) -> list[Any]:
+        """A frame's list of trade objects, bounded by `max_trades`."""
+        if type(data) is not list:
+            raise BadMessage("bad_data")
+        if len(data) > self.max_trades:
+            raise BadMessage("too_many_trades")
+        return data
 
     @abstractmethod
     def candles_path(self, native: str, interval_s: int, start: int, end: int) -> str:

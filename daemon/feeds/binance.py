@@ -14,26 +14,27 @@ import orjson
 
 from daemon.feeds.base import (
     ACK,
+    NO_ROWS,
     OTHER,
+    TRADES,
     BadMessage,
     Candle,
+    CandleColumns,
     CandleQuery,
     ClientRequest,
     ExchangeProtocol,
     ParseResult,
+    Row,
     SimState,
+    SymbolFormat,
     Trade,
     error,
     interval_name,
     loads,
     malformed,
-    ms_to_us,
     number_text,
-    price,
-    size,
-    split_concat,
-    split_normal,
 )
+from daemon.feeds.fields import US_PER_MS, price_text, size_text, us_from_ms
 
 _INTERVALS = {60: "1m", 300: "5m", 900: "15m", 3600: "1h"}
 _INTERVAL_S = {v: k for k, v in _INTERVALS.items()}
@@ -49,78 +50,66 @@ class Binance(ExchangeProtocol):
     ws_path = "/ws"
     max_candles = 1000
     rest_min_interval_s = 0.1
-
-    def native_symbol(self, symbol: str) -> str:
-        base, q = split_normal(symbol)
-        return f"{base}{q}"
-
-    def normal_symbol(self, native: str) -> str:
-        if not isinstance(native, str):
-            raise BadMessage("bad_symbol")
-        base, q = split_concat(native)
-        return f"{base}-{q}"
+    symbols = SymbolFormat("")
+    candle_columns = CandleColumns(time=0, open=1, high=2, low=3, close=4, volume=5, count=8, time_unit="ms")
 
     def subscribe_messages(self, natives: Sequence[str]) -> list[str]:
         params = [f"{n.lower()}@trade" for n in natives]
         return [orjson.dumps({"method": "SUBSCRIBE", "params": params, "id": 1}).decode()]
 
-    def parse_message(self, text: str | bytes) -> ParseResult:
+    def scan(self, text: str | bytes) -> tuple[ParseResult, list[Row]]:
         msg = loads(text)
-        if not isinstance(msg, dict):
-            return malformed("not_an_object")
-        if "stream" in msg and "data" in msg:
-            msg = msg["data"]
-            if not isinstance(msg, dict):
-                return malformed("not_an_object")
+        if type(msg) is not dict:
+            return malformed("not_an_object"), NO_ROWS
         event = msg.get("e")
+        if event is None and "stream" in msg and "data" in msg:
+            msg = msg["data"]
+            if type(msg) is not dict:
+                return malformed("not_an_object"), NO_ROWS
+            event = msg.get("e")
         if event == "trade" or event == "aggTrade":
             tid = msg["t"] if event == "trade" else msg["a"]
-            if isinstance(tid, bool) or not isinstance(tid, int):
+            if type(tid) is not int:
                 raise BadMessage("bad_trade_id")
             maker_buyer = msg["m"]
-            if not isinstance(maker_buyer, bool):
+            if maker_buyer is True:
+                side = "sell"
+            elif maker_buyer is False:
+                side = "buy"
+            else:
                 raise BadMessage("bad_side")
             native = msg["s"]
-            trade = Trade(
-                self.name,
-                self.normal_symbol(native),
-                native,
-                str(tid),
-                ms_to_us(msg["T"]),
-                price(msg["p"]),
-                size(msg["q"]),
-                "sell" if maker_buyer else "buy",
-            )
-            return ParseResult("trade", (trade,))
+            if type(native) is not str:
+                raise BadMessage("bad_symbol")
+            t = us_from_ms(msg["T"])
+            if t is None:
+                raise BadMessage("bad_time")
+            p = price_text(msg["p"])
+            if p is None:
+                raise BadMessage("bad_price")
+            q = size_text(msg["q"])
+            if q is None:
+                raise BadMessage("bad_size")
+            return TRADES, [(native, tid, t, p, q, side)]
         if event in _OTHER_EVENTS:
-            return OTHER
+            return OTHER, NO_ROWS
         if event is None:
             if "result" in msg and "id" in msg:
-                return ACK
+                return ACK, NO_ROWS
             if ("code" in msg and "msg" in msg) or "error" in msg:
-                return error(f"exchange_error:{str(msg.get('msg') or msg.get('error'))[:60]}")
+                return error(f"exchange_error:{str(msg.get('msg') or msg.get('error'))[:60]}"), NO_ROWS
             if "u" in msg and "b" in msg and "a" in msg:  # bookTicker has no event type
-                return OTHER
-        return malformed("unexpected_type")
+                return OTHER, NO_ROWS
+        return malformed("unexpected_type"), NO_ROWS
 
     def candles_path(self, native: str, interval_s: int, start: int, end: int) -> str:
         return (
             f"/api/v3/klines?symbol={native}&interval={interval_name(interval_s, _INTERVALS)}"
-            f"&startTime={start * 1000}&endTime={end * 1000 - 1}&limit={self.max_candles}"
+            f"&startTime={start * US_PER_MS}&endTime={end * US_PER_MS - 1}&limit={self.max_candles}"
         )
 
     def parse_candles(self, text: str | bytes, interval_s: int) -> list[Candle]:
-        rows = loads(text)
-        if not isinstance(rows, list):
-            raise BadMessage("candles_not_a_list")
-        out = []
-        for r in rows:
-            if not isinstance(r, list) or len(r) < 9 or not isinstance(r[0], int):
-                raise BadMessage("bad_candle")
-            count = r[8] if isinstance(r[8], int) and not isinstance(r[8], bool) else None
-            out.append(Candle(r[0] // 1000, price(r[1]), price(r[2]), price(r[3]), price(r[4]), size(r[5]), count))
-        out.sort(key=lambda c: c.open_time)
-        return out
+        return self.candle_columns.candles(loads(text))
 
     # simulator side -----------------------------------------------------------------------------
     def client_request(self, msg: dict[str, Any]) -> ClientRequest | None:

@@ -15,25 +15,27 @@ import orjson
 from daemon.feeds.base import (
     ACK,
     HEARTBEAT,
+    NO_ROWS,
     OTHER,
+    TRADES,
     BadMessage,
     Candle,
     CandleQuery,
     ClientRequest,
     ExchangeProtocol,
     ParseResult,
+    Row,
     SimState,
+    SymbolFormat,
     Trade,
-    check_us,
     error,
     loads,
     malformed,
     number_text,
     price,
     size,
-    split_concat,
-    split_normal,
 )
+from daemon.feeds.fields import integer, price_text, seconds, size_text, trade_id_ok, us, us_from_us
 
 _PREFIX = "live_trades_"
 
@@ -46,16 +48,7 @@ class Bitstamp(ExchangeProtocol):
     max_candles = 1000
     client_heartbeat_s = 10.0
     rest_min_interval_s = 0.2
-
-    def native_symbol(self, symbol: str) -> str:
-        base, q = split_normal(symbol)
-        return f"{base}{q}".lower()
-
-    def normal_symbol(self, native: str) -> str:
-        if not isinstance(native, str):
-            raise BadMessage("bad_symbol")
-        base, q = split_concat(native)
-        return f"{base}-{q}"
+    symbols = SymbolFormat("", case="lower")
 
     def subscribe_messages(self, natives: Sequence[str]) -> list[str]:
         return [
@@ -68,53 +61,52 @@ class Bitstamp(ExchangeProtocol):
     def expected_acks(self, natives: Sequence[str]) -> int:
         return len(natives)  # one acknowledgement per symbol
 
-    def parse_message(self, text: str | bytes) -> ParseResult:
+    def scan(self, text: str | bytes) -> tuple[ParseResult, list[Row]]:
         msg = loads(text)
-        if not isinstance(msg, dict):
-            return malformed("not_an_object")
+        if type(msg) is not dict:
+            return malformed("not_an_object"), NO_ROWS
         event = msg.get("event")
         if event == "trade":
             channel = msg["channel"]
-            if not isinstance(channel, str) or not channel.startswith(_PREFIX):
+            if type(channel) is not str or not channel.startswith(_PREFIX):
                 raise BadMessage("bad_channel")
-            native = channel[len(_PREFIX) :]
             d = msg["data"]
             kind = d["type"]
-            if kind not in (0, 1):
-                raise BadMessage("bad_side")
-            micro = d.get("microtimestamp")
-            if isinstance(micro, str) and micro.isdigit() and len(micro) < 20:
-                t_us = check_us(int(micro))
+            if kind == 0 and type(kind) is int:
+                side = "buy"
+            elif kind == 1 and type(kind) is int:
+                side = "sell"
             else:
-                ts = d["timestamp"]
-                if not isinstance(ts, str) or not ts.isdigit() or len(ts) > 12:
-                    raise BadMessage("bad_time")
-                t_us = check_us(int(ts) * 1_000_000)
+                raise BadMessage("bad_side")
+            # microtimestamp (µs text) when present, else the whole-seconds timestamp
+            if "microtimestamp" in d:
+                t = us_from_us(d["microtimestamp"])
+            else:
+                secs = integer(d["timestamp"], 10**12)
+                t = None if secs is None else us_from_us(us(secs))
+            if t is None:
+                raise BadMessage("bad_time")
             tid = d.get("id")
-            if isinstance(tid, bool) or not isinstance(tid, int | str):
+            if not trade_id_ok(tid):
                 raise BadMessage("bad_trade_id")
-            trade = Trade(
-                self.name,
-                self.normal_symbol(native),
-                native,
-                str(tid),
-                t_us,
-                price(d["price_str"]),
-                size(d["amount_str"]),
-                "buy" if kind == 0 else "sell",
-            )
-            return ParseResult("trade", (trade,))
+            p = price_text(d["price_str"])
+            if p is None:
+                raise BadMessage("bad_price")
+            q = size_text(d["amount_str"])
+            if q is None:
+                raise BadMessage("bad_size")
+            return TRADES, [(channel[len(_PREFIX) :], tid, t, p, q, side)]
         if event == "bts:heartbeat":
-            return HEARTBEAT
+            return HEARTBEAT, NO_ROWS
         if event == "bts:subscription_succeeded" or event == "bts:unsubscription_succeeded":
-            return ACK
+            return ACK, NO_ROWS
         if event == "bts:request_reconnect":
-            return ParseResult("other", reason="request_reconnect", reconnect=True)
+            return ParseResult("other", reason="request_reconnect", reconnect=True), NO_ROWS
         if event == "bts:error":
-            return error(f"exchange_error:{str((msg.get('data') or {}).get('message'))[:60]}")
+            return error(f"exchange_error:{str((msg.get('data') or {}).get('message'))[:60]}"), NO_ROWS
         if event in ("data", "order_created", "order_changed", "order_deleted"):
-            return OTHER
-        return malformed("unexpected_type")
+            return OTHER, NO_ROWS
+        return malformed("unexpected_type"), NO_ROWS
 
     def candles_path(self, native: str, interval_s: int, start: int, end: int) -> str:
         n = max(1, min(self.max_candles, (end - start) // interval_s))
@@ -168,7 +160,7 @@ class Bitstamp(ExchangeProtocol):
         doc = {
             "data": {
                 "id": int(trade.trade_id or 0),
-                "timestamp": str(trade.time_us // 1_000_000),
+                "timestamp": str(seconds(trade.time_us)),
                 "amount": float(trade.size),
                 "amount_str": a,
                 "price": float(trade.price),

@@ -16,14 +16,19 @@ import orjson
 from daemon.feeds.base import (
     ACK,
     HEARTBEAT,
+    NO_ROWS,
     OTHER,
+    TRADES,
     BadMessage,
     Candle,
+    CandleColumns,
     CandleQuery,
     ClientRequest,
     ExchangeProtocol,
     ParseResult,
+    Row,
     SimState,
+    SymbolFormat,
     Trade,
     error,
     iso_to_us,
@@ -32,10 +37,8 @@ from daemon.feeds.base import (
     loads_exact,
     malformed,
     number_text,
-    price,
-    size,
-    split_normal,
 )
+from daemon.feeds.fields import US_PER_S, price_text, seconds, size_text, trade_id_ok, us_from_iso
 
 _OTHER_TYPES = frozenset(
     {
@@ -66,27 +69,19 @@ class Coinbase(ExchangeProtocol):
     max_candles = 300
     server_heartbeat_s = 1.0
     rest_min_interval_s = 0.34  # public endpoints: 3 requests/s
-
-    def native_symbol(self, symbol: str) -> str:
-        base, q = split_normal(symbol)
-        return f"{base}-{q}"
-
-    def normal_symbol(self, native: str) -> str:
-        if not isinstance(native, str) or native.count("-") != 1:
-            raise BadMessage("bad_symbol")
-        return native.upper()
+    symbols = SymbolFormat("-")
+    candle_columns = CandleColumns(time=0, low=1, high=2, open=3, close=4, volume=5)
 
     def subscribe_messages(self, natives: Sequence[str]) -> list[str]:
         doc = {"type": "subscribe", "product_ids": list(natives), "channels": ["matches", "heartbeat"]}
         return [orjson.dumps(doc).decode()]
 
-    def parse_message(self, text: str | bytes) -> ParseResult:
+    def scan(self, text: str | bytes) -> tuple[ParseResult, list[Row]]:
         msg = loads(text)
-        if not isinstance(msg, dict):
-            return malformed("not_an_object")
+        if type(msg) is not dict:
+            return malformed("not_an_object"), NO_ROWS
         kind = msg.get("type")
         if kind == "match" or kind == "last_match":
-            native = msg["product_id"]
             maker = msg["side"]
             if maker == "sell":
                 side = "buy"
@@ -95,50 +90,42 @@ class Coinbase(ExchangeProtocol):
             else:
                 raise BadMessage("bad_side")
             tid = msg.get("trade_id")
-            if isinstance(tid, bool) or not isinstance(tid, int | str):
+            if not trade_id_ok(tid):
                 raise BadMessage("bad_trade_id")
-            trade = Trade(
-                self.name,
-                self.normal_symbol(native),
-                native,
-                str(tid),
-                iso_to_us(msg["time"]),
-                price(msg["price"]),
-                size(msg["size"]),
-                side,  # type: ignore[arg-type]
-            )
-            return ParseResult("trade", (trade,))
+            native = msg["product_id"]
+            if type(native) is not str:
+                raise BadMessage("bad_symbol")
+            t = us_from_iso(msg["time"])
+            if t is None:
+                raise BadMessage("bad_time")
+            p = price_text(msg["price"])
+            if p is None:
+                raise BadMessage("bad_price")
+            q = size_text(msg["size"])
+            if q is None:
+                raise BadMessage("bad_size")
+            return TRADES, [(native, tid, t, p, q, side)]
         if kind == "heartbeat":
             t = msg.get("time")
-            return ParseResult("heartbeat", time_us=iso_to_us(t)) if t is not None else HEARTBEAT
+            return (ParseResult("heartbeat", time_us=iso_to_us(t)) if t is not None else HEARTBEAT), NO_ROWS
         if kind == "subscriptions":
-            return ACK
+            return ACK, NO_ROWS
         if kind == "error":
-            return error(f"exchange_error:{str(msg.get('message'))[:60]}")
+            return error(f"exchange_error:{str(msg.get('message'))[:60]}"), NO_ROWS
         if kind in _OTHER_TYPES:
-            return OTHER
-        return malformed("unexpected_type")
+            return OTHER, NO_ROWS
+        return malformed("unexpected_type"), NO_ROWS
 
     def candles_path(self, native: str, interval_s: int, start: int, end: int) -> str:
         if interval_s not in _GRANULARITIES:
             raise ValueError(f"coinbase has no {interval_s}s candles")
         return (
             f"/products/{quote(native)}/candles?granularity={interval_s}"
-            f"&start={iso_us(start * 1_000_000)}&end={iso_us(end * 1_000_000)}"
+            f"&start={iso_us(start * US_PER_S)}&end={iso_us(end * US_PER_S)}"
         )
 
     def parse_candles(self, text: str | bytes, interval_s: int) -> list[Candle]:
-        rows = loads_exact(text)
-        if not isinstance(rows, list):
-            raise BadMessage("candles_not_a_list")
-        out = []
-        for r in rows:
-            if not isinstance(r, list) or len(r) < 6 or not isinstance(r[0], int):
-                raise BadMessage("bad_candle")
-            t, lo, hi, op, cl, vol = r[:6]
-            out.append(Candle(t, price(op), price(hi), price(lo), price(cl), size(vol)))
-        out.sort(key=lambda c: c.open_time)
-        return out
+        return self.candle_columns.candles(loads_exact(text))
 
     # simulator side -----------------------------------------------------------------------------
     def client_request(self, msg: dict[str, Any]) -> ClientRequest | None:
@@ -189,8 +176,8 @@ class Coinbase(ExchangeProtocol):
         parts = path.strip("/").split("/")
         if len(parts) != 3 or parts[0] != "products" or parts[2] != "candles":
             return None
-        start = iso_to_us(query["start"]) // 1_000_000 if "start" in query else None
-        end = iso_to_us(query["end"]) // 1_000_000 if "end" in query else None
+        start = seconds(iso_to_us(query["start"])) if "start" in query else None
+        end = seconds(iso_to_us(query["end"])) if "end" in query else None
         return CandleQuery(parts[1], int(query.get("granularity", "60")), start, end, self.max_candles)
 
     def render_candles(self, candles: Sequence[Candle], query: CandleQuery) -> str:

@@ -80,11 +80,18 @@ class FeedConnection:
         self.capture = capture
         self.clock = clock or time.time
         self.connects = 0
+        #: connections that ended or could not be opened, each followed by a reconnect attempt
         self.failures = 0
         self.resyncs = 0
         self._stopping = asyncio.Event()
         self._ws: ClientConnection | None = None
         self._closing: asyncio.Task[None] | None = None
+
+    @property
+    def reconnects(self) -> int:
+        """Reconnect attempts so far: one after every failed attempt or dropped connection
+        (refused and timed-out attempts count, not just the ones that got through)."""
+        return self.failures
 
     @property
     def connected(self) -> bool:
@@ -115,13 +122,13 @@ class FeedConnection:
                     ping_timeout=opts.ping_timeout_s,
                     open_timeout=max(opts.stall_timeout_s, 5.0),
                     close_timeout=2,
-                    max_size=2**24,
+                    # frames up to 4x the parse limit are received and counted as too large;
+                    # beyond that the websocket closes (1009) and the gap is backfilled
+                    max_size=4 * self.protocol.max_frame_bytes,
                     compression=None,
                 ) as ws:
                     self._ws = ws
                     self.connects += 1
-                    if self.connects > 1:
-                        metrics.RECONNECTS.labels(name).inc()
                     metrics.FEED_CONNECTED.labels(name).set(1)
                     if self.capture is not None and self.connects > 1:
                         self.capture.reconnected()
@@ -154,6 +161,7 @@ class FeedConnection:
             delay = backoff_delay(attempt, opts.backoff_initial_s, opts.backoff_max_s)
             attempt += 1
             self.failures += 1
+            metrics.RECONNECTS.labels(name).inc()
             log.warning(
                 "feed disconnected; reconnecting",
                 extra={"exchange": name, "reason": reason or "closed", "retry_in_s": round(delay, 3)},

@@ -8,6 +8,7 @@ bitcoin XBT in v1 and REST; symbols are normalised to BTC.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,36 +17,39 @@ import orjson
 from daemon.feeds.base import (
     ACK,
     HEARTBEAT,
+    NO_ROWS,
     OTHER,
+    TRADES,
     BadMessage,
     Candle,
+    CandleColumns,
     CandleQuery,
     ClientRequest,
     ExchangeProtocol,
     ParseResult,
+    Row,
     Side,
     SimState,
+    SymbolFormat,
     Trade,
     error,
     interval_name,
-    iso_to_us,
     iso_us,
     loads,
     loads_exact,
     malformed,
     number_text,
-    price,
-    seconds_text_to_us,
-    size,
-    split_normal,
-    split_separated,
+    split_concat,
 )
+from daemon.feeds.fields import price_text, size_text, trade_id_ok, us_from_iso, us_from_seconds
 
 _ALIASES = {"XBT": "BTC", "XDG": "DOGE"}
 _REST_ALIASES = {"BTC": "XBT", "DOGE": "XDG"}
 _INTERVALS = {60: "1", 300: "5", 900: "15", 3600: "60"}
 _OTHER_CHANNELS = frozenset({"status", "book", "ticker", "ohlc", "instrument", "level3"})
 _V1_OTHER_EVENTS = frozenset({"systemStatus", "pong"})
+#: v2 trade numbers as the exchange wrote them (orjson gives floats; the text is the exact value)
+_NUMBER_FIELD = re.compile(r'"(price|qty)":(-?[0-9][0-9.eE+-]{0,39})[,}\s]', re.ASCII)
 
 
 def _side(v: Any) -> Side:
@@ -64,14 +68,8 @@ class Kraken(ExchangeProtocol):
     max_candles = 720
     server_heartbeat_s = 1.0
     rest_min_interval_s = 1.0
-
-    def native_symbol(self, symbol: str) -> str:
-        base, q = split_normal(symbol)
-        return f"{base}/{q}"
-
-    def normal_symbol(self, native: str) -> str:
-        base, q = split_separated(native, "/")
-        return f"{_ALIASES.get(base, base)}-{_ALIASES.get(q, q)}"
+    symbols = SymbolFormat("/", aliases=_ALIASES)
+    candle_columns = CandleColumns(time=0, open=1, high=2, low=3, close=4, volume=6, count=7)
 
     def subscribe_messages(self, natives: Sequence[str]) -> list[str]:
         doc = {
@@ -83,90 +81,127 @@ class Kraken(ExchangeProtocol):
     def expected_acks(self, natives: Sequence[str]) -> int:
         return len(natives)  # one acknowledgement per symbol
 
-    def parse_message(self, text: str | bytes) -> ParseResult:
-        head = text.lstrip()[:1]
-        if head in ("[", b"["):
-            return self._parse_v1_array(loads(text))
+    def scan(self, text: str | bytes) -> tuple[ParseResult, list[Row]]:
         msg = loads(text)
-        if not isinstance(msg, dict):
-            return malformed("not_an_object")
+        if type(msg) is list:
+            return self._v1_array(msg)
+        if type(msg) is not dict:
+            return malformed("not_an_object"), NO_ROWS
         channel = msg.get("channel")
         if channel == "trade":
-            return self._parse_v2_trades(loads_exact(text))
+            return self._v2_trades(msg, text)
         if channel == "heartbeat":
-            return HEARTBEAT
+            return HEARTBEAT, NO_ROWS
         if channel in _OTHER_CHANNELS:
-            return OTHER
+            return OTHER, NO_ROWS
         method = msg.get("method")
         if method in ("subscribe", "unsubscribe"):
             if msg.get("success") is True:
-                return ACK
-            return error(f"exchange_error:{str(msg.get('error'))[:60]}")
+                return ACK, NO_ROWS
+            return error(f"exchange_error:{str(msg.get('error'))[:60]}"), NO_ROWS
         if method == "pong":
-            return HEARTBEAT
+            return HEARTBEAT, NO_ROWS
         event = msg.get("event")  # v1
         if event == "heartbeat":
-            return HEARTBEAT
+            return HEARTBEAT, NO_ROWS
         if event == "subscriptionStatus":
             if msg.get("status") in ("subscribed", "unsubscribed"):
-                return ACK
-            return error(f"exchange_error:{str(msg.get('errorMessage'))[:60]}")
+                return ACK, NO_ROWS
+            return error(f"exchange_error:{str(msg.get('errorMessage'))[:60]}"), NO_ROWS
         if event in _V1_OTHER_EVENTS:
-            return OTHER
+            return OTHER, NO_ROWS
         if event == "error" or "error" in msg:
-            return error(f"exchange_error:{str(msg.get('errorMessage') or msg.get('error'))[:60]}")
-        return malformed("unexpected_type")
+            return error(f"exchange_error:{str(msg.get('errorMessage') or msg.get('error'))[:60]}"), NO_ROWS
+        return malformed("unexpected_type"), NO_ROWS
 
-    def _parse_v2_trades(self, msg: Any) -> ParseResult:
-        data = msg["data"]
-        if not isinstance(data, list):
-            raise BadMessage("bad_data")
-        trades = []
-        for d in data:
+    def _v2_trades(self, msg: dict[str, Any], text: str | bytes) -> tuple[ParseResult, list[Row]]:
+        data = self.rows(msg["data"])
+        exact: list[Any] | None = None  # the frame re-read with exact numbers, only if needed
+        texts: list[tuple[Any, Any]] | bool | None = False  # False: not looked for yet
+        out: list[Row] = []
+        for i, d in enumerate(data):
             native = d["symbol"]
+            if type(native) is not str:
+                raise BadMessage("bad_symbol")
             tid = d.get("trade_id")
-            if tid is not None and (isinstance(tid, bool) or not isinstance(tid, int | str)):
+            if tid is not None and not trade_id_ok(tid):
                 raise BadMessage("bad_trade_id")
-            trades.append(
-                Trade(
-                    self.name,
-                    self.normal_symbol(native),
-                    native,
-                    None if tid is None else str(tid),
-                    iso_to_us(d["timestamp"]),
-                    price(d["price"]),
-                    size(d["qty"]),
-                    _side(d["side"]),
-                )
-            )  # type: ignore[arg-type]
-        return ParseResult("trade", tuple(trades))
+            pv, qv = d["price"], d["qty"]
+            if type(pv) is float or type(qv) is float:
+                if texts is False:
+                    texts = self._number_texts(text, data)
+                if isinstance(texts, list):
+                    pv, qv = texts[i]
+                else:
+                    if exact is None:
+                        exact = self.rows(loads_exact(text)["data"])
+                    pv, qv = exact[i]["price"], exact[i]["qty"]
+            t = us_from_iso(d["timestamp"])
+            if t is None:
+                raise BadMessage("bad_time")
+            p = price_text(pv)
+            if p is None:
+                raise BadMessage("bad_price")
+            q = size_text(qv)
+            if q is None:
+                raise BadMessage("bad_size")
+            out.append((native, tid, t, p, q, _side(d["side"])))
+        return TRADES, out
 
-    def _parse_v1_array(self, msg: Any) -> ParseResult:
-        if not isinstance(msg, list) or len(msg) < 4:
+    @staticmethod
+    def _number_texts(text: str | bytes, data: list[Any]) -> list[tuple[Any, Any]] | None:
+        """The price and qty text of each trade, as sent; None when the text does not line up
+        with the decoded frame one to one (then the exact standard-library parse decides)."""
+        raw = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+        found = _NUMBER_FIELD.findall(raw)
+        if len(found) != 2 * len(data):
+            return None
+        out = []
+        it = iter(found)
+        for d in data:
+            vals = {}
+            for _ in range(2):
+                key, num = next(it)
+                vals[key] = num
+            if len(vals) != 2:
+                return None
+            pv, qv = d.get("price"), d.get("qty")
+            # each text must be the number orjson decoded at that place (or a non-float left as is)
+            for key, v in (("price", pv), ("qty", qv)):
+                if type(v) is float or type(v) is int:
+                    try:
+                        if float(vals[key]) != v:
+                            return None
+                    except ValueError:
+                        return None
+                else:
+                    vals[key] = v
+            out.append((vals["price"], vals["qty"]))
+        return out
+
+    def _v1_array(self, msg: list[Any]) -> tuple[ParseResult, list[Row]]:
+        if len(msg) < 4:
             raise BadMessage("bad_array")
         name, native = msg[-2], msg[-1]
         if name != "trade":
             if isinstance(name, str) and name.split("-")[0] in ("book", "ticker", "spread", "ohlc"):
-                return OTHER
+                return OTHER, NO_ROWS
             raise BadMessage("unexpected_type")
-        rows = msg[1]
-        if not isinstance(rows, list):
-            raise BadMessage("bad_data")
-        symbol = self.normal_symbol(native)
-        trades = tuple(
-            Trade(
-                self.name,
-                symbol,
-                native,
-                None,
-                seconds_text_to_us(r[2]),
-                price(r[0]),
-                size(r[1]),
-                _side(r[3]),
-            )  # type: ignore[arg-type]
-            for r in rows
-        )
-        return ParseResult("trade", trades)
+        if type(native) is not str:
+            raise BadMessage("bad_symbol")
+        out: list[Row] = []
+        for r in self.rows(msg[1]):
+            t = us_from_seconds(r[2])
+            if t is None:
+                raise BadMessage("bad_time")
+            p = price_text(r[0])
+            if p is None:
+                raise BadMessage("bad_price")
+            q = size_text(r[1])
+            if q is None:
+                raise BadMessage("bad_size")
+            out.append((native, None, t, p, q, _side(r[3])))
+        return TRADES, out
 
     # REST ---------------------------------------------------------------------------------------
     def rest_pair(self, native: str) -> str:
@@ -190,14 +225,7 @@ class Kraken(ExchangeProtocol):
         if not isinstance(result, dict):
             raise BadMessage("candles_without_result")
         rows: list[Any] = next((v for k, v in result.items() if k != "last"), [])
-        out = []
-        for r in rows:
-            if not isinstance(r, list) or len(r) < 8 or not isinstance(r[0], int):
-                raise BadMessage("bad_candle")
-            count = r[7] if isinstance(r[7], int) and not isinstance(r[7], bool) else None
-            out.append(Candle(r[0], price(r[1]), price(r[2]), price(r[3]), price(r[4]), size(r[6]), count))
-        out.sort(key=lambda c: c.open_time)
-        return out
+        return self.candle_columns.candles(rows)
 
     # simulator side -----------------------------------------------------------------------------
     def client_request(self, msg: dict[str, Any]) -> ClientRequest | None:
@@ -266,8 +294,6 @@ class Kraken(ExchangeProtocol):
 
 
 def _native_from_rest(pair: str) -> str:
-    from daemon.feeds.base import split_concat
-
     base, q = split_concat(pair)
     return f"{_ALIASES.get(base, base)}/{_ALIASES.get(q, q)}"
 

@@ -14,26 +14,27 @@ import orjson
 from daemon.feeds.base import (
     ACK,
     HEARTBEAT,
+    NO_ROWS,
     OTHER,
+    TRADES,
     BadMessage,
     Candle,
+    CandleColumns,
     CandleQuery,
     ClientRequest,
     ExchangeProtocol,
     ParseResult,
+    Row,
     SimState,
+    SymbolFormat,
     Trade,
     error,
     interval_name,
     loads,
     malformed,
-    ms_to_us,
     number_text,
-    price,
-    size,
-    split_normal,
-    split_separated,
 )
+from daemon.feeds.fields import US_PER_MS, price_text, size_text, trade_id_ok, us_from_ms
 
 _INTERVALS = {60: "MINUTE_1", 300: "MINUTE_5", 900: "MINUTE_15", 3600: "HOUR_1"}
 _INTERVAL_S = {v: k for k, v in _INTERVALS.items()}
@@ -48,14 +49,8 @@ class Poloniex(ExchangeProtocol):
     max_candles = 500
     client_heartbeat_s = 20.0
     rest_min_interval_s = 0.2
-
-    def native_symbol(self, symbol: str) -> str:
-        base, q = split_normal(symbol)
-        return f"{base}_{q}"
-
-    def normal_symbol(self, native: str) -> str:
-        base, q = split_separated(native, "_")
-        return f"{base}-{q}"
+    symbols = SymbolFormat("_")
+    candle_columns = CandleColumns(time=12, low=0, high=1, open=2, close=3, volume=5, count=8, time_unit="ms")
 
     def subscribe_messages(self, natives: Sequence[str]) -> list[str]:
         return [orjson.dumps({"event": "subscribe", "channel": ["trades"], "symbols": list(natives)}).decode()]
@@ -63,66 +58,53 @@ class Poloniex(ExchangeProtocol):
     def client_heartbeat(self) -> str | None:
         return '{"event":"ping"}'
 
-    def parse_message(self, text: str | bytes) -> ParseResult:
+    def scan(self, text: str | bytes) -> tuple[ParseResult, list[Row]]:
         msg = loads(text)
-        if not isinstance(msg, dict):
-            return malformed("not_an_object")
+        if type(msg) is not dict:
+            return malformed("not_an_object"), NO_ROWS
         channel = msg.get("channel")
         event = msg.get("event")
         if channel == "trades" and event is None:
-            data = msg["data"]
-            if not isinstance(data, list):
-                raise BadMessage("bad_data")
-            trades = []
-            for d in data:
+            out: list[Row] = []
+            for d in self.rows(msg["data"]):
                 side = d["takerSide"]
-                if side not in ("buy", "sell"):
+                if side != "buy" and side != "sell":
                     raise BadMessage("bad_side")
                 tid = d.get("id")
-                if isinstance(tid, bool) or not isinstance(tid, int | str):
+                if not trade_id_ok(tid):
                     raise BadMessage("bad_trade_id")
                 native = d["symbol"]
-                trades.append(
-                    Trade(
-                        self.name,
-                        self.normal_symbol(native),
-                        native,
-                        str(tid),
-                        ms_to_us(d["createTime"]),
-                        price(d["price"]),
-                        size(d["quantity"]),
-                        side,
-                    )
-                )
-            return ParseResult("trade", tuple(trades))
+                if type(native) is not str:
+                    raise BadMessage("bad_symbol")
+                t = us_from_ms(d["createTime"])
+                if t is None:
+                    raise BadMessage("bad_time")
+                p = price_text(d["price"])
+                if p is None:
+                    raise BadMessage("bad_price")
+                q = size_text(d["quantity"])
+                if q is None:
+                    raise BadMessage("bad_size")
+                out.append((native, tid, t, p, q, side))
+            return TRADES, out
         if event == "subscribe" or event == "unsubscribe":
-            return ACK
+            return ACK, NO_ROWS
         if event == "pong":
-            return HEARTBEAT
+            return HEARTBEAT, NO_ROWS
         if event == "error":
-            return error(f"exchange_error:{str(msg.get('message'))[:60]}")
+            return error(f"exchange_error:{str(msg.get('message'))[:60]}"), NO_ROWS
         if channel in _OTHER_CHANNELS:
-            return OTHER
-        return malformed("unexpected_type")
+            return OTHER, NO_ROWS
+        return malformed("unexpected_type"), NO_ROWS
 
     def candles_path(self, native: str, interval_s: int, start: int, end: int) -> str:
         return (
             f"/markets/{native}/candles?interval={interval_name(interval_s, _INTERVALS)}"
-            f"&startTime={start * 1000}&endTime={end * 1000 - 1}&limit={self.max_candles}"
+            f"&startTime={start * US_PER_MS}&endTime={end * US_PER_MS - 1}&limit={self.max_candles}"
         )
 
     def parse_candles(self, text: str | bytes, interval_s: int) -> list[Candle]:
-        rows = loads(text)
-        if not isinstance(rows, list):
-            raise BadMessage("candles_not_a_list")
-        out = []
-        for r in rows:
-            if not isinstance(r, list) or len(r) < 13 or not isinstance(r[12], int):
-                raise BadMessage("bad_candle")
-            count = r[8] if isinstance(r[8], int) and not isinstance(r[8], bool) else None
-            out.append(Candle(r[12] // 1000, price(r[2]), price(r[1]), price(r[0]), price(r[3]), size(r[5]), count))
-        out.sort(key=lambda c: c.open_time)
-        return out
+        return self.candle_columns.candles(loads(text))
 
     # simulator side -----------------------------------------------------------------------------
     def client_request(self, msg: dict[str, Any]) -> ClientRequest | None:

@@ -1,4 +1,9 @@
-"""Synthetic bars for the demo and the simulator: reproducible random walks, exact 2-decimal prices."""
+"""Synthetic bars for the demo and the simulator: reproducible random walks, exact 2-decimal prices.
+
+With `momentum` > 0 each bar's return carries that share of the previous one (AR(1) returns),
+a pattern a trained model can learn and persistence cannot: the demo shows a model earning its
+promotion honestly instead of tying persistence on pure noise.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,14 @@ from db.records import Bar, interval_seconds
 
 
 def random_walk_bars(
-    symbol: str, n: int, *, start: datetime, interval: str = "5m", seed: int = 7, price: Decimal = Decimal("30000.00")
+    symbol: str,
+    n: int,
+    *,
+    start: datetime,
+    interval: str = "5m",
+    seed: int = 7,
+    price: Decimal = Decimal("30000.00"),
+    momentum: float = 0.0,
 ) -> list[Bar]:
     """A synthetic, reproducible OHLCV series (random-walk closes, exact 2-decimal prices)."""
     rnd = random.Random(seed)
@@ -19,12 +31,15 @@ def random_walk_bars(
     cent = Decimal("0.01")
     bars = []
     close = price
+    last_return = 0.0
     for i in range(n):
         o = close
         path = [o]
-        for _ in range(4):
-            path.append(max(cent, (path[-1] * Decimal(1 + rnd.gauss(0, 0.0012))).quantize(cent)))
+        for k in range(4):
+            drift = momentum * last_return if k == 0 else 0.0
+            path.append(max(cent, (path[-1] * Decimal(1 + drift + rnd.gauss(0, 0.0012))).quantize(cent)))
         c = path[-1]
+        last_return = float(c / o) - 1.0
         volume = Decimal(rnd.randint(0, 5_000_000_000)).scaleb(-8)
         if volume == 0:
             o = c = close

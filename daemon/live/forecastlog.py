@@ -30,6 +30,8 @@ def forecast_line(f: Forecast) -> dict[str, Any]:
         "model_id": f.model_id,
         "targets": [iso(t) for t in f.target_times],
         "closes": [round(float(c), 8) for c in f.closes],
+        "levels": None if f.levels is None else list(f.levels),
+        "quantiles": None if f.quantiles is None else [[round(float(v), 8) for v in q] for q in f.quantiles],
         "latency_ms": None if f.latency_ms is None else round(f.latency_ms, 3),
         "created_at": iso(f.created_at),
     }

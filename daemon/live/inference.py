@@ -16,12 +16,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from daemon.live.calibration import CalibrationBook
 from daemon.live.window import COLUMNS
-from db.records import Forecast, SeriesKey
+from db.records import Forecast, SeriesKey, to_unix
+
+if TYPE_CHECKING:
+    from trainer.forecaster import Forecaster
 
 T = TypeVar("T")
 
@@ -31,11 +35,11 @@ class ServingModel:
     """A loaded model and the window columns it reads."""
 
     model_id: str
-    model: Any  # trainer.models.Forecaster
+    model: Forecaster
     columns: tuple[int, ...]
 
     @classmethod
-    def of(cls, model_id: str, model: Any) -> ServingModel:
+    def of(cls, model_id: str, model: Forecaster) -> ServingModel:
         return cls(model_id, model, tuple(COLUMNS.index(f) for f in model.features))
 
     @property
@@ -81,8 +85,11 @@ class Job:
     closed_at: float  # time.monotonic() when the bar close was seen
 
 
-def forecast_batch(jobs: Sequence[Job], step: Callable[[SeriesKey], timedelta]) -> list[Forecast]:
-    """Run one predict_batch per distinct model over all its jobs; build Forecast records."""
+def forecast_batch(
+    jobs: Sequence[Job], step: Callable[[SeriesKey], timedelta], calibration: CalibrationBook | None = None
+) -> list[Forecast]:
+    """Run one predict_batch per distinct model over all its jobs; build Forecast records whose
+    quantiles are the served ones: calibrated per series x model, ascending at every step."""
     out: list[Forecast] = []
     by_model: dict[int, list[Job]] = {}
     for j in jobs:
@@ -90,11 +97,19 @@ def forecast_batch(jobs: Sequence[Job], step: Callable[[SeriesKey], timedelta]) 
     for group in by_model.values():
         serving = group[0].serving
         x = np.stack([j.window[-serving.window :, list(serving.columns)] for j in group])
-        closes = np.asarray(serving.model.predict_batch(x), dtype=np.float64)
+        times = np.array([to_unix(j.issued_at) for j in group], dtype=np.int64)
+        pred = serving.model.predict_batch(x, times)
+        closes = np.asarray(pred.point, dtype=np.float64)
+        levels = tuple(float(v) for v in pred.levels)
+        last = np.array([float(j.last_close) for j in group])
+        served = np.sort(np.asarray(pred.quantiles, dtype=np.float64), axis=-1)
         done = time.monotonic()
         now = datetime.now(UTC)
-        for j, row in zip(group, closes, strict=True):
+        for i, (j, row) in enumerate(zip(group, closes, strict=True)):
             dt = step(j.series)
+            q = served[i : i + 1]
+            if calibration is not None:
+                q = calibration.apply(j.series, serving.model_id, levels, last[i : i + 1], q)
             out.append(
                 Forecast(
                     series=j.series,
@@ -105,6 +120,8 @@ def forecast_batch(jobs: Sequence[Job], step: Callable[[SeriesKey], timedelta]) 
                     last_close=j.last_close,
                     latency_ms=(done - j.closed_at) * 1000.0,
                     created_at=now,
+                    levels=levels,
+                    quantiles=tuple(tuple(float(v) for v in step_q) for step_q in q[0]),
                 )
             )
     return out

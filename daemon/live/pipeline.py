@@ -19,12 +19,14 @@ from typing import Any
 from daemon import metrics
 from daemon.config import Config
 from daemon.live.broadcast import Broadcast
+from daemon.live.calibration import CalibrationBook
 from daemon.live.forecastlog import ForecastLog, forecast_line
 from daemon.live.inference import Job, ModelBook, ServingModel, Worker, forecast_batch
 from daemon.live.scoring import DriftWatch, score
 from daemon.live.window import RollingWindow
 from db import registry
 from db.bars import last_bars
+from db.calibration import load_states
 from db.cluster import Fence
 from db.engine import Database
 from db.errors import ArtifactError
@@ -80,6 +82,7 @@ class Pipeline:
         self.stats = PipelineStats()
         self._replay: dict[SeriesKey, list[Bar]] = {}
         self.drift: dict[tuple[SeriesKey, str], DriftWatch] = {}
+        self.calibration = CalibrationBook(horizon=config.data.horizon, gamma=config.model.aci_gamma)
         self._pending: dict[datetime, dict[SeriesKey, Job]] = {}
         self._timers: dict[datetime, asyncio.TimerHandle] = {}
         self._queue: asyncio.Queue[list[Job] | None] = asyncio.Queue(BATCH_QUEUE)
@@ -88,12 +91,16 @@ class Pipeline:
 
     # ---- start-up ------------------------------------------------------------------------
     def restore(self, keys: Iterable[SeriesKey] | None = None) -> None:
-        """Fill windows from stored bars (call in a thread): every series' at start, or those of
-        series this daemon just took over (another daemon stored their newest bars). Stored bars
-        newer than the series' newest forecast (at most `forecast.backfill_forecast_bars`: a
-        crash, or a previous owner that fell behind or died) are kept back for `catch_up` to
-        forecast one by one, so a restart or a takeover leaves no bar unforecast."""
+        """Fill windows from stored bars and load the calibration state (call in a thread): every
+        series' at start, or those of series this daemon just took over (another daemon stored
+        their newest bars). Stored bars newer than the series' newest forecast (at most
+        `forecast.backfill_forecast_bars`: a crash, or a previous owner that fell behind or died)
+        are kept back for `catch_up` to forecast one by one, so a restart or a takeover leaves no
+        bar unforecast."""
         todo = list(self.series) if keys is None else list(keys)
+        loaded = self.calibration.load(load_states(self.database, todo))
+        if loaded:
+            log.info("calibration state restored", extra={"models": loaded})
         reach = self.config.forecast.backfill_forecast_bars
         forecast_until = latest_issued(self.database, todo)
         for key in todo:
@@ -237,7 +244,7 @@ class Pipeline:
         t0 = time.monotonic()
         self.busy_since = t0
         try:
-            forecasts = await self.inference.run(forecast_batch, jobs, lambda k: k.step)
+            forecasts = await self.inference.run(forecast_batch, jobs, lambda k: k.step, self.calibration)
             new = await self.writer.run(self._store, forecasts)
         finally:
             self.busy_since = None
@@ -278,15 +285,17 @@ class Pipeline:
         rows = unscored_steps(self.database, keys, issued_since=since)
         out = score(rows, now) if rows else []
         if out:
-            insert_scores(self.database, out, fence=self.fence())
+            moved = self.calibration.updated(rows)
+            insert_scores(self.database, out, self.calibration.states(moved, now), fence=self.fence())
+            self.calibration.commit(moved)
         self.stats.scores += len(out)
         if out:
             self._publish_accuracy(sorted({s.series for s in out}))
         return out
 
     def _publish_accuracy(self, keys: list[SeriesKey]) -> None:
-        """Per-step live MAE gauges over the scoring window, one query for all `keys` (runs in
-        the writer thread)."""
+        """Per-step live MAE, pinball and coverage gauges over the scoring window, one query for
+        all `keys` (writer thread)."""
         span = self.config.scoring.window_steps // max(1, self.config.data.horizon)
         starts = []
         for key in keys:
@@ -295,9 +304,13 @@ class Pipeline:
             starts.append((st.last_bar if st.last_bar is not None else datetime.now(UTC)) - key.step * span)
         if not keys:
             return
-        for row in accuracy(self.database, series=keys, since=min(starts) if span else None):
-            metrics.LIVE_MAE.labels(str(row.series), row.model_id, str(row.step)).set(row.mae)
+        for row in accuracy(self.database, series=keys, since=min(starts) if span else None, per_level=False):
+            labels = (str(row.series), row.model_id, str(row.step))
+            metrics.LIVE_MAE.labels(*labels).set(row.mae)
             metrics.PERSISTENCE_MAE.labels(str(row.series), str(row.step)).set(row.persistence_mae)
+            if row.pinball_mean is not None and row.coverage is not None:
+                metrics.LIVE_PINBALL.labels(*labels).set(row.pinball_mean)
+                metrics.LIVE_COVERAGE.labels(*labels).set(row.coverage)
 
     def _watch(self, scores: list[ForecastScore]) -> None:
         by: dict[tuple[SeriesKey, str], list[ForecastScore]] = {}
@@ -334,10 +347,11 @@ class Pipeline:
         return self.baseline()
 
     def baseline(self) -> ServingModel:
+        """Persistence with a Gaussian random-walk fan (calibrated online like any model)."""
         from trainer.models import build_model
         from trainer.retrain_job import BASELINE_ID
 
-        return ServingModel.of(BASELINE_ID, build_model("persistence", data=self.config.data))
+        return ServingModel.of(BASELINE_ID, build_model("persistence", self.config.model, self.config.data))
 
     async def install(self, group: str) -> ServingModel:
         """(Re)load a group's champion and swap it in atomically. An artifact that cannot be loaded

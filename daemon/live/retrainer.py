@@ -48,6 +48,7 @@ def make_request(config: Config, group: str, *, overrides: dict[str, Any] | None
         holdout_bars=r.holdout_bars,
         metric=r.metric,
         margin=r.margin,
+        coverage_band=(r.coverage_min, r.coverage_max),
         artifacts_dir=str(config.artifacts_dir),
         keep_artifacts=r.keep_artifacts,
         log_level=config.logging.level,
@@ -56,8 +57,13 @@ def make_request(config: Config, group: str, *, overrides: dict[str, Any] | None
     return RetrainRequest(**fields)
 
 
-def _child(req: RetrainRequest, conn: Any) -> None:
+def _child(req: RetrainRequest, conn: Any, log_format: str = "text") -> None:
+    from daemon import logs, quiet
     from trainer.retrain_job import child_main
+
+    # the child logs like the daemon (one format in the journal) and is as quiet about TensorFlow
+    quiet.configure(debug=req.log_level == "debug")
+    logs.configure(req.log_level, log_format)
 
     try:
         conn.send(("ok", child_main(req)))
@@ -72,10 +78,10 @@ def _child(req: RetrainRequest, conn: Any) -> None:
 class ChildRun:
     """One training child process; `wait` in a thread, `terminate` from anywhere."""
 
-    def __init__(self, req: RetrainRequest) -> None:
+    def __init__(self, req: RetrainRequest, *, log_format: str = "text") -> None:
         ctx = mp.get_context("spawn")
         self._recv, send = ctx.Pipe(duplex=False)
-        self.process = ctx.Process(target=_child, args=(req, send), name="barcast-retrain", daemon=True)
+        self.process = ctx.Process(target=_child, args=(req, send, log_format), name="barcast-retrain", daemon=True)
         self.process.start()
         send.close()
 
@@ -210,7 +216,7 @@ class Retrainer:
         log.info("retrain started", extra={"group": group, "reason": reason, "arch": req.arch,
                                            "history_days": req.history_days})
         t0 = time.monotonic()
-        child = ChildRun(req)
+        child = ChildRun(req, log_format=self.config.logging.format)
         self.running[group] = child
         outcome: RetrainOutcome | None = None
         try:

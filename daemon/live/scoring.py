@@ -8,21 +8,35 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import numpy as np
+
 from db.records import ForecastScore
 from db.scores import Unscored
+from trainer.quantiles import pinball
 
 
 def score(rows: Iterable[Unscored], now: datetime) -> list[ForecastScore]:
-    """Realised error (predicted - actual) and persistence's (last close - actual) per step."""
+    """Realised error (predicted - actual) and persistence's (last close - actual) per step, and
+    for a step served with quantiles: pinball loss per level, whether the actual fell inside the
+    central interval [lowest, highest quantile], and its width."""
     out = []
     for r in rows:
         actual = float(r.actual)
         last = float(r.last_close) if r.last_close is not None else float("nan")
+        loss: tuple[float, ...] | None = None
+        inside: bool | None = None
+        width: float | None = None
+        if r.quantiles is not None and r.levels is not None:
+            q = np.asarray(r.quantiles, dtype=np.float64)
+            loss = tuple(float(v) for v in pinball(q[None, None, :], np.array([[actual]]), r.levels)[0, 0])
+            inside = bool(q[0] <= actual <= q[-1])
+            width = float(q[-1] - q[0])
         out.append(
             ForecastScore(
                 series=r.series, issued_at=r.issued_at, model_id=r.model_id, step=r.step,
                 target_time=r.target_time, predicted=r.predicted, actual=r.actual,
                 error=r.predicted - actual, persistence_error=last - actual, scored_at=now,
+                levels=r.levels if loss is not None else None, pinball=loss, inside=inside, width=width,
             )
         )
     return out

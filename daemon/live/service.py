@@ -293,7 +293,7 @@ class Service:
             conn = f.connection
             out[f.spec.exchange] = {
                 "connected": bool(getattr(conn, "connected", False)),
-                "reconnects": max(0, conn.connects - 1),
+                "reconnects": conn.reconnects,
                 "malformed": sum(f.stats.malformed.values()),
                 "malformed_by_reason": dict(f.stats.malformed),
                 "trades": f.stats.trades,

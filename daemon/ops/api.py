@@ -25,9 +25,11 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
+from typing_extensions import TypedDict
 
 from daemon import metrics
 from daemon.config import ApiConfig
@@ -57,6 +59,23 @@ class LiveHooks(Protocol):
     def status(self) -> dict[str, Any]: ...
 
     def subscribe(self) -> AsyncIterator[dict[str, Any]]: ...
+
+
+class ForecastPage(TypedDict):
+    limit: int
+    count: int
+    forecasts: list[reports.ForecastDoc]
+
+
+class LatestForecasts(TypedDict):
+    count: int
+    forecasts: list[reports.ForecastDoc]
+
+
+class AccuracyPage(TypedDict):
+    window: str
+    since: str | None
+    accuracy: list[reports.AccuracyDoc]
 
 
 def is_loopback(host: str) -> bool:
@@ -131,7 +150,9 @@ def create_app(
     `token`: when set, every endpoint but /health needs `Authorization: Bearer <token>`.
     `series`: the configured series, listed first by /status and /forecasts/latest.
     """
-    app = FastAPI(
+    # Swagger UI and ReDoc assets come from the fastapi-offline wheel (served under
+    # /static-offline-docs), not a CDN: the service typically runs on a server without internet.
+    app = FastAPIOffline(
         title="barcast",
         summary="Read-only API of the barcast forecaster: forecasts, bars, accuracy, models, status, metrics.",
         version=_version(),
@@ -198,15 +219,16 @@ def create_app(
     def forecasts(
         series: SeriesParam = None, model: ModelParam = None, since: SinceParam = None, until: UntilParam = None,
         limit: LimitParam = 100,
-    ) -> dict[str, Any]:
-        """Stored forecasts, newest issued first, with realised closes and errors where targets closed."""
+    ) -> ForecastPage:
+        """Stored forecasts, newest issued first, with their served quantiles, and realised closes and
+        errors where targets closed."""
         s, u = _range(since, until)
         lim = capped(limit)
         docs = reports.forecast_docs(database, _series(series), since=s, until=u, model_id=model, limit=lim)
         return {"limit": lim, "count": len(docs), "forecasts": docs}
 
     @app.get("/forecasts/latest", tags=["forecasts"], dependencies=auth)
-    def forecasts_latest(series: SeriesParam = None, model: ModelParam = None) -> dict[str, Any]:
+    def forecasts_latest(series: SeriesParam = None, model: ModelParam = None) -> LatestForecasts:
         """The newest forecast of each series (or of one)."""
         key = _series(series)
         keys = [key] if key else reports.known_series(database, configured_series)
@@ -215,7 +237,8 @@ def create_app(
 
     @app.get("/forecasts/stream", tags=["forecasts"], dependencies=auth,
              responses={200: {"content": {"text/event-stream": {}},
-                              "description": "One `forecast` event per forecast issued (data: forecast log object)"},
+                              "description": "One `forecast` event per forecast issued (data: forecast log "
+                                             "object: closes, levels and the served quantiles per step)"},
                         503: {"description": "No live daemon behind this API"}})
     async def forecasts_stream(request: Request, series: SeriesParam = None) -> Response:
         """Server-sent events: each forecast as the daemon issues it (keep-alive comments in between)."""
@@ -248,8 +271,9 @@ def create_app(
     def accuracy(
         series: SeriesParam = None, model: ModelParam = None,
         window: Annotated[str, Query(max_length=16, description="30m, 12h, 7d … or all")] = "7d",
-    ) -> dict[str, Any]:
-        """Live MAE per series, model and step against persistence on the same bars."""
+    ) -> AccuracyPage:
+        """Live MAE per series, model and step against persistence on the same bars, with pinball loss
+        per level, WIS, central-interval coverage and width."""
         span = reports.parse_window(window)
         since = reports.window_since(database, span, series=_series(series), model_id=model)
         docs = reports.accuracy_docs(database, series=_series(series), model_id=model, since=since)

@@ -18,6 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.dates as mdates
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
+from matplotlib.ticker import PercentFormatter
 
 from daemon.ops import reports
 from db import bars as db_bars
@@ -156,7 +157,8 @@ def accuracy_plot(
     ax.legend(fontsize=8)
     ax2.axhline(0, color="black", linewidth=0.8)
     ax2.set_xlabel("horizon (minutes ahead)")
-    ax2.set_ylabel("skill vs persistence (%, above 0 is better)")
+    ax2.set_ylabel("skill vs persistence (above 0 % is better)")
+    ax2.yaxis.set_major_formatter(PercentFormatter(xmax=100, decimals=None))
     ax2.set_title("Skill: 1 - MAE / persistence MAE")
     ax2.grid(True, alpha=0.3)
     window = f"since {reports.iso(since)}" if since else "all scored forecasts"

@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, TypedDict
+from typing import Any
+
+from typing_extensions import TypedDict
 
 from db import bars as db_bars
 from db import forecasts as db_forecasts
@@ -20,6 +22,7 @@ from db.engine import Database
 from db.errors import InputError
 from db.records import Bar, Forecast, ModelInfo, SeriesKey, decimal_text, iso
 from db.stats import database_size_bytes
+from trainer.quantiles import level_name
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -65,6 +68,10 @@ class ForecastDoc(TypedDict):
     created_at: str
     targets: list[str]
     closes: list[float]
+    #: Quantile levels (ascending) and, per step, the served quantiles at them (price units,
+    #: ascending); both null for point-only forecasts stored before quantiles existed.
+    levels: list[float] | None
+    quantiles: list[list[float]] | None
     #: Realised close of each target bar (decimal string), null until that bar is stored.
     actuals: list[str | None]
     #: predicted - actual per step, null until realised.
@@ -90,6 +97,8 @@ def forecast_doc(f: Forecast, actual: Mapping[datetime, Any]) -> ForecastDoc:
         "created_at": iso(f.created_at) or "",
         "targets": [iso(t) or "" for t in f.target_times],
         "closes": [float(c) for c in f.closes],
+        "levels": None if f.levels is None else list(f.levels),
+        "quantiles": None if f.quantiles is None else [list(q) for q in f.quantiles],
         "actuals": [_dec(a) for a in actuals],
         "errors": errors,
         "realised": len(done),
@@ -153,6 +162,17 @@ class AccuracyDoc(TypedDict):
     persistence_mae: float
     #: 1 - mae / persistence_mae: above 0 beats persistence; null when persistence is exact.
     skill: float | None
+    #: Probabilistic scores over the `n_quantile` scored steps that had quantiles (all null when
+    #: none had): pinball loss per level (keys q10, q50, …), its mean over the levels, WIS
+    #: (= 2 x mean pinball), the fraction of actuals inside the central interval [lowest,
+    #: highest level] beside its nominal value, and the interval's mean width (price units).
+    n_quantile: int
+    pinball: dict[str, float] | None
+    pinball_mean: float | None
+    wis: float | None
+    coverage: float | None
+    nominal_coverage: float | None
+    width: float | None
 
 
 def accuracy_docs(
@@ -165,6 +185,7 @@ def accuracy_docs(
     """Live MAE per (series, model, step) from the online scores, with persistence's on the same bars."""
     out: list[AccuracyDoc] = []
     for a in scores.accuracy(database, series=series, model_id=model_id, since=since):
+        levels = sorted(a.pinball) if a.pinball else None
         out.append(
             {
                 "series": str(a.series),
@@ -175,6 +196,13 @@ def accuracy_docs(
                 "mae": a.mae,
                 "persistence_mae": a.persistence_mae,
                 "skill": 1.0 - a.mae / a.persistence_mae if a.persistence_mae > 0 else None,
+                "n_quantile": a.n_quantile,
+                "pinball": None if not a.pinball else {level_name(lv): v for lv, v in sorted(a.pinball.items())},
+                "pinball_mean": a.pinball_mean,
+                "wis": None if a.pinball_mean is None else 2.0 * a.pinball_mean,
+                "coverage": a.coverage,
+                "nominal_coverage": None if not levels else round(levels[-1] - levels[0], 10),
+                "width": a.width,
             }
         )
     return out

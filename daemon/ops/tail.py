@@ -18,6 +18,7 @@ from typing import IO, Any
 import orjson
 
 from db.records import SeriesKey
+from trainer.quantiles import level_name
 
 PRETTY_STEPS = (1, 4, 8, 16)
 
@@ -138,22 +139,28 @@ def matches(obj: dict[str, Any], series: SeriesKey | None) -> bool:
 
 
 def pretty(obj: dict[str, Any]) -> str:
-    """time, series, last close, steps 1/4/8/16 with change in %, model: one line for people."""
+    """time, series, last close, steps 1/4/8/16 with change in % and the central interval
+    [lowest..highest quantile] where the forecast has quantiles, model: one line for people."""
     last_text = obj.get("last_close")
     try:
         last = float(last_text) if last_text is not None else None
     except (TypeError, ValueError):
         last = None
     closes = obj.get("closes") or []
+    quantiles = obj.get("quantiles") or []
     parts = []
     for k in PRETTY_STEPS:
         if k > len(closes):
             continue
         c = float(closes[k - 1])
         pct = f" ({(c / last - 1) * 100:+.2f}%)" if last else ""
-        parts.append(f"+{k} {c:.2f}{pct}")
+        q = quantiles[k - 1] if k <= len(quantiles) else None
+        band = f" [{float(q[0]):.2f}..{float(q[-1]):.2f}]" if q else ""
+        parts.append(f"+{k} {c:.2f}{pct}{band}")
+    levels = obj.get("levels") or []
+    what = f"  [{level_name(float(levels[0]))}..{level_name(float(levels[-1]))}]" if quantiles and levels else ""
     return (
         f"{obj.get('issued_at', '?')}  {obj.get('series', '?')}  last {last_text if last_text is not None else '?'}  "
         + "  ".join(parts)
-        + f"  {obj.get('model_id', '?')}"
+        + f"{what}  {obj.get('model_id', '?')}"
     )

@@ -1,13 +1,16 @@
 """A database as operators would see it: real bars through the import path, forecasts, scores, a champion.
 
 Built once per test session (the import is the slow part) and copied for each test that writes.
-Forecasts are honest baselines computed from the real bars: persistence (the last close held) and a
-drift model (the last close plus the mean change of the previous 16 bars per step). Scores come from
+Forecasts are honest baselines computed from the real bars: persistence (the last close held, with a
+Gaussian random-walk fan from the last 48 bars' volatility at LEVELS) and a point-only drift model
+(the last close plus the mean change of the previous 16 bars per step), as old rows are. Scores come from
 the live scorer's own pure function over `unscored_steps`, as the daemon computes them.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 import shutil
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -30,6 +33,8 @@ HORIZON = 16
 FORECAST_BARS = 200  # forecasts issued on each of the last 200 bars
 PERSISTENCE = "persistence"
 DRIFT = "drift-16"
+LEVELS = (0.1, 0.5, 0.9)
+_Z = (-1.2815515655446004, 0.0, 1.2815515655446004)
 
 _cache: dict[str, Path] = {}
 
@@ -44,10 +49,15 @@ def forecasts_for(bars: list[Bar], i: int, model_id: str, created: datetime) -> 
         back = bars[max(0, i - HORIZON)]
         slope = (c - float(back.close)) / max(1, i - max(0, i - HORIZON))
         closes = tuple(c + slope * (k + 1) for k in range(HORIZON))
-    else:
-        closes = tuple(c for _ in range(HORIZON))
+        return Forecast(last.series, last.open_time, model_id, targets, closes, last_close=last.close,
+                        latency_ms=3.5, created_at=created)
+    closes = tuple(c for _ in range(HORIZON))
+    logs = [math.log(float(b.close)) for b in bars[max(0, i - 48) : i + 1]]
+    rets = [b - a for a, b in itertools.pairwise(logs)]
+    sigma = math.sqrt(sum(r * r for r in rets) / max(1, len(rets)))
+    quantiles = tuple(tuple(c * math.exp(z * sigma * math.sqrt(k + 1)) for z in _Z) for k in range(HORIZON))
     return Forecast(last.series, last.open_time, model_id, targets, closes, last_close=last.close,
-                    latency_ms=3.5, created_at=created)
+                    latency_ms=3.5, created_at=created, levels=LEVELS, quantiles=quantiles)
 
 
 def fill(database: Database, shared_dir: Path) -> None:

@@ -51,6 +51,16 @@ def test_parse_csv_and_counts_malformed(tmp_path: Path, capsys: pytest.CaptureFi
     assert "malformed=2" in r.err and "bad_json" in r.err
 
 
+def test_parse_summary_prints_counts_and_rate_only(shared_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    capture = str(shared_dir / "captures" / "COINBASE.ws.28.0")
+    r = barcast(capsys, "parse", "--exchange", "coinbase", "--summary", capture)
+    assert r.code == 0, r.err
+    lines = r.out.splitlines()
+    assert "9946 messages" in lines[0] and "107 trades" in lines[0] and "malformed=0" in lines[0]
+    assert lines[1].startswith("parsed in ") and lines[1].endswith(" messages/s")
+    assert len(lines) == 2  # no trade lines
+
+
 def test_parse_missing_file_is_input_error(capsys: pytest.CaptureFixture[str]) -> None:
     r = barcast(capsys, "parse", "--exchange", "kraken", "/nonexistent/capture")
     assert r.code == 2 and "no such file" in r.err
@@ -106,12 +116,32 @@ def test_record_writes_the_capture_format(
     assert len(r.out.splitlines()) >= 1  # the recorded trades parse back
 
 
-def test_demo_shows_bars_offline(capsys: pytest.CaptureFixture[str]) -> None:
-    r = barcast(capsys, "demo", "--speed", "3000", "--duration", "5s")
+def test_demo_shows_bars_offline(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BARCAST_PATHS__DATA_DIR", str(tmp_path))
+    argv = ("demo", "--speed", "3000", "--duration", "5s", "--api-port", "0", "--format", "json")
+    r = barcast(capsys, *argv)
     assert r.code == 0, r.err
-    closed = [line for line in r.out.splitlines() if line.endswith(" closed")]
+    summary = json.loads(r.out)  # stdout is the summary document only
+    closed = [line for line in r.err.splitlines() if line.endswith(" closed")]
     assert len(closed) >= 5 and "binance:BTC-USDT:5m" in closed[0]
-    assert "backfilled" in r.out
-    # the whole service runs: every live bar gets a forecast line (persistence serves)
-    forecasts = [line for line in r.out.splitlines() if line.startswith("forecast ")]
-    assert len(forecasts) >= len(closed) and all("persistence" in f for f in forecasts)
+    # the whole service runs: every live bar gets a forecast line
+    forecasts = [line for line in r.err.splitlines() if line.startswith("forecast ")]
+    assert len(forecasts) >= len(closed)
+    assert sum(summary["forecasts"].values()) == len(forecasts)
+    db_path = tmp_path / "demo" / "demo.db"
+    assert summary["database"] == f"sqlite:///{db_path}" and db_path.is_file()
+    assert f"barcast --db sqlite:///{db_path} forecasts --latest" in r.err
+    assert summary["bars"]["history_stored"] == 1200
+    assert summary["bars"]["stored"] >= 1200 + len(closed)
+    # a second run continues the same database where the first stopped
+    r = barcast(capsys, *argv)
+    assert r.code == 0, r.err
+    again = json.loads(r.out)
+    assert again["bars"]["stored"] > summary["bars"]["stored"]
+    assert again["bars"]["history_stored"] < 1200
+    # --fresh starts over
+    r = barcast(capsys, *argv, "--fresh")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["bars"]["history_stored"] == 1200

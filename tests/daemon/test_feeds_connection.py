@@ -89,6 +89,8 @@ def test_refused_connections_are_retried_and_subscription_resent() -> None:
 
     events, _sim, conn = asyncio.run(main())
     assert conn.failures >= 3 + 2  # three refusals, then two drops
+    # what `status` shows: every refused attempt is a reconnect, not just connections that got through
+    assert conn.reconnects == conn.failures >= 5 and conn.connects <= conn.reconnects
     assert [e.kind for e in events if e.kind != "message"][:3] == ["up", "down", "up"]
     parsed = [PROTOCOLS["coinbase"].parse(e.text).kind for e in events if e.kind == "message"]
     assert parsed.count("ack") >= 2 and "heartbeat" in parsed  # resubscribed after each reconnect
@@ -249,20 +251,21 @@ def test_restart_resumes_from_stored_bars_without_duplicates(tmp_db: Database) -
     assert second.stats()["coinbase"]["backfilled_bars"] < 200  # resumed, not refetched from scratch
 
 
-def test_feed_clock_mode_closes_bars_from_feed_times(tmp_db: Database) -> None:
+@pytest.mark.parametrize("protocol", ["coinbase", "binance"])
+def test_feed_clock_mode_closes_bars_from_feed_times(tmp_db: Database, protocol: str) -> None:
     """clock=None: bars close on later trades and timed heartbeats (Coinbase), not the wall clock.
 
-    Every bar up to bar 290 is stored exactly. The simulator plays on for 10 more bars: at the
-    end of its data it goes down for good, and in this mode nothing closes a bar without a later
-    feed time, so the very last bars are not what this test is about (a real exchange goes on).
+    At the end of its data the simulator goes down for good: the final bars (which no later trade
+    closes, and Binance has no timed heartbeats) are stored too, from the exchange's REST candles
+    while the feed is down - before, the last bars of such a run were never stored.
     """
     bars = walk(300)
-    _run_ingest(tmp_db, bars, bars[100].open_time, bars[289].open_time, clock_mode="feed", wait_s=60)
-    stored = read_bars(tmp_db, SeriesKey("coinbase", "BTC-USD", "5m"))
+    series = SeriesKey(protocol, "BTC-USD", "5m")
+    _run_ingest(tmp_db, bars, bars[100].open_time, bars[-1].open_time, clock_mode="feed", protocol=protocol)
+    stored = read_bars(tmp_db, series)
     got = [(b.open_time, b.open, b.high, b.low, b.close, b.volume) for b in stored]
     want = [(b.open_time, b.open, b.high, b.low, b.close, b.volume) for b in bars]
-    assert got[:290] == want[:290]
-    assert got == want[: len(got)]
+    assert got == want
 
 
 def test_synthetic_trades_reproduce_volume_and_zero_volume_rules() -> None:
@@ -272,3 +275,73 @@ def test_synthetic_trades_reproduce_volume_and_zero_volume_rules() -> None:
     first_flat = next(i for i, b in enumerate(bars) if b.volume == 0 and i > 0)
     t0 = int(bars[first_flat].open_time.timestamp()) * 1_000_000
     assert not [t for t in trades if t0 <= t.time_us < t0 + 300_000_000]  # real flat bar: no trades
+
+
+def _limit_sqlite_pages(db: Database, extra_pages: int | None) -> None:
+    """A real 'disk full': SQLite's max_page_count caps the file (writes fail with SQLITE_FULL)."""
+    from sqlalchemy import event, text
+
+    with db.engine.connect() as conn:
+        pages = conn.execute(text("PRAGMA page_count")).scalar_one()
+    limit = 2**31 - 2 if extra_pages is None else pages + extra_pages
+
+    def on_connect(dbapi_conn: object, _record: object) -> None:
+        dbapi_conn.execute(f"PRAGMA max_page_count = {limit}")  # type: ignore[attr-defined]
+
+    event.listen(db.engine, "connect", on_connect)
+    db.engine.dispose()
+
+
+def test_backfill_commits_page_by_page_and_resumes_after_a_full_disk(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from db.engine import open_database
+    from db.errors import BarcastError
+
+    bars = walk(1500)
+    series = SeriesKey("coinbase", "BTC-USD", "5m")
+    want = [(b.open_time, b.open, b.high, b.low, b.close, b.volume) for b in bars]
+
+    async def run(db: Database) -> Ingest:
+        sim = ExchangeSimulator(
+            PROTOCOLS["coinbase"], [SimSeries("BTC-USD", tuple(bars))], speed=20_000,
+            start=bars[1450].open_time.timestamp(), heartbeat_s=0.01,
+        )
+        async with sim:
+            ingest = Ingest(
+                [FeedSpec("coinbase", (series,), sim.ws_url, sim.rest_url)],
+                replace(OPTS, stall_timeout_s=3.0, backfill_days=6.0),
+                database=db, clock=sim.clock.now, rest_min_interval_s=0, tick_s=0.02, rest_poll_s=0.05,
+            )
+            updates = ingest.updates()
+            task = asyncio.create_task(ingest.run())
+
+            async def wait() -> None:
+                async for u in updates:
+                    if u.bar.open_time >= bars[-1].open_time:
+                        return
+
+            try:
+                await asyncio.wait_for(wait(), 60)
+            except TimeoutError:
+                pass
+            finally:
+                ingest.stop()
+                await task
+        return ingest
+
+    path = tmp_path / "full.db"
+    db = open_database(f"sqlite:///{path}")
+    _limit_sqlite_pages(db, 25)  # room for a few pages of candles, not for 1450 bars
+    with pytest.raises(BarcastError, match="full"):
+        asyncio.run(run(db))
+    first = [(b.open_time, b.open, b.high, b.low, b.close, b.volume) for b in read_bars(db, series)]
+    db.close()
+    # the pages that fitted were committed (before: all-or-nothing, so nothing was stored)
+    assert 300 <= len(first) < 1450 and first == want[: len(first)]
+
+    db = open_database(f"sqlite:///{path}")  # space freed: a restart resumes after the stored pages
+    second = asyncio.run(run(db))
+    stored = [(b.open_time, b.open, b.high, b.low, b.close, b.volume) for b in read_bars(db, series)]
+    db.close()
+    assert stored == want
+    # it fetched what was missing (plus the interval in progress at each subscription), not everything
+    assert second.stats()["coinbase"]["backfilled_bars"] <= 1450 - len(first) + 5

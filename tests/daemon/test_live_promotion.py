@@ -64,7 +64,7 @@ def test_better_challenger_promoted_worse_one_kept_out(any_db: Database, any_db_
                               train=TrainParams(epochs=1, batch_size=64, learning_rate=1e-7, patience=0)))
     assert not bad.promoted
     assert bad.champion_id == good.model_id and bad.champion is not None
-    assert "does not beat" in bad.reason
+    assert "does not beat" in bad.reason or "coverage" in bad.reason  # a random fan fails the band first
     assert registry.champion(any_db, S).id == good.model_id  # type: ignore[union-attr]
     assert registry.get_model(any_db, bad.model_id).status == "retired"
     info = registry.get_model(any_db, bad.model_id)

@@ -24,6 +24,7 @@ from daemon.live.window import RollingWindow
 from db.engine import Database
 from db.records import Bar, Forecast, SeriesKey
 from db.scores import Unscored
+from trainer.quantiles import Prediction
 
 S = SeriesKey("binance", "BTC-USDT")
 T0 = datetime(2021, 1, 1, tzinfo=UTC)
@@ -131,7 +132,8 @@ def test_scoring_and_drift() -> None:
 
 
 class _Doubler:
-    """A stand-in model with the Forecaster interface (features, window, horizon, predict_batch)."""
+    """A stand-in model with the Forecaster interface (features, window, horizon, predict_batch).
+    Its quantiles come out crossed (q90 below q10) so the serving side must sort them."""
 
     features = ("close",)
     window = 4
@@ -139,10 +141,15 @@ class _Doubler:
 
     def __init__(self) -> None:
         self.calls = 0
+        self.times: list[np.ndarray] = []
 
-    def predict_batch(self, x: np.ndarray) -> np.ndarray:
+    def predict_batch(self, x: np.ndarray, times: np.ndarray | None = None) -> Prediction:
         self.calls += 1
-        return np.repeat(x[:, -1:, 0] * 2, self.horizon, axis=1)
+        assert times is not None
+        self.times.append(times)
+        point = np.repeat(x[:, -1:, 0] * 2, self.horizon, axis=1)
+        q = np.stack([point + 1.0, point, point - 1.0], axis=-1)  # crossed on purpose
+        return Prediction(point, q, (0.1, 0.5, 0.9))
 
 
 def test_forecast_batch_runs_one_call_per_model_and_swap_is_atomic() -> None:
@@ -159,6 +166,8 @@ def test_forecast_batch_runs_one_call_per_model_and_swap_is_atomic() -> None:
     out = forecast_batch(jobs, lambda k: k.step)
     assert m.calls == 1
     assert [f.closes for f in out] == [(10.0, 10.0, 10.0), (30.0, 30.0, 30.0)]
+    assert m.times[0].tolist() == [int(T0.timestamp())] * 2  # issued_at as Unix seconds
+    assert out[0].levels == (0.1, 0.5, 0.9) and out[0].quantiles == ((9.0, 10.0, 11.0),) * 3  # sorted
     assert out[0].target_times[0] == T0 + timedelta(minutes=5) and out[0].model_id == "double"
     old = book.swap("g", ServingModel.of("other", _Doubler()))
     assert old is serving and book.get("g").model_id == "other"  # type: ignore[union-attr]
@@ -280,3 +289,46 @@ def test_series_closing_at_one_boundary_share_one_batch(tmp_db: Database, tmp_pa
     eth_latest = next(f for f in stored if f.series == eth)
     assert eth_latest.closes[0] == 2011.0 and eth_latest.model_id == "persistence"
     assert len((tmp_path / "f.jsonl").read_text().splitlines()) == 8
+
+
+def test_quantile_steps_are_scored_and_move_the_calibration_stored_with_them(tmp_db: Database) -> None:
+    """Pinball per level, the central-interval flag and width; the calibrator moves only once the
+    scores and its state are stored together, and a new book loads exactly that state."""
+    from daemon.live.calibration import CalibrationBook
+    from db.calibration import load_states
+    from db.forecasts import insert_forecasts
+    from db.scores import accuracy, insert_scores, unscored_steps
+
+    levels = (0.1, 0.5, 0.9)
+    f = Forecast(S, T0, "m", (T0 + timedelta(minutes=5), T0 + timedelta(minutes=10)), (100.0, 100.0),
+                 last_close=D("100"), levels=levels, quantiles=((98.0, 100.0, 102.0), (97.0, 100.0, 103.0)))
+    insert_forecasts(tmp_db, [f])
+    from db.bars import upsert_bars
+
+    upsert_bars(tmp_db, [bar(1, 103.0), bar(2, 99.0)])
+    rows = unscored_steps(tmp_db, S)
+    assert [(r.step, r.quantiles) for r in rows] == [(1, (98.0, 100.0, 102.0)), (2, (97.0, 100.0, 103.0))]
+    s1, s2 = score(rows, T0)
+    # actual 103 above every quantile: loss tau * (y - q); outside the 98..102 interval
+    assert s1.pinball == pytest.approx((0.1 * 5, 0.5 * 3, 0.9 * 1)) and s1.inside is False and s1.width == 4.0
+    # actual 99: below q50 and q90 -> (1 - tau)(q - y); inside 97..103
+    assert s2.pinball == pytest.approx((0.1 * 2, 0.5 * 1, 0.1 * 4)) and s2.inside is True and s2.width == 6.0
+    book = CalibrationBook(horizon=2, gamma=0.01)
+    moved = book.updated(rows)
+    assert book.get(S, "m") is None  # nothing committed yet
+    cal = moved[(S, "m")]
+    # step 1: every level hit 0 times (actual above all): theta += gamma/1 * tau
+    assert cal.theta[0].tolist() == pytest.approx([0.001, 0.005, 0.009])
+    # step 2: actual 99 <= q50, q90 -> theta += gamma/2 * (tau - hit)
+    assert cal.theta[1].tolist() == pytest.approx([0.0005, -0.0025, -0.0005])
+    insert_scores(tmp_db, [s1, s2], book.states(moved, T0))
+    book.commit(moved)
+    acc = {a.step: a for a in accuracy(tmp_db, series=S)}
+    assert acc[1].coverage == 0.0 and acc[2].coverage == 1.0 and acc[2].width == 6.0
+    assert acc[1].pinball == pytest.approx({0.1: 0.5, 0.5: 1.5, 0.9: 0.9})
+    assert acc[1].pinball_mean == pytest.approx((0.5 + 1.5 + 0.9) / 3) and acc[1].n_quantile == 1
+    again = CalibrationBook(horizon=2, gamma=0.01)
+    assert again.load(load_states(tmp_db, [S])) == 1
+    assert again.get(S, "m").theta.tolist() == cal.theta.tolist()  # type: ignore[union-attr]
+    served = again.apply(S, "m", levels, np.array([100.0]), np.array([[[98.0, 100.0, 102.0], [97.0, 100.0, 103.0]]]))
+    assert served[0, 0, 2] > 102.0 and np.all(np.diff(served, axis=-1) >= 0)  # q90 moved out after a miss

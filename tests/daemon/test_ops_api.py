@@ -90,6 +90,10 @@ def test_happy_paths(server: Running) -> None:
         assert h.status_code == 200 and h.json() == {"live": True, "ready": True, "reasons": [], "mode": "database"}
         f = c.get("/forecasts", params={"series": "binance:BTC-USDT", "limit": 5}).json()
         assert f["count"] == 5 and f["forecasts"][0]["issued_at"] == "2021-07-17T21:05:00Z"
+        fans = [d for d in f["forecasts"] if d["quantiles"] is not None]
+        assert fans and all(d["levels"] == [0.1, 0.5, 0.9] for d in fans)
+        assert all(lo <= mid <= hi for d in fans for lo, mid, hi in d["quantiles"])
+        assert any(d["quantiles"] is None and d["levels"] is None for d in f["forecasts"])  # point-only rows
         capped = c.get("/forecasts", params={"limit": 100000}).json()
         assert capped["limit"] == 50 and capped["count"] == 50
         latest = c.get("/forecasts/latest").json()["forecasts"]
@@ -100,6 +104,9 @@ def test_happy_paths(server: Running) -> None:
         assert ranged.json()["count"] == 12
         acc = c.get("/accuracy", params={"window": "all", "model": "drift-16"}).json()["accuracy"]
         assert len(acc) == 32 and acc[0]["n"] == FORECAST_BARS - 1
+        assert acc[0]["coverage"] is None and acc[0]["n_quantile"] == 0
+        fan = c.get("/accuracy", params={"window": "all", "model": "persistence"}).json()["accuracy"]
+        assert len(fan) == 32 and all(0.0 < a["coverage"] < 1.0 and a["pinball"]["q50"] > 0 for a in fan)
         models = c.get("/models").json()["models"]
         assert {m["id"]: m["champion_of"] for m in models} == {
             "drift-16-btc-usdt": [str(BTC)], "drift-16-eth-usdt": [str(ETH)]}
@@ -151,11 +158,17 @@ def test_openapi_matches_routes(server: Running) -> None:
     from fastapi.routing import APIRoute
 
     spec = httpx.get(server.url + "/openapi.json", timeout=10).json()
-    routes = {r.path for r in server.app.routes if isinstance(r, APIRoute)}
+    routes = {r.path for r in server.app.routes if isinstance(r, APIRoute) and r.include_in_schema}
     assert routes == set(spec["paths"])
     assert routes >= {"/health", "/forecasts", "/forecasts/latest", "/forecasts/stream", "/bars", "/accuracy",
                       "/models", "/status", "/metrics"}
     assert all(set(ops) == {"get"} for ops in spec["paths"].values())
+    # the forecast and accuracy documents are described field by field, quantiles included
+    doc = spec["components"]["schemas"]["ForecastDoc"]["properties"]
+    assert {"levels", "quantiles", "closes", "targets", "actuals"} <= set(doc)
+    assert doc["quantiles"]["anyOf"][0]["items"]["items"]["type"] == "number"
+    acc = spec["components"]["schemas"]["AccuracyDoc"]["properties"]
+    assert {"pinball", "pinball_mean", "wis", "coverage", "nominal_coverage", "width"} <= set(acc)
     try:
         from openapi_spec_validator import validate
     except ImportError:

@@ -14,7 +14,7 @@ from matplotlib.image import imread
 from db.bars import read_bars
 from db.engine import open_database
 from tests.daemon.clirun import barcast
-from tests.daemon.opsdata import BTC, DRIFT, ETH, FORECAST_BARS, HORIZON, PERSISTENCE, ops_db_url
+from tests.daemon.opsdata import BTC, DRIFT, ETH, FORECAST_BARS, HORIZON, LEVELS, PERSISTENCE, ops_db_url
 
 
 @pytest.fixture(autouse=True)
@@ -73,6 +73,69 @@ def test_forecasts_csv_is_one_row_per_step_and_table_is_readable(
     assert res.code == 0 and "issued_at" in res.out and "+16" in res.out and "drift-16" in res.out
 
 
+def test_forecasts_carry_quantiles_in_json_csv_and_table(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Quantile forecasts show their levels and fan everywhere; point-only ones (old rows) read with nulls."""
+    res = barcast(capsys, "--db", db_url, "forecasts", "--series", str(BTC), "--last", "6", "--format", "json")
+    docs = json.loads(res.out)
+    by_model = {d["model_id"]: d for d in reversed(docs)}  # the newest of each
+    fan, point = by_model[PERSISTENCE], by_model[DRIFT]
+    assert point["levels"] is None and point["quantiles"] is None
+    assert fan["levels"] == list(LEVELS) and len(fan["quantiles"]) == HORIZON
+    for c, q in zip(fan["closes"], fan["quantiles"], strict=True):
+        assert q[0] < q[1] < q[2] and q[1] == pytest.approx(c)
+    widths = [q[2] - q[0] for q in fan["quantiles"]]
+    assert widths == sorted(widths)  # a random-walk fan widens with the horizon
+    res = barcast(capsys, "--db", db_url, "forecasts", "--series", str(BTC), "--last", "6", "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(res.out)))
+    assert list(rows[0])[:9] == ["series", "issued_at", "model_id", "step", "target_time", "predicted",
+                                 "q10", "q50", "q90"]
+    fan_rows = [r for r in rows if r["model_id"] == PERSISTENCE and r["issued_at"] == fan["issued_at"]]
+    assert [[float(r["q10"]), float(r["q50"]), float(r["q90"])] for r in fan_rows] == fan["quantiles"]
+    assert all(r["q10"] == r["q50"] == r["q90"] == "" for r in rows if r["model_id"] == DRIFT)
+    res = barcast(capsys, "--db", db_url, "forecasts", "--series", str(BTC), "--last", "2")
+    assert res.code == 0 and "+1 q10..q90" in res.out and "+16 q10..q90" in res.out
+    q16 = fan["quantiles"][15]
+    assert f"{q16[0]:.2f}..{q16[2]:.2f}" in res.out
+
+
+def test_accuracy_reports_pinball_wis_and_coverage(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """The live probabilistic scores agree with a recomputation from the stored forecasts and bars."""
+    from db.forecasts import query_forecasts
+    from trainer.quantiles import quantile_scores
+
+    res = barcast(capsys, "--db", db_url, "accuracy", "--series", str(BTC), "--window", "all", "--format", "json")
+    docs = {(d["model_id"], d["step"]): d for d in json.loads(res.out)}
+    database = open_database(db_url)
+    try:
+        closes = {b.open_time: float(b.close) for b in read_bars(database, BTC)[-FORECAST_BARS - 20 :]}
+        fcs = [f for f in query_forecasts(database, BTC, model_id=PERSISTENCE, limit=FORECAST_BARS)
+               if f.target_times[-1] in closes]
+    finally:
+        database.close()
+    q = np.array([f.quantiles for f in fcs])
+    y = np.array([[closes[t] for t in f.target_times] for f in fcs])
+    ref = quantile_scores(q, y, LEVELS)
+    for step in (1, 8, 16):
+        d = docs[(PERSISTENCE, step)]
+        assert d["n_quantile"] == d["n"] and d["nominal_coverage"] == pytest.approx(0.8)
+        assert 0.5 < d["coverage"] < 1.0 and d["wis"] == pytest.approx(2 * d["pinball_mean"])
+        assert set(d["pinball"]) == {"q10", "q50", "q90"}
+        assert d["pinball_mean"] == pytest.approx(sum(d["pinball"].values()) / 3)
+        if step == 16:  # every forecast of the last 200 bars with all targets stored
+            assert d["n"] == len(fcs)
+            assert d["coverage"] == pytest.approx(ref.coverage[15])
+            assert d["pinball_mean"] == pytest.approx(ref.pinball_mean[15])
+            assert d["width"] == pytest.approx(ref.width[15])
+            assert d["pinball"]["q90"] == pytest.approx(ref.pinball[2][15])
+        drift = docs[(DRIFT, step)]
+        assert drift["n_quantile"] == 0 and drift["coverage"] is None and drift["pinball"] is None
+    res = barcast(capsys, "--db", db_url, "accuracy", "--series", str(BTC), "--window", "all", "--format", "csv")
+    header = next(csv.reader(io.StringIO(res.out)))
+    assert {"pinball_q10", "pinball_q50", "pinball_q90", "wis", "coverage", "width"} <= set(header)
+    res = barcast(capsys, "--db", db_url, "accuracy", "--window", "all")
+    assert res.code == 0 and "coverage" in res.out and "pinball_q90" in res.out
+
+
 def test_forecasts_latest_and_time_range(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     res = barcast(capsys, "--db", db_url, "forecasts", "--latest", "--model", PERSISTENCE, "--format", "json")
     docs = json.loads(res.out)
@@ -122,7 +185,7 @@ def test_accuracy_formats(db_url: str, capsys: pytest.CaptureFixture[str]) -> No
     recent = json.loads(res.out)
     assert 0 < sum(d["n"] for d in recent) < sum(d["n"] for d in docs)
     res = barcast(capsys, "--db", db_url, "accuracy", "--model", "no-such-model")
-    assert res.code == 0 and "no scored forecasts" in res.err
+    assert res.code == 2 and "no such model" in res.err and DRIFT in res.err
     res = barcast(capsys, "--db", db_url, "accuracy", "--window", "all")
     assert res.code == 0 and "skill" in res.out
 
@@ -163,4 +226,6 @@ def test_plots_are_non_trivial_pngs(db_url: str, capsys: pytest.CaptureFixture[s
     assert res.code == 0, res.err
     _check_png(acc)
     res = barcast(capsys, "--db", db_url, "plot", "--series", "kraken:BTC-USD", "--out", str(tmp_path / "x.png"))
-    assert res.code == 2 and "no bars" in res.err
+    assert res.code == 2 and "no such series" in res.err and str(BTC) in res.err
+    res = barcast(capsys, "--db", db_url, "plot", "--series", str(BTC), "--model", "nosuch", "--out", str(out))
+    assert res.code == 2 and "no such model" in res.err

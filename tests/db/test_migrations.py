@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal as D
 from pathlib import Path
 
@@ -125,3 +125,57 @@ def test_read_only_directory_is_reported_at_start() -> None:
         assert list(ro.iterdir()) == []
     finally:
         shutil.rmtree(base)
+
+
+def test_point_only_forecasts_survive_the_quantile_migration(any_db_url: str) -> None:
+    """A database at 0003 holding point forecasts and their scores upgrades to head without loss;
+    the old rows read back with null quantiles beside new quantile forecasts."""
+    from db.forecasts import insert_forecasts, query_forecasts
+    from db.records import Forecast
+    from db.scores import accuracy
+
+    engine = create_db_engine(any_db_url)
+    t0 = datetime(2021, 1, 1, tzinfo=UTC)
+    with engine.begin() as conn:
+        alembic_upgrade(migrate._alembic_config(conn), "0003")
+        pg = conn.dialect.name == "postgresql"
+
+        def t(minutes: int) -> object:
+            v = t0 + timedelta(minutes=minutes)
+            return v if pg else v.strftime("%Y-%m-%d %H:%M:%S.%f")
+
+        for step in (1, 2):
+            conn.execute(
+                text(
+                    "INSERT INTO forecasts (exchange, symbol, interval, issued_at, model_id, step, target_time, "
+                    "predicted, last_close, latency_ms, created_at) VALUES "
+                    "('binance', 'BTC-USDT', '5m', :i, 'old-model', :s, :tt, :p, :lc, 2.5, :i)"
+                ),
+                {"i": t(0), "s": step, "tt": t(5 * step), "p": 29000.5 + step,
+                 "lc": D("29000.10") if pg else "29000.10"},
+            )
+        conn.execute(
+            text(
+                "INSERT INTO forecast_scores (exchange, symbol, interval, issued_at, model_id, step, target_time, "
+                "actual, error, persistence_error, scored_at) VALUES "
+                "('binance', 'BTC-USDT', '5m', :i, 'old-model', 1, :tt, :a, 1.5, 0.1, :tt)"
+            ),
+            {"i": t(0), "tt": t(5), "a": D("29000.00") if pg else "29000.00"},
+        )
+    engine.dispose()
+    database = open_database(any_db_url, upgrade=True)
+    key = SeriesKey("binance", "BTC-USDT")
+    new = Forecast(key, t0 + timedelta(minutes=5), "new-model", (t0 + timedelta(minutes=10),), (29001.0,),
+                   last_close=D("29000.5"), levels=(0.1, 0.5, 0.9), quantiles=((28990.0, 29001.0, 29012.5),))
+    assert insert_forecasts(database, [new]) == 1
+    old, = query_forecasts(database, key, model_id="old-model")
+    assert old.closes == (29001.5, 29002.5) and str(old.last_close) == "29000.10" and old.latency_ms == 2.5
+    assert old.levels is None and old.quantiles is None
+    back, = query_forecasts(database, key, model_id="new-model")
+    assert back.levels == (0.1, 0.5, 0.9) and back.quantiles == ((28990.0, 29001.0, 29012.5),)
+    acc, = accuracy(database, series=key)
+    assert (acc.model_id, acc.n, acc.mae, acc.persistence_mae) == ("old-model", 1, 1.5, 0.1)
+    assert acc.n_quantile == 0 and acc.pinball_mean is None and acc.coverage is None and acc.pinball is None
+    with database.engine.connect() as conn:
+        assert migrate.current_revision(conn) == migrate.head_revision() == "0004"
+    database.close()

@@ -8,47 +8,61 @@ import pandas as pd
 import pytest
 
 from db.errors import ArtifactError
-from trainer.artifacts import MANIFEST, load_artifact, read_manifest
+from trainer.artifacts import MANIFEST, load_artifact, read_manifest, save_artifact
 from trainer.datasets import load_bars
-from trainer.models import Forecaster
-from trainer.params import DataParams, ModelParams, TrainParams
+from trainer.evaluation import model_samples
+from trainer.forecaster import Forecaster
+from trainer.models import ARCHS
+from trainer.params import FEATURE_COLUMNS, DataParams, ModelParams, TrainParams
 from trainer.training import fit_on_splits, make_splits
 
 DATA = DataParams(window=96, horizon=4, features=("close", "volume"))
+ALL_BARS = DataParams(window=96, horizon=4, features=FEATURE_COLUMNS[:5])
 
 
-@pytest.fixture(scope="module")
-def windows(small_frame: pd.DataFrame) -> np.ndarray:
-    splits = make_splits(load_bars(small_frame, DATA.features), DATA)
-    return splits.test.batch(np.arange(9))[0]
+def _splits(frame: pd.DataFrame):  # type: ignore[no-untyped-def]
+    return make_splits(load_bars(frame, ALL_BARS.features), ALL_BARS)
+
+
+def _windows(model: Forecaster, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    test = model_samples(_splits(frame).test, model)
+    return test.batch(np.arange(9))[0], test.origin_times()[:9]
 
 
 def _fit(arch: str, frame: pd.DataFrame) -> Forecaster:
-    splits = make_splits(load_bars(frame, DATA.features), DATA)
     model, _ = fit_on_splits(
-        arch, splits, model_params=ModelParams(units=6, cnn_filters=4), data=DATA, train=TrainParams(epochs=1, stride=4)
+        arch, _splits(frame), model_params=ModelParams(units=6, cnn_filters=4), data=DATA,
+        train=TrainParams(epochs=1, stride=4),
     )
     return model
 
 
-@pytest.mark.parametrize("arch", ["lstm", "gru", "cnn2", "cnn3", "cnn4", "linear", "persistence", "drift"])
-def test_save_load_round_trip_gives_identical_predictions(
-    arch: str, small_frame: pd.DataFrame, windows: np.ndarray, tmp_path: Path
-) -> None:
+def save(model: Forecaster, path: Path) -> Path:
+    return save_artifact(model, path)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_save_load_round_trip_gives_identical_predictions(arch: str, small_frame: pd.DataFrame, tmp_path: Path) -> None:
     model = _fit(arch, small_frame)
-    before = model.predict_batch(windows)
-    model.save(tmp_path / "m")
-    loaded = Forecaster.load(tmp_path / "m")
-    np.testing.assert_array_equal(loaded.predict_batch(windows), before)
+    windows, times = _windows(model, small_frame)
+    before = model.predict_batch(windows, times)
+    save(model, tmp_path / "m")
+    loaded = load_artifact(tmp_path / "m")
+    after = loaded.predict_batch(windows, times)
+    np.testing.assert_array_equal(after.point, before.point)
+    np.testing.assert_array_equal(after.quantiles, before.quantiles)
+    assert after.levels == before.levels == (0.1, 0.5, 0.9)
+    assert np.all(np.diff(after.quantiles, axis=-1) >= 0)  # never crossing
     manifest = read_manifest(tmp_path / "m")
-    assert manifest["arch"] == arch and manifest["window"] == 96 and manifest["features"] == ["close", "volume"]
+    assert manifest["arch"] == arch and manifest["window"] == 96 and manifest["quantiles"] == [0.1, 0.5, 0.9]
+    assert manifest["features"] == (["high", "low", "close", "volume"] if arch == "har" else ["close", "volume"])
     assert manifest["training"]["fingerprint"] and "numpy" in manifest["libraries"]
     assert loaded.meta["training"]["start"] == manifest["training"]["start"]
 
 
 def test_corrupt_or_mismatched_artifacts_are_refused(small_frame: pd.DataFrame, tmp_path: Path) -> None:
     model = _fit("cnn2", small_frame)
-    path = model.save(tmp_path / "m")
+    path = save(model, tmp_path / "m")
     with pytest.raises(ArtifactError, match="expected 256"):
         load_artifact(path, window=256)
     with pytest.raises(ArtifactError, match="features"):
@@ -76,7 +90,7 @@ def test_corrupt_or_mismatched_artifacts_are_refused(small_frame: pd.DataFrame, 
 
 def test_manifest_with_other_shapes_is_refused(small_frame: pd.DataFrame, tmp_path: Path) -> None:
     model = _fit("linear", small_frame)
-    path = model.save(tmp_path / "m")
+    path = save(model, tmp_path / "m")
     manifest = json.loads((path / MANIFEST).read_text())
     manifest["data"]["window"] = 32
     manifest["featurizer"]["window"] = 32

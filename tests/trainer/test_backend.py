@@ -14,7 +14,7 @@ import pytest
 SCRIPT = r"""
 import sys, numpy as np, keras
 from trainer.datasets import read_csv_frame, load_bars
-from trainer.models import Forecaster
+from trainer.artifacts import load_artifact, save_artifact
 from trainer.params import DataParams, ModelParams, TrainParams
 from trainer.training import fit_on_splits, make_splits
 assert keras.config.backend() == sys.argv[2], keras.config.backend()
@@ -26,9 +26,11 @@ for arch in ("gru", "cnn2"):
                                   train=TrainParams(epochs=2, batch_size=32, stride=3))
     raw, _ = splits.test.batch(np.arange(5))
     out = model.predict_batch(raw)
-    assert out.shape == (5, 4) and np.isfinite(out).all()
-    model.save(sys.argv[3] + "/" + arch)
-    np.testing.assert_allclose(Forecaster.load(sys.argv[3] + "/" + arch).predict_batch(raw), out, rtol=1e-5)
+    assert out.point.shape == (5, 4) and out.quantiles.shape == (5, 4, 3) and np.isfinite(out.quantiles).all()
+    save_artifact(model, sys.argv[3] + "/" + arch)
+    again = load_artifact(sys.argv[3] + "/" + arch).predict_batch(raw)
+    np.testing.assert_allclose(again.point, out.point, rtol=1e-5)
+    np.testing.assert_allclose(again.quantiles, out.quantiles, rtol=1e-5)
 print("ok", keras.config.backend())
 """
 

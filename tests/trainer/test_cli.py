@@ -30,7 +30,9 @@ def test_evaluate_json_and_plot(gap_frame: pd.DataFrame, tmp_path: Path) -> None
         "--format", "json", "--plot", str(tmp_path / "e.png"),
     ])
     report = json.loads(out)
-    assert set(report["models"]) == {"persistence", "drift", "linear", "cnn3"}
+    assert set(report["models"]) == {"persistence", "drift", "linear", "cnn3", "climatology"}
+    assert report["selected"] in report["models"] and report["selection"]["split"] == "validation"
+    assert report["models"]["climatology"]["prob_skill"] == [0.0] * 4
     assert len(report["models"]["linear"]["mae"]) == 4 and report["models"]["persistence"]["mase"] == [1.0] * 4
     assert (tmp_path / "e.png").stat().st_size > 1000
     table = _run(["--db", f"sqlite:///{tmp_path / 'x.db'}", "evaluate", "--csv", str(csv), "--models",
@@ -48,7 +50,7 @@ def test_train_register_promote_retire(small_frame: pd.DataFrame, tmp_path: Path
     listed = json.loads(_run([*db, "models", "list", "--format", "json"]))
     assert [m["id"] for m in listed] == [row["id"]] and listed[0]["status"] == "candidate"
     shown = json.loads(_run([*db, "models", "show", row["id"]]))
-    assert shown["params"]["data"]["window"] == 64 and shown["manifest"]["format"] == "barcast-model/1"
+    assert shown["params"]["data"]["window"] == 64 and shown["manifest"]["format"] == "barcast-model/2"
     _run([*db, "models", "promote", row["id"]])
     assert json.loads(_run([*db, "models", "list", "--status", "champion", "--format", "json"]))[0]["id"] == row["id"]
     _run([*db, "models", "retire", row["id"]])

@@ -40,4 +40,4 @@ def test_export_layout_and_chunked_training(gap_frame: pd.DataFrame, tmp_path: P
     result = train_from_h5(out, "cnn3", data=DATA, model_params=ModelParams(cnn_filters=4),
                            train=TrainParams(epochs=1, batch_size=64))
     assert result.model.meta["metrics"]["test"]["n"] == len(te)
-    assert result.model.predict_batch(raw).shape == (3, 4)
+    assert result.model.predict_batch(raw).quantiles.shape == (3, 4, 3)

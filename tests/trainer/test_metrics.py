@@ -19,7 +19,7 @@ def test_persistence_mae_by_hand(small_frame: pd.DataFrame) -> None:
     samples = window_set(bars, 3, 2)
     model = build_model("persistence", data=data)
     raw, actual = samples.batch(np.arange(len(samples)))
-    m = horizon_metrics(model.predict_batch(raw), actual, raw[:, -1, 0])
+    m = horizon_metrics(model.predict_batch(raw).point, actual, raw[:, -1, 0])
     origins = range(2, 10)  # last observed bar index; targets o+1, o+2 must exist in 12 bars
     by_hand_1 = sum(abs(c[o] - c[o + 1]) for o in origins) / 8
     by_hand_2 = sum(abs(c[o] - c[o + 2]) for o in origins) / 8
@@ -52,9 +52,9 @@ def test_challenger_decision() -> None:
     assert decide(_m(9.0), _m(9.5), persistence, metric="mae").promote
     no = decide(_m(9.4), _m(9.5), persistence, metric="mae", margin=0.02)
     assert not no.promote and "champion" in no.reason
-    worse = decide(_m(10.5), None, persistence)
+    worse = decide(_m(10.5), None, persistence, metric="mae")
     assert not worse.promote and "persistence" in worse.reason
-    first = decide(_m(9.0), None, persistence)
+    first = decide(_m(9.0), None, persistence, metric="mae")
     assert first.promote and "no champion" in first.reason
     with pytest.raises(ValueError, match="same bars"):
         decide(_m(9.0, n=5), _m(9.5), persistence)

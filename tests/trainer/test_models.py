@@ -34,19 +34,21 @@ def test_each_network_trains_and_reduces_loss(arch: str, price_splits: Splits) -
     assert report.loss[-1] < report.loss[0]
     raw, _ = price_splits.test.batch(np.arange(7))
     out = model.predict_batch(raw)
-    assert out.shape == (7, 4) and np.all(np.isfinite(out))
+    assert out.point.shape == (7, 4) and out.quantiles.shape == (7, 4, 3) and np.all(np.isfinite(out.quantiles))
+    assert np.all(np.diff(out.quantiles, axis=-1) >= 0)
 
 
 def test_linear_and_baselines_share_the_interface(price_splits: Splits) -> None:
     raw, _ = price_splits.test.batch(np.arange(20))
     last = raw[:, -1, 0]
-    for arch in ("linear", "persistence", "drift"):
+    for arch in ("linear", "persistence", "drift", "climatology"):
         model, _ = fit_on_splits(arch, price_splits, data=DATA)
         out = model.predict_batch(raw)
-        assert out.shape == (20, 4)
+        assert out.point.shape == (20, 4) and out.quantiles.shape == (20, 4, 3)
         # all of them forecast within a few percent of the last close on 5-minute bars
-        assert np.all(np.abs(out / last[:, None] - 1) < 0.05)
-    drift = build_model("drift", data=DATA).predict_batch(raw)
+        assert np.all(np.abs(out.point / last[:, None] - 1) < 0.05)
+        assert np.all(out.quantiles[..., 0] < out.quantiles[..., 2])
+    drift = build_model("drift", data=DATA).predict_batch(raw).point
     slope = (raw[:, -1, 0] - raw[:, 0, 0]) / 95
     np.testing.assert_allclose(drift[:, 3], raw[:, -1, 0] + 4 * slope)
 
@@ -67,11 +69,11 @@ def test_recurrent_layers_keep_cudnn_defaults() -> None:
         cfg = rnn.get_config()
         assert (cfg["activation"], cfg["recurrent_activation"]) == ("tanh", "sigmoid")
         assert cfg["recurrent_dropout"] == 0 and cfg["unroll"] is False and cfg["use_bias"] is True
-        assert net.output_shape == (None, 16)
+        assert net.output_shape == (None, 16, 4)  # point + q10, q50, q90 per step
     for arch in ("cnn2", "cnn3"):  # the study's stacks land on 16 steps from 256 bars in price mode
         net = build_network(arch, TINY, DataParams(target="price"))
         assert not any(layer.__class__.__name__ == "Dense" for layer in net.layers)
-    assert set(ARCHS) == {*KERAS_ARCHS, "linear", "persistence", "drift"}
+    assert set(ARCHS) == {*KERAS_ARCHS, "linear", "har", "persistence", "drift", "climatology"}
 
 
 def test_predict_batch_is_the_compiled_batch_path(small_frame: pd.DataFrame) -> None:
@@ -86,7 +88,9 @@ def test_predict_batch_is_the_compiled_batch_path(small_frame: pd.DataFrame) -> 
     net.predict = forbidden
     raw, _ = splits.test.batch(np.arange(5))
     one = model.predict_batch(raw)
-    np.testing.assert_allclose(model.predict_batch(raw[:3]), one[:3], rtol=1e-6)  # padding changes nothing
+    three = model.predict_batch(raw[:3])
+    np.testing.assert_allclose(three.point, one.point[:3], rtol=1e-6)  # padding changes nothing
+    np.testing.assert_allclose(three.quantiles, one.quantiles[:3], rtol=1e-6)  # padding changes nothing
 
 
 def test_same_seed_same_weights(small_frame: pd.DataFrame) -> None:

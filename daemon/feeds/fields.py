@@ -1,0 +1,232 @@
+"""Field conversion for every exchange: decimal text -> exact Decimal, any time unit -> UTC µs.
+
+The one place that knows time units (no other module spells 1_000_000) and the one place that
+turns an exchange's number text into a Decimal. Every converter here **cannot raise**: it returns
+the value, or None when the field is not a valid number or time (garbage, NaN/Infinity text,
+1e999999, an absurd magnitude, a date outside 2000-2100). Parsers turn None into a counted,
+rejected frame; nothing of the ArithmeticError family ever reaches them.
+
+Bounds keep every later Decimal sum exact (see `EXACT`): at most `MAX_TEXT` characters of text,
+magnitudes in [`MIN_MAGNITUDE`, `MAX_PRICE`) for prices and {0} ∪ [`MIN_MAGNITUDE`, `MAX_SIZE`) for
+sizes. The fast path (`price_text`/`size_text`) accepts plain digits-and-point text, which is
+what exchanges send; anything else (exponents, signs) takes the careful path with the same result.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from decimal import Context, Decimal, InvalidOperation
+from typing import Any, Final
+
+#: Microseconds per second / millisecond, nanoseconds per microsecond.
+US_PER_S: Final = 1_000_000
+US_PER_MS: Final = 1_000
+NS_PER_US: Final = 1_000
+
+#: Longest number text accepted (digits, point, sign, exponent).
+MAX_TEXT: Final = 40
+#: Prices must be below this; sizes below MAX_SIZE. Beyond them no market trades: a garbled field.
+MAX_PRICE: Final = Decimal(10) ** 15
+MAX_SIZE: Final = Decimal(10) ** 18
+#: Smallest non-zero magnitude accepted (1e-30): below it a number is garbage, and unbounded
+#: exponents would make sums inexact.
+MIN_MAGNITUDE: Final = Decimal(1).scaleb(-30)
+#: Context for aggregation arithmetic: with inputs bounded as above, sums never round.
+EXACT: Final = Context(prec=160)
+
+#: Exchange times accepted: 2000-01-01 to 2100-01-01; anything else is a garbled field.
+MIN_US: Final = 946_684_800 * US_PER_S
+MAX_US: Final = 4_102_444_800 * US_PER_S
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_US: Final = timedelta(microseconds=1)
+_DIGITS_POINT = "0123456789."
+_NUMBER_RE = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]{1,4})?", re.ASCII)
+
+
+# --- numbers -------------------------------------------------------------------------------------
+
+
+def decimal(value: Any) -> Decimal | None:
+    """Exact, finite, bounded Decimal of a number field (text, int, or a Decimal from an exact
+    JSON parse), or None. Floats are refused: they already lost the exchange's digits."""
+    if type(value) is str:
+        if len(value) > MAX_TEXT or _NUMBER_RE.fullmatch(value) is None:
+            return None
+        try:
+            d = Decimal(value)
+        except (ArithmeticError, ValueError):
+            return None
+    elif type(value) is int:
+        if not -(10**MAX_TEXT) < value < 10**MAX_TEXT:
+            return None
+        d = Decimal(value)
+    elif type(value) is Decimal:
+        d = value
+    else:
+        return None
+    try:
+        if not d.is_finite() or (d and not MIN_MAGNITUDE <= abs(d) < MAX_SIZE):
+            return None
+        if len(d.as_tuple().digits) > MAX_TEXT:
+            return None
+    except ArithmeticError:
+        return None
+    return d
+
+
+def price_text(value: Any) -> Decimal | None:
+    """A trade or candle price: > 0 and < MAX_PRICE, exact; None otherwise."""
+    if type(value) is str and 0 < len(value) <= MAX_TEXT and not value.strip(_DIGITS_POINT):
+        try:
+            d = Decimal(value)  # digits and a point only: no sign, exponent, NaN or spaces
+        except InvalidOperation:  # "", ".", "1.2.3"
+            return None
+        return d if MIN_MAGNITUDE <= d < MAX_PRICE else None
+    g = decimal(value)
+    return g if g is not None and MIN_MAGNITUDE <= g < MAX_PRICE else None
+
+
+def size_text(value: Any) -> Decimal | None:
+    """A trade size or volume: 0 (the simulator's zero-volume bars) or in [1e-30, MAX_SIZE)."""
+    if type(value) is str and 0 < len(value) <= MAX_TEXT and not value.strip(_DIGITS_POINT):
+        try:
+            d = Decimal(value)
+        except InvalidOperation:
+            return None
+        return d if d < MAX_SIZE and (d >= MIN_MAGNITUDE or not d) else None
+    g = decimal(value)
+    if g is None or g.is_signed():
+        return None
+    return g
+
+
+#: Longest trade id kept (ids are compared for duplicates and printed; longer is garbage).
+MAX_TRADE_ID: Final = 64
+
+
+def trade_id_ok(value: Any) -> bool:
+    """A trade id is an int or a short string (None where the exchange sends none is the caller's)."""
+    t = type(value)
+    return (t is int and -(2**63) <= value < 2**64) or (t is str and len(value) <= MAX_TRADE_ID)
+
+
+def integer(value: Any, limit: int = 2**63) -> int | None:
+    """A non-negative integer field given as a JSON int or ASCII digit text, below `limit`."""
+    if type(value) is int:
+        return value if 0 <= value < limit else None
+    if type(value) is str and 0 < len(value) <= 20 and value.isascii() and value.isdigit():
+        n = int(value)
+        return n if n < limit else None
+    return None
+
+
+# --- times ---------------------------------------------------------------------------------------
+
+
+def _in_range(us: int) -> int | None:
+    return us if MIN_US <= us < MAX_US else None
+
+
+def us_from_ms(value: Any) -> int | None:
+    """Unix milliseconds (int or digit text) to µs."""
+    if type(value) is int:
+        return value * US_PER_MS if MIN_US <= value * US_PER_MS < MAX_US else None
+    n = integer(value)
+    return None if n is None else _in_range(n * US_PER_MS)
+
+
+def us_from_us(value: Any) -> int | None:
+    """Unix microseconds (int or digit text)."""
+    n = integer(value)
+    return None if n is None else _in_range(n)
+
+
+def us_from_ns(value: Any) -> int | None:
+    """Unix nanoseconds (int or digit text) to µs, truncated."""
+    n = integer(value, 2**64)
+    return None if n is None else _in_range(n // NS_PER_US)
+
+
+def us_from_seconds(value: Any) -> int | None:
+    """Unix seconds as decimal text or int ('1618678142.557535', Kraken v1) to µs, exactly
+    (fractions below a µs are floored). `1e999999` and other hostile text give None."""
+    d = decimal(value)
+    if d is None or not 0 < d < 4_102_444_800:
+        return None
+    _sign, digits, exp = d.as_tuple()
+    assert isinstance(exp, int)
+    mantissa = int("".join(map(str, digits)) or "0")
+    shift = exp + 6  # digits * 10**exp seconds = digits * 10**(exp+6) µs
+    us = mantissa * 10**shift if shift >= 0 else mantissa // 10**-shift
+    return _in_range(us)
+
+
+_ISO_RE = re.compile(
+    r"([0-9]{4}-[0-9]{2}-[0-9]{2})[T ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,12}))?(Z|[+-]00:?00)?", re.ASCII
+)
+#: 'YYYY-MM-DDTHH:MM' prefixes already converted (exchange times come in order: a handful live).
+_MINUTE_CACHE: dict[str, int] = {}
+
+
+def us_from_iso(value: Any) -> int | None:
+    """'2021-04-17T16:43:37.089723Z' (UTC; any number of fraction digits, truncated to µs) to µs."""
+    if type(value) is not str:
+        return None
+    # fast path: the fixed-width form every exchange here sends, with the minute prefix cached
+    if len(value) == 27 and value[26] == "Z" and value[19] == "." and value[16] == ":":
+        base = _MINUTE_CACHE.get(value[:16])
+        sec, frac = value[17:19], value[20:26]
+        if base is not None and sec.isdigit() and frac.isdigit() and sec.isascii() and frac.isascii():
+            s = int(sec)
+            if s < 60:
+                return base + s * US_PER_S + int(frac)
+    m = _ISO_RE.fullmatch(value)
+    if m is None:
+        return None
+    day, hh, mm, ss, frac, _ = m.groups()
+    try:
+        minute = datetime.fromisoformat(f"{day}T{hh}:{mm}:00+00:00")
+    except ValueError:
+        return None
+    if int(ss) >= 60:
+        return None
+    base = (minute - _EPOCH) // _ONE_US
+    if len(_MINUTE_CACHE) > 4096:
+        _MINUTE_CACHE.clear()
+    _MINUTE_CACHE[f"{day}T{hh}:{mm}"] = base
+    return _in_range(base + int(ss) * US_PER_S + int((frac or "")[:6].ljust(6, "0")))
+
+
+def iso_us(us: int) -> str:
+    """ISO-8601 UTC with microseconds and a Z, the time format of every output."""
+    return (_EPOCH + timedelta(microseconds=us)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def us_from_datetime(t: datetime) -> int:
+    return (t - _EPOCH) // _ONE_US
+
+
+def datetime_from_us(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+def us_from_clock(seconds: float) -> int:
+    """A clock reading (float seconds, e.g. time.time()) to µs."""
+    return int(seconds * US_PER_S)
+
+
+def seconds(us: int) -> int:
+    """µs to whole Unix seconds (floor)."""
+    return us // US_PER_S
+
+
+def us(whole_seconds: int | float) -> int:
+    """Whole (or float) seconds to µs, for durations and bar steps."""
+    return int(whole_seconds * US_PER_S)
+
+
+def number_text(d: Decimal) -> str:
+    """A Decimal as JSON number text or plain decimal string (exact; no exponent)."""
+    return format(d, "f")

@@ -1,0 +1,535 @@
+"""The sans-I/O core of one exchange connection: frames and clock ticks in, actions out.
+
+In the style of python-websockets' `protocol.py`: `FeedSession` owns everything one connection
+*decides* - subscription acknowledgements, the series' bar aggregators, what is stored and what
+must be backfilled, when the stream is stale, what a malformed frame counts as - and does no I/O.
+No sockets, no database, no asyncio: the ingest shell moves bytes and executes the actions
+(`Publish` bars, fetch a `Backfill` range, `Reconnect`, log a `Rejected` frame) and reports their
+outcome back (`backfilled`, `backfill_failed`).
+
+States: CONNECTING (no socket) -> SUBSCRIBING (socket up, acknowledgements outstanding) -> LIVE
+(bars built from trades) or BACKFILLING (live, with REST ranges still to fetch); STALE (no frame
+for `stall_timeout_s`: a reconnect is asked for) and back to CONNECTING on every disconnect;
+CLOSED at the end.
+
+What is known and what is backfilled, per series:
+- `next_needed_us`: open time of the first bar not stored yet (from the database at start).
+- Once subscribed, each aggregator resumes at the first boundary after that moment (`live_from`);
+  the interval in progress is partial and is never built from trades. Bars in [next_needed, now)
+  are fetched from REST at once, and the partial interval as soon as it is over, before any live
+  bar is published, so bars arrive in order.
+- On disconnect, bars that ended (+ grace) before the last frame are closed, the partial one is
+  dropped and the aggregator waits for the next subscription. While down, closed bars come from
+  REST every `rest_poll_s`: with the wall clock up to now; with the feed clock (simulators,
+  replays) whatever closed candles the exchange serves - so the final bars of a run that ends are
+  stored too.
+
+A backfill needed in the middle of a frame suspends the frame: its remaining trades are applied
+after the shell reports the backfill's outcome, so backfilled bars (and their close, which seeds
+flat bars) always come before the live bars that follow them.
+
+Clock: `received` is the exchange clock in seconds at receipt (wall time live, the simulator's
+clock in tests); bars close by it. `wall_clock=False` uses only times the feed carries (trades,
+timed heartbeats): nothing closes while a feed is silent.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from enum import Enum
+from typing import Any
+
+from daemon.bars import Aggregator, BarUpdate
+from daemon.feeds.base import ExchangeProtocol, ParseResult, Row
+from daemon.feeds.fields import us, us_from_clock, us_from_datetime
+from db.records import Bar, SeriesKey, interval_seconds
+
+#: The forecaster's window: start-up backfill fetches at least this many bars.
+MIN_HISTORY_BARS = 256
+#: Without acknowledgements for this long after connecting, treat the subscription as live.
+ACK_TIMEOUT_S = 10.0
+#: Malformed frames logged per reason before logging only every 1000th.
+LOG_FIRST = 5
+
+
+class State(Enum):
+    CONNECTING = "connecting"
+    SUBSCRIBING = "subscribing"
+    LIVE = "live"
+    STALE = "stale"
+    BACKFILLING = "backfilling"
+    CLOSED = "closed"
+
+
+# --- actions ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """Store these bar updates (then hand them on), in this order."""
+
+    updates: list[BarUpdate]
+
+
+@dataclass(frozen=True, slots=True)
+class Backfill:
+    """Fetch candles of `series` opening in [start_us, end_us) and report each page back.
+
+    `open_ended`: the feed clock cannot tell which bars are over, so store what the exchange
+    serves as closed and continue after the last candle returned."""
+
+    index: int
+    series: SeriesKey
+    native: str
+    start_us: int
+    end_us: int
+    final: bool = False
+    open_ended: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Reconnect:
+    """Drop the connection (the exchange asked for it, or the stream is stale)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A frame was malformed or an exchange error: log it (the count is already taken)."""
+
+    kind: str
+    reason: str
+    count: int
+    text: str | bytes
+
+
+Action = Publish | Backfill | Reconnect | Rejected
+NO_ACTIONS: list[Action] = []
+
+
+@dataclass(slots=True)
+class FeedStats:
+    """Counters of one exchange feed (the shell exports them as Prometheus metrics)."""
+
+    messages: Counter[str] = field(default_factory=Counter)
+    malformed: Counter[str] = field(default_factory=Counter)
+    trades: int = 0
+    unknown_symbol: int = 0
+    future_trades: int = 0
+    backfilled_bars: int = 0
+    backfill_failures: int = 0
+    subscriptions: int = 0
+    stale: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "messages": dict(self.messages),
+            "malformed": dict(self.malformed),
+            "trades": self.trades,
+            "unknown_symbol": self.unknown_symbol,
+            "future_trades": self.future_trades,
+            "backfilled_bars": self.backfilled_bars,
+            "backfill_failures": self.backfill_failures,
+            "subscriptions": self.subscriptions,
+            "stale": self.stale,
+        }
+
+
+@dataclass(slots=True)
+class SeriesState:
+    """One series of the connection: its aggregator and what is stored of it."""
+
+    key: SeriesKey
+    native: str
+    agg: Aggregator
+    step_us: int
+    next_needed_us: int | None = None
+    #: [next_needed, live_from) still to fetch; live_from is the first bar built from trades.
+    pending_until_us: int | None = None
+    retry_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class SessionOptions:
+    grace_s: float = 2.0
+    late_allowance_s: float = 300.0
+    max_future_s: float = 60.0
+    backfill_days: float = 30.0
+    stall_timeout_s: float = 30.0
+    backfill_retry_s: float = 30.0
+    rest_poll_s: float = 10.0
+    ack_timeout_s: float = ACK_TIMEOUT_S
+    #: candles one REST page returns (open-ended windows are this long)
+    max_candles: int = 300
+
+
+class FeedSession:
+    """One connection's decisions. Every input returns the actions to execute, in order.
+
+    `received` arguments are exchange-clock seconds (None with the feed clock); `mono` arguments
+    are monotonic seconds, for timeouts and retries only.
+    """
+
+    def __init__(
+        self,
+        protocol: ExchangeProtocol,
+        series: Sequence[SeriesKey],
+        options: SessionOptions,
+        *,
+        wall_clock: bool = True,
+    ) -> None:
+        self.protocol = protocol
+        self.options = options
+        self.wall_clock = wall_clock
+        self.state = State.CONNECTING
+        self.stats = FeedStats()
+        self.series: list[SeriesState] = []
+        self.by_native: dict[str, list[SeriesState]] = {}
+        for key in series:
+            native = protocol.native_symbol(key.symbol)
+            s = SeriesState(
+                key,
+                native,
+                Aggregator(key, grace_s=options.grace_s, late_allowance_s=options.late_allowance_s),
+                us(interval_seconds(key.interval)),
+            )
+            s.agg.interrupt()  # nothing is observed before the first subscription
+            self.series.append(s)
+            self.by_native.setdefault(native, []).append(s)
+        self.natives = list(self.by_native)
+        self._grace_us = us(options.grace_s)
+        self._future_us = us(options.max_future_s)
+        self._acks_needed = 0
+        self._up_at: float | None = None  # monotonic time of 'up' while awaiting acknowledgements
+        self._await_feed_time = False
+        self._feed_time_us = 0
+        self._last_frame: float | None = None  # exchange clock of the last frame
+        self._last_frame_mono = 0.0
+        self._next_poll = 0.0  # REST polling while the websocket is down (monotonic)
+        self._next_due_us: int | None = None  # earliest pending_until + grace of any series
+        self._outstanding = 0  # backfills asked for and not reported yet
+        self._then: Callable[[], list[Action]] | None = None  # the rest of a suspended frame
+        self._logged: Counter[str] = Counter()
+
+    # --- restore, connection events -------------------------------------------------------------
+    def restore(self, key: SeriesKey, latest: Bar) -> None:
+        """The database holds bars of `key` up to `latest`: continue after it."""
+        for s in self.series:
+            if s.key == key:
+                s.next_needed_us = us_from_datetime(latest.open_time) + s.step_us
+                s.agg.set_last_close(latest.close)
+
+    def up(self, received: float, mono: float) -> list[Action]:
+        """The socket is open and the subscriptions were sent."""
+        self.state = State.SUBSCRIBING
+        self._acks_needed = self.protocol.expected_acks(self.natives)
+        self._up_at = mono
+        self._last_frame = received
+        self._last_frame_mono = mono
+        self._await_feed_time = False
+        return NO_ACTIONS
+
+    def down(self, mono: float) -> list[Action]:
+        """The connection ended. Bars are proven complete only up to the last frame (minus
+        grace); any closed after that by the clock alone are suspect and fetched again from REST
+        (the upsert corrects them if needed). The bar in progress is partial: dropped."""
+        last = self._now_us(self._last_frame)
+        for s in self.series:
+            if last is not None and s.next_needed_us is not None:
+                s.next_needed_us = min(s.next_needed_us, s.agg.floor(last - self._grace_us))
+            s.agg.interrupt()
+        self.state = State.CONNECTING
+        self._next_poll = mono + self.options.rest_poll_s
+        self._up_at = None
+        self._await_feed_time = False
+        return NO_ACTIONS
+
+    def close(self) -> None:
+        self.state = State.CLOSED
+
+    # --- frames ---------------------------------------------------------------------------------
+    def message(self, text: str | bytes, received: float, mono: float) -> list[Action]:
+        """One received frame: the hot path (parse once, rows straight into the aggregators)."""
+        res, rows = self.protocol.scan_safe(text)
+        self._last_frame = received
+        self._last_frame_mono = mono
+        st = self.stats
+        st.messages[res.kind] += 1
+        out: list[Action] = []
+        kind = res.kind
+        if kind == "trade":
+            if rows:
+                return self._rows(rows, 0, received, mono, out)
+        elif kind == "malformed" or kind == "error":
+            out.append(self._rejected(res, text))
+        elif kind == "ack" and self._up_at is not None:
+            self._acks_needed -= 1
+            if self._acks_needed <= 0:
+                at = received if self.wall_clock else None
+                return self._subscribed(at, mono, out, then=lambda: self._frame_time(res, received, mono, []))
+        if res.reconnect:
+            out.append(Reconnect(res.reason or "exchange asked"))
+        return self._frame_time(res, received, mono, out)
+
+    def _frame_time(self, res: ParseResult, received: float, mono: float, out: list[Action]) -> list[Action]:
+        t = res.time_us
+        if t is not None:
+            if t > self._feed_time_us:
+                self._feed_time_us = t
+            if self._await_feed_time:
+                return self._resume_all(t, mono, out, then=lambda: self._close_due(received, mono, []))
+        return self._close_due(received, mono, out)
+
+    def _rows(self, rows: list[Row], i: int, received: float, mono: float, out: list[Action]) -> list[Action]:
+        """Trades of a frame from index `i` on; may suspend for a backfill (see module doc)."""
+        st = self.stats
+        by_native = self.by_native
+        wall = self.wall_clock
+        now = us_from_clock(received) if wall else 0
+        limit = now + self._future_us if wall else None
+        n = len(rows)
+        while i < n:
+            native, tid, t, p, q, _side = rows[i]
+            targets = by_native.get(native)
+            if targets is None:
+                st.trades += 1
+                st.unknown_symbol += 1
+                i += 1
+                continue
+            if limit is not None and t > limit:
+                st.trades += 1
+                st.future_trades += 1
+                i += 1
+                continue
+            if t > self._feed_time_us:
+                self._feed_time_us = t
+            if self._await_feed_time:
+                return self._resume_all(t, mono, out, then=self._resume_rows(rows, i, received, mono))
+            due = self._next_due_us
+            if due is not None:
+                ref = (t if t > now else now) if wall else self._feed_time_us
+                if ref >= due:
+                    before = self._outstanding
+                    self._due_backfills(ref, mono, out)
+                    if self._outstanding > before:  # this trade and the rest wait for the backfill
+                        self._then = self._resume_rows(rows, i, received, mono)
+                        return out
+            st.trades += 1
+            i += 1
+            for s in targets:
+                ups = s.agg.add_row(t, p, q, tid)
+                if ups:
+                    out.append(Publish(self._closed(s, ups)))
+        return self._close_due(received, mono, out)
+
+    def _resume_rows(self, rows: list[Row], i: int, received: float, mono: float) -> Callable[[], list[Action]]:
+        return lambda: self._rows(rows, i, received, mono, [])
+
+    def _close_due(self, received: float, mono: float, out: list[Action]) -> list[Action]:
+        now = self._now_us(received)
+        if now is None:
+            return out
+        before = self._outstanding
+        self._due_backfills(now, mono, out)
+        if self._outstanding > before:
+            self._then = lambda: self._advance(now, [])
+            return out
+        return self._advance(now, out)
+
+    def _advance(self, now: int, out: list[Action]) -> list[Action]:
+        for s in self.series:
+            if not s.agg.suspended:
+                ups = s.agg.advance(now)
+                if ups:
+                    out.append(Publish(self._closed(s, ups)))
+        return out
+
+    # --- clock ----------------------------------------------------------------------------------
+    def tick(self, now: float | None, mono: float) -> list[Action]:
+        """Time passes: acknowledgement timeout, stale stream, REST while down, bar closing."""
+        out: list[Action] = []
+        if self.state is State.CLOSED:
+            return out
+        if self.state is State.CONNECTING:
+            self._rest_while_down(now, mono, out)
+            if self._outstanding:
+                return out
+        if self._up_at is not None and mono - self._up_at > self.options.ack_timeout_s and not self._await_feed_time:
+            at = now if self.wall_clock else None
+            return self._subscribed(at, mono, out, then=lambda: self._tick_bars(now, mono, []))
+        if (
+            self.state in (State.LIVE, State.BACKFILLING, State.SUBSCRIBING)
+            and mono - self._last_frame_mono > self.options.stall_timeout_s
+        ):
+            self.state = State.STALE
+            self.stats.stale += 1
+            out.append(Reconnect(f"stale: no frame for {self.options.stall_timeout_s:g}s"))
+        return self._tick_bars(now, mono, out)
+
+    def _tick_bars(self, now: float | None, mono: float, out: list[Action]) -> list[Action]:
+        now_us = self._now_us(now)
+        if now_us is None:
+            return out
+        before = self._outstanding
+        self._due_backfills(now_us, mono, out)
+        if self._outstanding > before:
+            self._then = lambda: self._advance(now_us, [])
+            return out
+        return self._advance(now_us, out)
+
+    def _rest_while_down(self, now: float | None, mono: float, out: list[Action]) -> None:
+        if mono < self._next_poll or self._outstanding:
+            return
+        self._next_poll = mono + self.options.rest_poll_s
+        if self.wall_clock:
+            if now is None:
+                return
+            now_us = us_from_clock(now)
+            for i, s in enumerate(self.series):
+                self._ensure_start(s, now_us)
+                self._ask(i, s, s.agg.floor(now_us - self._grace_us), out)
+            return
+        # feed clock: no "now" to bound the range; the exchange's REST serves closed candles only
+        for i, s in enumerate(self.series):
+            if s.next_needed_us is None:
+                if not self._feed_time_us:
+                    continue
+                self._ensure_start(s, self._feed_time_us)
+            assert s.next_needed_us is not None
+            end = s.next_needed_us + self.options.max_candles * s.step_us
+            self._outstanding += 1
+            out.append(Backfill(i, s.key, s.native, s.next_needed_us, end, open_ended=True))
+
+    # --- subscription and backfill --------------------------------------------------------------
+    def _subscribed(
+        self, at: float | None, mono: float, out: list[Action], then: Callable[[], list[Action]]
+    ) -> list[Action]:
+        self._up_at = None
+        self.stats.subscriptions += 1
+        self.state = State.LIVE
+        if at is None:  # feed clock: live from the first time the feed tells us
+            self._await_feed_time = True
+            out.extend(then())
+            return out
+        return self._resume_all(us_from_clock(at), mono, out, then=then)
+
+    def _resume_all(
+        self, observed_us: int, mono: float, out: list[Action], then: Callable[[], list[Action]]
+    ) -> list[Action]:
+        self._await_feed_time = False
+        before = self._outstanding
+        for i, s in enumerate(self.series):
+            s.agg.resume(observed_us)
+            live_from = s.agg.cursor_us
+            assert live_from is not None
+            self._ensure_start(s, observed_us)
+            s.pending_until_us = live_from
+            s.retry_at = 0.0
+            # what has closed already can be fetched now; the partial interval once it is over
+            self._ask(i, s, s.agg.floor(observed_us - self._grace_us), out)
+        self._update_due()
+        if self._outstanding > before:
+            self._then = then
+            return out
+        out.extend(then())
+        return out
+
+    def _ensure_start(self, s: SeriesState, now_us: int) -> None:
+        if s.next_needed_us is None:
+            history = max(us(self.options.backfill_days * 86_400), MIN_HISTORY_BARS * s.step_us)
+            s.next_needed_us = s.agg.floor(now_us - history)
+
+    def _due_backfills(self, now_us: int, mono: float, out: list[Action]) -> None:
+        due = self._next_due_us
+        if due is None or now_us < due:
+            return
+        for i, s in enumerate(self.series):
+            p = s.pending_until_us
+            if p is not None and now_us >= p + self._grace_us and mono >= s.retry_at:
+                self._ask(i, s, p, out, final=True)
+        self._update_due()
+
+    def _update_due(self) -> None:
+        dues = [s.pending_until_us + self._grace_us for s in self.series if s.pending_until_us is not None]
+        self._next_due_us = min(dues) if dues else None
+        if self.state in (State.LIVE, State.BACKFILLING):
+            self.state = State.BACKFILLING if dues or self._outstanding else State.LIVE
+
+    def _ask(self, i: int, s: SeriesState, until_us: int, out: list[Action], *, final: bool = False) -> None:
+        start = s.next_needed_us
+        if start is None or until_us <= start:
+            if final:
+                s.pending_until_us = None
+            return
+        self._outstanding += 1
+        out.append(Backfill(i, s.key, s.native, start, until_us, final=final))
+
+    def backfilled(self, req: Backfill, page_end_us: int, bars: list[Bar], *, last: bool) -> list[Action]:
+        """One page of `req` was fetched (and is about to be stored, in order): `bars` cover up
+        to `page_end_us`. `last`: the request is complete."""
+        s = self.series[req.index]
+        self.stats.backfilled_bars += len(bars)
+        if req.open_ended:
+            if bars:
+                end = us_from_datetime(bars[-1].open_time) + s.step_us
+                s.next_needed_us = max(s.next_needed_us or 0, end)
+        else:
+            s.next_needed_us = max(s.next_needed_us or 0, page_end_us)
+        out: list[Action] = []
+        if bars:
+            s.agg.set_last_close(bars[-1].close)
+            out.append(Publish([BarUpdate(b, "backfilled") for b in bars]))
+        if last:
+            if req.final:
+                s.pending_until_us = None
+                self._update_due()
+            self._finish_request(out)
+        return out
+
+    def backfill_failed(self, req: Backfill, mono: float) -> list[Action]:
+        """A page of `req` failed: what was stored stays; the rest is retried later."""
+        s = self.series[req.index]
+        self.stats.backfill_failures += 1
+        s.retry_at = mono + self.options.backfill_retry_s
+        out: list[Action] = []
+        self._finish_request(out)
+        return out
+
+    def _finish_request(self, out: list[Action]) -> None:
+        self._outstanding -= 1
+        self._update_due()
+        if self._outstanding == 0 and self._then is not None:
+            then, self._then = self._then, None
+            out.extend(then())
+
+    # --- helpers --------------------------------------------------------------------------------
+    def _now_us(self, stamp: float | None) -> int | None:
+        if not self.wall_clock:
+            return self._feed_time_us or None
+        return None if stamp is None else us_from_clock(stamp)
+
+    def _closed(self, s: SeriesState, ups: list[BarUpdate]) -> list[BarUpdate]:
+        for u in ups:
+            if u.kind == "closed":
+                end = us_from_datetime(u.bar.open_time) + s.step_us
+                if s.next_needed_us is None or end > s.next_needed_us:
+                    s.next_needed_us = end
+        return ups
+
+    def _rejected(self, res: ParseResult, text: str | bytes) -> Rejected:
+        reason = res.reason or res.kind
+        if res.kind == "malformed":
+            self.stats.malformed[reason] += 1
+        self._logged[reason] += 1
+        return Rejected(res.kind, reason, self._logged[reason], text)
+
+    @staticmethod
+    def should_log(r: Rejected) -> bool:
+        return r.count <= LOG_FIRST or r.count % 1000 == 0
+
+    def last_close(self, key: SeriesKey) -> Decimal | None:
+        return next((s.agg.last_close for s in self.series if s.key == key), None)

@@ -1,0 +1,42 @@
+"""Asking a running daemon over its HTTP API (what `barcast status` does before it falls back
+to the database)."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from typing import Any
+
+import orjson
+
+from daemon.config import ApiConfig
+from db.errors import InputError
+
+
+def api_base(cfg: ApiConfig, api: str | None = None) -> str | None:
+    """`api` checked, else the config's address as a client reaches it (None: API disabled)."""
+    if api:
+        base = api.rstrip("/")
+        if not base.startswith(("http://", "https://")):
+            raise InputError(f"--api: {api!r} is not a URL like http://127.0.0.1:8787")
+        return base
+    if not cfg.enabled:
+        return None
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(cfg.host, cfg.host)
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{cfg.port}"
+
+
+def daemon_status(base: str, *, token: str = "", timeout: float = 2.0) -> tuple[dict[str, Any] | None, str | None]:
+    """(the daemon's /status, None) or (None, why not) when no daemon answers usefully at `base`."""
+    req = urllib.request.Request(f"{base}/status", headers={"Accept": "application/json"})
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            doc = orjson.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return None, f"daemon at {base} answered {exc.code}"
+    except (OSError, ValueError):
+        return None, None
+    return (doc, None) if isinstance(doc, dict) else (None, f"daemon at {base} answered no status object")

@@ -1,0 +1,132 @@
+"""The sans-I/O FeedSession, table-driven: frames and ticks in, actions out. No sockets, no DB."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from daemon.feeds import PROTOCOLS
+from daemon.feeds.fields import US_PER_S, iso_us
+from daemon.feeds.session import Backfill, FeedSession, Publish, Reconnect, Rejected, SessionOptions, State
+from db.records import Bar, SeriesKey, utc_from_unix
+
+KEY = SeriesKey("coinbase", "BTC-USD", "5m")
+T0 = 1_609_459_200  # 2021-01-01T00:00:00Z, aligned
+OPTS = SessionOptions(grace_s=2.0, backfill_days=0.0, stall_timeout_s=5.0, backfill_retry_s=30.0, rest_poll_s=10.0)
+
+
+def match(t: float, price: str, tid: int) -> str:
+    return (
+        f'{{"type":"match","trade_id":{tid},"side":"sell","size":"1","price":"{price}",'
+        f'"product_id":"BTC-USD","time":"{iso_us(int(t * US_PER_S))}"}}'
+    )
+
+
+ACK = '{"type":"subscriptions","channels":[]}'
+
+
+def kinds(actions: list) -> list[str]:
+    return [type(a).__name__ for a in actions]
+
+
+def live_session(at: float = T0 + 10) -> FeedSession:
+    s = FeedSession(PROTOCOLS["coinbase"], [KEY], OPTS)
+    s.up(at, 0.0)
+    return s
+
+
+def test_states_from_connect_to_live_to_down() -> None:
+    s = FeedSession(PROTOCOLS["coinbase"], [KEY], OPTS)
+    assert s.state is State.CONNECTING
+    s.up(T0 + 10, 0.0)
+    assert s.state is State.SUBSCRIBING
+    acts = s.message(ACK, T0 + 10, 0.1)
+    # subscribed at T0+10: live from T0+300; [next_needed, T0) is asked for now (history), the
+    # partial interval is pending until it is over
+    assert s.state is State.BACKFILLING and kinds(acts) == ["Backfill"]
+    s.backfilled(acts[0], acts[0].end_us, [], last=True)
+    s.down(1.0)
+    assert s.state is State.CONNECTING
+    s.close()
+    assert s.state is State.CLOSED and s.tick(T0, 2.0) == []
+
+
+@pytest.mark.parametrize(
+    ("frame", "expect"),
+    [
+        ("not json", ["Rejected"]),
+        ('{"type":"match","price":"1e999999"}', ["Rejected"]),
+        ('{"type":"error","message":"bad"}', ["Rejected"]),
+        ('{"type":"l2update"}', []),
+        ('{"type":"heartbeat"}', []),
+    ],
+)
+def test_frames_to_actions(frame: str, expect: list[str]) -> None:
+    s = live_session()
+    s.message(ACK, T0 + 10, 0.1)
+    assert kinds(s.message(frame, T0 + 11, 0.2)) == expect
+    if expect:
+        assert isinstance(s.message(frame, T0 + 11, 0.2)[0], Rejected)
+
+
+def test_trade_frames_close_bars_and_a_due_backfill_comes_first() -> None:
+    s = live_session()
+    (history,) = s.message(ACK, T0 + 10, 0.1)  # live from T0+300; [T0, T0+300) pending until T0+302
+    assert isinstance(history, Backfill) and history.end_us == T0 * US_PER_S
+    assert s.backfilled(history, history.end_us, [], last=True) == []
+    assert s.message(match(T0 + 301, "10", 1), T0 + 301, 0.2) == []  # not due yet (grace)
+    acts = s.message(match(T0 + 610, "11", 2), T0 + 610, 0.3)
+    # the partial first interval is due: the frame waits for it before its trade closes bar T0+300
+    assert kinds(acts) == ["Backfill"] and acts[0].final and acts[0].start_us == T0 * US_PER_S
+    bar = Bar("coinbase", "BTC-USD", "5m", utc_from_unix(T0), *(Decimal(9),) * 4, Decimal(1), 1, "backfill")
+    after = s.backfilled(acts[0], acts[0].end_us, [bar], last=True)
+    assert kinds(after) == ["Publish", "Publish"]
+    assert after[0].updates[0].kind == "backfilled"
+    closed = after[1].updates[0]
+    assert closed.kind == "closed" and closed.bar.open == Decimal(10) and s.state is State.LIVE
+
+
+def test_stale_stream_asks_for_a_reconnect_once() -> None:
+    s = live_session()
+    s.message(ACK, T0 + 10, 0.1)
+    assert not [a for a in s.tick(T0 + 12, 3.0) if isinstance(a, Reconnect)]
+    acts = s.tick(T0 + 20, 6.0)
+    assert [a for a in acts if isinstance(a, Reconnect)] and s.state is State.STALE
+    assert not [a for a in s.tick(T0 + 21, 7.0) if isinstance(a, Reconnect)]
+
+
+def test_ack_timeout_treats_the_stream_as_live() -> None:
+    s = live_session()
+    assert s.tick(T0 + 11, 5.0) == [] or s.state is State.SUBSCRIBING
+    acts = s.tick(T0 + 21, 10.5)
+    assert s.state in (State.LIVE, State.BACKFILLING) and all(isinstance(a, Backfill) for a in acts)
+
+
+def test_failed_backfill_is_retried_after_the_retry_delay() -> None:
+    s = FeedSession(PROTOCOLS["coinbase"], [KEY], OPTS)
+    (req,) = s.tick(T0 + 4000, 0.0)  # down at start: REST polling asks for what has closed
+    assert isinstance(req, Backfill) and s.tick(T0 + 4000, 1.0) == []  # one request at a time
+    s.backfill_failed(req, 1.0)
+    assert s.stats.backfill_failures == 1
+    assert s.tick(T0 + 4000, 5.0) == []  # not before the poll interval
+    (again,) = s.tick(T0 + 4000, 10.5)
+    assert isinstance(again, Backfill) and again.start_us == req.start_us  # nothing was stored: same range
+
+
+def test_feed_clock_polls_open_ended_ranges_while_down() -> None:
+    s = FeedSession(PROTOCOLS["coinbase"], [KEY], OPTS, wall_clock=False)
+    s.up(0.0, 0.0)
+    s.message(ACK, 0.0, 0.1)
+    acts = s.message(match(T0 + 10, "10", 1), 0.0, 0.2)  # live from the first feed time: history first
+    while acts:
+        b = next(a for a in acts if isinstance(a, Backfill))
+        acts = [a for a in s.backfilled(b, b.end_us, [], last=True) if isinstance(a, Backfill)]
+    s.down(1.0)
+    acts = s.tick(None, 11.5)
+    req = next(a for a in acts if isinstance(a, Backfill))
+    assert req.open_ended and req.end_us - req.start_us == OPTS.max_candles * 300 * US_PER_S
+    last = Bar("coinbase", "BTC-USD", "5m", utc_from_unix(T0 + 300), *(Decimal(9),) * 4, Decimal(1), 1, "backfill")
+    pub = s.backfilled(req, req.end_us, [last], last=True)
+    assert isinstance(pub[0], Publish)
+    assert s.series[0].next_needed_us == (T0 + 600) * US_PER_S  # after the last candle, not the window
