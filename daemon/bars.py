@@ -142,6 +142,11 @@ class Aggregator:
         return self._last_close
 
     @property
+    def next_close_us(self) -> int:
+        """The clock must reach this before `advance` can close anything."""
+        return self._next_close
+
+    @property
     def suspended(self) -> bool:
         return self._suspended
 

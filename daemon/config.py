@@ -224,6 +224,28 @@ class ServiceConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """Several daemons on one PostgreSQL database share the series (daemon/live/membership.py)."""
+
+    #: This daemon's id (heartbeat row, lease owner, `forecasts.issued_by`). Empty: host-pid;
+    #: `barcast run --instance` and the `barcast@.service` template (`%i`) set it.
+    instance: str = ""
+    #: shared: series split by rendezvous hashing over live daemons; solo: this daemon owns every
+    #: configured series; auto: shared on PostgreSQL, solo on SQLite.
+    mode: Literal["auto", "solo", "shared"] = "auto"
+    #: Seconds between heartbeats (each renews this daemon's leases).
+    heartbeat_s: float = 10.0
+    #: A daemon silent for this long loses its series to the others (within TTL + one bar).
+    lease_ttl_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        _check(self.heartbeat_s > 0, "heartbeat_s: must be > 0")
+        _check(self.lease_ttl_s >= 2 * self.heartbeat_s, "lease_ttl_s: must be at least 2 x heartbeat_s")
+        _check(len(self.instance) <= 200 and self.instance == self.instance.strip(),
+               "instance: at most 200 characters, no surrounding spaces")
+
+
+@dataclass(frozen=True, slots=True)
 class ApiConfig:
     """The read-only HTTP API and `/metrics`, served inside the daemon's event loop (daemon/ops/api.py)."""
 
@@ -265,6 +287,7 @@ class Config:
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     #: Where this config came from (not a key).
@@ -310,6 +333,20 @@ class Config:
         if os.environ.get("RUNTIME_DIRECTORY"):
             return Path(os.environ["RUNTIME_DIRECTORY"].split(":")[0]) / "barcast.sock"
         return self.data_dir / "barcast.sock"
+
+    @property
+    def instance_id(self) -> str:
+        if self.cluster.instance:
+            return self.cluster.instance
+        import socket
+
+        return f"{socket.gethostname()}-{os.getpid()}"
+
+    @property
+    def cluster_solo(self) -> bool:
+        if self.cluster.mode == "auto":
+            return not self.database_url.startswith(("postgresql", "postgres"))
+        return self.cluster.mode == "solo"
 
     def model_group(self, key: SeriesKey) -> str:
         """Series sharing a `model_group` share one model; by default each series has its own."""

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from daemon import metrics
@@ -44,7 +45,8 @@ from daemon.feeds.session import (
     SeriesState,
     SessionOptions,
 )
-from db.bars import latest_bar, upsert_bars
+from db.bars import latest_bars, upsert_bars
+from db.cluster import Fence
 from db.engine import Database
 from db.records import SeriesKey
 
@@ -257,8 +259,11 @@ class Ingest:
         backfill_retry_s: float = BACKFILL_RETRY_S,
         rest_poll_s: float = REST_POLL_S,
         db_call: Callable[..., Awaitable[Any]] | None = None,
+        fence: Callable[[], Fence | None] | None = None,
     ) -> None:
         self.options = options
+        #: The fencing tokens bar writes carry when several daemons share the database.
+        self.fence = fence
         self.database = database
         #: Runs a blocking database call off the loop; the live service passes its single writer
         #: thread so every write of the process goes through one place.
@@ -285,13 +290,19 @@ class Ingest:
         clock: Callable[[], float] | str | None = "config",
         on_bars: BarsCallback | None = None,
         db_call: Callable[..., Awaitable[Any]] | None = None,
+        fence: Callable[[], Fence | None] | None = None,
+        only: Collection[SeriesKey] | None = None,
     ) -> Ingest:
+        """`only`: ingest just these of the configured series (the ones this daemon owns)."""
         if clock == "config":
             clock = time.time if config.feeds.clock == "wall" else None
         assert not isinstance(clock, str)
-        return cls(
-            specs_from_config(config), config.feeds, database=database, clock=clock, on_bars=on_bars, db_call=db_call
-        )
+        specs = specs_from_config(config)
+        if only is not None:
+            specs = [replace(sp, series=tuple(k for k in sp.series if k in only)) for sp in specs]
+            specs = [sp for sp in specs if sp.series]
+        return cls(specs, config.feeds, database=database, clock=clock, on_bars=on_bars,
+                   db_call=db_call, fence=fence)
 
     @property
     def series(self) -> list[SeriesKey]:
@@ -333,9 +344,10 @@ class Ingest:
         """Resume from stored bars: each series continues after its latest stored bar."""
         if self.database is None:
             return
+        newest = await self.db_call(latest_bars, self.database, self.series)
         for f in self.feeds:
             for s in f.series:
-                bar = await self.db_call(latest_bar, self.database, s.key)
+                bar = newest.get(s.key)
                 if bar is not None:
                     f.session.restore(s.key, bar)
                     log.info(
@@ -348,7 +360,13 @@ class Ingest:
             return
         if self.database is not None:
             async with self._write_lock:
-                self.bars_written += await self.db_call(upsert_bars, self.database, [u.bar for u in updates])
+                fence = self.fence() if self.fence is not None else None
+                if fence is not None:  # a series handed to another daemon: not stored, not passed on
+                    updates = [u for u in updates if u.bar.series in fence.tokens]
+                    if not updates:
+                        return
+                self.bars_written += await self.db_call(
+                    functools.partial(upsert_bars, fence=fence), self.database, [u.bar for u in updates])
         if self.on_bars is not None:
             await self.on_bars(updates)
         for q in self._subscribers:
@@ -357,6 +375,8 @@ class Ingest:
 
     async def run(self) -> None:
         await self._restore()
+        if self._stop.is_set():
+            return
         tasks = [asyncio.create_task(f.run(), name=f"ingest:{f.spec.exchange}") for f in self.feeds]
         self.started.set()
         stop = asyncio.create_task(self._stop.wait())

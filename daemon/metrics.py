@@ -49,3 +49,11 @@ TRAINING_SECONDS = Histogram("barcast_training_duration_seconds", "Retraining ru
                              buckets=(10, 30, 60, 120, 300, 600, 1200, 3600, 7200), registry=REGISTRY)
 RSS = Gauge("barcast_process_resident_memory_bytes", "Resident set size of the daemon", registry=REGISTRY)
 DB_SIZE = Gauge("barcast_database_size_bytes", "On-disk size of the database", registry=REGISTRY)
+INSTANCE = Gauge("barcast_instance_info", "This daemon's instance id (value 1)", ["instance", "mode"],
+                 registry=REGISTRY)
+OWNED_SERIES = Gauge("barcast_owned_series", "Series whose lease this daemon holds", registry=REGISTRY)
+LIVE_INSTANCES = Gauge("barcast_live_instances", "Daemons heartbeating on this database", registry=REGISTRY)
+LEASE_CHANGES = Counter("barcast_lease_changes_total", "Series leases claimed, released or lost",
+                        ["change"], registry=REGISTRY)
+FENCED_ROWS = Gauge("barcast_fenced_rows", "Rows refused because their series lease had moved on (since start)",
+                    ["kind"], registry=REGISTRY)

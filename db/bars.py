@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import and_, func, or_, select
 
+from db.cluster import Fence, lease_filter
 from db.dialect import chunks, insert_for
 from db.engine import Database
 from db.records import Bar, SeriesKey
@@ -43,8 +44,10 @@ def _row(bar: Bar, now: datetime) -> dict[str, Any]:
     }
 
 
-def upsert_bars(database: Database, bars: Iterable[Bar], *, batch_rows: int = BATCH_ROWS) -> int:
-    """Insert or correct bars in one transaction; returns how many rows were inserted or changed."""
+def upsert_bars(database: Database, bars: Iterable[Bar], *, batch_rows: int = BATCH_ROWS,
+                fence: Fence | None = None) -> int:
+    """Insert or correct bars in one transaction; returns how many rows were inserted or changed.
+    With `fence` (a daemon sharing the database), bars of series it no longer owns are refused."""
     now = datetime.now(UTC)
     rows = [_row(b, now) for b in bars]
     if not rows:
@@ -59,6 +62,7 @@ def upsert_bars(database: Database, bars: Iterable[Bar], *, batch_rows: int = BA
     ).returning(bars_t.c.open_time)
     written = 0
     with database.begin() as conn:
+        rows = lease_filter(conn, fence, rows, "bars")
         for batch in chunks(rows, batch_rows):
             written += len(conn.execute(stmt, batch).all())
     return written
@@ -110,6 +114,25 @@ def read_bars(
 def latest_bar(database: Database, series: SeriesKey) -> Bar | None:
     found = read_bars(database, series, limit=1, newest_first=True)
     return found[0] if found else None
+
+
+def latest_bars(database: Database, series: Iterable[SeriesKey]) -> dict[SeriesKey, Bar]:
+    """The newest stored bar of each of `series` (those with any), in one query."""
+    wanted = set(series)
+    if not wanted:
+        return {}
+    newest = (
+        select(bars_t.c.exchange, bars_t.c.symbol, bars_t.c.interval,
+               func.max(bars_t.c.open_time, type_=UtcDateTime()).label("t"))
+        .group_by(bars_t.c.exchange, bars_t.c.symbol, bars_t.c.interval)
+        .subquery()
+    )
+    stmt = select(bars_t).join(newest, and_(
+        bars_t.c.exchange == newest.c.exchange, bars_t.c.symbol == newest.c.symbol,
+        bars_t.c.interval == newest.c.interval, bars_t.c.open_time == newest.c.t))
+    with database.engine.connect() as conn:
+        found = [_bar(r) for r in conn.execute(stmt)]
+    return {b.series: b for b in found if b.series in wanted}
 
 
 def last_bars(database: Database, series: SeriesKey, n: int, *, until: datetime | None = None) -> list[Bar]:

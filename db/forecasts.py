@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, select, true
+from sqlalchemy import and_, func, select, true
 
+from db.cluster import Fence, lease_filter
 from db.dialect import chunks, insert_for
 from db.engine import Database
 from db.records import Forecast, SeriesKey
 from db.schema import forecasts as fc_t
-from db.schema import series_is
+from db.schema import series_in, series_is
 
 
-def _rows(f: Forecast) -> list[dict[str, Any]]:
+def _rows(f: Forecast, issued_by: str | None = None) -> list[dict[str, Any]]:
     rows = []
     levels = None if f.levels is None else [float(x) for x in f.levels]
     for i, (t, c) in enumerate(zip(f.target_times, f.closes, strict=True)):
@@ -34,6 +36,7 @@ def _rows(f: Forecast) -> list[dict[str, Any]]:
                 "last_close": f.last_close,
                 "latency_ms": f.latency_ms,
                 "created_at": f.created_at,
+                "issued_by": issued_by or f.issued_by,
                 "levels": levels,
                 "quantiles": None if f.quantiles is None else [float(v) for v in f.quantiles[i]],
             }
@@ -46,10 +49,14 @@ def insert_forecasts(database: Database, forecasts: Iterable[Forecast]) -> int:
     return sum(len(f.closes) for f in store_new_forecasts(database, list(forecasts)))
 
 
-def store_new_forecasts(database: Database, forecasts: list[Forecast]) -> list[Forecast]:
+def store_new_forecasts(database: Database, forecasts: list[Forecast], *, fence: Fence | None = None
+                        ) -> list[Forecast]:
     """Store forecasts in one transaction and return those that were not stored before, so a
-    replay after a restart neither duplicates rows nor writes a second forecast-log line."""
-    rows = [r for f in forecasts for r in _rows(f)]
+    replay after a restart neither duplicates rows nor writes a second forecast-log line.
+    With `fence` (a daemon sharing the database), forecasts of series it no longer owns are
+    refused and `issued_by` is the fence's owner."""
+    issued_by = fence.owner if fence is not None else None
+    rows = [r for f in forecasts for r in _rows(f, issued_by)]
     if not rows:
         return []
     stmt = (
@@ -61,10 +68,11 @@ def store_new_forecasts(database: Database, forecasts: list[Forecast]) -> list[F
     )
     fresh: set[tuple[Any, ...]] = set()
     with database.begin() as conn:
+        rows = lease_filter(conn, fence, rows, "forecasts")
         for batch in chunks(rows, 2000):
             fresh.update(tuple(r) for r in conn.execute(stmt, batch).all())
     return [
-        f for f in forecasts
+        replace(f, issued_by=issued_by or f.issued_by) for f in forecasts
         if (f.series.exchange, f.series.symbol, f.series.interval, f.issued_at, f.model_id) in fresh
     ]
 
@@ -92,6 +100,7 @@ def _assemble(rows: Sequence[Any]) -> list[Forecast]:
                 last_close=g0.last_close,
                 latency_ms=g0.latency_ms,
                 created_at=g0.created_at,
+                issued_by=g0.issued_by,
                 levels=tuple(float(x) for x in g0.levels) if has_q else None,
                 quantiles=tuple(tuple(float(v) for v in r.quantiles) for r in group) if has_q else None,
             )
@@ -158,6 +167,21 @@ def query_forecasts(
 def latest_forecast(database: Database, series: SeriesKey, model_id: str | None = None) -> Forecast | None:
     found = query_forecasts(database, series, model_id=model_id, limit=1)
     return found[0] if found else None
+
+
+def latest_issued(database: Database, series: Collection[SeriesKey]) -> dict[SeriesKey, datetime]:
+    """Issue time of the newest forecast of each of `series` (any model), in one query."""
+    keys = list(series)
+    if not keys:
+        return {}
+    stmt = (
+        select(fc_t.c.exchange, fc_t.c.symbol, fc_t.c.interval,
+               func.max(fc_t.c.issued_at, type_=fc_t.c.issued_at.type))
+        .where(series_in(fc_t, keys))
+        .group_by(fc_t.c.exchange, fc_t.c.symbol, fc_t.c.interval)
+    )
+    with database.engine.connect() as conn:
+        return {SeriesKey(r[0], r[1], r[2]): r[3] for r in conn.execute(stmt)}
 
 
 def forecast_model_ids(database: Database) -> list[str]:

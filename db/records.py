@@ -160,6 +160,8 @@ class Forecast:
     last_close: Decimal | None = None
     latency_ms: float | None = None
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    #: The daemon instance that issued it (several daemons share a database); None if unknown.
+    issued_by: str | None = None
     levels: tuple[float, ...] | None = None
     quantiles: tuple[tuple[float, ...], ...] | None = None
 

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    tuple_,
 )
 
 from db.records import SeriesKey
@@ -43,6 +44,13 @@ def series_is(table: Table, series: SeriesKey) -> ColumnElement[bool]:
         table.c.exchange == series.exchange,
         table.c.symbol == series.symbol,
         table.c.interval == series.interval,
+    )
+
+
+def series_in(table: Table, keys: list[SeriesKey]) -> ColumnElement[bool]:
+    """Rows of any of these series (one tuple IN, so a set-based pass is one query)."""
+    return tuple_(table.c.exchange, table.c.symbol, table.c.interval).in_(
+        [(k.exchange, k.symbol, k.interval) for k in keys]
     )
 
 
@@ -99,6 +107,7 @@ forecasts = Table(
     Column("last_close", ExactDecimal(), nullable=True),
     Column("latency_ms", Float(53), nullable=True),
     Column("created_at", UtcDateTime(), nullable=False),
+    Column("issued_by", String(200), nullable=True),  # the daemon instance that issued it
     # served (calibrated) quantiles of this step at `levels`, ascending; NULL on point-only rows
     Column("levels", JSON(), nullable=True),
     Column("quantiles", JSON(), nullable=True),
@@ -175,6 +184,30 @@ leases = Table(
     metadata,
     Column("name", String(200), primary_key=True),
     Column("owner", String(200), nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=False),
+)
+
+instances = Table(
+    "instances",
+    metadata,
+    Column("id", String(200), primary_key=True),
+    Column("host", String(200), nullable=False),
+    Column("pid", Integer(), nullable=False),
+    Column("started_at", UtcDateTime(), nullable=False),
+    Column("heartbeat_at", UtcDateTime(), nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=False),  # heartbeat_at + lease TTL: alive until then
+    Column("info", JSON(), nullable=False),  # API URL, version: for `status` of the cluster
+)
+
+# Who owns a series: one row per series, taken over only when expired or released. `token` grows
+# by one at every change of owner (the fencing token every write of the series carries).
+series_leases = Table(
+    "series_leases",
+    metadata,
+    *_series_columns(),
+    Column("owner", String(200), nullable=False),  # "" once released
+    Column("token", BigInteger(), nullable=False),
+    Column("acquired_at", UtcDateTime(), nullable=False),
     Column("expires_at", UtcDateTime(), nullable=False),
 )
 

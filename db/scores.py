@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -10,13 +10,14 @@ from typing import Any
 from sqlalchemy import Float, Integer, and_, cast, func, select
 
 from db.calibration import save_states
+from db.cluster import Fence, lease_filter
 from db.dialect import chunks, insert_for
 from db.engine import Database
 from db.records import CalibrationState, ForecastScore, SeriesKey
 from db.schema import bars as bars_t
 from db.schema import forecast_scores as sc_t
 from db.schema import forecasts as fc_t
-from db.schema import series_is
+from db.schema import series_in, series_is
 
 
 def _pinball_doc(s: ForecastScore) -> dict[str, float] | None:
@@ -26,10 +27,12 @@ def _pinball_doc(s: ForecastScore) -> dict[str, float] | None:
 
 
 def insert_scores(
-    database: Database, scores: Iterable[ForecastScore], calibration: Iterable[CalibrationState] = ()
+    database: Database, scores: Iterable[ForecastScore], calibration: Iterable[CalibrationState] = (), *,
+    fence: Fence | None = None,
 ) -> int:
     """Store scores, and the calibration states they moved, in one transaction; a step already
-    scored is left as it was. Returns rows newly written."""
+    scored is left as it was. Returns rows newly written. With `fence` (daemons sharing the
+    database), scores of series this daemon no longer owns are refused."""
     rows = [
         {
             "exchange": s.series.exchange,
@@ -63,6 +66,7 @@ def insert_scores(
     )
     written = 0
     with database.begin() as conn:
+        rows = lease_filter(conn, fence, rows, "scores")
         for batch in chunks(rows, 2000):
             written += len(conn.execute(stmt, batch).all())
         save_states(database, conn, states)
@@ -86,10 +90,12 @@ class Unscored:
 
 
 def unscored_steps(
-    database: Database, series: SeriesKey, *, until: datetime | None = None, issued_since: datetime | None = None
+    database: Database, series: SeriesKey | Collection[SeriesKey], *, until: datetime | None = None,
+    issued_since: datetime | None = None,
 ) -> list[Unscored]:
-    """Forecast steps of `series` whose target bar exists and that are not scored yet
-    (`issued_since` bounds the scan to recent forecasts: the live loop's per-bar pass)."""
+    """Forecast steps of `series` (one, or many in one query: the live loop's set-based pass over
+    every series of a bar) whose target bar exists and that are not scored yet (`issued_since`
+    bounds the scan to recent forecasts: the live loop's per-bar pass)."""
     f, b, s = fc_t, bars_t, sc_t
     join_bar = and_(
         b.c.exchange == f.c.exchange, b.c.symbol == f.c.symbol, b.c.interval == f.c.interval,
@@ -99,21 +105,26 @@ def unscored_steps(
         s.c.exchange == f.c.exchange, s.c.symbol == f.c.symbol, s.c.interval == f.c.interval,
         s.c.issued_at == f.c.issued_at, s.c.model_id == f.c.model_id, s.c.step == f.c.step,
     )
-    cond = [series_is(f, series), s.c.step.is_(None)]
+    keys = [series] if isinstance(series, SeriesKey) else list(series)
+    if not keys:
+        return []
+    cond = [series_in(f, keys), s.c.step.is_(None)]
     if until is not None:
         cond.append(f.c.target_time <= until)
     if issued_since is not None:
         cond.append(f.c.issued_at >= issued_since)
     stmt = (
-        select(f.c.issued_at, f.c.model_id, f.c.step, f.c.target_time, f.c.predicted, f.c.last_close, b.c.close,
-               f.c.levels, f.c.quantiles)
+        select(f.c.exchange, f.c.symbol, f.c.interval, f.c.issued_at, f.c.model_id, f.c.step, f.c.target_time,
+               f.c.predicted, f.c.last_close, b.c.close, f.c.levels, f.c.quantiles)
         .select_from(f.join(b, join_bar).outerjoin(s, join_score))
         .where(and_(*cond))
-        .order_by(f.c.issued_at, f.c.model_id, f.c.step)
+        .order_by(f.c.exchange, f.c.symbol, f.c.interval, f.c.issued_at, f.c.model_id, f.c.step)
     )
+    by_key = {(k.exchange, k.symbol, k.interval): k for k in keys}
     with database.engine.connect() as conn:
         return [
-            Unscored(series, r.issued_at, r.model_id, r.step, r.target_time, r.predicted, r.last_close, r.close,
+            Unscored(by_key[(r.exchange, r.symbol, r.interval)], r.issued_at, r.model_id, r.step, r.target_time,
+                     r.predicted, r.last_close, r.close,
                      None if r.levels is None or r.quantiles is None else tuple(float(x) for x in r.levels),
                      None if r.levels is None or r.quantiles is None else tuple(float(x) for x in r.quantiles))
             for r in conn.execute(stmt)
@@ -143,7 +154,7 @@ class StepAccuracy:
 def accuracy(
     database: Database,
     *,
-    series: SeriesKey | None = None,
+    series: SeriesKey | Collection[SeriesKey] | None = None,
     model_id: str | None = None,
     since: datetime | None = None,
     per_level: bool = True,
@@ -152,8 +163,10 @@ def accuracy(
     probabilistic scores (`per_level=False` skips the per-level pinball pass, e.g. for gauges)."""
     s = sc_t
     cond: list[Any] = []
-    if series is not None:
+    if isinstance(series, SeriesKey):
         cond.append(series_is(s, series))
+    elif series is not None:
+        cond.append(series_in(s, list(series)))
     if model_id is not None:
         cond.append(s.c.model_id == model_id)
     if since is not None:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import random
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,7 @@ from daemon.config import SeriesConfig
 from daemon.feeds import PROTOCOLS
 from daemon.feeds import protocol as get_protocol
 from daemon.feeds.capture import read_capture
+from daemon.feeds.randomwalk import random_walk_bars, walk_seed
 from daemon.feeds.simulator import ExchangeSimulator, Faults, SimSeries
 from daemon.ops.tail import pretty
 from daemon.runner import (
@@ -48,7 +52,7 @@ from daemon.runner import (
 )
 from db.csvbars import read_bars_csv
 from db.errors import InputError
-from db.records import SeriesKey, decimal_text, interval_seconds
+from db.records import SeriesKey, decimal_text, floor_time, interval_seconds
 
 _EXCHANGE = click.Choice(sorted(PROTOCOLS))
 
@@ -177,13 +181,30 @@ def parse(file: str, exchange: str, fmt: str, summary: bool) -> None:
 
 @click.command("exchange-sim")
 @click.option("--protocol", type=_EXCHANGE, required=True, help="Exchange protocol to speak.")
-@click.option("--bars", "bars_file", required=True, help="OHLCV CSV (timestamp,open,high,low,close,volume).")
-@click.option("--symbol", required=True, help="Symbol the bars are for, BASE-QUOTE (e.g. BTC-USDT).")
+@click.option(
+    "--bars",
+    "bars_src",
+    default=None,
+    help="OHLCV CSV (timestamp,open,high,low,close,volume) for --symbol, or a directory of "
+    "SYMBOL.csv files (one symbol each, e.g. BTC-USDT.csv).",
+)
+@click.option("--symbol", default=None, help="Symbol of a single CSV's bars, BASE-QUOTE (e.g. BTC-USDT).")
+@click.option(
+    "--symbols",
+    multiple=True,
+    help="Symbols to serve (repeat or comma-separate). Without --bars each trades its own random walk, "
+    "with --history bars of REST history before now; with a --bars directory, a subset of its files.",
+)
+@click.option("--history", type=click.IntRange(min=0), default=300, show_default=True,
+              help="Random walks: bars of history before the start.")
+@click.option("--walk-bars", type=click.IntRange(min=1), default=2000, show_default=True,
+              help="Random walks: bars played after the start (then the exchange goes down).")
+@click.option("--seed", type=int, default=7, show_default=True, help="Random walks: seed (per symbol).")
 @click.option(
     "--interval",
     type=click.Choice(["1m", "5m", "15m", "1h"]),
     default=None,
-    help="Interval of the CSV's bars (default: guessed from its first two rows).",
+    help="Interval of the bars (default: CSVs: guessed from their first rows; random walks: 5m).",
 )
 @click.option("--speed", type=float, default=1.0, show_default=True, help="Simulated seconds per real second.")
 @click.option("--port", type=int, default=0, show_default=True, help="TCP port on 127.0.0.1 (0: a free one).")
@@ -191,7 +212,8 @@ def parse(file: str, exchange: str, fmt: str, summary: bool) -> None:
 @click.option(
     "--start",
     default=None,
-    help="Simulated start time (default: the first bar); bars before it are history served by REST only.",
+    help="Simulated start time (default: the first bar; random walks: now); bars before it are "
+    "history served by REST only.",
 )
 @click.option(
     "--heartbeat",
@@ -208,8 +230,12 @@ def parse(file: str, exchange: str, fmt: str, summary: bool) -> None:
 )
 def exchange_sim(
     protocol: str,
-    bars_file: str,
-    symbol: str,
+    bars_src: str | None,
+    symbol: str | None,
+    symbols: tuple[str, ...],
+    history: int,
+    walk_bars: int,
+    seed: int,
     interval: str | None,
     speed: float,
     port: int,
@@ -221,20 +247,21 @@ def exchange_sim(
     malformed_every: int | None,
     stall_after: float | None,
 ) -> None:
-    """A local exchange: websocket trades and REST candles that reproduce the CSV's bars exactly."""
+    """A local exchange: websocket trades and REST candles that reproduce the bars exactly, for
+    one symbol (a CSV) or many in one process (a directory of CSVs, or random walks)."""
     if speed <= 0:
         raise InputError("--speed must be > 0")
-    path = existing_file(bars_file)
-    interval = interval or _guess_interval(path)
-    bars = read_bars_csv(path, exchange=protocol, symbol=symbol.upper(), interval=interval)
-    if not bars:
-        raise InputError(f"{path}: no bars")
     start_t = parse_time(start, "--start")
+    series = sim_series(protocol, bars_src, symbol, _symbols(symbols) if symbols else [], interval=interval,
+                        history=history, walk_bars=walk_bars, seed=seed, start=start_t)
+    if start_t is None and bars_src is None:
+        start_t = series[0].bars[history].open_time if history < len(series[0].bars) else None
     proto = get_protocol(protocol)
+    n_bars = sum(len(s.bars) for s in series)
 
     sim = ExchangeSimulator(
         proto,
-        [SimSeries(symbol.upper(), tuple(bars))],
+        series,
         speed=speed,
         host=host,
         port=port,
@@ -247,7 +274,7 @@ def exchange_sim(
         ex = protocol.upper()
         click.echo(
             f"exchange simulator ({protocol}) on {sim.ws_url} (REST {sim.rest_url}), "
-            f"{len(bars)} bars, speed {speed:g}x",
+            f"{len(series)} symbol(s), {n_bars} bars, speed {speed:g}x",
             err=True,
         )
         click.echo(
@@ -266,6 +293,68 @@ def exchange_sim(
         await simulator_daemon(sim, on_start=on_start, on_end=on_end, stop=stop)
 
     run_until_signal(main)
+
+
+def sim_series(
+    protocol: str,
+    bars_src: str | None,
+    symbol: str | None,
+    symbols: list[str],
+    *,
+    interval: str | None = None,
+    history: int = 300,
+    walk_bars: int = 2000,
+    seed: int = 7,
+    start: datetime | None = None,
+) -> list[SimSeries]:
+    """What `exchange-sim` serves: one CSV (`--symbol`), a directory of SYMBOL.csv files, or a
+    random walk per symbol. Every bad input is named (file and line come from the CSV reader)."""
+    if bars_src is None:
+        if not symbols:
+            raise InputError("give --bars FILE --symbol S, --bars DIR, or --symbols S1,S2,… (random walks)")
+        iv = interval or "5m"
+        step = timedelta(seconds=interval_seconds(iv))
+        now = start or datetime.now(UTC)
+        first = floor_time(now, iv) - step * history
+        return [
+            SimSeries(s, tuple(random_walk_bars(s, history + walk_bars, start=first, interval=iv,
+                                                seed=walk_seed(s, seed), price=_walk_price(s, seed))))
+            for s in symbols
+        ]
+    path = Path(bars_src).expanduser()
+    if path.is_dir():
+        files = sorted(path.glob("*.csv"))
+        by_symbol = {f.stem.upper(): f for f in files}
+        if symbols:
+            missing = [s for s in symbols if s not in by_symbol]
+            if missing:
+                raise InputError(f"{path}: no CSV for {', '.join(missing)} (expected files like {missing[0]}.csv)")
+            by_symbol = {s: by_symbol[s] for s in symbols}
+        if not by_symbol:
+            raise InputError(f"{path}: no SYMBOL.csv files in this directory")
+        out = []
+        for sym, f in by_symbol.items():
+            SeriesKey("x", sym)  # the file name must be a symbol: BASE-QUOTE
+            bars = read_bars_csv(f, exchange=protocol, symbol=sym, interval=interval or _guess_interval(f))
+            if not bars:
+                raise InputError(f"{f}: no bars")
+            out.append(SimSeries(sym, tuple(bars)))
+        if len({s.bars[0].interval for s in out}) > 1:
+            raise InputError(f"{path}: the CSVs have different bar intervals; the simulator serves one")
+        return out
+    if not symbol:
+        raise InputError("--symbol: say which symbol the CSV's bars are for (BASE-QUOTE)")
+    file = existing_file(bars_src)
+    bars = read_bars_csv(file, exchange=protocol, symbol=symbol.upper(), interval=interval or _guess_interval(file))
+    if not bars:
+        raise InputError(f"{file}: no bars")
+    return [SimSeries(symbol.upper(), tuple(bars))]
+
+
+def _walk_price(symbol: str, seed: int) -> Decimal:
+    """A start price per random-walk symbol, between 1 and 50,000 (log-uniform)."""
+    rnd = random.Random(walk_seed(symbol, seed) ^ 0x5EED)
+    return Decimal(10 ** rnd.uniform(0, 4.7)).quantize(Decimal("0.01"))
 
 
 def _guess_interval(path: Path) -> str:

@@ -57,10 +57,10 @@ from daemon.feeds.records import (
 from daemon.feeds.symbols import QUOTES, SymbolFormat, split_concat, split_normal, split_separated
 
 __all__ = [
-    "ACK", "EXACT", "HEARTBEAT", "MESSAGE_KINDS", "NO_ROWS", "OTHER", "QUOTES", "TRADES", "BadMessage", "Candle",
-    "CandleColumns", "CandleQuery", "ClientRequest", "ExchangeProtocol", "MessageKind", "ParseResult", "Row", "Side",
-    "SimState", "SymbolFormat", "Trade", "error", "interval_name", "iso_to_us", "iso_us", "loads", "loads_exact",
-    "malformed", "number_text", "price", "size", "split_concat", "split_normal", "split_separated",
+    "ACK", "BAD_JSON", "EXACT", "HEARTBEAT", "MESSAGE_KINDS", "NO_ROWS", "OTHER", "QUOTES", "TRADES", "BadMessage",
+    "Candle", "CandleColumns", "CandleQuery", "ClientRequest", "ExchangeProtocol", "MessageKind", "ParseResult",
+    "Row", "Side", "SimState", "SymbolFormat", "Trade", "error", "interval_name", "iso_to_us", "iso_us", "loads",
+    "loads_exact", "malformed", "number_text", "price", "size", "split_concat", "split_normal", "split_separated",
     "us_from_datetime",
 ]
 
@@ -68,6 +68,7 @@ log = logging.getLogger("barcast.feeds")
 
 #: The rows of a frame without trades (shared: never mutated).
 NO_ROWS: list[Row] = []
+BAD_JSON = malformed("bad_json")
 
 
 def price(value: Any) -> Decimal:

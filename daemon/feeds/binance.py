@@ -14,6 +14,7 @@ import orjson
 
 from daemon.feeds.base import (
     ACK,
+    BAD_JSON,
     NO_ROWS,
     OTHER,
     TRADES,
@@ -58,7 +59,10 @@ class Binance(ExchangeProtocol):
         return [orjson.dumps({"method": "SUBSCRIBE", "params": params, "id": 1}).decode()]
 
     def scan(self, text: str | bytes) -> tuple[ParseResult, list[Row]]:
-        msg = loads(text)
+        try:
+            msg = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return BAD_JSON, NO_ROWS
         if type(msg) is not dict:
             return malformed("not_an_object"), NO_ROWS
         event = msg.get("e")

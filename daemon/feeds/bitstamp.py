@@ -14,6 +14,7 @@ import orjson
 
 from daemon.feeds.base import (
     ACK,
+    BAD_JSON,
     HEARTBEAT,
     NO_ROWS,
     OTHER,
@@ -62,7 +63,10 @@ class Bitstamp(ExchangeProtocol):
         return len(natives)  # one acknowledgement per symbol
 
     def scan(self, text: str | bytes) -> tuple[ParseResult, list[Row]]:
-        msg = loads(text)
+        try:
+            msg = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return BAD_JSON, NO_ROWS
         if type(msg) is not dict:
             return malformed("not_an_object"), NO_ROWS
         event = msg.get("event")

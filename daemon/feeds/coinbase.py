@@ -15,6 +15,7 @@ import orjson
 
 from daemon.feeds.base import (
     ACK,
+    BAD_JSON,
     HEARTBEAT,
     NO_ROWS,
     OTHER,
@@ -33,7 +34,6 @@ from daemon.feeds.base import (
     error,
     iso_to_us,
     iso_us,
-    loads,
     loads_exact,
     malformed,
     number_text,
@@ -77,7 +77,10 @@ class Coinbase(ExchangeProtocol):
         return [orjson.dumps(doc).decode()]
 
     def scan(self, text: str | bytes) -> tuple[ParseResult, list[Row]]:
-        msg = loads(text)
+        try:
+            msg = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return BAD_JSON, NO_ROWS
         if type(msg) is not dict:
             return malformed("not_an_object"), NO_ROWS
         kind = msg.get("type")

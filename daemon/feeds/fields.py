@@ -181,7 +181,7 @@ def us_from_iso(value: Any) -> int | None:
         if base is not None and sec.isdigit() and frac.isdigit() and sec.isascii() and frac.isascii():
             s = int(sec)
             if s < 60:
-                return base + s * US_PER_S + int(frac)
+                return base + s * US_PER_S + int(frac)  # cached prefixes are in range (below)
     m = _ISO_RE.fullmatch(value)
     if m is None:
         return None
@@ -193,6 +193,8 @@ def us_from_iso(value: Any) -> int | None:
     if int(ss) >= 60:
         return None
     base = (minute - _EPOCH) // _ONE_US
+    if not MIN_US <= base < MAX_US - 60 * US_PER_S:
+        return None  # never cached: the fast path only ever sees minutes inside 2000-2100
     if len(_MINUTE_CACHE) > 4096:
         _MINUTE_CACHE.clear()
     _MINUTE_CACHE[f"{day}T{hh}:{mm}"] = base

@@ -16,6 +16,7 @@ import orjson
 
 from daemon.feeds.base import (
     ACK,
+    BAD_JSON,
     HEARTBEAT,
     NO_ROWS,
     OTHER,
@@ -82,7 +83,10 @@ class Kraken(ExchangeProtocol):
         return len(natives)  # one acknowledgement per symbol
 
     def scan(self, text: str | bytes) -> tuple[ParseResult, list[Row]]:
-        msg = loads(text)
+        try:
+            msg = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return BAD_JSON, NO_ROWS
         if type(msg) is list:
             return self._v1_array(msg)
         if type(msg) is not dict:

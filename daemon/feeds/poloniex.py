@@ -13,6 +13,7 @@ import orjson
 
 from daemon.feeds.base import (
     ACK,
+    BAD_JSON,
     HEARTBEAT,
     NO_ROWS,
     OTHER,
@@ -59,7 +60,10 @@ class Poloniex(ExchangeProtocol):
         return '{"event":"ping"}'
 
     def scan(self, text: str | bytes) -> tuple[ParseResult, list[Row]]:
-        msg = loads(text)
+        try:
+            msg = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return BAD_JSON, NO_ROWS
         if type(msg) is not dict:
             return malformed("not_an_object"), NO_ROWS
         channel = msg.get("channel")

@@ -1,4 +1,4 @@
-"""Synthetic bars for the demo: a reproducible random walk with exact 2-decimal prices.
+"""Synthetic bars for the demo and the simulator: reproducible random walks, exact 2-decimal prices.
 
 With `momentum` > 0 each bar's return carries that share of the previous one (AR(1) returns),
 a pattern a trained model can learn and persistence cannot: the demo shows a model earning its
@@ -7,6 +7,7 @@ promotion honestly instead of tying persistence on pure noise.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -46,3 +47,9 @@ def random_walk_bars(
         bars.append(Bar("sim", symbol, interval, start + i * step, o, max(path), min(path), c, volume))
         close = c
     return bars
+
+
+def walk_seed(symbol: str, seed: int) -> int:
+    """A per-symbol seed, so many symbols walk independently but reproducibly."""
+    digest = hashlib.blake2b(f"{seed}:{symbol}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")

@@ -377,8 +377,14 @@ class ExchangeSimulator:
 
     async def _play(self) -> None:
         start_us = int(self.clock.start * 1_000_000)
-        outages = iter(self._outages)
+        start = self.clock.start
+        # outages over before the start are history; one the start falls into is on from the start
+        # (holding the clock at its beginning would rewind time to before the start)
+        outages = iter([o for o in self._outages if o[1] > start])
         outage = next(outages, None)
+        if outage is not None and outage[0] <= start:
+            self._down_until = outage[1]
+            outage = next(outages, None)
         malformed_every = self.faults.malformed_every
         n = 0
         for trade in self._trade_stream():

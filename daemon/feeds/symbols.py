@@ -78,6 +78,8 @@ class SymbolFormat:
         if type(native) is not str or not 0 < len(native) <= MAX_SYMBOL or not native.isascii():
             raise BadMessage("bad_symbol")
         base, quote = split_separated(native, self.sep) if self.sep else split_concat(native)
+        if not (base.isalnum() and quote.isalnum()):
+            raise BadMessage("bad_symbol")
         a = self.aliases
         out = f"{a.get(base, base)}-{a.get(quote, quote)}"
         if len(self._cache) > 4096:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -26,9 +27,10 @@ from daemon.live.window import RollingWindow
 from db import registry
 from db.bars import last_bars
 from db.calibration import load_states
+from db.cluster import Fence
 from db.engine import Database
 from db.errors import ArtifactError
-from db.forecasts import latest_forecast, query_forecasts, store_new_forecasts
+from db.forecasts import latest_forecast, latest_issued, query_forecasts, store_new_forecasts
 from db.records import Bar, Forecast, ForecastScore, SeriesKey, iso
 from db.scores import accuracy, insert_scores, unscored_steps
 
@@ -59,7 +61,8 @@ class PipelineStats:
 
 class Pipeline:
     def __init__(self, config: Config, database: Database, *, book: ModelBook, forecast_log: ForecastLog,
-                 broadcast: Broadcast | None = None) -> None:
+                 broadcast: Broadcast | None = None, fence: Callable[[], Fence | None] | None = None,
+                 owned: Iterable[SeriesKey] | None = None) -> None:
         self.config = config
         self.database = database
         self.book = book
@@ -71,7 +74,13 @@ class Pipeline:
             k: SeriesState(RollingWindow(config.data.window, k.interval, fill_gaps=config.data.fill_gaps))
             for k in config.series_keys
         }
+        #: Series this daemon owns now (default: every configured one); the others' bars are
+        #: ignored and never forecast here.
+        self.owned: set[SeriesKey] = set(self.series if owned is None else owned)
+        #: The fencing tokens every write carries (None: unfenced, e.g. tests and benches).
+        self.fence: Callable[[], Fence | None] = fence or (lambda: None)
         self.stats = PipelineStats()
+        self._replay: dict[SeriesKey, list[Bar]] = {}
         self.drift: dict[tuple[SeriesKey, str], DriftWatch] = {}
         self.calibration = CalibrationBook(horizon=config.data.horizon, gamma=config.model.aci_gamma)
         self._pending: dict[datetime, dict[SeriesKey, Job]] = {}
@@ -81,29 +90,69 @@ class Pipeline:
         self.busy_since: float | None = None
 
     # ---- start-up ------------------------------------------------------------------------
-    def restore(self) -> None:
-        """Fill every window from stored bars and load the calibration state (call in a thread at start)."""
-        loaded = self.calibration.load(load_states(self.database, self.series))
+    def restore(self, keys: Iterable[SeriesKey] | None = None) -> None:
+        """Fill windows from stored bars and load the calibration state (call in a thread): every
+        series' at start, or those of series this daemon just took over (another daemon stored
+        their newest bars). Stored bars newer than the series' newest forecast (at most
+        `forecast.backfill_forecast_bars`: a crash, or a previous owner that fell behind or died)
+        are kept back for `catch_up` to forecast one by one, so a restart or a takeover leaves no
+        bar unforecast."""
+        todo = list(self.series) if keys is None else list(keys)
+        loaded = self.calibration.load(load_states(self.database, todo))
         if loaded:
             log.info("calibration state restored", extra={"models": loaded})
-        for key, st in self.series.items():
-            bars = last_bars(self.database, key, st.window.size)
-            st.window.extend(bars)
-            if bars:
-                st.last_close, st.last_bar = bars[-1].close, bars[-1].open_time
+        reach = self.config.forecast.backfill_forecast_bars
+        forecast_until = latest_issued(self.database, todo)
+        for key in todo:
+            st = self.series[key]
+            bars = last_bars(self.database, key, st.window.size + reach)
+            done = forecast_until.get(key)
+            cut = len(bars) if done is None else next((i for i, b in enumerate(bars) if b.open_time > done), len(bars))
+            st.window.clear()
+            st.window.extend(bars[:cut])
+            self._replay[key] = bars[cut:]
+            if cut:
+                st.last_close, st.last_bar = bars[cut - 1].close, bars[cut - 1].open_time
             log.info("window restored", extra={"series": str(key), "bars": len(st.window),
-                                                "ready": st.window.ready, "last_bar": st.last_bar})
+                                                "ready": st.window.ready, "last_bar": st.last_bar,
+                                                "to_forecast": len(bars) - cut})
 
     def start(self) -> None:
         self._runner = asyncio.create_task(self._run_batches(), name="forecast-batches")
 
-    async def catch_up(self) -> None:
-        """Score whatever became scorable while the daemon was down, and forecast the newest stored
-        bar of each series if nothing has forecast it yet (a crash between a bar close and its
-        forecast loses nothing)."""
-        self._watch(await self.writer.run(lambda: self._score(list(self.series), full=True)))
-        for key, st in self.series.items():
-            if not st.window.ready or st.last_bar is None:
+    async def adopt(self, keys: Iterable[SeriesKey]) -> None:
+        """Start serving series (at start, or taken over from another daemon): windows from the
+        database, their groups' models loaded if not yet serving."""
+        new = [k for k in keys if k in self.series]
+        if not new:
+            return
+        await self.writer.run(self.restore, new)
+        for group in dict.fromkeys(self.config.model_group(k) for k in new):
+            if self.book.get(group) is None:
+                await self.install(group)
+        self.owned.update(new)
+
+    def drop(self, keys: Iterable[SeriesKey]) -> None:
+        """Stop serving series (given to another daemon): pending jobs for them are dropped."""
+        gone = set(keys)
+        self.owned -= gone
+        for group in self._pending.values():
+            for k in gone & group.keys():
+                del group[k]
+
+    async def catch_up(self, keys: Iterable[SeriesKey] | None = None) -> None:
+        """Score whatever became scorable while the daemon was down; forecast the stored bars
+        nothing has forecast yet (kept back by `restore`), or the newest stored bar if the series
+        was never forecast (a crash between a bar close and its forecast loses nothing). `keys`:
+        only those (series just taken over); default: all owned."""
+        todo = [k for k in (self.owned if keys is None else keys) if k in self.owned]
+        self._watch(await self.writer.run(lambda: self._score(todo, full=True)))
+        for key in todo:
+            pending = self._replay.pop(key, [])
+            for bar in pending:
+                await self.on_bar(bar, forecast=True)
+            st = self.series[key]
+            if pending or not st.window.ready or st.last_bar is None:
                 continue
             latest = await self.writer.run(latest_forecast, self.database, key)
             if latest is None or latest.issued_at < st.last_bar:
@@ -132,7 +181,7 @@ class Pipeline:
         """A closed (or backfilled, or amended) bar. New bars extend the window and, when
         `forecast`, ask for a forecast at their boundary."""
         st = self.series.get(bar.series)
-        if st is None:
+        if st is None or bar.series not in self.owned:
             return
         seen = time.monotonic()
         extended = st.window.push(bar)
@@ -152,7 +201,7 @@ class Pipeline:
         job = Job(key, serving, st.window.values(), t, st.last_close, seen)
         group = self._pending.setdefault(t, {})
         group[key] = job
-        expected = {k for k, s in self.series.items() if s.window.ready}
+        expected = {k for k in self.owned if self.series[k].window.ready}
         if expected <= group.keys():
             await self._flush(t)
         elif t not in self._timers:
@@ -215,46 +264,53 @@ class Pipeline:
         self._watch(scored)
 
     def _store(self, forecasts: list[Forecast]) -> list[Forecast]:
-        new = store_new_forecasts(self.database, forecasts)
+        new = store_new_forecasts(self.database, forecasts, fence=self.fence())
         self.forecast_log.write(new)
         return new
 
     def _score(self, keys: list[SeriesKey], *, full: bool = False) -> list[ForecastScore]:
-        """Score what became scorable. The per-bar pass looks only at recent forecasts (an index
-        range, not the whole history); `full` (once at start) catches up after downtime."""
+        """Score what became scorable, set-based: one query finds the due steps of every series
+        of the batch, one bulk insert stores their scores. The per-bar pass looks only at recent
+        forecasts (an index range, not the whole history); `full` (at start and on a takeover)
+        catches up after downtime."""
+        keys = [k for k in keys if k in self.owned]
+        if not keys:
+            return []
         now = datetime.now(UTC)
-        out: list[ForecastScore] = []
         lookback = self.config.data.horizon * 4 + self.config.forecast.backfill_forecast_bars
-        for key in keys:
-            newest = self.series[key].last_bar
-            since = None if full or newest is None else newest - key.step * lookback
-            rows = unscored_steps(self.database, key, issued_since=since)
-            if rows:
-                scores = score(rows, now)
-                moved = self.calibration.updated(rows)
-                insert_scores(self.database, scores, self.calibration.states(moved, now))
-                self.calibration.commit(moved)
-                out.extend(scores)
+        newest = [self.series[k].last_bar for k in keys]
+        since = None
+        if not full and all(t is not None for t in newest):
+            since = min(t - k.step * lookback for t, k in zip(newest, keys, strict=True) if t is not None)
+        rows = unscored_steps(self.database, keys, issued_since=since)
+        out = score(rows, now) if rows else []
+        if out:
+            moved = self.calibration.updated(rows)
+            insert_scores(self.database, out, self.calibration.states(moved, now), fence=self.fence())
+            self.calibration.commit(moved)
         self.stats.scores += len(out)
         if out:
-            self._publish_accuracy(keys)
+            self._publish_accuracy(sorted({s.series for s in out}))
         return out
 
     def _publish_accuracy(self, keys: list[SeriesKey]) -> None:
-        """Per-step live MAE, pinball and coverage gauges over the scoring window (writer thread)."""
+        """Per-step live MAE, pinball and coverage gauges over the scoring window, one query for
+        all `keys` (writer thread)."""
         span = self.config.scoring.window_steps // max(1, self.config.data.horizon)
+        starts = []
         for key in keys:
-            since = datetime.now(UTC) - key.step * span if span else None
             st = self.series[key]
-            if st.last_bar is not None:
-                since = st.last_bar - key.step * span  # exchange time, so replays score too
-            for row in accuracy(self.database, series=key, since=since, per_level=False):
-                labels = (str(key), row.model_id, str(row.step))
-                metrics.LIVE_MAE.labels(*labels).set(row.mae)
-                metrics.PERSISTENCE_MAE.labels(str(key), str(row.step)).set(row.persistence_mae)
-                if row.pinball_mean is not None and row.coverage is not None:
-                    metrics.LIVE_PINBALL.labels(*labels).set(row.pinball_mean)
-                    metrics.LIVE_COVERAGE.labels(*labels).set(row.coverage)
+            # exchange time, so replays score too
+            starts.append((st.last_bar if st.last_bar is not None else datetime.now(UTC)) - key.step * span)
+        if not keys:
+            return
+        for row in accuracy(self.database, series=keys, since=min(starts) if span else None, per_level=False):
+            labels = (str(row.series), row.model_id, str(row.step))
+            metrics.LIVE_MAE.labels(*labels).set(row.mae)
+            metrics.PERSISTENCE_MAE.labels(str(row.series), str(row.step)).set(row.persistence_mae)
+            if row.pinball_mean is not None and row.coverage is not None:
+                metrics.LIVE_PINBALL.labels(*labels).set(row.pinball_mean)
+                metrics.LIVE_COVERAGE.labels(*labels).set(row.coverage)
 
     def _watch(self, scores: list[ForecastScore]) -> None:
         by: dict[tuple[SeriesKey, str], list[ForecastScore]] = {}

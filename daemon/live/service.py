@@ -27,6 +27,7 @@ from daemon.live.control import ControlServer
 from daemon.live.device import DeviceInfo, select_device
 from daemon.live.forecastlog import ForecastLog
 from daemon.live.inference import ModelBook
+from daemon.live.membership import Membership
 from daemon.live.notify import Notifier, watchdog_interval
 from daemon.live.pipeline import Pipeline
 from daemon.live.retrainer import Retrainer, needs_initial_model
@@ -60,6 +61,9 @@ class Service:
         self.started_at = datetime.now(UTC)
         self.ready = False
         self._tasks: list[asyncio.Task[Any]] = []
+        self.membership: Membership | None = None
+        self._ingest_task: asyncio.Task[None] | None = None
+        self._ownership_lock = asyncio.Lock()
         self._newest_seen: dict[SeriesKey, datetime] = {}
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -73,15 +77,13 @@ class Service:
         await asyncio.to_thread(ensure_baseline, db, cfg.series_keys)
         flog = ForecastLog(cfg.forecast_log, max_bytes=cfg.forecast.log_max_bytes,
                            max_age_s=cfg.forecast.log_max_age_hours * 3600, backups=cfg.forecast.log_backups)
-        self.pipeline = pipe = Pipeline(cfg, db, book=ModelBook(), forecast_log=flog, broadcast=self.broadcast)
-        await asyncio.to_thread(pipe.restore)
+        self.membership = member = Membership(
+            db, cfg.instance_id, cfg.series_keys, solo=cfg.cluster_solo, heartbeat_s=cfg.cluster.heartbeat_s,
+            ttl_s=cfg.cluster.lease_ttl_s)
+        metrics.INSTANCE.labels(member.id, "solo" if member.solo else "shared").set(1)
+        self.pipeline = pipe = Pipeline(cfg, db, book=ModelBook(), forecast_log=flog, broadcast=self.broadcast,
+                                        fence=lambda: member.fence, owned=())
         await asyncio.to_thread(pipe.reconcile_log)
-        self.notifier.status("starting: loading models")
-        self.notifier.extend_timeout(300)
-        t0 = time.monotonic()
-        for group in dict.fromkeys(cfg.model_group(k) for k in cfg.series_keys):
-            await pipe.install(group)
-        log.info("models loaded", extra={"seconds": round(time.monotonic() - t0, 2), "serving": self.device.describe()})
         pipe.start()
         self.control = ControlServer(cfg.control_socket, self._control)
         await self.control.start()
@@ -94,12 +96,13 @@ class Service:
             self.api = ApiServer(app, cfg.api.host, cfg.api.port)
             self.api.bind()
             self._spawn(self.api.serve(), "api")
-        from daemon.ingest import Ingest
-
-        self.ingest = Ingest.from_config(cfg, database=db, clock=self.clock, on_bars=self._on_bars,
-                                         db_call=pipe.writer.run)
-        self._spawn(self._run_ingest(), "ingest")
-        await pipe.catch_up()
+            member.set_info(api=self.api.url)
+        self.notifier.status("starting: loading models")
+        self.notifier.extend_timeout(300)
+        member.on_change = self._ownership_changed
+        await member.round()  # solo: every series is ours now; shared: heartbeat, claims next round
+        await member.idle()
+        self._spawn(member.run(), "membership")
         if cfg.retrain.enabled:
             self.retrainer = Retrainer(cfg, db, self._promoted)
             initial = await asyncio.to_thread(needs_initial_model, db, cfg) if cfg.retrain.initial else []
@@ -115,14 +118,48 @@ class Service:
     def _spawn(self, coro: Any, name: str) -> None:
         self._tasks.append(asyncio.create_task(coro, name=name))
 
-    async def _run_ingest(self) -> None:
+    async def _run_ingest(self, ingest: Any) -> None:
         try:
-            await self.ingest.run()
+            await ingest.run()
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("ingest failed; stopping the service so systemd restarts it")
             self.stop_event.set()
+
+    async def _ownership_changed(self, gained: set[SeriesKey], lost: set[SeriesKey]) -> None:
+        """Series taken over or handed on: the pipeline serves the owned ones, the ingest runs
+        exactly their feeds (restarted; it resumes after each series' newest stored bar, so a
+        series handed over loses no bar), and what the previous owner left is caught up."""
+        assert self.pipeline is not None
+        async with self._ownership_lock:
+            pipe = self.pipeline
+            pipe.drop(lost)
+            t0 = time.monotonic()
+            await pipe.adopt(gained)
+            if gained:
+                log.info("series adopted", extra={"series": len(gained), "owned": len(pipe.owned),
+                                                  "seconds": round(time.monotonic() - t0, 2)})
+            await pipe.catch_up(gained)  # before the feeds: stored bars first, in order
+            await self._restart_ingest(pipe.owned)
+
+    async def _restart_ingest(self, owned: set[SeriesKey]) -> None:
+        from daemon.ingest import Ingest
+
+        if self.ingest is not None:
+            self.ingest.stop()
+            if self._ingest_task is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await asyncio.wait_for(self._ingest_task, 10)
+            self.ingest = None
+        if self.stop_event.is_set() or not owned:
+            return
+        assert self.pipeline is not None and self.database is not None and self.membership is not None
+        member = self.membership
+        self.ingest = ingest = Ingest.from_config(
+            self.config, database=self.database, clock=self.clock, on_bars=self._on_bars,
+            db_call=self.pipeline.writer.run, fence=lambda: member.fence, only=owned)
+        self._ingest_task = asyncio.create_task(self._run_ingest(ingest), name="ingest")
 
     async def run(self) -> None:
         """Start, serve until a stop signal, shut down cleanly."""
@@ -166,13 +203,21 @@ class Service:
             await self.retrainer.stop()
         if self.api is not None:
             self.api.stop()
-        ingest_task = next((t for t in self._tasks if t.get_name() == "ingest"), None)
-        if ingest_task is not None:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(ingest_task, 10)
+        for t in self._tasks:
+            if t.get_name() == "membership":
+                t.cancel()
+        async with self._ownership_lock:  # no ingest restarted behind our back
+            if self._ingest_task is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await asyncio.wait_for(self._ingest_task, 10)
         if self.pipeline is not None:
             await self.pipeline.drain()
             await asyncio.to_thread(self.pipeline.close)
+        if self.membership is not None:  # hand every series on at once, not after the TTL
+            try:
+                await self.membership.leave()
+            except Exception as exc:
+                log.warning("could not release series leases", extra={"error": str(exc)})
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -274,6 +319,7 @@ class Service:
                 "window_ready": st.get("window_ready"),
                 "forecasts_issued": st.get("forecasts_issued"),
                 "last_forecast": st.get("last_forecast"),
+                **(self.membership.lease_of(key) if self.membership else {}),
             })
         reasons = []
         if not self.ready:
@@ -293,6 +339,7 @@ class Service:
             "retrain_history": [vars(r) for r in self.retrainer.history[-10:]] if self.retrainer else [],
             "forecasts_issued": pipe.stats.forecasts if pipe else 0,
             "pid": os.getpid(),
+            "cluster": self.membership.status() if self.membership else None,
         }
 
     def _status_line(self) -> str:

@@ -88,6 +88,10 @@ class RollingWindow:
         self._put(t, values)
         return True
 
+    def clear(self) -> None:
+        self._head = 0
+        self._count = 0
+
     def extend(self, bars: Iterable[Bar]) -> None:
         for b in bars:
             self.push(b)

@@ -139,3 +139,12 @@ def test_frames_are_deterministic(shared_dir: Path, bars: list[Bar]) -> None:
     a = [f.text for f in Mutator("binance", seeds, seed=3).frames(50)]
     b = [f.text for f in Mutator("binance", seeds, seed=3).frames(50)]
     assert a == b and all(isinstance(f, Frame) for f in Mutator("binance", seeds).frames(3))
+
+
+@pytest.mark.parametrize("exchange", ["coinbase", "kraken"])
+def test_an_impossible_iso_time_is_rejected_every_time(exchange: str) -> None:
+    """The minute cache of the ISO fast path once kept a year-2221 minute and let its second
+    occurrence through (found by bench/feed_fuzz.py at 100k frames)."""
+    frame = _trade_frame(exchange, {"TIME": '"2221-04-17T16:43:37.089723Z"'})
+    for _ in range(3):
+        assert PROTOCOLS[exchange].parse(frame).reason == "bad_time"

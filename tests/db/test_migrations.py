@@ -177,5 +177,5 @@ def test_point_only_forecasts_survive_the_quantile_migration(any_db_url: str) ->
     assert (acc.model_id, acc.n, acc.mae, acc.persistence_mae) == ("old-model", 1, 1.5, 0.1)
     assert acc.n_quantile == 0 and acc.pinball_mean is None and acc.coverage is None and acc.pinball is None
     with database.engine.connect() as conn:
-        assert migrate.current_revision(conn) == migrate.head_revision() == "0004"
+        assert migrate.current_revision(conn) == migrate.head_revision()
     database.close()

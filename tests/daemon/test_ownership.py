@@ -1,0 +1,37 @@
+"""Rendezvous ownership (pure): every daemon computes the same owners; a daemon joining or
+leaving moves only the series it wins or held; shares are even."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from daemon.live.ownership import assign, plan
+from db.records import SeriesKey
+
+KEYS = [SeriesKey("binance", f"C{i:03d}-USDT") for i in range(300)]
+
+
+def test_even_shares_and_minimal_moves() -> None:
+    three = assign(KEYS, ["d1", "d2", "d3"])
+    shares = Counter(three.values())
+    assert set(shares) == {"d1", "d2", "d3"} and all(70 <= n <= 130 for n in shares.values()), shares
+    two = assign(KEYS, ["d1", "d3"])
+    moved = {k for k in KEYS if three[k] != two[k]}
+    assert moved == {k for k in KEYS if three[k] == "d2"}  # only the leaver's series move
+
+
+@given(st.lists(st.sampled_from(["a", "b", "c", "d", "e"]), min_size=1, unique=True))
+def test_plans_never_overlap(live: list[str]) -> None:
+    owners = assign(KEYS[:50], live)
+    claims = [set(plan(me, KEYS[:50], live, set()).claim) for me in live]
+    assert sum(len(c) for c in claims) == 50 and set().union(*claims) == set(KEYS[:50])
+    for me in live:  # holding everything, each daemon releases exactly what others win
+        p = plan(me, KEYS[:50], live, set(KEYS[:50]))
+        assert set(p.release) == {k for k, o in owners.items() if o != me} and p.claim == ()
+
+
+def test_solo_claims_everything() -> None:
+    assert set(plan("x", KEYS[:5], ["x", "y"], set(), solo=True).claim) == set(KEYS[:5])
