@@ -169,7 +169,8 @@ def test_har_challenger_on_real_bars_is_judged_by_pinball(shared_dir: Path, tmp_
     from trainer.datasets import read_csv_frame
 
     btc = SeriesKey("binance", "BTC-USDT")
-    frame = read_csv_frame(shared_dir / "data" / "btcusdt_binance_5m_2020-12_2021-07.csv").loc["2021-02-01":"2021-02-12"]
+    csv = shared_dir / "data" / "btcusdt_binance_5m_2020-12_2021-07.csv"
+    frame = read_csv_frame(csv).loc["2021-02-01":"2021-02-12"]
     upsert_bars(tmp_db, [
         Bar(btc.exchange, btc.symbol, btc.interval, t.to_pydatetime(), *(Decimal(repr(float(r[c])))
             for c in ("open", "high", "low", "close", "volume")))
