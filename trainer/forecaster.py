@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -68,10 +69,22 @@ def window_volatility(raw_close: np.ndarray) -> np.ndarray:
     return np.maximum(r.std(axis=1), 1e-8)
 
 
-def source_times(source: SampleSource, index: np.ndarray | slice) -> np.ndarray | None:
+def source_times(source: SampleSource) -> np.ndarray | None:
     """Origin open times of a sample source that knows them (window sets do, HDF5 files not)."""
     fn = getattr(source, "origin_times", None)
-    return None if fn is None else np.asarray(fn())[index]
+    return None if fn is None else np.asarray(fn())
+
+
+def timed_batches(
+    source: SampleSource, with_times: bool
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """(raw windows, future closes, origin times or None) batch by batch; times looked up once."""
+    times = source_times(source) if with_times else None
+    start = 0
+    for raw, future in iter_batches(source):
+        stop = start + raw.shape[0]
+        yield raw, future, None if times is None else times[start:stop]
+        start = stop
 
 
 class Forecaster(ABC):
@@ -188,11 +201,7 @@ class Forecaster(ABC):
     def _raw_points(self, source: SampleSource) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Unshrunk point forecasts, last closes and realised closes over a whole source."""
         pts, lasts, futs = [], [], []
-        start = 0
-        for raw, future in iter_batches(source):
-            idx = np.arange(start, start + raw.shape[0])
-            start += raw.shape[0]
-            times = source_times(source, idx) if self.needs_times else None
+        for raw, future, times in timed_batches(source, self.needs_times):
             pts.append(self._point(raw, times))
             lasts.append(raw[:, -1, self.data.close_index])
             futs.append(future)
@@ -207,11 +216,9 @@ class Forecaster(ABC):
 
     def _fit_offset(self, val: SampleSource) -> None:
         """Per step and level, the shift that puts exactly tau of the validation outcomes below."""
-        gaps, start = [], 0
-        for raw, future in iter_batches(val):
-            idx = np.arange(start, start + raw.shape[0])
-            start += raw.shape[0]
-            _, own = self._forecast(raw, source_times(val, idx) if self.needs_times else None)
+        gaps = []
+        for raw, future, times in timed_batches(val, self.needs_times):
+            _, own = self._forecast(raw, times)
             assert own is not None
             y = np.log(future / raw[:, -1, self.data.close_index][:, None])
             gaps.append(y[:, :, None] - own)
@@ -219,11 +226,8 @@ class Forecaster(ABC):
         self.offset = np.stack([np.quantile(gap[:, :, j], tau, axis=0) for j, tau in enumerate(self.levels)], axis=1)
 
     def _fit_spread(self, train: SampleSource) -> None:
-        zs, start = [], 0
-        for raw, future in iter_batches(train):
-            idx = np.arange(start, start + raw.shape[0])
-            start += raw.shape[0]
-            times = source_times(train, idx) if self.needs_times else None
+        zs = []
+        for raw, future, times in timed_batches(train, self.needs_times):
             point = self._shrunk(raw, self._point(raw, times))
             zs.append(np.log(future / point) / self._sigma(raw))
         z = np.concatenate(zs)

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from db.errors import ArtifactError, InputError
-from trainer.datasets import SampleSource, iter_batches
-from trainer.forecaster import NO_FIT, FitReport, Forecaster, source_times
+from trainer.datasets import SampleSource
+from trainer.forecaster import NO_FIT, FitReport, Forecaster, source_times, timed_batches
 from trainer.params import DataParams, ModelParams, TrainParams
 
 #: Bar columns the model reads (whatever `data.features` says).
@@ -113,17 +113,15 @@ class Har(Forecaster):
         log_csv: Path | None,
         progress: bool,
     ) -> FitReport:
-        all_times = source_times(train, slice(None))
+        all_times = source_times(train)
         if all_times is None or len(all_times) < 2:
             raise InputError("har: needs the bar times of its training windows (train from bars, not HDF5)")
         gaps = np.diff(all_times)
         self.step_s = int(np.min(gaps[gaps > 0])) if np.any(gaps > 0) else 300
         self._fit_profile(train)
         xs, ys = [], []
-        start = 0
-        for raw, future in iter_batches(train):
-            t = all_times[start : start + raw.shape[0]]
-            start += raw.shape[0]
+        for raw, future, t in timed_batches(train, True):
+            assert t is not None
             xs.append(self._design(raw, t))
             ys.append(np.log(future / raw[:, -1, 2][:, None]))
         x, y = np.concatenate(xs), np.concatenate(ys)
@@ -138,12 +136,8 @@ class Har(Forecaster):
         slots = self._slots
         sums = np.zeros((2, 2 * slots))
         counts = np.zeros(2 * slots)
-        start = 0
-        all_times = source_times(train, slice(None))
-        assert all_times is not None
-        for raw, _ in iter_batches(train):
-            t = all_times[start : start + raw.shape[0]]
-            start += raw.shape[0]
+        for raw, _, t in timed_batches(train, True):
+            assert t is not None
             v, vol = self._per_bar(raw[:, -2:])
             keys = self._keys(t)
             np.add.at(sums[0], keys, v[:, -1])
