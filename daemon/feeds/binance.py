@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
 import orjson
 
 from daemon.feeds.base import (
@@ -35,13 +36,50 @@ from daemon.feeds.base import (
     malformed,
     number_text,
 )
-from daemon.feeds.fields import US_PER_MS, price_text, size_text, us_from_ms
+from daemon.feeds.fields import US_PER_MS, price_text, size_text, trade_id_ok, us_from_ms
+from daemon.feeds.schema import decoder, ignored, union
 
 _INTERVALS = {60: "1m", 300: "5m", 900: "15m", 3600: "1h"}
 _INTERVAL_S = {v: k for k, v in _INTERVALS.items()}
 _OTHER_EVENTS = frozenset(
     {"depthUpdate", "kline", "24hrTicker", "24hrMiniTicker", "avgPrice", "1hTicker", "4hTicker", "1dTicker"}
 )
+
+
+
+
+# --- the fast path's schema: the trade events in full (an unknown key is `scan`'s), the events
+# ignored by their tag alone
+class _Trade(msgspec.Struct, tag_field="e", tag="trade", forbid_unknown_fields=True, kw_only=True):
+    s: str
+    t: int
+    p: str
+    q: str
+    T: int
+    m: bool
+    E: int | None = None
+    M: bool | None = None
+    b: int | None = None  # buyer/seller order ids (older streams)
+    a: int | None = None
+
+
+class _AggTrade(msgspec.Struct, tag_field="e", tag="aggTrade", forbid_unknown_fields=True, kw_only=True):
+    s: str
+    a: int
+    p: str
+    q: str
+    T: int
+    m: bool
+    E: int | None = None
+    M: bool | None = None
+    f: int | None = None
+    l: int | None = None  # noqa: E741 - Binance's key
+
+
+_EVENTS = (_Trade, _AggTrade, *ignored("e", _OTHER_EVENTS))
+_DECODE_RAW = decoder(*_EVENTS)
+_Combined = msgspec.defstruct("_Combined", [("stream", str), ("data", union(*_EVENTS))], forbid_unknown_fields=True)
+_DECODE_COMBINED = decoder(_Combined)
 
 
 class Binance(ExchangeProtocol):
@@ -57,6 +95,19 @@ class Binance(ExchangeProtocol):
     def subscribe_messages(self, natives: Sequence[str]) -> list[str]:
         params = [f"{n.lower()}@trade" for n in natives]
         return [orjson.dumps({"method": "SUBSCRIBE", "params": params, "id": 1}).decode()]
+
+    def fast_scan(self, text: str) -> tuple[ParseResult, list[Row]] | None:
+        msg = _DECODE_COMBINED(text).data if text.startswith('{"stream"') else _DECODE_RAW(text)
+        kind = type(msg)
+        if kind is _Trade or kind is _AggTrade:
+            tid = msg.t if kind is _Trade else msg.a
+            t = us_from_ms(msg.T)
+            p = price_text(msg.p)
+            q = size_text(msg.q)
+            if t is None or p is None or q is None or not trade_id_ok(tid):
+                return None
+            return TRADES, [(msg.s, tid, t, p, q, "sell" if msg.m else "buy")]
+        return OTHER, NO_ROWS
 
     def scan(self, text: str | bytes) -> tuple[ParseResult, list[Row]]:
         try:

@@ -521,11 +521,11 @@ class FeedSession:
         return None if stamp is None else us_from_clock(stamp)
 
     def _closed(self, s: SeriesState, ups: list[BarUpdate]) -> list[BarUpdate]:
-        for u in ups:
-            if u.kind == "closed":
-                end = us_from_datetime(u.bar.open_time) + s.step_us
-                if s.next_needed_us is None or end > s.next_needed_us:
-                    s.next_needed_us = end
+        # one call's updates are all closed bars (in order) or all amendments
+        if ups[0].kind == "closed":
+            end = s.agg.closed_until_us
+            if end is not None and (s.next_needed_us is None or end > s.next_needed_us):
+                s.next_needed_us = end
         return ups
 
     def _rejected(self, res: ParseResult, text: str | bytes) -> Rejected:
