@@ -37,7 +37,7 @@ from daemon.feeds.base import (
     number_text,
 )
 from daemon.feeds.fields import US_PER_MS, price_text, size_text, trade_id_ok, us_from_ms
-from daemon.feeds.schema import decoder, ignored, union
+from daemon.feeds.schema import decoder, ignored, results, union
 
 _INTERVALS = {60: "1m", 300: "5m", 900: "15m", 3600: "1h"}
 _INTERVAL_S = {v: k for k, v in _INTERVALS.items()}
@@ -76,10 +76,27 @@ class _AggTrade(msgspec.Struct, tag_field="e", tag="aggTrade", forbid_unknown_fi
     l: int | None = None  # noqa: E741 - Binance's key
 
 
+class _BookTicker(msgspec.Struct, forbid_unknown_fields=True):
+    """The one frequent frame without an event type (so without "e", "result", "code", "error")."""
+
+    u: int
+    s: str
+    b: str
+    B: str
+    a: str
+    A: str
+
+
 _EVENTS = (_Trade, _AggTrade, *ignored("e", _OTHER_EVENTS))
+_OTHER_RESULTS = results(_EVENTS[2:], OTHER)
 _DECODE_RAW = decoder(*_EVENTS)
-_Combined = msgspec.defstruct("_Combined", [("stream", str), ("data", union(*_EVENTS))], forbid_unknown_fields=True)
-_DECODE_COMBINED = decoder(_Combined)
+_DECODE_COMBINED = decoder(
+    msgspec.defstruct("_Combined", [("stream", str), ("data", union(*_EVENTS))], forbid_unknown_fields=True)
+)
+_DECODE_BOOK = decoder(_BookTicker)
+_DECODE_COMBINED_BOOK = decoder(
+    msgspec.defstruct("_CombinedBook", [("stream", str), ("data", _BookTicker)], forbid_unknown_fields=True)
+)
 
 
 class Binance(ExchangeProtocol):
@@ -97,7 +114,16 @@ class Binance(ExchangeProtocol):
         return [orjson.dumps({"method": "SUBSCRIBE", "params": params, "id": 1}).decode()]
 
     def fast_scan(self, text: str) -> tuple[ParseResult, list[Row]] | None:
-        msg = _DECODE_COMBINED(text).data if text.startswith('{"stream"') else _DECODE_RAW(text)
+        if text.startswith('{"stream"'):
+            if text.find('@bookTicker"', 10, 60) > 0:
+                _DECODE_COMBINED_BOOK(text)
+                return OTHER, NO_ROWS
+            msg = _DECODE_COMBINED(text).data
+        elif text.startswith('{"u"'):
+            _DECODE_BOOK(text)
+            return OTHER, NO_ROWS
+        else:
+            msg = _DECODE_RAW(text)
         kind = type(msg)
         if kind is _Trade or kind is _AggTrade:
             tid = msg.t if kind is _Trade else msg.a
@@ -107,7 +133,7 @@ class Binance(ExchangeProtocol):
             if t is None or p is None or q is None or not trade_id_ok(tid):
                 return None
             return TRADES, [(msg.s, tid, t, p, q, "sell" if msg.m else "buy")]
-        return OTHER, NO_ROWS
+        return (OTHER, NO_ROWS) if kind in _OTHER_RESULTS else None
 
     def scan(self, text: str | bytes) -> tuple[ParseResult, list[Row]]:
         try:

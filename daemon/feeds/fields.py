@@ -76,6 +76,11 @@ def decimal(value: Any) -> Decimal | None:
     return d
 
 
+def is_plain(text: str) -> bool:
+    """Digits and a point only, at most MAX_TEXT long: the form the fast path converts."""
+    return 0 < len(text) <= MAX_TEXT and not text.strip(_DIGITS_POINT)
+
+
 def price_text(value: Any) -> Decimal | None:
     """A trade or candle price: > 0 and < MAX_PRICE, exact; None otherwise."""
     if type(value) is str and 0 < len(value) <= MAX_TEXT and not value.strip(_DIGITS_POINT):

@@ -18,11 +18,21 @@ from typing import Any, Union
 import msgspec
 
 
-def ignored(tag_field: str, tags: Iterable[str]) -> tuple[type[msgspec.Struct], ...]:
-    """One empty Struct per tag: frames of these types decode to their tag and nothing else."""
+def ignored(
+    tag_field: str, tags: Iterable[str], absent: Iterable[str] = ()
+) -> tuple[type[msgspec.Struct], ...]:
+    """One Struct per tag: frames of these types decode to their tag and nothing else. `absent`:
+    keys the full parser looks at before the tag, which must then be missing (or null)."""
+    fields = [(k, None, None) for k in absent]
     return tuple(
-        msgspec.defstruct(f"Ignored_{tag_field}_{tag}", [], tag_field=tag_field, tag=tag) for tag in sorted(tags)
+        msgspec.defstruct(f"Tag_{tag_field}_{tag}", fields, tag_field=tag_field, tag=tag, kw_only=True)
+        for tag in sorted(tags)
     )
+
+
+def results(structs: Iterable[type[msgspec.Struct]], result: Any) -> dict[type, Any]:
+    """Struct type -> the one parse result every frame of it has."""
+    return dict.fromkeys(structs, result)
 
 
 def union(*types: Any) -> Any:
