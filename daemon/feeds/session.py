@@ -201,6 +201,8 @@ class FeedSession:
             self.series.append(s)
             self.by_native.setdefault(native, []).append(s)
         self.natives = list(self.by_native)
+        self._scan = protocol.scan_safe
+        self._kinds = self.stats.messages
         self._grace_us = us(options.grace_s)
         self._future_us = us(options.max_future_s)
         self._acks_needed = 0
@@ -254,17 +256,15 @@ class FeedSession:
     # --- frames ---------------------------------------------------------------------------------
     def message(self, text: str | bytes, received: float, mono: float) -> list[Action]:
         """One received frame: the hot path (parse once, rows straight into the aggregators)."""
-        res, rows = self.protocol.scan_safe(text)
+        res, rows = self._scan(text)
         self._last_frame = received
         self._last_frame_mono = mono
-        st = self.stats
-        st.messages[res.kind] += 1
-        out: list[Action] = []
         kind = res.kind
-        if kind == "trade":
-            if rows:
-                return self._rows(rows, 0, received, mono, out)
-        elif kind == "malformed" or kind == "error":
+        self._kinds[kind] += 1
+        out: list[Action] = []
+        if rows:  # only trade frames carry rows
+            return self._rows(rows, 0, received, mono, out)
+        if kind == "malformed" or kind == "error":
             out.append(self._rejected(res, text))
         elif kind == "ack" and self._up_at is not None:
             self._acks_needed -= 1
