@@ -203,9 +203,8 @@ class ExchangeProtocol(ABC):
 
     def scan_safe(self, text: str | bytes) -> tuple[ParseResult, list[Row]]:
         """`fast_scan`, else `scan`; never raises: garbage, oversize frames and hostile numbers are a reason."""
-        if len(text) > self.max_frame_bytes:
-            return malformed("frame_too_large"), NO_ROWS
-        if type(text) is str:  # bytes (binary frames) may hold invalid UTF-8 that only orjson judges
+        # bytes (binary frames) may hold invalid UTF-8 that only orjson judges
+        if type(text) is str and len(text) <= self.max_frame_bytes:
             try:
                 hit = self.fast_scan(text)
             except Exception:  # whatever the schema refuses is the full path's to judge
@@ -216,6 +215,8 @@ class ExchangeProtocol(ABC):
 
     def scan_full(self, text: str | bytes) -> tuple[ParseResult, list[Row]]:
         """`scan` that never raises (the reference the fast path must agree with)."""
+        if len(text) > self.max_frame_bytes:
+            return malformed("frame_too_large"), NO_ROWS
         try:
             return self.scan(text)
         except BadMessage as exc:
