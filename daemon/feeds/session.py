@@ -51,6 +51,8 @@ from db.records import Bar, SeriesKey, interval_seconds
 MIN_HISTORY_BARS = 256
 #: Without acknowledgements for this long after connecting, treat the subscription as live.
 ACK_TIMEOUT_S = 10.0
+#: A clock reading beyond any bar close (no aggregator is live).
+_NEVER = 1 << 62
 #: Malformed frames logged per reason before logging only every 1000th.
 LOG_FIRST = 5
 
@@ -202,6 +204,9 @@ class FeedSession:
             self.by_native.setdefault(native, []).append(s)
         self.natives = list(self.by_native)
         self._scan = protocol.scan_safe
+        #: no aggregator can close a bar before this clock reading: a lower bound of their
+        #: `next_close_us` (they only grow, except on `resume`, which resets it)
+        self._close_floor_us = 0
         self._kinds = self.stats.messages
         self._grace_us = us(options.grace_s)
         self._future_us = us(options.max_future_s)
@@ -273,6 +278,8 @@ class FeedSession:
                 return self._subscribed(at, mono, out, then=lambda: self._frame_time(res, received, mono, []))
         if res.reconnect:
             out.append(Reconnect(res.reason or "exchange asked"))
+        if res.time_us is None:
+            return self._close_due(received, mono, out)
         return self._frame_time(res, received, mono, out)
 
     def _frame_time(self, res: ParseResult, received: float, mono: float, out: list[Action]) -> list[Action]:
@@ -340,12 +347,19 @@ class FeedSession:
             if self._outstanding > before:
                 self._then = lambda: self._advance(now, [])
                 return out
-        for s in self.series:  # inlined `_advance`: most frames close nothing
+        if now < self._close_floor_us:  # most frames close nothing
+            return out
+        floor = _NEVER
+        for s in self.series:  # inlined `_advance`, and the next time anything can close
             agg = s.agg
-            if now >= agg.next_close_us and not agg.suspended:
-                ups = agg.advance(now)
-                if ups:
-                    out.append(Publish(self._closed(s, ups)))
+            if not agg.suspended:
+                if now >= agg.next_close_us:
+                    ups = agg.advance(now)
+                    if ups:
+                        out.append(Publish(self._closed(s, ups)))
+                if agg.next_close_us < floor:
+                    floor = agg.next_close_us
+        self._close_floor_us = floor
         return out
 
     def _advance(self, now: int, out: list[Action]) -> list[Action]:
@@ -430,6 +444,7 @@ class FeedSession:
     ) -> list[Action]:
         self._await_feed_time = False
         before = self._outstanding
+        self._close_floor_us = 0  # resumed aggregators close from their new cursor on
         for i, s in enumerate(self.series):
             s.agg.resume(observed_us)
             live_from = s.agg.cursor_us
