@@ -87,8 +87,9 @@ class _BookTicker(msgspec.Struct, forbid_unknown_fields=True):
     A: str
 
 
-_EVENTS = (_Trade, _AggTrade, *ignored("e", _OTHER_EVENTS))
-_OTHER_RESULTS = results(_EVENTS[2:], OTHER)
+_IGNORED = ignored("e", _OTHER_EVENTS)
+_OTHER_RESULTS = results(_IGNORED, OTHER)
+_EVENTS = (_Trade, _AggTrade, *_IGNORED)
 _DECODE_RAW = decoder(*_EVENTS)
 _DECODE_COMBINED = decoder(
     msgspec.defstruct("_Combined", [("stream", str), ("data", union(*_EVENTS))], forbid_unknown_fields=True)

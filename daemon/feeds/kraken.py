@@ -96,7 +96,7 @@ _DECODE_V1_TRADES = decoder(tuple[int, list[tuple[str, str, str, str, str, str]]
 
 
 def _raw_number(raw: msgspec.Raw) -> str | None:
-    text = bytes(raw).decode()
+    text = str(raw, "ascii")
     return text if is_plain(text) else None
 
 
@@ -135,7 +135,7 @@ class Kraken(ExchangeProtocol):
             if type(msg) is not _V2Trade:
                 return _V2_RESULTS[type(msg)], NO_ROWS
             return self._fast_v2(msg.data)
-        if text.startswith('{"event"'):
+        if text.startswith("{") and '"event"' in text:
             msg = _DECODE_V1(text)
             if type(msg) is _V1Status:
                 return (ACK, NO_ROWS) if msg.status in ("subscribed", "unsubscribed") else None
