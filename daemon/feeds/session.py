@@ -297,19 +297,17 @@ class FeedSession:
         by_native = self.by_native
         wall = self.wall_clock
         now = us_from_clock(received) if wall else 0
-        limit = now + self._future_us if wall else None
+        limit = now + self._future_us if wall else _NEVER
         n = len(rows)
         while i < n:
             native, tid, t, p, q, _side = rows[i]
             targets = by_native.get(native)
-            if targets is None:
+            if targets is None or t > limit:
                 st.trades += 1
-                st.unknown_symbol += 1
-                i += 1
-                continue
-            if limit is not None and t > limit:
-                st.trades += 1
-                st.future_trades += 1
+                if targets is None:
+                    st.unknown_symbol += 1
+                else:
+                    st.future_trades += 1
                 i += 1
                 continue
             if t > self._feed_time_us:
