@@ -30,6 +30,7 @@ from db.records import Bar, SeriesKey, interval_seconds
 UpdateKind = Literal["closed", "amended", "backfilled"]
 
 _VOLUME_ADD = EXACT.add
+_ZERO = Decimal(0)
 #: The updates of a call that closed nothing (shared: never mutated).
 NO_UPDATES: list[BarUpdate] = []
 
@@ -73,7 +74,7 @@ class _Acc:
     def __init__(self, start: int, price: Decimal) -> None:
         self.start = start
         self.open = self.high = self.low = self.close = price
-        self.volume = Decimal(0)
+        self.volume = _ZERO
         self.count = 0
         self.open_t = self.close_t = 0
         self.ids: set[object] = set()
@@ -257,8 +258,15 @@ class Aggregator:
     def _close_through(self, target: int) -> list[BarUpdate]:
         """Close all bars opening before `target` (the cursor moves to `target`)."""
         assert self._cursor is not None
-        out: list[BarUpdate] = []
         step = self.step_us
+        acc = self._acc
+        if acc is not None and target - self._cursor == step:  # the usual case: one bar, with trades
+            out = [self._close(acc)]
+            self._acc = None
+            self._set_cursor(target)
+            self._prune()
+            return out
+        out = []
         if (target - self._cursor) // step > MAX_FLAT_FILL:
             if self._acc is not None:
                 out.append(self._close(self._acc))
