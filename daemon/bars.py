@@ -71,13 +71,20 @@ class _Acc:
 
     __slots__ = ("close", "close_t", "count", "high", "ids", "low", "open", "open_t", "start", "volume")
 
-    def __init__(self, start: int, price: Decimal) -> None:
+    def __init__(self, start: int, price: Decimal, first: tuple[int, Decimal, object] | None = None) -> None:
+        """Flat at `price`, or holding its `first` trade (time, size, id)."""
         self.start = start
         self.open = self.high = self.low = self.close = price
-        self.volume = _ZERO
-        self.count = 0
-        self.open_t = self.close_t = 0
-        self.ids: set[object] = set()
+        if first is None:
+            self.volume = _ZERO
+            self.count = 0
+            self.open_t = self.close_t = 0
+            self.ids: set[object] = set()
+        else:
+            t, self.volume, tid = first
+            self.count = 1
+            self.open_t = self.close_t = t
+            self.ids = set() if tid is None else {tid}
 
     def add(self, t: int, price: Decimal, size: Decimal, tid: object) -> bool:
         """Add a trade; False when its id was already counted in this bar."""
@@ -220,8 +227,8 @@ class Aggregator:
                 updates = self._close_through(start)
         acc = self._acc
         if acc is None:
-            acc = self._acc = _Acc(start, price)
-        if not acc.add(t, price, size, tid):
+            self._acc = _Acc(start, price, (t, size, tid))
+        elif not acc.add(t, price, size, tid):
             stats.duplicates += 1
         return updates
 

@@ -43,7 +43,7 @@ from enum import Enum
 from typing import Any
 
 from daemon.bars import Aggregator, BarUpdate
-from daemon.feeds.base import ExchangeProtocol, ParseResult, Row
+from daemon.feeds.base import MESSAGE_KINDS, ExchangeProtocol, ParseResult, Row
 from daemon.feeds.fields import us, us_from_clock, us_from_datetime
 from db.records import Bar, SeriesKey, interval_seconds
 
@@ -117,7 +117,8 @@ NO_ACTIONS: list[Action] = []
 class FeedStats:
     """Counters of one exchange feed (the shell exports them as Prometheus metrics)."""
 
-    messages: Counter[str] = field(default_factory=Counter)
+    #: frames per kind (a plain dict of every kind: the per-frame count is the cheapest there is)
+    messages: dict[str, int] = field(default_factory=lambda: dict.fromkeys(MESSAGE_KINDS, 0))
     malformed: Counter[str] = field(default_factory=Counter)
     trades: int = 0
     unknown_symbol: int = 0
@@ -129,7 +130,7 @@ class FeedStats:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "messages": dict(self.messages),
+            "messages": {k: n for k, n in self.messages.items() if n},
             "malformed": dict(self.malformed),
             "trades": self.trades,
             "unknown_symbol": self.unknown_symbol,
@@ -266,9 +267,11 @@ class FeedSession:
         self._last_frame_mono = mono
         kind = res.kind
         self._kinds[kind] += 1
-        out: list[Action] = []
         if rows:  # only trade frames carry rows
-            return self._rows(rows, 0, received, mono, out)
+            return self._rows(rows, 0, received, mono, [])
+        if (kind == "other" or kind == "heartbeat") and res.time_us is None and not res.reconnect:
+            return self._close_due(received, mono, [])  # the bulk of the traffic: nothing to decide
+        out: list[Action] = []
         if kind == "malformed" or kind == "error":
             out.append(self._rejected(res, text))
         elif kind == "ack" and self._up_at is not None:
