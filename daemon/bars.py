@@ -198,24 +198,9 @@ class Aggregator:
             self._watermark = t
         start = t - t % self.step_us
         acc = self._acc
-        if start == self._cursor and acc is not None:
-            # the bar in progress (inlined `_Acc.add`: most trades end here)
-            if tid is not None:
-                ids = acc.ids
-                if tid in ids:
-                    stats.duplicates += 1
-                    return NO_UPDATES
-                ids.add(tid)
-            if price > acc.high:
-                acc.high = price
-            elif price < acc.low:
-                acc.low = price
-            if t < acc.open_t:
-                acc.open_t, acc.open = t, price
-            if t >= acc.close_t:
-                acc.close_t, acc.close = t, price
-            acc.volume = _VOLUME_ADD(acc.volume, size)
-            acc.count += 1
+        if start == self._cursor and acc is not None:  # the bar in progress: most trades end here
+            if not acc.add(t, price, size, tid):
+                stats.duplicates += 1
             return NO_UPDATES
         updates = NO_UPDATES
         if start != self._cursor:

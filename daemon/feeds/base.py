@@ -5,8 +5,13 @@ into `Candle`s, and (for the simulator) renders the same messages back. The conn
 backfill and simulator shells do the I/O; because the simulator speaks through the same module
 that parses, parser and simulator cannot drift apart.
 
-Records live in `records`, field conversion in `fields`, symbol spelling in `symbols`; the names
-are re-exported here so an exchange module imports its whole toolkit from one place.
+Records live in `records`, field conversion in `fields`, symbol spelling in `symbols`, the fast
+path's typed schemas in `schema`; the names are re-exported here so an exchange module imports
+its whole toolkit from one place.
+
+Two parsers per exchange, one answer: `fast_scan` (msgspec schemas of the frames that carry the
+traffic) settles what it recognises exactly, and hands everything else to `scan` (orjson, every
+rule and reason). `scan_safe` is the one entry: fast, else full, never raising.
 
 Work per frame is bounded: a frame over `max_frame_bytes` is rejected before it is decoded, a
 frame with more than `max_trades` trades is rejected, numbers longer than `fields.MAX_TEXT` are

@@ -50,28 +50,24 @@ _OTHER_EVENTS = frozenset(
 
 # --- the fast path's schema: the trade events in full (an unknown key is `scan`'s), the events
 # ignored by their tag alone
-class _Trade(msgspec.Struct, tag_field="e", tag="trade", forbid_unknown_fields=True, kw_only=True):
+class _TradeFields(msgspec.Struct, tag_field="e", forbid_unknown_fields=True, kw_only=True):
     s: str
-    t: int
     p: str
     q: str
     T: int
     m: bool
     E: int | None = None
     M: bool | None = None
+
+
+class _Trade(_TradeFields, tag="trade", kw_only=True):
+    t: int
     b: int | None = None  # buyer/seller order ids (older streams)
     a: int | None = None
 
 
-class _AggTrade(msgspec.Struct, tag_field="e", tag="aggTrade", forbid_unknown_fields=True, kw_only=True):
-    s: str
+class _AggTrade(_TradeFields, tag="aggTrade", kw_only=True):
     a: int
-    p: str
-    q: str
-    T: int
-    m: bool
-    E: int | None = None
-    M: bool | None = None
     f: int | None = None
     l: int | None = None  # noqa: E741 - Binance's key
 

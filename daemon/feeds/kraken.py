@@ -1,9 +1,10 @@
 """Kraken: websocket v2 `trade` channel (v1 trade arrays parse too), `/0/public/OHLC`.
 
-v2 sends prices and quantities as JSON *numbers*, so trade messages are parsed from their text
-with `json.loads(parse_float=Decimal)`: the Decimal is built from the digits the exchange sent.
-Everything else goes through orjson. v1 trade arrays carry strings and no trade id. Kraken calls
-bitcoin XBT in v1 and REST; symbols are normalised to BTC.
+v2 sends prices and quantities as JSON *numbers*, so the Decimal is built from the digits the
+exchange sent, never through a float: the fast path takes each number's raw text (msgspec `Raw`);
+the full parser finds the texts in the frame (or re-reads it with `json.loads(parse_float=
+Decimal)`). v1 trade arrays carry strings and no trade id. Kraken calls bitcoin XBT in v1 and
+REST; symbols are normalised to BTC.
 """
 
 from __future__ import annotations

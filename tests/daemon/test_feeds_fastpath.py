@@ -16,18 +16,15 @@ import pytest
 
 from daemon.feeds import PROTOCOLS
 from daemon.feeds.base import ParseResult, Row, loads_exact
-from db.csvbars import read_bars_csv
 from db.records import Bar
-from tests.daemon.framefuzz import Mutator, seed_frames
+from tests.daemon.framefuzz import Mutator, seed_bars, seed_frames
 
 MUTATIONS = 4000
 
 
 @pytest.fixture(scope="module")
 def bars(shared_dir: Path) -> list[Bar]:
-    return read_bars_csv(
-        shared_dir / "data" / "btcusdt_binance_5m_2020-12_2021-07.csv", exchange="x", symbol="BTC-USDT", interval="5m"
-    )[:200]
+    return seed_bars(shared_dir)
 
 
 def _fast(exchange: str, text: str) -> tuple[ParseResult, list[Row]] | None:
