@@ -44,6 +44,7 @@ from daemon.feeds.records import (
     ACK,
     HEARTBEAT,
     MESSAGE_KINDS,
+    NO_ROWS,
     OTHER,
     TRADES,
     BadMessage,
@@ -71,8 +72,6 @@ __all__ = [
 
 log = logging.getLogger("barcast.feeds")
 
-#: The rows of a frame without trades (shared: never mutated).
-NO_ROWS: list[Row] = []
 BAD_JSON = malformed("bad_json")
 
 

@@ -130,7 +130,7 @@ class Binance(ExchangeProtocol):
             if t is None or p is None or q is None or not trade_id_ok(tid):
                 return None
             return TRADES, [(msg.s, tid, t, p, q, "sell" if msg.m else "buy")]
-        return (OTHER, NO_ROWS) if kind in _OTHER_RESULTS else None
+        return _OTHER_RESULTS.get(kind)
 
     def scan(self, text: str | bytes) -> tuple[ParseResult, list[Row]]:
         try:

@@ -95,7 +95,7 @@ class Bitstamp(ExchangeProtocol):
     def fast_scan(self, text: str) -> tuple[ParseResult, list[Row]] | None:
         msg = _DECODE(text)
         if type(msg) is not _Trade:
-            return _RESULTS[type(msg)], NO_ROWS
+            return _RESULTS[type(msg)]
         channel, d = msg.channel, msg.data
         t = us_from_us(d.microtimestamp)
         p = price_text(d.price_str)

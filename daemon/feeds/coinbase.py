@@ -126,8 +126,7 @@ class Coinbase(ExchangeProtocol):
                 return HEARTBEAT, NO_ROWS
             t = us_from_iso(msg.time)
             return None if t is None else (ParseResult("heartbeat", time_us=t), NO_ROWS)
-        res = _RESULTS.get(kind)
-        return None if res is None else (res, NO_ROWS)
+        return _RESULTS.get(kind)
 
     def scan(self, text: str | bytes) -> tuple[ParseResult, list[Row]]:
         try:

@@ -134,13 +134,13 @@ class Kraken(ExchangeProtocol):
         if text.startswith('{"channel"'):
             msg = _DECODE_V2(text)
             if type(msg) is not _V2Trade:
-                return _V2_RESULTS[type(msg)], NO_ROWS
+                return _V2_RESULTS[type(msg)]
             return self._fast_v2(msg.data)
         if text.startswith("{") and '"event"' in text:
             msg = _DECODE_V1(text)
             if type(msg) is _V1Status:
                 return (ACK, NO_ROWS) if msg.status in ("subscribed", "unsubscribed") else None
-            return _V1_RESULTS[type(msg)], NO_ROWS
+            return _V1_RESULTS[type(msg)]
         if text.startswith("["):
             _channel, rows, name, native = _DECODE_V1_TRADES(text)
             if name != "trade" or not rows or len(rows) > self.max_trades:

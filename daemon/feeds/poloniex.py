@@ -86,7 +86,7 @@ class Poloniex(ExchangeProtocol):
     def fast_scan(self, text: str) -> tuple[ParseResult, list[Row]] | None:
         msg = _DECODE(text)
         if type(msg) is not _Trades:
-            return _OTHERS[type(msg)], NO_ROWS
+            return _OTHERS[type(msg)]
         data = msg.data
         if not data or len(data) > self.max_trades:
             return None

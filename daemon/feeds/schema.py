@@ -17,6 +17,8 @@ from typing import Any, Union
 
 import msgspec
 
+from daemon.feeds.records import NO_ROWS, ParseResult, Row
+
 
 def ignored(
     tag_field: str, tags: Iterable[str], absent: Iterable[str] = ()
@@ -30,9 +32,11 @@ def ignored(
     )
 
 
-def results(structs: Iterable[type[msgspec.Struct]], result: Any) -> dict[type, Any]:
-    """Struct type -> the one parse result every frame of it has."""
-    return dict.fromkeys(structs, result)
+def results(
+    structs: Iterable[type[msgspec.Struct]], result: ParseResult
+) -> dict[type, tuple[ParseResult, list[Row]]]:
+    """Struct type -> what `fast_scan` returns for every frame of it: `result`, no rows."""
+    return dict.fromkeys(structs, (result, NO_ROWS))
 
 
 def union(*types: Any) -> Any:
