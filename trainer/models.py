@@ -135,18 +135,10 @@ class Linear(Forecaster):
         self._coef, self._intercept = coef, intercept
 
 
-def jit_compile() -> bool | str:
-    """XLA where it pays: always on JAX; on TensorFlow also on CPU (Keras' "auto" turns it off
-    there, yet the fused recurrent loop trains several times faster); PyTorch stays eager."""
-    import keras
-
-    backend = keras.config.backend()
-    return True if backend in ("tensorflow", "jax") else "auto"
-
-
 def compile_network(net: Any, levels: tuple[float, ...], params: TrainParams) -> None:
     """The production training setup: Adam at the batch-scaled rate, point + pinball loss, XLA
-    where the backend has it, `steps_per_execution` batches per compiled call."""
+    where Keras finds it pays ("auto": JAX, TensorFlow on a GPU; on a CPU it measured slower for
+    the recurrent nets), `steps_per_execution` batches per compiled call."""
     import keras
 
     from trainer.batches import PointQuantileLoss
@@ -154,7 +146,7 @@ def compile_network(net: Any, levels: tuple[float, ...], params: TrainParams) ->
     net.compile(
         optimizer=keras.optimizers.Adam(learning_rate=params.scaled_learning_rate),
         loss=PointQuantileLoss(levels),
-        jit_compile=jit_compile(),
+        jit_compile="auto",
         steps_per_execution=params.steps_per_execution,
     )
 
