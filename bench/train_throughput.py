@@ -9,10 +9,11 @@ machine, one run; and validation loss at equal epochs, so the speed is not bough
 - quality reference: our log-return targets trained with the study's optimisation (batch 8,
   Adam 1e-3); its validation loss and ours are on the same targets, so they compare.
 
-Same LSTM (50 units, window 256, horizon 16, point + quantile heads, point + pinball loss);
-epochs after the first are timed, so compilation is excluded.
+Same network per row (the study's LSTM / GRU with 50 units, its CNN2; window 256, horizon 16,
+point + quantile heads, point + pinball loss); the fastest epoch after the first is timed, so
+compilation is excluded.
 
-    python bench/train_throughput.py [N_WINDOWS] [EPOCHS] [CSV]
+    python bench/train_throughput.py [N_WINDOWS] [EPOCHS] [ARCHS] [CSV]
 """
 
 from __future__ import annotations
@@ -49,22 +50,18 @@ def epoch_timer() -> Any:
     return Timer()
 
 
-def main() -> None:
+def measure(arch: str, n: int, epochs: int, bars: Any) -> dict[str, float]:
+    """windows/s of ours and the study's recipe, and both validation losses, for one network."""
     import keras
 
-    from trainer.batches import WindowBatches
+    from trainer.batches import PointQuantileLoss, WindowBatches
     from trainer.features import fit_featurizer
     from trainer.forecaster import timed_batches
     from trainer.models import build_network, compile_network
 
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 4096
-    epochs = max(2, int(sys.argv[2]) if len(sys.argv) > 2 else 3)
-    path = Path(sys.argv[3]) if len(sys.argv) > 3 else DEFAULT_CSV
-    n_val = n // 4
-    bars = csv_bars(path, ("close",))
     data, params = DataParams(), ModelParams()
     samples = window_set(bars, data.window, data.horizon)
-    train, val = samples.subset(np.s_[:n]), samples.subset(np.s_[n : n + n_val])
+    train, val = samples.subset(np.s_[:n]), samples.subset(np.s_[n : n + n // 4])
     feat = fit_featurizer(
         timed_batches(train, False),
         features=data.features,
@@ -76,7 +73,7 @@ def main() -> None:
 
     def run_ours(tp: TrainParams) -> tuple[float, float]:
         keras.utils.set_random_seed(1)
-        net = build_network("lstm", params, data)
+        net = build_network(arch, params, data)
         compile_network(net, params.quantiles, tp)
         timer = epoch_timer()
         h = net.fit(
@@ -88,45 +85,56 @@ def main() -> None:
         )
         return n / min(timer.times[1:]), float(h.history["val_loss"][-1])
 
-    ours_tp = TrainParams()
-    ours, ours_val = run_ours(ours_tp)
+    ours, ours_val = run_ours(TrainParams())
     # the study's optimisation on our targets: batch 8, Adam 1e-3, one step per call
-    ref_tp = TrainParams(
-        batch_size=STUDY_BATCH, learning_rate=STUDY_LR / (STUDY_BATCH / REFERENCE_BATCH) ** 0.5, steps_per_execution=1
-    )
-    _, ref_val = run_ours(ref_tp)
+    ref_lr = STUDY_LR / (STUDY_BATCH / REFERENCE_BATCH) ** 0.5
+    _, ref_val = run_ours(TrainParams(batch_size=STUDY_BATCH, learning_rate=ref_lr, steps_per_execution=1))
 
     # the study's recipe
-    from trainer.batches import PointQuantileLoss
-
     lo, hi = bars.close.min(), bars.close.max()  # MinMax on the whole series (the study's leak)
     x, y = materialised_windows((bars.values[: n + data.window + data.horizon - 1] - lo) / (hi - lo), 256, 16)
     keras.utils.set_random_seed(1)
-    study = build_network("lstm", ModelParams(output_activation="leaky_relu"), DataParams(target="price"))
+    study = build_network(arch, ModelParams(output_activation="leaky_relu"), DataParams(target="price"))
     study.compile(optimizer=keras.optimizers.Adam(learning_rate=STUDY_LR), loss=PointQuantileLoss(params.quantiles))
-    timer2 = epoch_timer()
+    timer = epoch_timer()
     study.fit(
         x.astype(np.float32),
         y[:, :, 0].astype(np.float32),
         batch_size=STUDY_BATCH,
         epochs=epochs,
         verbose=0,
-        callbacks=[timer2],
+        callbacks=[timer],
         shuffle=True,
     )
-    theirs = n / min(timer2.times[1:])
-    print(f"LSTM(50) 256→16 + quantile heads, {n:,} training windows, {epochs} epochs, backend {keras.config.backend()}")
+    return {"ours": ours, "study": n / min(timer.times[1:]), "ours_val": ours_val, "ref_val": ref_val}
+
+
+def main() -> None:
+    import keras
+
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 4096
+    epochs = max(2, int(sys.argv[2]) if len(sys.argv) > 2 else 3)
+    archs = sys.argv[3].split(",") if len(sys.argv) > 3 else ["lstm", "gru", "cnn2"]
+    path = Path(sys.argv[4]) if len(sys.argv) > 4 else DEFAULT_CSV
+    bars = csv_bars(path, ("close",))
+    tp = TrainParams()
     print(
-        f"ours  (bar array featurized once + window views, PyDataset, batch {ours_tp.batch_size}, "
-        f"lr {ours_tp.scaled_learning_rate:.2g}, spe {ours_tp.steps_per_execution}): {ours:9.1f} windows/s"
+        f"{n:,} training windows (256 → 16, point + quantile heads), {epochs} epochs, backend "
+        f"{keras.config.backend()}; ours: bar array featurized once + window views, batch {tp.batch_size}, "
+        f"lr {tp.scaled_learning_rate:.2g}, steps_per_execution {tp.steps_per_execution}; study: PastSampler "
+        f"arrays, batch {STUDY_BATCH}, lr {STUDY_LR:g}. Validation loss on {n // 4:,} windows, log-return "
+        f"targets, after {epochs} epochs: ours vs the study's batch {STUDY_BATCH} / lr {STUDY_LR:g}.",
+        flush=True,
     )
-    print(f"study (PastSampler arrays, batch {STUDY_BATCH}, lr {STUDY_LR:g}):{'':43}{theirs:9.1f} windows/s")
-    print(f"ratio ours / study: {ours / theirs:.2f}x")
-    print(
-        f"validation loss after {epochs} epochs, {n_val:,} windows (log-return targets): "
-        f"ours {ours_val:.4f}, study's batch {STUDY_BATCH} / lr {STUDY_LR:g} {ref_val:.4f} "
-        f"({'not worse' if ours_val <= ref_val else 'WORSE'})"
-    )
+    print(f"{'model':6} {'ours w/s':>9} {'study w/s':>9} {'ratio':>7}   {'val ours':>8} {'val b8':>8}", flush=True)
+    for arch in archs:
+        m = measure(arch, n, epochs, bars)
+        verdict = "not worse" if m["ours_val"] <= m["ref_val"] else "WORSE"
+        print(
+            f"{arch:6} {m['ours']:9.1f} {m['study']:9.1f} {m['ours'] / m['study']:6.2f}x   "
+            f"{m['ours_val']:8.4f} {m['ref_val']:8.4f} {verdict}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

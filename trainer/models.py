@@ -138,7 +138,7 @@ class Linear(Forecaster):
 def compile_network(net: Any, levels: tuple[float, ...], params: TrainParams) -> None:
     """The production training setup: Adam at the batch-scaled rate, point + pinball loss, XLA
     where Keras finds it pays ("auto": JAX, TensorFlow on a GPU; on a CPU it measured slower for
-    the recurrent nets), `steps_per_execution` batches per compiled call."""
+    the recurrent nets), `steps_per_execution` batches per compiled call (not on PyTorch)."""
     import keras
 
     from trainer.batches import PointQuantileLoss
@@ -147,7 +147,8 @@ def compile_network(net: Any, levels: tuple[float, ...], params: TrainParams) ->
         optimizer=keras.optimizers.Adam(learning_rate=params.scaled_learning_rate),
         loss=PointQuantileLoss(levels),
         jit_compile="auto",
-        steps_per_execution=params.steps_per_execution,
+        # PyTorch runs eagerly and takes one step per call
+        steps_per_execution=1 if keras.config.backend() == "torch" else params.steps_per_execution,
     )
 
 
