@@ -49,9 +49,9 @@ def test_model_features_is_the_one_place_for_columns() -> None:
     assert model_features("persistence", DATA) == ("close",)
     assert build_model("cnn2", data=DATA).features == model_features("cnn2", DATA)
     assert input_width(("close",), ALL) == 1 + 3 + 2 * 2
-    with pytest.raises(ConfigError, match="data.inputs"):
+    with pytest.raises(ConfigError, match=r"data\.inputs"):
         DataParams(inputs=("log_range",), target="price")
-    with pytest.raises(ConfigError, match="data.inputs"):
+    with pytest.raises(ConfigError, match=r"data\.inputs"):
         DataParams(inputs=("moon_phase",))
 
 
