@@ -3,7 +3,7 @@ machine, one run; and validation loss at equal epochs, so the speed is not bough
 
 - ours: what `KerasForecaster` trains with (`trainer.models.compile_network` + `WindowBatches`):
   the bar array featurized once, windows as zero-copy views, `TrainParams()` defaults (batch 512,
-  Adam at the sqrt-scaled rate, XLA where the backend has it, several steps per compiled call).
+  Adam at the batch-scaled rate, XLA where the backend has it, several steps per compiled call).
 - study: PastSampler-materialised arrays, MinMax fit on everything, `fit` on numpy arrays with
   batch 8 and Adam 1e-3 (Keras' default jit setting, one step per call).
 - quality reference: our log-return targets trained with the study's optimisation (batch 8,
@@ -87,7 +87,7 @@ def measure(arch: str, n: int, epochs: int, bars: Any) -> dict[str, float]:
 
     ours, ours_val = run_ours(TrainParams())
     # the study's optimisation on our targets: batch 8, Adam 1e-3, one step per call
-    ref_lr = STUDY_LR / (STUDY_BATCH / REFERENCE_BATCH) ** 0.5
+    ref_lr = STUDY_LR * REFERENCE_BATCH / STUDY_BATCH
     _, ref_val = run_ours(TrainParams(batch_size=STUDY_BATCH, learning_rate=ref_lr, steps_per_execution=1))
 
     # the study's recipe
