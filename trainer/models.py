@@ -137,7 +137,7 @@ class Linear(Forecaster):
 
 def compile_network(net: Any, levels: tuple[float, ...], params: TrainParams) -> None:
     """The production training setup: Adam at the batch-scaled rate, point + pinball loss, XLA
-    where Keras finds it pays ("auto": JAX, TensorFlow on a GPU; on a CPU it measured slower for
+    where Keras finds it pays ("auto": JAX, TensorFlow on a GPU; on a CPU it measured no faster for
     the recurrent nets), `steps_per_execution` batches per compiled call (not on PyTorch)."""
     import keras
 
