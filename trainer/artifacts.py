@@ -153,6 +153,7 @@ def load_artifact(
     try:
         d = dict(manifest["data"])
         d["features"] = tuple(d["features"])
+        d["inputs"] = tuple(d.get("inputs", ()))  # artifacts before derived inputs had none
         data = DataParams(**d)
         params = ModelParams(**manifest["model"])
     except Exception as e:  # wrong keys, wrong types, values our params refuse
@@ -168,10 +169,13 @@ def load_artifact(
     model = build_model(arch, params, data)
     if manifest.get("featurizer") is not None:
         model.featurizer = Featurizer.from_dict(manifest["featurizer"])
-        if (model.featurizer.window, model.featurizer.horizon, model.featurizer.features) != (
+        f = model.featurizer
+        if (f.window, f.horizon, f.features, f.base_features, f.derived) != (
             data.window,
             data.horizon,
+            model.features,
             data.features,
+            data.inputs,
         ):
             raise ArtifactError(f"{directory}: scaler description does not match window/horizon/features")
     elif model.uses_featurizer:

@@ -1,4 +1,10 @@
-"""Keras batch feeder: featurizes raw windows batch by batch (imports keras; only loaded to train)."""
+"""Keras batch feeders (import keras; only loaded to train).
+
+`WindowBatches` is the training fast path for bar-backed samples: the bar array is featurized
+and scaled once, each window is a zero-copy view of that one array and a batch is a single
+fancy-index copy, so an epoch costs the network's time, not numpy's. `FeatureBatches` serves
+file-backed samples (HDF5) by featurizing raw windows batch by batch.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ import numpy as np
 
 from trainer.datasets import SampleSource
 from trainer.features import Featurizer
+from trainer.windows import WindowSet, window_view
 
 
 class FeatureBatches(keras.utils.PyDataset):  # type: ignore[misc]
@@ -66,6 +73,44 @@ class FeatureBatches(keras.utils.PyDataset):  # type: ignore[misc]
 
     def on_epoch_end(self) -> None:
         self._reshuffle()
+
+
+class WindowBatches(keras.utils.PyDataset):  # type: ignore[misc]
+    """Batches of (scaled inputs, scaled targets) of a `WindowSet`, sliced from its bar array
+    featurized once; the same numbers `Featurizer.inputs` gives for the windows (a test checks).
+    Shuffling is seeded (same seed, same batches)."""
+
+    def __init__(
+        self, source: WindowSet, featurizer: Featurizer, batch_size: int, *, shuffle: bool = False, seed: int = 0
+    ) -> None:
+        super().__init__(workers=1, use_multiprocessing=False)
+        bars, f = source.bars, featurizer
+        if bars.features != f.features or source.window != f.window or source.horizon != f.horizon:
+            raise ValueError(f"samples {bars.features} {source.window}->{source.horizon} do not fit the featurizer")
+        length = f.input_length
+        self.view = window_view(f.bar_inputs(bars.values, bars.times), length)  # (rows, length, k), no copy
+        # Window o holds bars o-W+1..o; its first input row is o-W+1 in both target modes (log-return
+        # inputs of bar t sit in row t-1 and start at the window's second bar; price inputs in row t).
+        self.starts = source.origins - (f.window - 1)
+        origins = source.origins
+        last = bars.values[origins][:, None, :]
+        future = bars.close[origins[:, None] + np.arange(1, f.horizon + 1)]
+        self.y = f.targets(last, future)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self._rng = np.random.default_rng(seed)
+        self._order = self._rng.permutation(len(origins)) if shuffle else np.arange(len(origins))
+
+    def __len__(self) -> int:
+        return math.ceil(len(self._order) / self.batch_size)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        idx = self._order[i * self.batch_size : (i + 1) * self.batch_size]
+        return self.view[self.starts[idx]], self.y[idx]
+
+    def on_epoch_end(self) -> None:
+        if self.shuffle:
+            self._order = self._rng.permutation(len(self._order))
 
 
 @keras.saving.register_keras_serializable(package="barcast")

@@ -28,8 +28,8 @@ import numpy as np
 
 from db.errors import ArtifactError, InputError
 from trainer.datasets import SampleSource, iter_batches
-from trainer.features import Featurizer
-from trainer.params import DataParams, ModelParams, TrainParams
+from trainer.features import Featurizer, input_columns
+from trainer.params import CALENDAR_INPUTS, DataParams, ModelParams, TrainParams
 from trainer.quantiles import Prediction
 
 #: Grid of point-shrinkage factors tried on the validation split.
@@ -94,8 +94,9 @@ class Forecaster(ABC):
     metrics); the artifact manifest stores it.
     """
 
-    #: Reads `times` (time-of-day / day-of-week) in `predict_batch`.
-    needs_times: ClassVar[bool] = False
+    #: Reads `times` (time-of-day / day-of-week) in `predict_batch` (featurizer models: when
+    #: `data.inputs` has a calendar input).
+    needs_times: bool = False
     #: Quantiles from the residual spread (else the model makes its own).
     residual_spread: ClassVar[bool] = True
     #: The residual spread scales with the window's realised volatility.
@@ -118,6 +119,8 @@ class Forecaster(ABC):
         self.shrink = np.ones(data.horizon)
         self.spread: np.ndarray | None = None  # (H, L) standardised residual quantiles
         self.offset = np.zeros((data.horizon, len(params.quantiles)))  # (H, L) log-return shifts
+        if self.uses_featurizer and any(name in CALENDAR_INPUTS for name in data.inputs):
+            self.needs_times = True
 
     @property
     def window(self) -> int:
@@ -129,7 +132,8 @@ class Forecaster(ABC):
 
     @property
     def features(self) -> tuple[str, ...]:
-        return self.data.features
+        """The raw bar columns of the windows it takes (`close` at `data.close_index`)."""
+        return input_columns(self.data.features, self.data.inputs) if self.uses_featurizer else self.data.features
 
     @property
     def levels(self) -> tuple[float, ...]:

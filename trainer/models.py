@@ -17,11 +17,12 @@ import numpy as np
 
 from db.errors import ArtifactError, InputError
 from trainer.baselines import Climatology, Drift, Persistence
-from trainer.datasets import SampleSource, iter_batches
-from trainer.features import Featurizer, fit_featurizer, input_length
-from trainer.forecaster import FitReport, Forecaster
+from trainer.datasets import SampleSource
+from trainer.features import Featurizer, fit_featurizer, input_columns, input_length, input_width
+from trainer.forecaster import FitReport, Forecaster, timed_batches
 from trainer.params import DataParams, ModelParams, TrainParams
 from trainer.volatility import HAR_FEATURES, Har
+from trainer.windows import WindowSet
 
 KERAS_ARCHS: tuple[str, ...] = ("lstm", "gru", "cnn2", "cnn3", "cnn4")
 BASELINES: frozenset[str] = frozenset({"persistence", "drift", "climatology"})
@@ -39,16 +40,24 @@ CNN_LAYERS: dict[str, tuple[tuple[int, int], ...]] = {
 }
 
 
-def _fit_featurizer(source: SampleSource, data: DataParams) -> Featurizer:
+def _fit_featurizer(source: SampleSource, data: DataParams, needs_times: bool) -> Featurizer:
     if len(source) == 0:
         raise InputError("no training samples")
+    bars = getattr(source, "bars", None)
+    if needs_times and bars is None:
+        raise InputError(
+            f"data.inputs {', '.join(data.inputs)} need bar times, which HDF5 exports do not carry; train from bars"
+        )
     return fit_featurizer(
-        iter_batches(source),
-        features=data.features,
+        timed_batches(source, needs_times),
+        features=input_columns(data.features, data.inputs),
         target=data.target,
         scaler=data.scaler,
         window=data.window,
         horizon=data.horizon,
+        base=data.features,
+        inputs=data.inputs,
+        step=int(bars.step) if bars is not None else 0,
     )
 
 
@@ -80,10 +89,10 @@ class Linear(Forecaster):
     ) -> FitReport:
         from sklearn.linear_model import LinearRegression
 
-        self.featurizer = f = _fit_featurizer(train, self.data)
+        self.featurizer = f = _fit_featurizer(train, self.data, self.needs_times)
         xs, ys = [], []
-        for raw, future in iter_batches(train):
-            xs.append(f.inputs(raw).reshape(raw.shape[0], -1))
+        for raw, future, t in timed_batches(train, self.needs_times):
+            xs.append(f.inputs(raw, t).reshape(raw.shape[0], -1))
             ys.append(f.targets(raw, future))
         x, y = np.concatenate(xs).astype(np.float64), np.concatenate(ys).astype(np.float64)
         reg = LinearRegression().fit(x, y)
@@ -92,7 +101,10 @@ class Linear(Forecaster):
         val_loss: tuple[float, ...] = ()
         if val is not None and len(val):
             vx, vy = zip(
-                *((f.inputs(r).reshape(r.shape[0], -1), f.targets(r, c)) for r, c in iter_batches(val)),
+                *(
+                    (f.inputs(r, t).reshape(r.shape[0], -1), f.targets(r, c))
+                    for r, c, t in timed_batches(val, self.needs_times)
+                ),
                 strict=True,
             )
             val_loss = (float(np.mean((self._raw_predict(np.concatenate(vx)) - np.concatenate(vy)) ** 2)),)
@@ -104,7 +116,7 @@ class Linear(Forecaster):
 
     def _forecast(self, raw: np.ndarray, times: np.ndarray | None) -> tuple[np.ndarray, None]:
         assert self.featurizer is not None
-        x = self.featurizer.inputs(raw).reshape(raw.shape[0], -1)
+        x = self.featurizer.inputs(raw, times).reshape(raw.shape[0], -1)
         return self.featurizer.prices(self._raw_predict(x), raw), None
 
     def _write(self, directory: Path) -> None:
@@ -115,12 +127,34 @@ class Linear(Forecaster):
         with np.load(directory / "linear.npz", allow_pickle=False) as z:
             coef, intercept = z["coef"], z["intercept"]
         assert self.featurizer is not None
-        n_in = self.featurizer.input_length * len(self.features)
+        n_in = self.featurizer.input_length * _width(self.data)
         if coef.shape != (self.horizon, n_in) or intercept.shape != (self.horizon,):
             raise ArtifactError(
                 f"{directory}: linear.npz has coefficients {coef.shape}, expected {(self.horizon, n_in)}"
             )
         self._coef, self._intercept = coef, intercept
+
+
+def compile_network(net: Any, levels: tuple[float, ...], params: TrainParams) -> None:
+    """The production training setup: Adam at the batch-scaled rate, point + pinball loss, XLA
+    where Keras finds it pays ("auto": JAX, TensorFlow on a GPU; on a CPU it measured no faster for
+    the recurrent nets), `steps_per_execution` batches per compiled call (not on PyTorch)."""
+    import keras
+
+    from trainer.batches import PointQuantileLoss
+
+    net.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=params.scaled_learning_rate),
+        loss=PointQuantileLoss(levels),
+        jit_compile="auto",
+        # PyTorch runs eagerly and takes one step per call
+        steps_per_execution=1 if keras.config.backend() == "torch" else params.steps_per_execution,
+    )
+
+
+def _width(data: DataParams) -> int:
+    """Input columns per step of a featurizer model."""
+    return input_width(data.features, data.inputs) if data.target == "log_return" else len(data.features)
 
 
 def _activation(name: str) -> Any:
@@ -139,7 +173,7 @@ def build_network(arch: str, params: ModelParams, data: DataParams) -> Any:
     import keras
     from keras import layers
 
-    steps, nf = input_length(data.window, data.target), len(data.features)
+    steps, nf = input_length(data.window, data.target), _width(data)
     heads = 1 + len(params.quantiles)
     inputs = keras.Input(shape=(steps, nf), name="window")
     if arch in ("lstm", "gru"):
@@ -214,10 +248,10 @@ class KerasForecaster(Forecaster):
     ) -> FitReport:
         import keras
 
-        from trainer.batches import FeatureBatches, PointQuantileLoss, RichProgress
+        from trainer.batches import FeatureBatches, RichProgress, WindowBatches
 
         keras.utils.set_random_seed(params.seed)
-        self.featurizer = f = _fit_featurizer(train, self.data)
+        self.featurizer = f = _fit_featurizer(train, self.data, self.needs_times)
         previous = keras.mixed_precision.global_policy()
         if params.mixed_precision:  # scoped to this network: layers keep the policy they were built with
             keras.mixed_precision.set_global_policy("mixed_float16")
@@ -225,15 +259,17 @@ class KerasForecaster(Forecaster):
             net = build_network(self.arch, self.params, self.data)
         finally:
             keras.mixed_precision.set_global_policy(previous)
-        net.compile(
-            optimizer=keras.optimizers.Adam(learning_rate=params.learning_rate),
-            loss=PointQuantileLoss(self.levels),
-            jit_compile="auto",
-        )
-        contiguous = not hasattr(train, "origins")  # file-backed sources read whole chunks
-        train_ds = FeatureBatches(train, f, params.batch_size, shuffle=True, seed=params.seed, contiguous=contiguous)
+        compile_network(net, self.levels, params)
+
+        def batches(source: SampleSource, shuffle: bool) -> Any:
+            if isinstance(source, WindowSet):  # bar-backed: featurized once, windows are views
+                return WindowBatches(source, f, params.batch_size, shuffle=shuffle, seed=params.seed)
+            # file-backed sources read whole chunks
+            return FeatureBatches(source, f, params.batch_size, shuffle=shuffle, seed=params.seed, contiguous=True)
+
+        train_ds = batches(train, True)
         has_val = val is not None and len(val) > 0
-        val_ds = FeatureBatches(val, f, params.batch_size, contiguous=True) if has_val and val is not None else None
+        val_ds = batches(val, False) if has_val and val is not None else None
         stop = keras.callbacks.EarlyStopping(
             monitor="val_loss" if has_val else "loss", patience=params.patience, restore_best_weights=True
         )
@@ -258,7 +294,7 @@ class KerasForecaster(Forecaster):
 
         assert self.featurizer is not None
         n = raw.shape[0]
-        x = self.featurizer.inputs(raw)
+        x = self.featurizer.inputs(raw, times)
         padded = 1 << (n - 1).bit_length()  # power-of-two batch shapes: a handful of traces, ever
         if padded != n:
             x = np.concatenate([x, np.repeat(x[-1:], padded - n, axis=0)])
@@ -283,7 +319,7 @@ class KerasForecaster(Forecaster):
                 f"{directory / 'model.keras'}: cannot be loaded: {type(e).__name__}: {e}"
             ) from None
         steps = input_length(self.window, self.data.target)
-        want_in = (None, steps, len(self.features))
+        want_in = (None, steps, _width(self.data))
         want_out = (None, self.horizon, 1 + len(self.levels))
         if tuple(net.input_shape) != want_in or tuple(net.output_shape) != want_out:
             raise ArtifactError(
@@ -313,14 +349,21 @@ def build_model(arch: str, params: ModelParams | None = None, data: DataParams |
 
 
 def model_features(arch: str, data: DataParams) -> tuple[str, ...]:
-    """The bar columns a model of `arch` reads (the volatility model reads its own)."""
-    return HAR_FEATURES if arch == "har" else data.features
+    """The bar columns a model of `arch` reads: the volatility model its own; the featurizer
+    models (networks, linear) `data.features` and what `data.inputs` derive from; the rest
+    `data.features`."""
+    if arch == "har":
+        return HAR_FEATURES
+    cls = _CLASSES.get(arch)
+    if cls is not None and cls.uses_featurizer:
+        return input_columns(data.features, data.inputs)
+    return data.features
 
 
 def params_dict(model: Forecaster) -> dict[str, Any]:
     return {
         "model": {**asdict(model.params), "quantiles": list(model.params.quantiles)},
-        "data": {**asdict(model.data), "features": list(model.data.features)},
+        "data": {**asdict(model.data), "features": list(model.data.features), "inputs": list(model.data.inputs)},
     }
 
 

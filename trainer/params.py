@@ -6,7 +6,7 @@ study (khuangaf/CryptocurrencyPrediction: 256 → 16, LSTM/GRU 50 units, dropout
 CNN filters 8 with dropout 0.5, Adam + MSE, MinMax scaling) except where the study was
 wrong for a live system: targets are log-returns (the study's scaled prices are the
 `target = "price"` option), the scaler is fit on the training split only, and the batch
-is 64 instead of 8 (throughput; see bench/train_throughput.py).
+is 512 instead of 8 with a matched learning rate (throughput; see bench/train_throughput.py).
 """
 
 from __future__ import annotations
@@ -19,8 +19,21 @@ from trainer.quantiles import DEFAULT_LEVELS, check_levels
 #: Bar columns a model may use as input features, in the order of `db.bars.bars_frame`.
 FEATURE_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close", "volume", "trade_count")
 PRICE_COLUMNS: frozenset[str] = frozenset({"open", "high", "low", "close"})
+#: Derived per-bar network inputs (`data.inputs`) and the bar columns each reads; each is a
+#: function of the bar and the one before it, see `trainer.features.per_bar_inputs`.
+INPUT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "log_range": ("open", "high", "low", "close"),  # log Garman-Klass volatility of the bar
+    "log_abs_return": ("close",),
+    "log_volume": ("volume",),
+    "log_trades": ("trade_count",),
+    "time_of_day": (),  # sin, cos
+    "day_of_week": (),  # sin, cos
+}
+CALENDAR_INPUTS: frozenset[str] = frozenset({"time_of_day", "day_of_week"})
 TARGETS: tuple[str, ...] = ("log_return", "price")
 SCALERS: tuple[str, ...] = ("minmax", "standard")
+#: The batch size `train.learning_rate` is given for.
+REFERENCE_BATCH = 64
 ACTIVATIONS: tuple[str, ...] = ("relu", "leaky_relu", "tanh", "linear")
 
 
@@ -41,6 +54,8 @@ class DataParams:
     window: int = 256
     horizon: int = 16
     features: tuple[str, ...] = ("close",)
+    #: Derived per-bar inputs of the featurizer models (networks, linear) besides `features`.
+    inputs: tuple[str, ...] = ()
     target: str = "log_return"
     scaler: str = "minmax"
     #: Forward-fill gaps of at most this many missing bars (0: every gap breaks windows).
@@ -64,6 +79,12 @@ class DataParams:
             raise ConfigError(f"data.features {self.features!r} repeats a column")
         if "close" not in self.features:
             raise ConfigError(f"data.features {self.features!r} must include 'close' (the forecast target)")
+        for name in self.inputs:
+            _check_choice("data", "inputs", name, tuple(INPUT_COLUMNS))
+        if len(set(self.inputs)) != len(self.inputs):
+            raise ConfigError(f"data.inputs {self.inputs!r} repeats an input")
+        if self.inputs and self.target != "log_return":
+            raise ConfigError("data.inputs need data.target = 'log_return' (they are per-bar log quantities)")
         if not (0 < self.train_frac < 1 and 0 <= self.val_frac < 1 and self.train_frac + self.val_frac < 1):
             raise ConfigError(
                 f"data.train_frac = {self.train_frac}, data.val_frac = {self.val_frac}: need "
@@ -111,8 +132,13 @@ class TrainParams:
     """How a model is fitted."""
 
     epochs: int = 100
-    batch_size: int = 64
+    batch_size: int = 512
+    #: Adam's step size at batch 64; the rate used is scaled by batch_size / 64 (the linear
+    #: scaling rule), so a larger batch, with fewer steps per epoch, keeps the per-epoch progress
+    #: (bench/train_throughput.py compares validation losses at equal epochs).
     learning_rate: float = 1e-3
+    #: Training batches run per compiled call (fewer Python round trips per epoch).
+    steps_per_execution: int = 8
     #: Early stopping patience in epochs on validation loss (best epoch restored).
     patience: int = 10
     seed: int = 42
@@ -127,3 +153,8 @@ class TrainParams:
         _check_positive("train", "learning_rate", self.learning_rate)
         _check_positive("train", "patience", self.patience, allow_zero=True)
         _check_positive("train", "stride", self.stride)
+        _check_positive("train", "steps_per_execution", self.steps_per_execution)
+
+    @property
+    def scaled_learning_rate(self) -> float:
+        return self.learning_rate * self.batch_size / REFERENCE_BATCH

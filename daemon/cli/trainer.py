@@ -57,6 +57,11 @@ def data_options(fn: Any) -> Any:
         click.option("--window", type=int, help="Input bars per window [256]."),
         click.option("--horizon", type=int, help="Bars forecast [16]."),
         click.option("--features", help="Comma-separated from open,high,low,close,volume,trade_count [close]."),
+        click.option(
+            "--inputs",
+            help="Derived network inputs, comma-separated from log_range,log_abs_return,log_volume,"
+            "log_trades,time_of_day,day_of_week ('none' for none) [config data.inputs].",
+        ),
         click.option("--target", type=click.Choice(["log_return", "price"]), help="Target form [log_return]."),
         click.option("--scaler", type=click.Choice(["minmax", "standard"]), help="Input scaler [minmax]."),
         click.option("--fill-gaps", type=int, help="Forward-fill gaps of up to N missing bars [0]."),
@@ -97,6 +102,8 @@ def _load_frame(
 def _data_params(app: AppContext, **kw: Any) -> Any:
     data, _, _ = _trainer_params(app)
     kw["features"] = _features(kw.get("features"))
+    inputs = kw.get("inputs")
+    kw["inputs"] = () if inputs is not None and inputs.strip().lower() == "none" else _features(inputs)
     return _replace(data, **kw)
 
 
@@ -142,7 +149,7 @@ def _train_params(app: AppContext, **kw: Any) -> Any:
 @click.option("--h5", "h5_path", type=click.Path(dir_okay=False), help="Train from an HDF5 export instead.")
 @click.option("--arch", required=True, type=click.Choice(ALL_MODELS.split(",")), help="Architecture.")
 @click.option("--epochs", type=int, help="Maximum epochs [100].")
-@click.option("--batch-size", type=int, help="Batch size [64].")
+@click.option("--batch-size", type=int, help="Batch size [512].")
 @click.option("--patience", type=int, help="Early-stopping patience in epochs [10].")
 @click.option("--stride", type=int, help="Use every N-th training window [1].")
 @click.option("--seed", type=int, help="Random seed [42].")
