@@ -40,6 +40,9 @@ LIVE_PINBALL = Gauge("barcast_live_pinball", "Rolling live pinball loss, mean ov
 LIVE_COVERAGE = Gauge("barcast_live_coverage",
                       "Fraction of realised closes inside the served central interval [lowest, highest quantile]",
                       ["series", "model", "step"], registry=REGISTRY)
+FORECAST_FALLBACKS = Counter("barcast_forecast_fallbacks_total",
+                             "Forecasts served by persistence because the model's output was not finite",
+                             ["series", "model"], registry=REGISTRY)
 LIVE_PROB_SKILL = Gauge("barcast_live_prob_skill",
                         "Rolling live probabilistic skill: 1 - pinball / climatology's pinball on the same bars",
                         ["series", "model", "step"], registry=REGISTRY)

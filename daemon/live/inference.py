@@ -9,6 +9,7 @@ compiled forward pass), in a single worker thread so sockets keep being read mea
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from daemon import metrics
 from daemon.live.calibration import CalibrationBook
 from daemon.live.window import COLUMNS
 from db.records import Forecast, SeriesKey, to_unix
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
     from trainer.forecaster import Forecaster
 
 T = TypeVar("T")
+log = logging.getLogger("barcast.live")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,18 +106,22 @@ def forecast_batch(
         levels = tuple(float(v) for v in pred.levels)
         last = np.array([float(j.last_close) for j in group])
         served = np.sort(np.asarray(pred.quantiles, dtype=np.float64), axis=-1)
+        bad = np.asarray(~(np.isfinite(closes).all(axis=1) & np.isfinite(served).all(axis=(1, 2))))
+        if bad.any():
+            closes, served = _persistence_rows(group, serving, bad, closes, served, times)
         done = time.monotonic()
         now = datetime.now(UTC)
         for i, (j, row) in enumerate(zip(group, closes, strict=True)):
             dt = step(j.series)
             q = served[i : i + 1]
             if calibration is not None:
-                q = calibration.apply(j.series, serving.model_id, levels, last[i : i + 1], q)
+                q = calibration.apply(j.series, PERSISTENCE_ID if bad[i] else serving.model_id, levels,
+                                      last[i : i + 1], q)
             out.append(
                 Forecast(
                     series=j.series,
                     issued_at=j.issued_at,
-                    model_id=serving.model_id,
+                    model_id=PERSISTENCE_ID if bad[i] else serving.model_id,
                     target_times=tuple(j.issued_at + dt * (k + 1) for k in range(serving.horizon)),
                     closes=tuple(float(v) for v in row),
                     last_close=j.last_close,
@@ -125,6 +132,36 @@ def forecast_batch(
                 )
             )
     return out
+
+
+#: The baseline's model id (trainer.retrain_job.BASELINE_ID; not imported: TensorFlow-free here).
+PERSISTENCE_ID = "persistence"
+
+
+def _persistence_rows(
+    group: Sequence[Job], serving: ServingModel, bad: np.ndarray, closes: np.ndarray, served: np.ndarray,
+    times: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows whose model output is not finite (e.g. a window holding a backfilled bar without the
+    trade count a `log_trades` model reads) are served by persistence with its random-walk fan,
+    stored under persistence's id: never a NaN forecast, never a bar left without one."""
+    from trainer.models import build_model
+    from trainer.params import DataParams, ModelParams
+
+    params = ModelParams(quantiles=tuple(float(v) for v in serving.model.levels))
+    base = build_model("persistence", params, DataParams(window=serving.window, horizon=serving.horizon))
+    close = COLUMNS.index("close")
+    rows = [int(i) for i in np.flatnonzero(bad)]
+    x = np.stack([group[i].window[-serving.window :, [close]] for i in rows])
+    pred = base.predict_batch(x, times[rows])
+    closes, served = closes.copy(), served.copy()
+    closes[rows] = pred.point
+    served[rows] = pred.quantiles
+    for i in rows:
+        metrics.FORECAST_FALLBACKS.labels(str(group[i].series), serving.model_id).inc()
+    log.warning("model output not finite: persistence serves these series this bar", extra={
+        "model": serving.model_id, "series": [str(group[i].series) for i in rows]})
+    return closes, served
 
 
 class Worker:

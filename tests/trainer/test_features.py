@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +108,33 @@ def test_daemon_window_serves_the_training_input(gru: Forecaster, splits: Splits
     want = gru.predict_batch(raw, test.origin_times()[10:11])
     np.testing.assert_allclose(served.closes, want.point[0], rtol=1e-12)
     np.testing.assert_allclose(np.asarray(served.quantiles), want.quantiles[0], rtol=1e-12)
+
+
+def test_a_window_the_model_cannot_read_is_served_by_persistence(gru: Forecaster, splits: Splits) -> None:
+    """A NaN input (a bar without the column a derived input needs) never becomes a NaN forecast:
+    that series gets persistence's forecast, stored under persistence's id; the others keep the model."""
+    from daemon.live.window import COLUMNS
+    from db.records import SeriesKey, utc_from_unix
+
+    raw, _ = splits.test.batch(np.arange(2))
+    times = splits.test.origin_times()[:2]
+    full = np.zeros((2, DATA.window, len(COLUMNS)))
+    for j, f in enumerate(gru.features):
+        full[:, :, COLUMNS.index(f)] = raw[:, :, j]
+    full[1, -1, COLUMNS.index("volume")] = np.nan
+    serving = ServingModel.of("m1", gru)
+    keys = (SeriesKey("binance", "BTC-USDT"), SeriesKey("binance", "ETH-USDT"))
+    close = gru.features.index("close")
+    jobs = [Job(k, serving, full[i], utc_from_unix(int(times[i])), Decimal(str(float(raw[i, -1, close]))), 0.0)
+            for i, k in enumerate(keys)]
+    good, fallback = forecast_batch(jobs, lambda _: timedelta(minutes=5))
+    want = gru.predict_batch(raw[:1], times[:1])
+    assert good.model_id == "m1"
+    np.testing.assert_allclose(good.closes, want.point[0], rtol=1e-12)
+    assert fallback.model_id == "persistence" and fallback.series == keys[1]
+    q = np.asarray(fallback.quantiles)
+    assert np.all(np.isfinite(q)) and np.all(np.diff(q, axis=-1) >= 0) and np.all(q[:, 2] > q[:, 0])
+    assert fallback.closes == pytest.approx([float(fallback.last_close)] * DATA.horizon)
 
 
 def test_small_training_gives_sorted_quantiles_and_round_trips(gru: Forecaster, splits: Splits, tmp_path: Path) -> None:
