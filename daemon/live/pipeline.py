@@ -21,6 +21,7 @@ from daemon.config import Config
 from daemon.live.broadcast import Broadcast
 from daemon.live.calibration import CalibrationBook
 from daemon.live.forecastlog import ForecastLog, forecast_line
+from daemon.live.frontier import replay_start
 from daemon.live.inference import Job, ModelBook, ServingModel, Worker, forecast_batch
 from daemon.live.scoring import DriftWatch, score
 from daemon.live.window import RollingWindow
@@ -30,7 +31,7 @@ from db.calibration import load_states
 from db.cluster import Fence
 from db.engine import Database
 from db.errors import ArtifactError
-from db.forecasts import latest_forecast, latest_issued, query_forecasts, store_new_forecasts
+from db.forecasts import issued_times, latest_forecast, latest_issued, query_forecasts, store_new_forecasts
 from db.records import Bar, Forecast, ForecastScore, SeriesKey, iso
 from db.scores import accuracy, insert_scores, unscored_steps
 
@@ -53,6 +54,7 @@ class PipelineStats:
     batches: int = 0
     forecasts: int = 0
     duplicates_skipped: int = 0
+    resyncs: int = 0
     scores: int = 0
     queue_full: int = 0
     last_batch_ms: float | None = None
@@ -80,7 +82,7 @@ class Pipeline:
         #: The fencing tokens every write carries (None: unfenced, e.g. tests and benches).
         self.fence: Callable[[], Fence | None] = fence or (lambda: None)
         self.stats = PipelineStats()
-        self._replay: dict[SeriesKey, list[Bar]] = {}
+        self._replay: dict[SeriesKey, list[tuple[Bar, bool]]] = {}
         self.drift: dict[tuple[SeriesKey, str], DriftWatch] = {}
         self.calibration = CalibrationBook(horizon=config.data.horizon, gamma=config.model.aci_gamma)
         self._pending: dict[datetime, dict[SeriesKey, Job]] = {}
@@ -90,32 +92,36 @@ class Pipeline:
         self.busy_since: float | None = None
 
     # ---- start-up ------------------------------------------------------------------------
-    def restore(self, keys: Iterable[SeriesKey] | None = None) -> None:
+    def restore(self, keys: Iterable[SeriesKey] | None = None, *, calibration: bool = True) -> None:
         """Fill windows from stored bars and load the calibration state (call in a thread): every
-        series' at start, or those of series this daemon just took over (another daemon stored
-        their newest bars). Stored bars newer than the series' newest forecast (at most
-        `forecast.backfill_forecast_bars`: a crash, or a previous owner that fell behind or died)
-        are kept back for `catch_up` to forecast one by one, so a restart or a takeover leaves no
-        bar unforecast."""
+        series' at start, those of series this daemon just took over (another daemon stored
+        their newest bars), or one whose bars arrived out of order. Stored bars without a
+        forecast set (within `forecast.backfill_forecast_bars`: a crash, a previous owner that
+        fell behind or died, a backfill page that came late; see `frontier`) are kept back for
+        `replay` to forecast one by one, so no bar is left unforecast."""
         todo = list(self.series) if keys is None else list(keys)
-        loaded = self.calibration.load(load_states(self.database, todo))
-        if loaded:
-            log.info("calibration state restored", extra={"models": loaded})
+        if calibration:
+            loaded = self.calibration.load(load_states(self.database, todo))
+            if loaded:
+                log.info("calibration state restored", extra={"models": loaded})
         reach = self.config.forecast.backfill_forecast_bars
-        forecast_until = latest_issued(self.database, todo)
+        newest = latest_issued(self.database, todo)
+        stored = {key: last_bars(self.database, key, self.series[key].window.size + reach) for key in todo}
+        firsts = [b[0].open_time for b in stored.values() if b]
+        done = issued_times(self.database, todo, min(firsts)) if firsts else {}
         for key in todo:
             st = self.series[key]
-            bars = last_bars(self.database, key, st.window.size + reach)
-            done = forecast_until.get(key)
-            cut = len(bars) if done is None else next((i for i, b in enumerate(bars) if b.open_time > done), len(bars))
+            bars = stored[key]
+            forecast = done.get(key, set())
+            cut = replay_start([b.open_time for b in bars], forecast, newest.get(key))
             st.window.clear()
             st.window.extend(bars[:cut])
-            self._replay[key] = bars[cut:]
+            self._replay[key] = [(b, b.open_time not in forecast) for b in bars[cut:]]
             if cut:
                 st.last_close, st.last_bar = bars[cut - 1].close, bars[cut - 1].open_time
             log.info("window restored", extra={"series": str(key), "bars": len(st.window),
                                                 "ready": st.window.ready, "last_bar": st.last_bar,
-                                                "to_forecast": len(bars) - cut})
+                                                "to_forecast": sum(n for _, n in self._replay[key])})
 
     def start(self) -> None:
         self._runner = asyncio.create_task(self._run_batches(), name="forecast-batches")
@@ -148,15 +154,28 @@ class Pipeline:
         todo = [k for k in (self.owned if keys is None else keys) if k in self.owned]
         self._watch(await self.writer.run(lambda: self._score(todo, full=True)))
         for key in todo:
-            pending = self._replay.pop(key, [])
-            for bar in pending:
-                await self.on_bar(bar, forecast=True)
+            pending = await self._replay_stored(key)
             st = self.series[key]
             if pending or not st.window.ready or st.last_bar is None:
                 continue
             latest = await self.writer.run(latest_forecast, self.database, key)
             if latest is None or latest.issued_at < st.last_bar:
                 await self._enqueue(key, st.last_bar, time.monotonic())
+
+    async def _replay_stored(self, key: SeriesKey) -> int:
+        """Push the bars `restore` kept back, forecasting those without a forecast set."""
+        pending = self._replay.pop(key, [])
+        for bar, needed in pending:
+            await self._push(bar, forecast=needed)
+        return len(pending)
+
+    async def resync(self, key: SeriesKey) -> None:
+        """Rebuild one series' window from the database and forecast its stored bars that have no
+        forecast yet (a bar arrived out of order, or after a gap another daemon may have filled)."""
+        self.stats.resyncs += 1
+        metrics.WINDOW_RESYNCS.labels(str(key)).inc()
+        await self.writer.run(lambda: self.restore([key], calibration=False))
+        await self._replay_stored(key)
 
     def reconcile_log(self) -> int:
         """Write stored forecasts that a crash kept out of the log (stored, then killed before the
@@ -183,6 +202,13 @@ class Pipeline:
         st = self.series.get(bar.series)
         if st is None or bar.series not in self.owned:
             return
+        if st.window.fits(bar) in ("gap", "missing"):
+            await self.resync(bar.series)  # the bar is stored: the database has it in order
+            return
+        await self._push(bar, forecast=forecast)
+
+    async def _push(self, bar: Bar, *, forecast: bool) -> None:
+        st = self.series[bar.series]
         seen = time.monotonic()
         extended = st.window.push(bar)
         if not extended:
@@ -264,7 +290,7 @@ class Pipeline:
         self._watch(scored)
 
     def _store(self, forecasts: list[Forecast]) -> list[Forecast]:
-        new = store_new_forecasts(self.database, forecasts, fence=self.fence())
+        new = store_new_forecasts(self.database, forecasts, fence=self.fence(), once_per_bar=True)
         self.forecast_log.write(new)
         return new
 
