@@ -19,8 +19,9 @@ from typing import Any
 
 from db import registry
 from db.bars import bars_frame, latest_bar
+from db.cluster import Fence
 from db.engine import Database, open_database
-from db.errors import ArtifactError, InputError
+from db.errors import ArtifactError, FencedOut, InputError
 from db.records import ModelInfo, SeriesKey
 from trainer.challenger import COVERAGE_BAND
 from trainer.params import DataParams, ModelParams, TrainParams
@@ -49,6 +50,10 @@ class RetrainRequest:
     artifacts_dir: str = "models"
     keep_artifacts: int = 5
     log_level: str = "info"
+    #: The daemon's instance id and its fencing token of the first series' lease (daemons sharing
+    #: a database): the promotion is refused if the lease moved on meanwhile. Empty: unfenced.
+    fence_owner: str = ""
+    fence_token: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,14 +151,20 @@ def run_retrain(req: RetrainRequest) -> RetrainOutcome:
         model.meta.setdefault("metrics", {})["decision_against"] = champion_id
         model_id = new_model_id(req.arch, primary)
         info = save_and_register(database, model, req.artifacts_dir, tuple(keys), model_id=model_id)
-        if decision.promote:
-            for s in keys:
-                registry.promote(database, model_id, s, reason=decision.reason)
-        else:
+        promoted, reason = decision.promote, decision.reason
+        if promoted:
+            fence = Fence(req.fence_owner, {primary: req.fence_token}) if req.fence_owner else None
+            try:
+                registry.promote(database, model_id, keys, reason=reason, fence=fence)
+            except FencedOut as exc:
+                promoted, reason = False, str(exc)
+                log.warning("challenger won but was not promoted: this daemon's lease moved on",
+                            extra={"model": model_id, "series": str(primary)})
+        if not promoted:
             registry.set_status(database, model_id, "retired")
         prune_artifacts(database, Path(req.artifacts_dir), req.keep_artifacts)
         return RetrainOutcome(
-            model_id=model_id, series=req.series, promoted=decision.promote, reason=decision.reason,
+            model_id=model_id, series=req.series, promoted=promoted, reason=reason,
             metric=decision.metric, challenger=decision.challenger, champion=decision.champion,
             persistence=decision.persistence, champion_id=champion_id, artifact_path=info.artifact_path or "",
             seconds=time.perf_counter() - t0, origins=result.backtest.n, pid=os.getpid(),

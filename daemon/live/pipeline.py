@@ -133,8 +133,9 @@ class Pipeline:
         if not new:
             return
         await self.writer.run(self.restore, new)
+        served = {self.config.model_group(k) for k in self.owned}
         for group in dict.fromkeys(self.config.model_group(k) for k in new):
-            if self.book.get(group) is None:
+            if self.book.get(group) is None or group not in served:  # not served meanwhile: maybe promoted
                 await self.install(group)
         self.owned.update(new)
 

@@ -22,7 +22,8 @@ from typing import Any
 
 from daemon import metrics
 from daemon.config import Config
-from db import leases
+from db import leases, registry
+from db.cluster import Fence
 from db.engine import Database
 from db.errors import BarcastError, InputError
 from trainer.retrain_job import BASELINE_ID, RetrainOutcome, RetrainRequest
@@ -126,10 +127,14 @@ class RunRecord:
 
 
 class Retrainer:
-    def __init__(self, config: Config, database: Database, on_promoted: Promoted) -> None:
+    def __init__(self, config: Config, database: Database, on_promoted: Promoted, *,
+                 fence: Callable[[], Fence | None] | None = None) -> None:
         self.config = config
         self.database = database
         self.on_promoted = on_promoted
+        #: The fencing tokens of this daemon (None: unfenced): a group is retrained here only while
+        #: this daemon owns its first series, and the promotion re-checks that lease.
+        self.fence: Callable[[], Fence | None] = fence or (lambda: None)
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self.running: dict[str, ChildRun] = {}
         self.history: list[RunRecord] = []
@@ -172,13 +177,21 @@ class Retrainer:
         waited = False
         while True:
             have = await asyncio.to_thread(count_bars, self.database, key)
-            if have >= need:
+            if have >= need and self.owns(group):
                 break
+            if not self.owns(group):  # another daemon trains it; stop once it has
+                champ = await asyncio.to_thread(registry.champion, self.database, key)
+                if champ is not None and champ.id != BASELINE_ID:
+                    return
             if not waited:
                 log.info("initial model waits for history", extra={"group": group, "bars": have, "needed": need})
                 waited = True
             await asyncio.sleep(poll_s)
         await self.retrain(group, reason="initial model")
+
+    def owns(self, group: str) -> bool:
+        fence = self.fence()
+        return fence is None or self.config.group_series(group)[0] in fence.tokens
 
     def next_run(self) -> datetime | None:
         if self._scheduler is None:
@@ -201,6 +214,10 @@ class Retrainer:
         if group in self.running:
             log.info("retrain already running; not starting another", extra={"group": group})
             return None
+        if not self.owns(group):
+            log.info("retrain skipped: another daemon owns the group's first series", extra={"group": group})
+            metrics.TRAINING_RUNS.labels(group, "skipped_not_owner").inc()
+            return None
         limit = self.config.retrain.time_limit_minutes * 60
         lease = f"retrain:{group}"
         took = await asyncio.to_thread(leases.acquire, self.database, lease, self.owner,
@@ -212,6 +229,10 @@ class Retrainer:
             return None
         record = RunRecord(group, datetime.now(UTC))
         self.history = [*self.history[-49:], record]
+        fence = self.fence()
+        primary = self.config.group_series(group)[0]
+        if fence is not None:
+            overrides = {**(overrides or {}), "fence_owner": fence.owner, "fence_token": fence.tokens[primary]}
         req = make_request(self.config, group, overrides=overrides)
         log.info("retrain started", extra={"group": group, "reason": reason, "arch": req.arch,
                                            "history_days": req.history_days})

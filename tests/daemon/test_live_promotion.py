@@ -73,6 +73,27 @@ def test_better_challenger_promoted_worse_one_kept_out(any_db: Database, any_db_
     assert history == [BASELINE_ID, good.model_id]
 
 
+def test_a_winner_whose_daemon_lost_the_lease_is_not_promoted(tmp_db: Database, tmp_path: Path) -> None:
+    """The challenger wins, but the series' lease moved to another daemon while it trained: the
+    promotion re-checks the fencing token in its transaction and is refused; the champion stays."""
+    from datetime import timedelta as td
+
+    from db import cluster
+
+    upsert_bars(tmp_db, synthetic_bars(900))
+    ensure_baseline(tmp_db, [S])
+    won = cluster.claim(tmp_db, "d1", [S], td(seconds=60))
+    cluster.release(tmp_db, cluster.Fence("d1", won), [S])
+    assert cluster.claim(tmp_db, "d2", [S], td(seconds=60)) == {S: won[S] + 1}
+    url = f"sqlite:///{tmp_db.path}"
+    stale = run_retrain(request(url, tmp_path, fence_owner="d1", fence_token=won[S]))
+    assert not stale.promoted and "no longer held by d1" in stale.reason
+    assert registry.champion(tmp_db, S).id == BASELINE_ID  # type: ignore[union-attr]
+    assert registry.get_model(tmp_db, stale.model_id).status == "retired"
+    owner = run_retrain(request(url, tmp_path, fence_owner="d2", fence_token=won[S] + 1))
+    assert owner.promoted and registry.champion(tmp_db, S).id == owner.model_id  # type: ignore[union-attr]
+
+
 def test_too_little_history_is_a_clear_error(tmp_db: Database, tmp_path: Path) -> None:
     from db.errors import InputError
 
