@@ -211,6 +211,31 @@ series_leases = Table(
     Column("expires_at", UtcDateTime(), nullable=False),
 )
 
+# Retraining as jobs: queued by a schedule, a first model, a manual request; claimed with
+# SELECT ... FOR UPDATE SKIP LOCKED by the daemon owning the group's first series, under a
+# per-daemon and a global cap; a running job's lease is renewed, an expired one is claimable
+# again. `active_group` is the group while queued or running (NULL after), so a group has at
+# most one live job (a unique column; NULLs never collide).
+training_jobs = Table(
+    "training_jobs",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    Column("model_group", String(200), nullable=False),
+    Column("active_group", String(200), nullable=True, unique=True),
+    Column("series", String(80), nullable=False),  # the group's first series, whose owner trains it
+    Column("reason", String(200), nullable=False),
+    Column("status", String(16), nullable=False),  # queued, running, done, failed
+    Column("attempts", Integer(), nullable=False, server_default="0"),
+    Column("not_before", UtcDateTime(), nullable=False),  # retry backoff
+    Column("claimed_by", String(200), nullable=True),
+    Column("lease_expires_at", UtcDateTime(), nullable=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("finished_at", UtcDateTime(), nullable=True),
+    Column("error", Text(), nullable=True),
+    Column("outcome", JSON(), nullable=True),
+    Index("ix_training_jobs_status", "status", "not_before"),
+)
+
 calibration = Table(
     "calibration",
     metadata,

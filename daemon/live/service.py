@@ -111,7 +111,7 @@ class Service:
             every_s=cfg.cluster.heartbeat_s)
         self._spawn(self.champions.run(), "champions")
         if cfg.retrain.enabled:
-            self.retrainer = Retrainer(cfg, db, self._promoted, fence=lambda: member.fence)
+            self.retrainer = Retrainer(cfg, db, self._promoted, fence=lambda: member.fence, instance=member.id)
             initial = await asyncio.to_thread(needs_initial_model, db, cfg) if cfg.retrain.initial else []
             self.retrainer.start(initial_groups=initial)
         self._spawn(self._watchdog(), "watchdog")

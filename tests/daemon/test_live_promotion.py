@@ -212,3 +212,49 @@ def test_har_challenger_on_real_bars_is_judged_by_pinball(shared_dir: Path, tmp_
     p = serving.model.predict_batch(window[None, :, cols], np.array([last_open]))
     assert p.quantiles.shape == (1, 16, 3) and np.all(np.diff(p.quantiles, axis=-1) > 0)
     assert np.all(p.point == window[-1, 3])
+
+
+def test_a_failed_first_model_is_retried_from_the_queue_with_backoff(tmp_db: Database, tmp_path: Path) -> None:
+    """The first attempt fails (too little history yet); the job goes back to the queue with a
+    backoff and the next attempt, once the bars are there, trains and promotes."""
+    import asyncio
+    import dataclasses
+
+    from daemon.config import Config, RetrainConfig, SeriesConfig
+    from daemon.live.retrainer import Retrainer
+    from db import jobs
+
+    bars = synthetic_bars(900)
+    upsert_bars(tmp_db, bars[:100])
+    ensure_baseline(tmp_db, [S])
+    config = Config(series=(SeriesConfig(S.exchange, S.symbol),), data=DataParams(window=32, horizon=16),
+                    retrain=RetrainConfig(holdout_bars=96, history_days=30, retry_backoff_minutes=0.005))
+    config = dataclasses.replace(config, database=dataclasses.replace(config.database, url=f"sqlite:///{tmp_db.path}"),
+                                 paths=dataclasses.replace(config.paths, data_dir=str(tmp_path)),
+                                 forecast=dataclasses.replace(config.forecast, arch="linear"))
+    promoted: list[str] = []
+
+    async def on_promoted(group: str, outcome: object) -> None:
+        promoted.append(group)
+
+    async def main() -> tuple[object, list[jobs.TrainingJob], list[jobs.TrainingJob]]:
+        r = Retrainer(config, tmp_db, on_promoted, poll_s=0.1)
+        first = await r.retrain(str(S), reason="initial model")
+        after_first = jobs.list_jobs(tmp_db)
+        upsert_bars(tmp_db, bars[100:])
+        for _ in range(1200):
+            await r.dispatch()
+            if jobs.list_jobs(tmp_db)[0].status in ("done", "failed") and not r.running:
+                break
+            await asyncio.sleep(0.1)
+        await r.stop()
+        return first, after_first, jobs.list_jobs(tmp_db)
+
+    first, after_first, final = asyncio.run(main())
+    assert first is None
+    assert [(j.status, j.attempts) for j in after_first] == [("queued", 1)]
+    assert "retraining needs at least" in (after_first[0].error or "")
+    assert after_first[0].not_before > after_first[0].created_at  # backed off
+    assert [(j.status, j.attempts, j.reason) for j in final] == [("done", 2, "initial model")]
+    assert final[0].outcome is not None and final[0].outcome["promoted"] is True
+    assert promoted == [str(S)]
