@@ -17,6 +17,7 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -234,6 +235,19 @@ training_jobs = Table(
     Column("error", Text(), nullable=True),
     Column("outcome", JSON(), nullable=True),
     Index("ix_training_jobs_status", "status", "not_before"),
+)
+
+# Model artifact files in the database (PostgreSQL): any daemon on any machine loads any model.
+# `models.artifact_path` is then "db:<model id>"; SQLite keeps artifacts in a local directory.
+model_artifacts = Table(
+    "model_artifacts",
+    metadata,
+    Column("model_id", String(128), primary_key=True),
+    Column("name", String(200), primary_key=True),  # file name inside the artifact directory
+    Column("data", LargeBinary(), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("size", BigInteger(), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
 )
 
 calibration = Table(

@@ -23,6 +23,7 @@ from db.cluster import Fence
 from db.engine import Database, open_database
 from db.errors import ArtifactError, FencedOut, InputError
 from db.records import ModelInfo, SeriesKey
+from trainer.artifact_store import DB_PREFIX, forget, local_path
 from trainer.challenger import COVERAGE_BAND
 from trainer.params import DataParams, ModelParams, TrainParams
 
@@ -90,7 +91,8 @@ def ensure_baseline(database: Database, series: list[SeriesKey]) -> ModelInfo:
     return registry.get_model(database, BASELINE_ID)
 
 
-def load_champion(database: Database, series: SeriesKey, data: DataParams) -> tuple[str | None, Any]:
+def load_champion(database: Database, series: SeriesKey, data: DataParams, artifacts_dir: str | Path
+                  ) -> tuple[str | None, Any]:
     """The champion of `series` as a loaded model (None for the baseline or an unusable artifact)."""
     from trainer.artifacts import load_artifact
 
@@ -98,11 +100,19 @@ def load_champion(database: Database, series: SeriesKey, data: DataParams) -> tu
     if info is None or info.id == BASELINE_ID or not info.artifact_path:
         return (info.id if info else None), None
     try:
-        return info.id, load_artifact(info.artifact_path, window=data.window, horizon=data.horizon)
+        path = local_path(database, info.artifact_path, artifacts_dir)
+        return info.id, load_artifact(path, window=data.window, horizon=data.horizon)
     except ArtifactError as exc:
         log.warning("champion artifact unusable; judging against persistence only",
                     extra={"model": info.id, "error": str(exc)})
         return info.id, None
+
+
+def local_path_of(artifact_path: str, artifacts_dir: Path) -> Path:
+    """The local directory of an artifact (a database one's local copy), without fetching it."""
+    if artifact_path.startswith(DB_PREFIX):
+        return artifacts_dir / artifact_path[len(DB_PREFIX):]
+    return Path(artifact_path)
 
 
 def prune_artifacts(database: Database, artifacts_dir: Path, keep: int) -> list[str]:
@@ -113,7 +123,8 @@ def prune_artifacts(database: Database, artifacts_dir: Path, keep: int) -> list[
     for m in models[keep:]:
         if m.id in champions:
             continue
-        path = Path(m.artifact_path or "")
+        forget(database, m.artifact_path or "")
+        path = local_path_of(m.artifact_path or "", artifacts_dir)
         if path.is_dir() and path.resolve().parent == artifacts_dir.resolve():
             shutil.rmtree(path, ignore_errors=True)
             removed.append(m.id)
@@ -141,7 +152,7 @@ def run_retrain(req: RetrainRequest) -> RetrainOutcome:
                 f"{primary}: {len(frame)} bars in the {req.history_days:g} days before its newest bar; retraining "
                 f"needs at least {need * 2 + req.holdout_bars} (two windows plus {req.holdout_bars} held-out bars)"
             )
-        champion_id, champion = load_champion(database, primary, req.data)
+        champion_id, champion = load_champion(database, primary, req.data, req.artifacts_dir)
         result = challenge(
             frame, req.arch, champion, holdout_bars=req.holdout_bars, data=req.data, model_params=req.model,
             train=req.train, metric=req.metric, margin=req.margin, band=req.coverage_band, series=str(primary),

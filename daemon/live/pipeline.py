@@ -362,6 +362,7 @@ class Pipeline:
     # ---- models --------------------------------------------------------------------------
     def load_serving(self, group: str) -> ServingModel:
         """The champion of a group's first series, or the persistence baseline (inference thread)."""
+        from trainer.artifact_store import local_path
         from trainer.artifacts import load_artifact
         from trainer.retrain_job import BASELINE_ID
 
@@ -369,7 +370,8 @@ class Pipeline:
         info = registry.champion(self.database, keys[0]) if keys else None
         data = self.config.data
         if info is not None and info.id != BASELINE_ID and info.artifact_path:
-            model = load_artifact(info.artifact_path, window=data.window, horizon=data.horizon)
+            path = local_path(self.database, info.artifact_path, self.config.artifacts_dir)
+            model = load_artifact(path, window=data.window, horizon=data.horizon)
             return ServingModel.of(info.id, model)
         return self.baseline()
 

@@ -56,7 +56,9 @@ def test_better_challenger_promoted_worse_one_kept_out(any_db: Database, any_db_
     champ = registry.champion(any_db, S)
     assert champ is not None and champ.id == good.model_id and champ.status == "champion"
     assert registry.get_model(any_db, BASELINE_ID).status == "retired"
-    assert Path(good.artifact_path, "manifest.json").is_file()
+    from trainer.artifact_store import local_path
+
+    assert local_path(any_db, good.artifact_path, tmp_path / "models").joinpath("manifest.json").is_file()
 
     # A challenger trained badly on purpose: raw scaled-price targets, one epoch at a crawl.
     bad = run_retrain(request(any_db_url, tmp_path, arch="gru",
@@ -258,3 +260,47 @@ def test_a_failed_first_model_is_retried_from_the_queue_with_backoff(tmp_db: Dat
     assert [(j.status, j.attempts, j.reason) for j in final] == [("done", 2, "initial model")]
     assert final[0].outcome is not None and final[0].outcome["promoted"] is True
     assert promoted == [str(S)]
+
+
+def test_artifacts_live_in_postgresql_so_another_machine_loads_them(pg_db_url: str, tmp_path: Path) -> None:
+    """On PostgreSQL the champion's files are rows (bytes + sha256): a daemon with another, empty
+    artifacts directory (another machine) serves it; a corrupted row is refused by name."""
+    import asyncio
+    import dataclasses
+    import shutil
+
+    from sqlalchemy import text
+
+    from daemon.config import Config, SeriesConfig
+    from daemon.live.forecastlog import ForecastLog
+    from daemon.live.inference import ModelBook
+    from daemon.live.pipeline import Pipeline
+    from db.engine import open_database
+    from db.errors import ArtifactError
+    from trainer.artifact_store import local_path
+
+    db = open_database(pg_db_url)
+    upsert_bars(db, synthetic_bars(900))
+    ensure_baseline(db, [S])
+    out = run_retrain(request(pg_db_url, tmp_path / "trainer-host"))
+    assert out.promoted and out.artifact_path == f"db:{out.model_id}"
+    shutil.rmtree(tmp_path / "trainer-host")  # the training machine's directory is gone
+    other = tmp_path / "other-host"
+    config = Config(series=(SeriesConfig(S.exchange, S.symbol),), data=DataParams(window=32, horizon=16))
+    config = dataclasses.replace(config, paths=dataclasses.replace(config.paths, data_dir=str(other),
+                                                                   artifacts_dir=str(other / "models")))
+
+    async def serve() -> str:
+        pipe = Pipeline(config, db, book=ModelBook(), forecast_log=ForecastLog(other / "f.jsonl"))
+        try:
+            return (await pipe.install(config.model_group(S))).model_id
+        finally:
+            pipe.close()
+
+    assert asyncio.run(serve()) == out.model_id
+    assert (other / "models" / out.model_id / "manifest.json").is_file()
+    with db.begin() as conn:
+        conn.execute(text("UPDATE model_artifacts SET data = data || '\\x00'::bytea WHERE name = 'manifest.json'"))
+    with pytest.raises(ArtifactError, match=f"model {out.model_id}: stored file manifest.json does not match"):
+        local_path(db, out.artifact_path, tmp_path / "third-host")
+    db.close()
