@@ -7,6 +7,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection, and_, func, select, true
 
 from db.cluster import REJECTED, Fence, fenced
@@ -70,12 +71,42 @@ def store_new_forecasts(database: Database, forecasts: list[Forecast], *, fence:
             done = _issued(conn, {f.series for f in forecasts}, min(f.issued_at for f in forecasts))
             forecasts = [f for f in forecasts if f.issued_at not in done.get(f.series, ())]
         rows = [r for f in forecasts for r in _rows(f, issued_by)]
-        for batch in chunks(rows, 2000):
-            fresh.update(tuple(r) for r in conn.execute(_insert_new(database), batch).all())
+        if conn.dialect.name == "postgresql" and len(rows) > COPY_ABOVE_ROWS:
+            fresh.update(_copy_new(conn, rows))
+        else:
+            for batch in chunks(rows, 2000):
+                fresh.update(tuple(r) for r in conn.execute(_insert_new(database), batch).all())
     return [
         replace(f, issued_by=issued_by or f.issued_by) for f in forecasts
         if (f.series.exchange, f.series.symbol, f.series.interval, f.issued_at, f.model_id) in fresh
     ]
+
+
+#: Above this many step rows PostgreSQL gets them by COPY (a multi-row INSERT costs ~0.2 ms a row).
+COPY_ABOVE_ROWS = 200
+_COLUMNS = [c.name for c in fc_t.columns]
+_JSON_COLUMNS = {"levels", "quantiles"}
+
+
+def _copy_new(conn: Connection, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """PostgreSQL: COPY the rows into a session temp table, then one INSERT ... SELECT ... ON
+    CONFLICT DO NOTHING RETURNING the forecasts that were new (same result as `_insert_new`)."""
+    cols = ", ".join(f'"{c}"' for c in _COLUMNS)
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    with raw.cursor() as cur:
+        cur.execute("CREATE TEMP TABLE IF NOT EXISTS forecasts_in (LIKE forecasts) ON COMMIT DELETE ROWS")
+        with cur.copy(f"COPY forecasts_in ({cols}) FROM STDIN") as copy:
+            for r in rows:
+                copy.write_row([orjson.dumps(r[c]).decode() if c in _JSON_COLUMNS and r[c] is not None else r[c]
+                                for c in _COLUMNS])
+        cur.execute(
+            f"INSERT INTO forecasts ({cols}) SELECT {cols} FROM forecasts_in "
+            'ON CONFLICT ("exchange", "symbol", "interval", "issued_at", "model_id", "step") DO NOTHING '
+            'RETURNING "exchange", "symbol", "interval", "issued_at", "model_id"')
+        out = [tuple(r) for r in cur.fetchall()]
+        cur.execute("TRUNCATE forecasts_in")
+    return out
 
 
 def _insert_new(database: Database) -> Any:

@@ -38,6 +38,9 @@ from db.scores import accuracy, insert_scores, unscored_steps
 log = logging.getLogger("barcast.live")
 
 BATCH_QUEUE = 64
+#: The per-bar scoring pass looks at steps whose target bar is among a series' newest few (the
+#: bars of this batch and any that came a little late); a start or a takeover scores everything.
+SCORE_LOOKBACK_BARS = 8
 
 
 @dataclass
@@ -153,7 +156,7 @@ class Pipeline:
         was never forecast (a crash between a bar close and its forecast loses nothing). `keys`:
         only those (series just taken over); default: all owned."""
         todo = [k for k in (self.owned if keys is None else keys) if k in self.owned]
-        self._watch(await self.writer.run(lambda: self._score(todo, full=True)))
+        self._watch(await self.writer.run(self._score, todo, None))
         for key in todo:
             pending = await self._replay_stored(key)
             st = self.series[key]
@@ -287,7 +290,8 @@ class Pipeline:
             self.stats.forecasts += 1
             metrics.FORECASTS.labels(str(f.series), f.model_id).inc()
             self.broadcast.publish(forecast_line(f))
-        scored = await self.writer.run(self._score, [j.series for j in jobs])
+        since = min(j.issued_at - j.series.step * SCORE_LOOKBACK_BARS for j in jobs)
+        scored = await self.writer.run(self._score, [j.series for j in jobs], since)
         self._watch(scored)
 
     def _store(self, forecasts: list[Forecast]) -> list[Forecast]:
@@ -295,21 +299,17 @@ class Pipeline:
         self.forecast_log.write(new)
         return new
 
-    def _score(self, keys: list[SeriesKey], *, full: bool = False) -> list[ForecastScore]:
+    def _score(self, keys: list[SeriesKey], target_since: datetime | None) -> list[ForecastScore]:
         """Score what became scorable, set-based: one query finds the due steps of every series
-        of the batch, one bulk insert stores their scores. The per-bar pass looks only at recent
-        forecasts (an index range, not the whole history); `full` (at start and on a takeover)
-        catches up after downtime."""
+        of the batch, one bulk insert stores their scores. The per-bar pass looks only at steps
+        whose target bar is at most SCORE_LOOKBACK_BARS before the batch's bars (an index range,
+        not the history; a replay of stored bars scores its own forecasts' targets too);
+        `target_since=None` (at start and on a takeover) catches up after downtime."""
         keys = [k for k in keys if k in self.owned]
         if not keys:
             return []
         now = datetime.now(UTC)
-        lookback = self.config.data.horizon * 4 + self.config.forecast.backfill_forecast_bars
-        newest = [self.series[k].last_bar for k in keys]
-        since = None
-        if not full and all(t is not None for t in newest):
-            since = min(t - k.step * lookback for t, k in zip(newest, keys, strict=True) if t is not None)
-        rows = unscored_steps(self.database, keys, issued_since=since)
+        rows = unscored_steps(self.database, keys, target_since=target_since)
         out = score(rows, now) if rows else []
         if out:
             moved = self.calibration.updated(rows)
