@@ -72,7 +72,7 @@ async def _measure(db: Database, n: int, rounds: int, tmp: Path) -> tuple[list[f
     for r in range(rounds + 2):  # two warm-up boundaries
         i = WINDOW + r
         bars = [_bar(key, i, k) for k, key in enumerate(keys)]
-        target, batches = pipe.stats.forecasts + n, pipe.stats.batches + 1
+        target = pipe.stats.forecasts + n
         t0 = time.perf_counter()
         await asyncio.to_thread(upsert_bars, db, bars, fence=fence)
         for b in bars:
@@ -80,8 +80,7 @@ async def _measure(db: Database, n: int, rounds: int, tmp: Path) -> tuple[list[f
         while pipe.stats.forecasts < target:
             await asyncio.sleep(0.001)
         t1 = time.perf_counter()
-        while pipe.stats.batches < batches:
-            await asyncio.sleep(0.001)
+        await pipe.idle()
         t2 = time.perf_counter()
         if r >= 2:
             committed.append(t1 - t0)

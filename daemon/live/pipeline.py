@@ -401,6 +401,10 @@ class Pipeline:
                                              "previous": old.model_id if old else None})
         return serving
 
+    async def idle(self) -> None:
+        """Wait until every batch queued so far is forecast, stored and scored."""
+        await self._queue.join()
+
     # ---- shutdown ------------------------------------------------------------------------
     async def drain(self) -> None:
         for t in list(self._pending):
