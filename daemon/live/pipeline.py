@@ -89,6 +89,7 @@ class Pipeline:
         self.drift: dict[tuple[SeriesKey, str], DriftWatch] = {}
         self.calibration = CalibrationBook(horizon=config.data.horizon, gamma=config.model.aci_gamma)
         self._pending: dict[datetime, dict[SeriesKey, Job]] = {}
+        self._expected: dict[datetime, int] = {}
         self._timers: dict[datetime, asyncio.TimerHandle] = {}
         self._queue: asyncio.Queue[list[Job] | None] = asyncio.Queue(BATCH_QUEUE)
         self._runner: asyncio.Task[None] | None = None
@@ -229,10 +230,12 @@ class Pipeline:
         if serving is None or st.last_close is None:
             return
         job = Job(key, serving, st.window.values(), t, st.last_close, seen)
-        group = self._pending.setdefault(t, {})
+        group = self._pending.get(t)
+        if group is None:  # the series expected at this boundary, counted once, not per series
+            group = self._pending[t] = {}
+            self._expected[t] = sum(1 for k in self.owned if self.series[k].window.ready)
         group[key] = job
-        expected = {k for k in self.owned if self.series[k].window.ready}
-        if expected <= group.keys():
+        if len(group) >= self._expected.get(t, 0):
             await self._flush(t)
         elif t not in self._timers:
             loop = asyncio.get_running_loop()
@@ -245,6 +248,7 @@ class Pipeline:
         if timer is not None:
             timer.cancel()
         group = self._pending.pop(t, None)
+        self._expected.pop(t, None)
         if not group:
             return
         if self._queue.full():
