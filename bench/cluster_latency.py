@@ -8,8 +8,8 @@ side by side in the same run, on SQLite.
 The real `Pipeline` (coalescing, inference thread, writer thread, set-based scoring), all
 series in one model group, with the persistence baseline serving (inference costs ~0.2 ms per
 series; this measures the database side). `--pg` (default `$BARCAST_TEST_PG_URL`) is a server
-URL: the run gets its own database, dropped afterwards. Prints p50/p99 per boundary and the per-series cost; the issue-13 target is
-1,000 series <= 2 s on PostgreSQL.
+URL: the run gets its own database, dropped afterwards. Prints p50/p99 per boundary and the
+per-series cost; the issue-13 target is 1,000 series <= 2 s on PostgreSQL.
 """
 
 from __future__ import annotations
