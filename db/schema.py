@@ -7,6 +7,8 @@ values are doubles (they come out of a model). Times are `UtcDateTime`.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -25,6 +27,7 @@ from sqlalchemy import (
     and_,
     tuple_,
 )
+from sqlalchemy.ext.compiler import compiles
 
 from db.records import SeriesKey
 from db.types import ExactDecimal, UtcDateTime
@@ -48,11 +51,45 @@ def series_is(table: Table, series: SeriesKey) -> ColumnElement[bool]:
     )
 
 
+#: Above this many series, PostgreSQL gets the hashed form of `series_in` (see there).
+HASHED_SERIES_IN = 32
+
+
 def series_in(table: Table, keys: list[SeriesKey]) -> ColumnElement[bool]:
-    """Rows of any of these series (one tuple IN, so a set-based pass is one query)."""
-    return tuple_(table.c.exchange, table.c.symbol, table.c.interval).in_(
+    """Rows of any of these series (one condition, so a set-based pass is one query). A tuple IN;
+    PostgreSQL expands a long row-value IN into an OR evaluated per row (1,000 series: 1,000
+    comparisons a row), so there, above HASHED_SERIES_IN series, it is `symbol IN (...)` (index
+    friendly) AND `exchange:symbol:interval IN (...)` (exact), both hashed scalar IN lists."""
+    tuples = tuple_(table.c.exchange, table.c.symbol, table.c.interval).in_(
         [(k.exchange, k.symbol, k.interval) for k in keys]
     )
+    if len(keys) <= HASHED_SERIES_IN:
+        return tuples
+    return _SeriesIn(tuples, and_(
+        table.c.symbol.in_(sorted({k.symbol for k in keys})),
+        (table.c.exchange + ":" + table.c.symbol + ":" + table.c.interval).in_([str(k) for k in keys]),
+    ))
+
+
+class _SeriesIn(ColumnElement[bool]):
+    """`series_in`'s condition: the tuple form, or the hashed one on PostgreSQL."""
+
+    inherit_cache = True
+
+    def __init__(self, tuples: ColumnElement[bool], hashed: ColumnElement[bool]) -> None:
+        self.tuples = tuples
+        self.hashed = hashed
+        self.type = Boolean()
+
+
+@compiles(_SeriesIn)
+def _series_in_default(element: _SeriesIn, compiler: Any, **kw: Any) -> str:
+    return str(compiler.process(element.tuples, **kw))
+
+
+@compiles(_SeriesIn, "postgresql")
+def _series_in_pg(element: _SeriesIn, compiler: Any, **kw: Any) -> str:
+    return str(compiler.process(element.hashed, **kw))
 
 
 def _series_columns() -> list[Column[str]]:
