@@ -170,6 +170,15 @@ class RetrainConfig:
     coverage_max: float = 0.90
     time_limit_minutes: float = 60.0
     keep_artifacts: int = 5
+    #: Training children running at once in this daemon, and in all daemons sharing the
+    #: database (0: no global cap); further jobs wait in the queue (`training_jobs`).
+    max_concurrent: int = 1
+    max_concurrent_global: int = 2
+    #: A failed job is retried after retry_backoff_minutes x 2^(attempt - 1), at most max_attempts times.
+    max_attempts: int = 3
+    retry_backoff_minutes: float = 5.0
+    #: A running job's lease, renewed every third of it; a job whose daemon died is claimable again after it.
+    job_lease_s: float = 120.0
 
     def __post_init__(self) -> None:
         _check(self.every_hours > 0, "every_hours: must be > 0")
@@ -183,6 +192,11 @@ class RetrainConfig:
                 raise ValueError(f"cron: {self.cron!r} is not a crontab expression ({exc})") from None
         _check(self.history_days > 0, "history_days: must be > 0")
         _check(self.holdout_bars > 0, "holdout_bars: must be > 0")
+        _check(self.max_concurrent >= 1, "max_concurrent: must be >= 1")
+        _check(self.max_concurrent_global >= 0, "max_concurrent_global: must be >= 0 (0: no cap)")
+        _check(self.max_attempts >= 1, "max_attempts: must be >= 1")
+        _check(self.retry_backoff_minutes >= 0, "retry_backoff_minutes: must be >= 0")
+        _check(self.job_lease_s >= 3, "job_lease_s: must be >= 3")
         _check(self.metric in PROMOTION_METRICS,
                f"metric: {self.metric!r} is not one of {', '.join(PROMOTION_METRICS)}")
         _check(0 <= self.margin < 1, "margin: must be in [0, 1)")

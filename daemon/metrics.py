@@ -63,3 +63,6 @@ LEASE_CHANGES = Counter("barcast_lease_changes_total", "Series leases claimed, r
                         ["change"], registry=REGISTRY)
 FENCED_ROWS = Gauge("barcast_fenced_rows", "Rows refused because their series lease had moved on (since start)",
                     ["kind"], registry=REGISTRY)
+WINDOW_RESYNCS = Counter("barcast_window_resyncs_total",
+                         "Windows rebuilt from the database because a bar arrived out of order or after a gap",
+                         ["series"], registry=REGISTRY)

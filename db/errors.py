@@ -35,5 +35,10 @@ class ArtifactError(BarcastError):
     """A model artifact is missing, corrupt or does not match what was asked of it."""
 
 
+class FencedOut(BarcastError):
+    """A write carried a fencing token that is no longer the series lease's: another daemon owns
+    the series now, so the write is refused (db/cluster.py)."""
+
+
 class NotImplementedYet(BarcastError):
     """A command that a later issue fills: says so honestly and exits non-zero."""

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, select, update
+from sqlalchemy import Connection, and_, delete, select, text, update
 
+from db.cluster import REJECTED, Fence, fenced
 from db.engine import Database
-from db.errors import InputError
+from db.errors import FencedOut, InputError
 from db.records import ModelInfo, ModelStatus, SeriesKey
-from db.schema import champion_history, models, series_is
+from db.schema import champion_history, models, series_in, series_is
+
+#: NOTIFY channel of promotions on PostgreSQL; the payload is the series ("exchange:SYMBOL:interval").
+PROMOTIONS_CHANNEL = "barcast_promotions"
 
 STATUSES: tuple[ModelStatus, ...] = ("candidate", "champion", "retired")
 
@@ -99,43 +104,74 @@ def set_status(database: Database, model_id: str, status: ModelStatus) -> None:
         )
 
 
-def promote(database: Database, model_id: str, series: SeriesKey, *, reason: str | None = None) -> None:
-    """Make `model_id` the champion of `series` in one transaction.
+def promote(database: Database, model_id: str, series: SeriesKey | Sequence[SeriesKey], *,
+            reason: str | None = None, fence: Fence | None = None, fence_on: SeriesKey | None = None) -> None:
+    """Make `model_id` the champion of `series` (one, or a model group's) in one transaction.
 
     The previous champion's term ends; it is retired unless it is still champion of another series
-    (a shared model).
+    (a shared model). With `fence` (a daemon sharing the database), the lease of `fence_on` (default:
+    the first series, whose champion decides a group's) must still carry the fence's token, checked
+    in this same transaction: a daemon whose lease moved on raises `FencedOut` and changes nothing.
+    On PostgreSQL the commit NOTIFYs `PROMOTIONS_CHANNEL` once per series, so every daemon serving
+    one reloads it at once (the others poll the registry).
     """
+    keys = [series] if isinstance(series, SeriesKey) else list(series)
     get_model(database, model_id)
     now = datetime.now(UTC)
     with database.begin() as conn:
-        current = conn.execute(
-            select(champion_history.c.id, champion_history.c.model_id).where(
-                and_(series_is(champion_history, series), champion_history.c.ended_at.is_(None))
-            )
-        ).all()
-        if any(r.model_id == model_id for r in current):
-            return
-        for r in current:
-            conn.execute(update(champion_history).where(champion_history.c.id == r.id).values(ended_at=now))
-            still = conn.execute(
-                select(champion_history.c.id).where(
-                    and_(champion_history.c.model_id == r.model_id, champion_history.c.ended_at.is_(None))
-                )
-            ).first()
-            if still is None:
-                conn.execute(update(models).where(models.c.id == r.model_id).values(status="retired"))
-        conn.execute(
-            champion_history.insert().values(
-                exchange=series.exchange,
-                symbol=series.symbol,
-                interval=series.interval,
-                model_id=model_id,
-                started_at=now,
-                ended_at=None,
-                reason=reason,
-            )
+        if fence is not None:
+            on = fence_on or keys[0]
+            if on not in fenced(conn, fence, {on}, "promotions"):
+                REJECTED.add("promotions", 1)
+                raise FencedOut(f"promotion of {model_id} refused: the lease of {on} is no longer held by "
+                                f"{fence.owner} with token {fence.tokens.get(on)}")
+        for key in keys:
+            _promote_one(conn, model_id, key, now, reason)
+
+
+def _promote_one(conn: Connection, model_id: str, series: SeriesKey, now: datetime, reason: str | None) -> None:
+    current = conn.execute(
+        select(champion_history.c.id, champion_history.c.model_id).where(
+            and_(series_is(champion_history, series), champion_history.c.ended_at.is_(None))
         )
-        conn.execute(update(models).where(models.c.id == model_id).values(status="champion"))
+    ).all()
+    if any(r.model_id == model_id for r in current):
+        return
+    for r in current:
+        conn.execute(update(champion_history).where(champion_history.c.id == r.id).values(ended_at=now))
+        still = conn.execute(
+            select(champion_history.c.id).where(
+                and_(champion_history.c.model_id == r.model_id, champion_history.c.ended_at.is_(None))
+            )
+        ).first()
+        if still is None:
+            conn.execute(update(models).where(models.c.id == r.model_id).values(status="retired"))
+    conn.execute(
+        champion_history.insert().values(
+            exchange=series.exchange,
+            symbol=series.symbol,
+            interval=series.interval,
+            model_id=model_id,
+            started_at=now,
+            ended_at=None,
+            reason=reason,
+        )
+    )
+    conn.execute(update(models).where(models.c.id == model_id).values(status="champion"))
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_notify(:channel, :payload)"),
+                     {"channel": PROMOTIONS_CHANNEL, "payload": str(series)})
+
+
+def champions(database: Database, series: Sequence[SeriesKey]) -> dict[SeriesKey, str]:
+    """The champion model id of each of `series` that has one, in one query (the daemons poll it)."""
+    if not series:
+        return {}
+    stmt = select(champion_history.c.exchange, champion_history.c.symbol, champion_history.c.interval,
+                  champion_history.c.model_id).where(
+        series_in(champion_history, list(series)), champion_history.c.ended_at.is_(None))
+    with database.engine.connect() as conn:
+        return {SeriesKey(r[0], r[1], r[2]): r[3] for r in conn.execute(stmt)}
 
 
 def champion(database: Database, series: SeriesKey) -> ModelInfo | None:

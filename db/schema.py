@@ -7,6 +7,8 @@ values are doubles (they come out of a model). Times are `UtcDateTime`.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -17,6 +19,7 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -24,6 +27,7 @@ from sqlalchemy import (
     and_,
     tuple_,
 )
+from sqlalchemy.ext.compiler import compiles
 
 from db.records import SeriesKey
 from db.types import ExactDecimal, UtcDateTime
@@ -47,11 +51,45 @@ def series_is(table: Table, series: SeriesKey) -> ColumnElement[bool]:
     )
 
 
+#: Above this many series, PostgreSQL gets the hashed form of `series_in` (see there).
+HASHED_SERIES_IN = 32
+
+
 def series_in(table: Table, keys: list[SeriesKey]) -> ColumnElement[bool]:
-    """Rows of any of these series (one tuple IN, so a set-based pass is one query)."""
-    return tuple_(table.c.exchange, table.c.symbol, table.c.interval).in_(
+    """Rows of any of these series (one condition, so a set-based pass is one query). A tuple IN;
+    PostgreSQL expands a long row-value IN into an OR evaluated per row (1,000 series: 1,000
+    comparisons a row), so there, above HASHED_SERIES_IN series, it is `symbol IN (...)` (index
+    friendly) AND `exchange:symbol:interval IN (...)` (exact), both hashed scalar IN lists."""
+    tuples = tuple_(table.c.exchange, table.c.symbol, table.c.interval).in_(
         [(k.exchange, k.symbol, k.interval) for k in keys]
     )
+    if len(keys) <= HASHED_SERIES_IN:
+        return tuples
+    return _SeriesIn(tuples, and_(
+        table.c.symbol.in_(sorted({k.symbol for k in keys})),
+        (table.c.exchange + ":" + table.c.symbol + ":" + table.c.interval).in_([str(k) for k in keys]),
+    ))
+
+
+class _SeriesIn(ColumnElement[bool]):
+    """`series_in`'s condition: the tuple form, or the hashed one on PostgreSQL."""
+
+    inherit_cache = True
+
+    def __init__(self, tuples: ColumnElement[bool], hashed: ColumnElement[bool]) -> None:
+        self.tuples = tuples
+        self.hashed = hashed
+        self.type = Boolean()
+
+
+@compiles(_SeriesIn)
+def _series_in_default(element: _SeriesIn, compiler: Any, **kw: Any) -> str:
+    return str(compiler.process(element.tuples, **kw))
+
+
+@compiles(_SeriesIn, "postgresql")
+def _series_in_pg(element: _SeriesIn, compiler: Any, **kw: Any) -> str:
+    return str(compiler.process(element.hashed, **kw))
 
 
 def _series_columns() -> list[Column[str]]:
@@ -211,6 +249,44 @@ series_leases = Table(
     Column("token", BigInteger(), nullable=False),
     Column("acquired_at", UtcDateTime(), nullable=False),
     Column("expires_at", UtcDateTime(), nullable=False),
+)
+
+# Retraining as jobs: queued by a schedule, a first model, a manual request; claimed with
+# SELECT ... FOR UPDATE SKIP LOCKED by the daemon owning the group's first series, under a
+# per-daemon and a global cap; a running job's lease is renewed, an expired one is claimable
+# again. `active_group` is the group while queued or running (NULL after), so a group has at
+# most one live job (a unique column; NULLs never collide).
+training_jobs = Table(
+    "training_jobs",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    Column("model_group", String(200), nullable=False),
+    Column("active_group", String(200), nullable=True, unique=True),
+    Column("series", String(80), nullable=False),  # the group's first series, whose owner trains it
+    Column("reason", String(200), nullable=False),
+    Column("status", String(16), nullable=False),  # queued, running, done, failed
+    Column("attempts", Integer(), nullable=False, server_default="0"),
+    Column("not_before", UtcDateTime(), nullable=False),  # retry backoff
+    Column("claimed_by", String(200), nullable=True),
+    Column("lease_expires_at", UtcDateTime(), nullable=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("finished_at", UtcDateTime(), nullable=True),
+    Column("error", Text(), nullable=True),
+    Column("outcome", JSON(), nullable=True),
+    Index("ix_training_jobs_status", "status", "not_before"),
+)
+
+# Model artifact files in the database (PostgreSQL): any daemon on any machine loads any model.
+# `models.artifact_path` is then "db:<model id>"; SQLite keeps artifacts in a local directory.
+model_artifacts = Table(
+    "model_artifacts",
+    metadata,
+    Column("model_id", String(128), primary_key=True),
+    Column("name", String(200), primary_key=True),  # file name inside the artifact directory
+    Column("data", LargeBinary(), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("size", BigInteger(), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
 )
 
 calibration = Table(

@@ -92,11 +92,13 @@ class Unscored:
 
 def unscored_steps(
     database: Database, series: SeriesKey | Collection[SeriesKey], *, until: datetime | None = None,
-    issued_since: datetime | None = None,
+    issued_since: datetime | None = None, target_since: datetime | None = None,
 ) -> list[Unscored]:
     """Forecast steps of `series` (one, or many in one query: the live loop's set-based pass over
-    every series of a bar) whose target bar exists and that are not scored yet (`issued_since`
-    bounds the scan to recent forecasts: the live loop's per-bar pass)."""
+    every series of a bar) whose target bar exists and that are not scored yet. `target_since`
+    bounds the scan to steps whose target bar is recent (the live loop's per-bar pass: an index
+    range of a few target times per series, whatever the history); `issued_since` to recent
+    forecasts."""
     f, b, s = fc_t, bars_t, sc_t
     join_bar = and_(
         b.c.exchange == f.c.exchange, b.c.symbol == f.c.symbol, b.c.interval == f.c.interval,
@@ -114,6 +116,8 @@ def unscored_steps(
         cond.append(f.c.target_time <= until)
     if issued_since is not None:
         cond.append(f.c.issued_at >= issued_since)
+    if target_since is not None:
+        cond.append(f.c.target_time >= target_since)
     stmt = (
         select(f.c.exchange, f.c.symbol, f.c.interval, f.c.issued_at, f.c.model_id, f.c.step, f.c.target_time,
                f.c.predicted, f.c.last_close, b.c.close, f.c.levels, f.c.quantiles)

@@ -25,7 +25,7 @@ def _time(text: Any) -> datetime | None:
 
 
 def model_info(
-    model: Forecaster, model_id: str, artifact: Path | None, series: tuple[SeriesKey, ...]
+    model: Forecaster, model_id: str, artifact: Path | str | None, series: tuple[SeriesKey, ...]
 ) -> ModelInfo:
     training = model.meta.get("training") or {}
     return ModelInfo(
@@ -49,11 +49,13 @@ def save_and_register(
     *,
     model_id: str | None = None,
 ) -> ModelInfo:
-    """Save the artifact under `artifacts_dir/<id>` and register it as a candidate."""
+    """Save the artifact under `artifacts_dir/<id>` (and, on PostgreSQL, into the database, so
+    every daemon can load it: trainer.artifact_store) and register it as a candidate."""
     from db.registry import register_model
+    from trainer.artifact_store import publish
 
     model_id = model_id or new_model_id(model.arch, series[0] if series else None)
     path = save_artifact(model, Path(artifacts_dir) / model_id)
-    info = model_info(model, model_id, path.resolve(), series)
+    info = model_info(model, model_id, publish(database, model_id, path), series)
     register_model(database, info)
     return info

@@ -19,9 +19,11 @@ from typing import Any
 
 from db import registry
 from db.bars import bars_frame, latest_bar
+from db.cluster import Fence
 from db.engine import Database, open_database
-from db.errors import ArtifactError, InputError
+from db.errors import ArtifactError, FencedOut, InputError
 from db.records import ModelInfo, SeriesKey
+from trainer.artifact_store import DB_PREFIX, forget, local_path
 from trainer.challenger import COVERAGE_BAND
 from trainer.params import DataParams, ModelParams, TrainParams
 
@@ -49,6 +51,10 @@ class RetrainRequest:
     artifacts_dir: str = "models"
     keep_artifacts: int = 5
     log_level: str = "info"
+    #: The daemon's instance id and its fencing token of the first series' lease (daemons sharing
+    #: a database): the promotion is refused if the lease moved on meanwhile. Empty: unfenced.
+    fence_owner: str = ""
+    fence_token: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +91,8 @@ def ensure_baseline(database: Database, series: list[SeriesKey]) -> ModelInfo:
     return registry.get_model(database, BASELINE_ID)
 
 
-def load_champion(database: Database, series: SeriesKey, data: DataParams) -> tuple[str | None, Any]:
+def load_champion(database: Database, series: SeriesKey, data: DataParams, artifacts_dir: str | Path
+                  ) -> tuple[str | None, Any]:
     """The champion of `series` as a loaded model (None for the baseline or an unusable artifact)."""
     from trainer.artifacts import load_artifact
 
@@ -93,11 +100,19 @@ def load_champion(database: Database, series: SeriesKey, data: DataParams) -> tu
     if info is None or info.id == BASELINE_ID or not info.artifact_path:
         return (info.id if info else None), None
     try:
-        return info.id, load_artifact(info.artifact_path, window=data.window, horizon=data.horizon)
+        path = local_path(database, info.artifact_path, artifacts_dir)
+        return info.id, load_artifact(path, window=data.window, horizon=data.horizon)
     except ArtifactError as exc:
         log.warning("champion artifact unusable; judging against persistence only",
                     extra={"model": info.id, "error": str(exc)})
         return info.id, None
+
+
+def local_path_of(artifact_path: str, artifacts_dir: Path) -> Path:
+    """The local directory of an artifact (a database one's local copy), without fetching it."""
+    if artifact_path.startswith(DB_PREFIX):
+        return artifacts_dir / artifact_path[len(DB_PREFIX):]
+    return Path(artifact_path)
 
 
 def prune_artifacts(database: Database, artifacts_dir: Path, keep: int) -> list[str]:
@@ -108,7 +123,8 @@ def prune_artifacts(database: Database, artifacts_dir: Path, keep: int) -> list[
     for m in models[keep:]:
         if m.id in champions:
             continue
-        path = Path(m.artifact_path or "")
+        forget(database, m.artifact_path or "")
+        path = local_path_of(m.artifact_path or "", artifacts_dir)
         if path.is_dir() and path.resolve().parent == artifacts_dir.resolve():
             shutil.rmtree(path, ignore_errors=True)
             removed.append(m.id)
@@ -136,7 +152,7 @@ def run_retrain(req: RetrainRequest) -> RetrainOutcome:
                 f"{primary}: {len(frame)} bars in the {req.history_days:g} days before its newest bar; retraining "
                 f"needs at least {need * 2 + req.holdout_bars} (two windows plus {req.holdout_bars} held-out bars)"
             )
-        champion_id, champion = load_champion(database, primary, req.data)
+        champion_id, champion = load_champion(database, primary, req.data, req.artifacts_dir)
         result = challenge(
             frame, req.arch, champion, holdout_bars=req.holdout_bars, data=req.data, model_params=req.model,
             train=req.train, metric=req.metric, margin=req.margin, band=req.coverage_band, series=str(primary),
@@ -146,14 +162,20 @@ def run_retrain(req: RetrainRequest) -> RetrainOutcome:
         model.meta.setdefault("metrics", {})["decision_against"] = champion_id
         model_id = new_model_id(req.arch, primary)
         info = save_and_register(database, model, req.artifacts_dir, tuple(keys), model_id=model_id)
-        if decision.promote:
-            for s in keys:
-                registry.promote(database, model_id, s, reason=decision.reason)
-        else:
+        promoted, reason = decision.promote, decision.reason
+        if promoted:
+            fence = Fence(req.fence_owner, {primary: req.fence_token}) if req.fence_owner else None
+            try:
+                registry.promote(database, model_id, keys, reason=reason, fence=fence)
+            except FencedOut as exc:
+                promoted, reason = False, str(exc)
+                log.warning("challenger won but was not promoted: this daemon's lease moved on",
+                            extra={"model": model_id, "series": str(primary)})
+        if not promoted:
             registry.set_status(database, model_id, "retired")
         prune_artifacts(database, Path(req.artifacts_dir), req.keep_artifacts)
         return RetrainOutcome(
-            model_id=model_id, series=req.series, promoted=decision.promote, reason=decision.reason,
+            model_id=model_id, series=req.series, promoted=promoted, reason=reason,
             metric=decision.metric, challenger=decision.challenger, champion=decision.champion,
             persistence=decision.persistence, champion_id=champion_id, artifact_path=info.artifact_path or "",
             seconds=time.perf_counter() - t0, origins=result.backtest.n, pid=os.getpid(),

@@ -14,16 +14,28 @@ from db.records import SeriesKey
 
 
 @click.command("run")
+@click.option("--instance", default=None, metavar="ID",
+              help="This daemon's id among daemons sharing a database (cluster.instance; "
+                   "barcast@.service passes %i). Default: host-pid.")
 @pass_app
-def run_cmd(app: AppContext) -> None:
+def run_cmd(app: AppContext, instance: str | None) -> None:
     """Run the forecaster service in the foreground (what systemd starts).
 
     Feeds -> bars -> a 16-step forecast per series at every bar close -> database + forecast log;
     retraining on its schedule; HTTP API and control socket. Stops cleanly on SIGTERM/SIGINT.
     """
+    import dataclasses
+
+    from daemon.config import ClusterConfig
     from daemon.runner import run_service
 
     config = app.config
+    if instance is not None:
+        try:
+            cluster = ClusterConfig(**{**dataclasses.asdict(config.cluster), "instance": instance})
+        except ValueError as exc:
+            raise InputError(f"--instance: {exc}") from None
+        config = dataclasses.replace(config, cluster=cluster)
     if not config.series:
         raise InputError("no [[series]] configured: nothing to forecast")
     run_service(config)

@@ -237,7 +237,8 @@ def _daemon_status(app: AppContext, timeout: float, api: str | None) -> dict[str
     return doc
 
 
-STATUS_COLUMNS = ["series", "last_bar", "last_bar_age_s", "feed", "champion", "champion_age_s", "last_forecast"]
+STATUS_COLUMNS = ["series", "last_bar", "last_bar_age_s", "feed", "champion", "champion_age_s", "last_forecast",
+                  "owner", "lease_expires", "token"]
 
 
 def _age(seconds: Any) -> str | None:

@@ -464,10 +464,11 @@ def models_show(app: AppContext, model_id: str) -> None:
     out: dict[str, Any] = {**_model_row(info), "params": info.params, "metrics": info.metrics}
     if info.artifact_path:
         from db.errors import ArtifactError
+        from trainer.artifact_store import local_path
         from trainer.artifacts import read_manifest
 
         try:
-            manifest = read_manifest(info.artifact_path)
+            manifest = read_manifest(local_path(app.database(), info.artifact_path, app.config.artifacts_dir))
             out["manifest"] = {k: manifest.get(k) for k in ("format", "created_at", "libraries", "files", "training")}
         except ArtifactError as e:
             out["manifest_error"] = str(e)
@@ -491,7 +492,9 @@ def models_promote(app: AppContext, model_id: str, series_text: tuple[list[Serie
         raise InputError(f"model {model_id} names no series; give --series EXCHANGE:SYMBOL")
     if not info.artifact_path:
         raise InputError(f"model {model_id} has no artifact to serve")
-    load_artifact(info.artifact_path)
+    from trainer.artifact_store import local_path
+
+    load_artifact(local_path(database, info.artifact_path, app.config.artifacts_dir))
     for s in targets:
         promote(database, model_id, s, reason="manual promote (barcast models promote)")
         click.echo(f"{model_id} is now champion of {s}")

@@ -21,6 +21,7 @@ from daemon.config import Config
 from daemon.live.broadcast import Broadcast
 from daemon.live.calibration import CalibrationBook
 from daemon.live.forecastlog import ForecastLog, forecast_line
+from daemon.live.frontier import replay_start
 from daemon.live.inference import Job, ModelBook, ServingModel, Worker, forecast_batch
 from daemon.live.scoring import DriftWatch, Reference, score
 from daemon.live.window import RollingWindow
@@ -30,13 +31,16 @@ from db.calibration import load_states
 from db.cluster import Fence
 from db.engine import Database
 from db.errors import ArtifactError
-from db.forecasts import latest_forecast, latest_issued, query_forecasts, store_new_forecasts
+from db.forecasts import issued_times, latest_forecast, latest_issued, query_forecasts, store_new_forecasts
 from db.records import Bar, Forecast, ForecastScore, SeriesKey, iso
 from db.scores import accuracy, insert_scores, unscored_steps
 
 log = logging.getLogger("barcast.live")
 
 BATCH_QUEUE = 64
+#: The per-bar scoring pass looks at steps whose target bar is among a series' newest few (the
+#: bars of this batch and any that came a little late); a start or a takeover scores everything.
+SCORE_LOOKBACK_BARS = 8
 
 
 @dataclass
@@ -53,6 +57,7 @@ class PipelineStats:
     batches: int = 0
     forecasts: int = 0
     duplicates_skipped: int = 0
+    resyncs: int = 0
     scores: int = 0
     queue_full: int = 0
     last_batch_ms: float | None = None
@@ -80,45 +85,50 @@ class Pipeline:
         #: The fencing tokens every write carries (None: unfenced, e.g. tests and benches).
         self.fence: Callable[[], Fence | None] = fence or (lambda: None)
         self.stats = PipelineStats()
-        self._replay: dict[SeriesKey, list[Bar]] = {}
+        self._replay: dict[SeriesKey, list[tuple[Bar, bool]]] = {}
         self.drift: dict[tuple[SeriesKey, str], DriftWatch] = {}
         self.calibration = CalibrationBook(horizon=config.data.horizon, gamma=config.model.aci_gamma)
         #: Climatology per series (live probabilistic skill), rebuilt once a day of bars.
         self.references: dict[SeriesKey, Reference] = {}
         self._reference_tried: dict[SeriesKey, datetime] = {}
         self._pending: dict[datetime, dict[SeriesKey, Job]] = {}
+        self._expected: dict[datetime, int] = {}
         self._timers: dict[datetime, asyncio.TimerHandle] = {}
         self._queue: asyncio.Queue[list[Job] | None] = asyncio.Queue(BATCH_QUEUE)
         self._runner: asyncio.Task[None] | None = None
         self.busy_since: float | None = None
 
     # ---- start-up ------------------------------------------------------------------------
-    def restore(self, keys: Iterable[SeriesKey] | None = None) -> None:
+    def restore(self, keys: Iterable[SeriesKey] | None = None, *, calibration: bool = True) -> None:
         """Fill windows from stored bars and load the calibration state (call in a thread): every
-        series' at start, or those of series this daemon just took over (another daemon stored
-        their newest bars). Stored bars newer than the series' newest forecast (at most
-        `forecast.backfill_forecast_bars`: a crash, or a previous owner that fell behind or died)
-        are kept back for `catch_up` to forecast one by one, so a restart or a takeover leaves no
-        bar unforecast."""
+        series' at start, those of series this daemon just took over (another daemon stored
+        their newest bars), or one whose bars arrived out of order. Stored bars without a
+        forecast set (within `forecast.backfill_forecast_bars`: a crash, a previous owner that
+        fell behind or died, a backfill page that came late; see `frontier`) are kept back for
+        `replay` to forecast one by one, so no bar is left unforecast."""
         todo = list(self.series) if keys is None else list(keys)
-        loaded = self.calibration.load(load_states(self.database, todo))
-        if loaded:
-            log.info("calibration state restored", extra={"models": loaded})
+        if calibration:
+            loaded = self.calibration.load(load_states(self.database, todo))
+            if loaded:
+                log.info("calibration state restored", extra={"models": loaded})
         reach = self.config.forecast.backfill_forecast_bars
-        forecast_until = latest_issued(self.database, todo)
+        newest = latest_issued(self.database, todo)
+        stored = {key: last_bars(self.database, key, self.series[key].window.size + reach) for key in todo}
+        firsts = [b[0].open_time for b in stored.values() if b]
+        done = issued_times(self.database, todo, min(firsts)) if firsts else {}
         for key in todo:
             st = self.series[key]
-            bars = last_bars(self.database, key, st.window.size + reach)
-            done = forecast_until.get(key)
-            cut = len(bars) if done is None else next((i for i, b in enumerate(bars) if b.open_time > done), len(bars))
+            bars = stored[key]
+            forecast = done.get(key, set())
+            cut = replay_start([b.open_time for b in bars], forecast, newest.get(key))
             st.window.clear()
             st.window.extend(bars[:cut])
-            self._replay[key] = bars[cut:]
+            self._replay[key] = [(b, b.open_time not in forecast) for b in bars[cut:]]
             if cut:
                 st.last_close, st.last_bar = bars[cut - 1].close, bars[cut - 1].open_time
             log.info("window restored", extra={"series": str(key), "bars": len(st.window),
                                                 "ready": st.window.ready, "last_bar": st.last_bar,
-                                                "to_forecast": len(bars) - cut})
+                                                "to_forecast": sum(n for _, n in self._replay[key])})
 
     def start(self) -> None:
         self._runner = asyncio.create_task(self._run_batches(), name="forecast-batches")
@@ -130,8 +140,9 @@ class Pipeline:
         if not new:
             return
         await self.writer.run(self.restore, new)
+        served = {self.config.model_group(k) for k in self.owned}
         for group in dict.fromkeys(self.config.model_group(k) for k in new):
-            if self.book.get(group) is None:
+            if self.book.get(group) is None or group not in served:  # not served meanwhile: maybe promoted
                 await self.install(group)
         self.owned.update(new)
 
@@ -149,17 +160,30 @@ class Pipeline:
         was never forecast (a crash between a bar close and its forecast loses nothing). `keys`:
         only those (series just taken over); default: all owned."""
         todo = [k for k in (self.owned if keys is None else keys) if k in self.owned]
-        self._watch(await self.writer.run(lambda: self._score(todo, full=True)))
+        self._watch(await self.writer.run(self._score, todo, None))
         for key in todo:
-            pending = self._replay.pop(key, [])
-            for bar in pending:
-                await self.on_bar(bar, forecast=True)
+            pending = await self._replay_stored(key)
             st = self.series[key]
             if pending or not st.window.ready or st.last_bar is None:
                 continue
             latest = await self.writer.run(latest_forecast, self.database, key)
             if latest is None or latest.issued_at < st.last_bar:
                 await self._enqueue(key, st.last_bar, time.monotonic())
+
+    async def _replay_stored(self, key: SeriesKey) -> int:
+        """Push the bars `restore` kept back, forecasting those without a forecast set."""
+        pending = self._replay.pop(key, [])
+        for bar, needed in pending:
+            await self._push(bar, forecast=needed)
+        return len(pending)
+
+    async def resync(self, key: SeriesKey) -> None:
+        """Rebuild one series' window from the database and forecast its stored bars that have no
+        forecast yet (a bar arrived out of order, or after a gap another daemon may have filled)."""
+        self.stats.resyncs += 1
+        metrics.WINDOW_RESYNCS.labels(str(key)).inc()
+        await self.writer.run(lambda: self.restore([key], calibration=False))
+        await self._replay_stored(key)
 
     def reconcile_log(self) -> int:
         """Write stored forecasts that a crash kept out of the log (stored, then killed before the
@@ -186,6 +210,13 @@ class Pipeline:
         st = self.series.get(bar.series)
         if st is None or bar.series not in self.owned:
             return
+        if st.window.fits(bar) in ("gap", "missing"):
+            await self.resync(bar.series)  # the bar is stored: the database has it in order
+            return
+        await self._push(bar, forecast=forecast)
+
+    async def _push(self, bar: Bar, *, forecast: bool) -> None:
+        st = self.series[bar.series]
         seen = time.monotonic()
         extended = st.window.push(bar)
         if not extended:
@@ -202,10 +233,12 @@ class Pipeline:
         if serving is None or st.last_close is None:
             return
         job = Job(key, serving, st.window.values(), t, st.last_close, seen)
-        group = self._pending.setdefault(t, {})
+        group = self._pending.get(t)
+        if group is None:  # the series expected at this boundary, counted once, not per series
+            group = self._pending[t] = {}
+            self._expected[t] = sum(1 for k in self.owned if self.series[k].window.ready)
         group[key] = job
-        expected = {k for k in self.owned if self.series[k].window.ready}
-        if expected <= group.keys():
+        if len(group) >= self._expected.get(t, 0):
             await self._flush(t)
         elif t not in self._timers:
             loop = asyncio.get_running_loop()
@@ -218,6 +251,7 @@ class Pipeline:
         if timer is not None:
             timer.cancel()
         group = self._pending.pop(t, None)
+        self._expected.pop(t, None)
         if not group:
             return
         if self._queue.full():
@@ -263,29 +297,26 @@ class Pipeline:
             self.stats.forecasts += 1
             metrics.FORECASTS.labels(str(f.series), f.model_id).inc()
             self.broadcast.publish(forecast_line(f))
-        scored = await self.writer.run(self._score, [j.series for j in jobs])
+        since = min(j.issued_at - j.series.step * SCORE_LOOKBACK_BARS for j in jobs)
+        scored = await self.writer.run(self._score, [j.series for j in jobs], since)
         self._watch(scored)
 
     def _store(self, forecasts: list[Forecast]) -> list[Forecast]:
-        new = store_new_forecasts(self.database, forecasts, fence=self.fence())
+        new = store_new_forecasts(self.database, forecasts, fence=self.fence(), once_per_bar=True)
         self.forecast_log.write(new)
         return new
 
-    def _score(self, keys: list[SeriesKey], *, full: bool = False) -> list[ForecastScore]:
+    def _score(self, keys: list[SeriesKey], target_since: datetime | None) -> list[ForecastScore]:
         """Score what became scorable, set-based: one query finds the due steps of every series
-        of the batch, one bulk insert stores their scores. The per-bar pass looks only at recent
-        forecasts (an index range, not the whole history); `full` (at start and on a takeover)
-        catches up after downtime."""
+        of the batch, one bulk insert stores their scores. The per-bar pass looks only at steps
+        whose target bar is at most SCORE_LOOKBACK_BARS before the batch's bars (an index range,
+        not the history; a replay of stored bars scores its own forecasts' targets too);
+        `target_since=None` (at start and on a takeover) catches up after downtime."""
         keys = [k for k in keys if k in self.owned]
         if not keys:
             return []
         now = datetime.now(UTC)
-        lookback = self.config.data.horizon * 4 + self.config.forecast.backfill_forecast_bars
-        newest = [self.series[k].last_bar for k in keys]
-        since = None
-        if not full and all(t is not None for t in newest):
-            since = min(t - k.step * lookback for t, k in zip(newest, keys, strict=True) if t is not None)
-        rows = unscored_steps(self.database, keys, issued_since=since)
+        rows = unscored_steps(self.database, keys, target_since=target_since)
         out = score(rows, now, self._references({r.series for r in rows})) if rows else []
         if out:
             moved = self.calibration.updated(rows)
@@ -365,6 +396,7 @@ class Pipeline:
     # ---- models --------------------------------------------------------------------------
     def load_serving(self, group: str) -> ServingModel:
         """The champion of a group's first series, or the persistence baseline (inference thread)."""
+        from trainer.artifact_store import local_path
         from trainer.artifacts import load_artifact
         from trainer.retrain_job import BASELINE_ID
 
@@ -372,7 +404,8 @@ class Pipeline:
         info = registry.champion(self.database, keys[0]) if keys else None
         data = self.config.data
         if info is not None and info.id != BASELINE_ID and info.artifact_path:
-            model = load_artifact(info.artifact_path, window=data.window, horizon=data.horizon)
+            path = local_path(self.database, info.artifact_path, self.config.artifacts_dir)
+            model = load_artifact(path, window=data.window, horizon=data.horizon)
             return ServingModel.of(info.id, model)
         return self.baseline()
 
@@ -401,6 +434,10 @@ class Pipeline:
             log.info("model serving", extra={"group": group, "model": serving.model_id,
                                              "previous": old.model_id if old else None})
         return serving
+
+    async def idle(self) -> None:
+        """Wait until every batch queued so far is forecast, stored and scored."""
+        await self._queue.join()
 
     # ---- shutdown ------------------------------------------------------------------------
     async def drain(self) -> None:

@@ -1,9 +1,9 @@
-"""Retraining on a schedule (APScheduler) in a child process, with a per-group database lease.
+"""Retraining as queued jobs (db/jobs.py) run in a child process each.
 
 The child is a `spawn`ed process, never a thread of the daemon: TensorFlow training must not
-stall ingestion. It has a time limit; past it the child is terminated and the run counted as
-timed out. Several daemons sharing one PostgreSQL database take the lease `retrain:<group>`
-first, so no group is retrained or promoted twice.
+stall ingestion. It has a time limit; past it the child is terminated and the attempt counted as
+failed. Several daemons sharing one database never train a group twice: a group has one live
+job, claimed by the daemon owning the group's first series, and the promotion is fenced.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from typing import Any
 
 from daemon import metrics
 from daemon.config import Config
-from db import leases
+from db import jobs, registry
+from db.cluster import Fence
 from db.engine import Database
 from db.errors import BarcastError, InputError
 from trainer.retrain_job import BASELINE_ID, RetrainOutcome, RetrainRequest
@@ -126,19 +127,38 @@ class RunRecord:
 
 
 class Retrainer:
-    def __init__(self, config: Config, database: Database, on_promoted: Promoted) -> None:
+    """Retraining through the job queue (db/jobs.py): a schedule, a first model or a manual request
+    queues a job per model group; a dispatcher claims due jobs of the groups this daemon owns
+    (their first series) within the caps and runs each in a child process, renewing the job's
+    lease meanwhile; a failure is retried with backoff by whichever daemon owns the group then."""
+
+    def __init__(self, config: Config, database: Database, on_promoted: Promoted, *,
+                 fence: Callable[[], Fence | None] | None = None, instance: str | None = None,
+                 poll_s: float = 5.0) -> None:
         self.config = config
         self.database = database
         self.on_promoted = on_promoted
-        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        #: The fencing tokens of this daemon (None: unfenced): a group is retrained here only while
+        #: this daemon owns its first series, and the promotion re-checks that lease.
+        self.fence: Callable[[], Fence | None] = fence or (lambda: None)
+        self.owner = instance or f"{socket.gethostname()}:{os.getpid()}"
+        self.poll_s = poll_s
         self.running: dict[str, ChildRun] = {}
         self.history: list[RunRecord] = []
         self._scheduler: Any = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._waiters: dict[int, asyncio.Future[RetrainOutcome | None]] = {}
+        self._kick: asyncio.Event | None = None
 
     @property
     def groups(self) -> list[str]:
         return list(dict.fromkeys(self.config.model_group(k) for k in self.config.series_keys))
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     def start(self, *, initial_groups: list[str]) -> None:
         from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -152,18 +172,18 @@ class Retrainer:
             trigger = CronTrigger.from_crontab(r.cron, timezone="UTC")
         else:
             trigger = IntervalTrigger(hours=r.every_hours, timezone=UTC)
-        sched.add_job(self.retrain_all, trigger, id="retrain", name="retrain all model groups",
+        sched.add_job(self.retrain_all, trigger, id="retrain", name="queue retraining of every model group",
                       max_instances=1, coalesce=True, misfire_grace_time=3600)
         sched.start()
         self._scheduler = sched
+        self._spawn(self._dispatch_loop(), "retrain-dispatch")
         for group in initial_groups:
-            task = asyncio.create_task(self._initial(group), name=f"initial-{group}")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._initial(group), f"initial-{group}")
 
     async def _initial(self, group: str, poll_s: float = 30.0) -> None:
-        """Train a group's first model as soon as enough history is stored (backfill runs
-        meanwhile; persistence serves until then)."""
+        """Queue a group's first model as soon as enough history is stored (backfill runs
+        meanwhile; persistence serves until then) and this daemon owns the group; a failed one
+        is retried by the queue."""
         from db.bars import count_bars
 
         req = make_request(self.config, group)
@@ -172,13 +192,21 @@ class Retrainer:
         waited = False
         while True:
             have = await asyncio.to_thread(count_bars, self.database, key)
-            if have >= need:
+            if have >= need and self.owns(group):
                 break
+            if not self.owns(group):  # another daemon trains it; stop once it has
+                champ = await asyncio.to_thread(registry.champion, self.database, key)
+                if champ is not None and champ.id != BASELINE_ID:
+                    return
             if not waited:
                 log.info("initial model waits for history", extra={"group": group, "bars": have, "needed": need})
                 waited = True
             await asyncio.sleep(poll_s)
         await self.retrain(group, reason="initial model")
+
+    def owns(self, group: str) -> bool:
+        fence = self.fence()
+        return fence is None or self.config.group_series(group)[0] in fence.tokens
 
     def next_run(self) -> datetime | None:
         if self._scheduler is None:
@@ -186,70 +214,160 @@ class Retrainer:
         job = self._scheduler.get_job("retrain")
         return job.next_run_time if job else None
 
-    def trigger(self, group: str, *, reason: str, overrides: dict[str, Any] | None = None) -> asyncio.Task[Any]:
-        task = asyncio.create_task(self.retrain(group, reason=reason, overrides=overrides), name=f"retrain-{group}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+    def trigger(self, group: str, *, reason: str) -> asyncio.Task[Any]:
+        return self._spawn(self.retrain(group, reason=reason), f"retrain-{group}")
 
     async def retrain_all(self) -> None:
-        with contextlib.suppress(asyncio.CancelledError):  # shutdown abandons a scheduled run
-            await asyncio.gather(*(self.retrain(g, reason="schedule") for g in self.groups))
+        """The schedule: queue every group this daemon owns (the dispatcher runs them)."""
+        for g in self.groups:
+            if self.owns(g):
+                await self.enqueue(g, "schedule")
 
-    async def retrain(self, group: str, *, reason: str, overrides: dict[str, Any] | None = None
-                      ) -> RetrainOutcome | None:
-        if group in self.running:
-            log.info("retrain already running; not starting another", extra={"group": group})
+    async def enqueue(self, group: str, reason: str) -> int | None:
+        series = str(self.config.group_series(group)[0])
+        job_id = await asyncio.to_thread(jobs.enqueue, self.database, group, series, reason)
+        if job_id is None:
+            log.info("retrain already queued or running; not queueing another", extra={"group": group})
+            metrics.TRAINING_RUNS.labels(group, "skipped_active").inc()
+        else:
+            log.info("retrain queued", extra={"group": group, "reason": reason, "job": job_id})
+            if self._kick is not None:
+                self._kick.set()
+        return job_id
+
+    async def retrain(self, group: str, *, reason: str) -> RetrainOutcome | None:
+        """Queue a job for `group` and wait for its first attempt (None: not queued because the
+        group has a live job or belongs to another daemon, or the attempt failed)."""
+        if not self.owns(group):
+            log.info("retrain skipped: another daemon owns the group's first series", extra={"group": group})
+            metrics.TRAINING_RUNS.labels(group, "skipped_not_owner").inc()
             return None
-        limit = self.config.retrain.time_limit_minutes * 60
-        lease = f"retrain:{group}"
-        took = await asyncio.to_thread(leases.acquire, self.database, lease, self.owner,
-                                       timedelta(seconds=limit + 300))
-        if not took:
-            held = await asyncio.to_thread(leases.holder, self.database, lease)
-            log.info("retrain skipped: another daemon holds the lease", extra={"group": group, "holder": held})
-            metrics.TRAINING_RUNS.labels(group, "skipped_lease").inc()
+        job_id = await self.enqueue(group, reason)
+        if job_id is None:
             return None
-        record = RunRecord(group, datetime.now(UTC))
-        self.history = [*self.history[-49:], record]
-        req = make_request(self.config, group, overrides=overrides)
-        log.info("retrain started", extra={"group": group, "reason": reason, "arch": req.arch,
-                                           "history_days": req.history_days})
-        t0 = time.monotonic()
-        child = ChildRun(req, log_format=self.config.logging.format)
-        self.running[group] = child
+        done: asyncio.Future[RetrainOutcome | None] = asyncio.get_running_loop().create_future()
+        self._waiters[job_id] = done
+        while not done.done():
+            await self.dispatch()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(done), self.poll_s)
+        return done.result()
+
+    async def dispatch(self) -> int:
+        """Claim the due jobs this daemon may run now and start them; returns how many."""
+        r = self.config.retrain
+        fence = self.fence()
+        series = None if fence is None else {str(k) for k in fence.tokens}
+        claimed = await asyncio.to_thread(
+            jobs.claim, self.database, self.owner, series=series, per_daemon=r.max_concurrent,
+            global_cap=r.max_concurrent_global, lease=timedelta(seconds=r.job_lease_s))
+        for job in claimed:
+            self._spawn(self._run(job), f"retrain-{job.group}")
+        return len(claimed)
+
+    async def _dispatch_loop(self) -> None:
+        self._kick = asyncio.Event()
+        while True:
+            try:
+                await self.dispatch()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database is away: try again next round
+                log.warning("claiming training jobs failed", extra={"error": str(exc)})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), self.poll_s)
+            self._kick.clear()
+
+    async def _renew(self, job: jobs.TrainingJob, child: ChildRun) -> None:
+        lease = timedelta(seconds=self.config.retrain.job_lease_s)
+        while True:
+            await asyncio.sleep(lease.total_seconds() / 3)
+            try:
+                mine = await asyncio.to_thread(jobs.renew, self.database, job.id, self.owner, lease)
+            except Exception as exc:
+                log.warning("renewing a training job's lease failed", extra={"job": job.id, "error": str(exc)})
+                continue
+            if not mine:  # expired and claimed elsewhere: never train one group twice
+                log.error("training job taken over by another daemon; child stopped", extra={"job": job.id})
+                child.terminate()
+                return
+
+    async def _run(self, job: jobs.TrainingJob) -> None:
+        group = job.group
+        waiter = self._waiters.pop(job.id, None)
         outcome: RetrainOutcome | None = None
         try:
-            outcome = await asyncio.to_thread(child.wait, limit)
-        except TimeoutError:
-            child.terminate()
-            record.outcome = "timeout"
-            log.error("retrain timed out; child terminated", extra={"group": group, "limit_s": limit})
-        except BarcastError as exc:
-            record.outcome = "error"
-            record.reason = str(exc)
-            log.error("retrain failed", extra={"group": group, "error": str(exc)})
-        except asyncio.CancelledError:
-            child.terminate()
-            record.outcome = "abandoned"
-            raise
+            outcome = await self._train(job)
         finally:
-            self.running.pop(group, None)
-            record.finished = datetime.now(UTC)
-            metrics.TRAINING_SECONDS.observe(time.monotonic() - t0)
-            await asyncio.to_thread(leases.release, self.database, lease, self.owner)
-        if outcome is None:
-            metrics.TRAINING_RUNS.labels(group, record.outcome or "error").inc()
-            return None
-        record.outcome = "promoted" if outcome.promoted else "kept_champion"
-        record.model_id, record.promoted, record.reason = outcome.model_id, outcome.promoted, outcome.reason
-        record.pid = outcome.pid
-        metrics.TRAINING_RUNS.labels(group, record.outcome).inc()
-        log.info("retrain finished", extra={"group": group, "model": outcome.model_id, "promoted": outcome.promoted,
-                                            "reason": outcome.reason, "seconds": round(outcome.seconds, 1)})
-        if outcome.promoted:
+            if waiter is not None and not waiter.done():
+                waiter.set_result(outcome)
+            if self._kick is not None:
+                self._kick.set()  # a slot is free
+        if outcome is not None and outcome.promoted:
             await self.on_promoted(group, outcome)
-        return outcome
+
+    async def _train(self, job: jobs.TrainingJob) -> RetrainOutcome | None:
+        group = job.group
+        r = self.config.retrain
+        limit = r.time_limit_minutes * 60
+        record = RunRecord(group, datetime.now(UTC))
+        self.history = [*self.history[-49:], record]
+        overrides: dict[str, Any] = {}
+        fence = self.fence()
+        primary = self.config.group_series(group)[0]
+        error = ""
+        if fence is not None and primary not in fence.tokens:
+            error = "this daemon no longer owns the group's first series"
+        else:
+            if fence is not None:
+                overrides = {"fence_owner": fence.owner, "fence_token": fence.tokens[primary]}
+            req = make_request(self.config, group, overrides=overrides)
+            log.info("retrain started", extra={"group": group, "reason": job.reason, "arch": req.arch,
+                                               "job": job.id, "attempt": job.attempts,
+                                               "history_days": req.history_days})
+            t0 = time.monotonic()
+            child = ChildRun(req, log_format=self.config.logging.format)
+            self.running[group] = child
+            renewer = asyncio.create_task(self._renew(job, child), name=f"renew-{job.id}")
+            outcome: RetrainOutcome | None = None
+            try:
+                outcome = await asyncio.to_thread(child.wait, limit)
+            except TimeoutError:
+                child.terminate()
+                record.outcome, error = "timeout", f"timed out after {limit:.0f} s"
+                log.error("retrain timed out; child terminated", extra={"group": group, "limit_s": limit})
+            except BarcastError as exc:
+                record.outcome, error = "error", str(exc)
+                log.error("retrain failed", extra={"group": group, "error": str(exc)})
+            except asyncio.CancelledError:  # shutdown: the job's lease runs out, another daemon retries
+                child.terminate()
+                record.outcome = "abandoned"
+                raise
+            finally:
+                renewer.cancel()
+                self.running.pop(group, None)
+                record.finished = datetime.now(UTC)
+                metrics.TRAINING_SECONDS.observe(time.monotonic() - t0)
+            if outcome is not None:
+                await asyncio.to_thread(jobs.finish, self.database, job.id, self.owner, outcome.as_dict())
+                record.outcome = "promoted" if outcome.promoted else "kept_champion"
+                record.model_id, record.promoted, record.reason = outcome.model_id, outcome.promoted, outcome.reason
+                record.pid = outcome.pid
+                metrics.TRAINING_RUNS.labels(group, record.outcome).inc()
+                log.info("retrain finished", extra={
+                    "group": group, "model": outcome.model_id, "promoted": outcome.promoted,
+                    "reason": outcome.reason, "seconds": round(outcome.seconds, 1)})
+                return outcome
+        record.finished = record.finished or datetime.now(UTC)
+        record.outcome = record.outcome or "error"
+        record.reason = error
+        metrics.TRAINING_RUNS.labels(group, record.outcome).inc()
+        retried = await asyncio.to_thread(jobs.fail, self.database, job.id, self.owner, error,
+                                          max_attempts=r.max_attempts,
+                                          backoff=timedelta(minutes=r.retry_backoff_minutes))
+        log.warning("training job failed", extra={"group": group, "job": job.id, "attempt": job.attempts,
+                                                  "retried": retried, "error": error})
+        return None
 
     async def stop(self) -> None:
         if self._scheduler is not None:

@@ -23,6 +23,7 @@ from daemon import metrics
 from daemon.bars import BarUpdate
 from daemon.config import Config
 from daemon.live.broadcast import Broadcast
+from daemon.live.champions import ChampionWatch, first_series
 from daemon.live.control import ControlServer
 from daemon.live.device import DeviceInfo, select_device
 from daemon.live.forecastlog import ForecastLog
@@ -62,6 +63,7 @@ class Service:
         self.ready = False
         self._tasks: list[asyncio.Task[Any]] = []
         self.membership: Membership | None = None
+        self.champions: ChampionWatch | None = None
         self._ingest_task: asyncio.Task[None] | None = None
         self._ownership_lock = asyncio.Lock()
         self._newest_seen: dict[SeriesKey, datetime] = {}
@@ -103,8 +105,13 @@ class Service:
         await member.round()  # solo: every series is ours now; shared: heartbeat, claims next round
         await member.idle()
         self._spawn(member.run(), "membership")
+        self.champions = ChampionWatch(
+            db, lambda: first_series({cfg.model_group(k) for k in pipe.owned}, cfg.group_series),
+            lambda g: (m.model_id if (m := pipe.book.get(g)) else None), self._reload,
+            every_s=cfg.cluster.heartbeat_s)
+        self._spawn(self.champions.run(), "champions")
         if cfg.retrain.enabled:
-            self.retrainer = Retrainer(cfg, db, self._promoted)
+            self.retrainer = Retrainer(cfg, db, self._promoted, fence=lambda: member.fence, instance=member.id)
             initial = await asyncio.to_thread(needs_initial_model, db, cfg) if cfg.retrain.initial else []
             self.retrainer.start(initial_groups=initial)
         self._spawn(self._watchdog(), "watchdog")
@@ -244,6 +251,9 @@ class Service:
             await self.extra_on_bars(updates)
 
     async def _promoted(self, group: str, outcome: RetrainOutcome) -> None:
+        await self._reload(group)
+
+    async def _reload(self, group: str) -> None:
         assert self.pipeline is not None
         await self.pipeline.install(group)
         self.notifier.status(self._status_line())

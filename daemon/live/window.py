@@ -63,6 +63,22 @@ class RollingWindow:
         self._head = (self._head + 1) % self.size
         self._count = min(self._count + 1, self.size)
 
+    def fits(self, bar: Bar) -> str:
+        """How `bar` relates to the window: "next" (extends it, or the window is empty), "amend"
+        (a bar the window holds), "gap" (later bars are missing in between), "missing" (older than
+        the newest bar but absent: it arrived after its successors, e.g. a slow backfill page),
+        "old" (older than a full window, irrelevant)."""
+        if not self._count:
+            return "next"
+        t = to_unix(bar.open_time)
+        last = int(self._times[(self._head - 1) % self.size])
+        if t <= last:
+            age, rem = divmod(last - t, self.step)
+            if rem == 0 and age < self._count:
+                return "amend"
+            return "old" if self.ready else "missing"
+        return "next" if t - last == self.step or (t - last) // self.step - 1 <= self.fill_gaps else "gap"
+
     def push(self, bar: Bar) -> bool:
         """Add a closed bar; returns True if it extended the window (False for an amendment or a
         bar older than the window). A gap longer than `fill_gaps` starts the window afresh."""

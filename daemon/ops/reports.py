@@ -16,8 +16,8 @@ from typing import Any
 from typing_extensions import TypedDict
 
 from db import bars as db_bars
+from db import cluster, registry, scores
 from db import forecasts as db_forecasts
-from db import registry, scores
 from db.engine import Database
 from db.errors import InputError
 from db.records import Bar, Forecast, ModelInfo, SeriesKey, decimal_text, iso
@@ -296,6 +296,7 @@ def status_from_database(
     """
     now = now or datetime.now(UTC)
     stats = {s.series: s for s in db_bars.series_stats(database)}
+    leases = cluster.series_leases(database)
     rows = []
     for key in known_series(database, configured):
         st = stats.get(key)
@@ -318,6 +319,7 @@ def status_from_database(
                 "last_forecast": iso(last.issued_at) if last else None,
                 "last_forecast_model": last.model_id if last else None,
                 "feed": None,
+                **_lease(leases.get(key), now),
             }
         )
     return {
@@ -328,6 +330,14 @@ def status_from_database(
         "feeds": {},
         "next_retrain": None,
     }
+
+
+def _lease(lease: cluster.SeriesLease | None, now: datetime) -> dict[str, Any]:
+    """Owner (None when released or expired), lease expiry and fencing token of one series."""
+    if lease is None:
+        return {"owner": None, "lease_expires": None, "token": None}
+    return {"owner": lease.owner if lease.live(now) else None, "lease_expires": iso(lease.expires_at),
+            "token": lease.token}
 
 
 def merge_status(base: dict[str, Any], live: Mapping[str, Any]) -> dict[str, Any]:

@@ -56,7 +56,9 @@ def test_better_challenger_promoted_worse_one_kept_out(any_db: Database, any_db_
     champ = registry.champion(any_db, S)
     assert champ is not None and champ.id == good.model_id and champ.status == "champion"
     assert registry.get_model(any_db, BASELINE_ID).status == "retired"
-    assert Path(good.artifact_path, "manifest.json").is_file()
+    from trainer.artifact_store import local_path
+
+    assert local_path(any_db, good.artifact_path, tmp_path / "models").joinpath("manifest.json").is_file()
 
     # A challenger trained badly on purpose: raw scaled-price targets, one epoch at a crawl.
     bad = run_retrain(request(any_db_url, tmp_path, arch="gru",
@@ -71,6 +73,27 @@ def test_better_challenger_promoted_worse_one_kept_out(any_db: Database, any_db_
     assert info.metrics["decision"]["promote"] is False
     history = [h[0] for h in registry.history(any_db, S)]
     assert history == [BASELINE_ID, good.model_id]
+
+
+def test_a_winner_whose_daemon_lost_the_lease_is_not_promoted(tmp_db: Database, tmp_path: Path) -> None:
+    """The challenger wins, but the series' lease moved to another daemon while it trained: the
+    promotion re-checks the fencing token in its transaction and is refused; the champion stays."""
+    from datetime import timedelta as td
+
+    from db import cluster
+
+    upsert_bars(tmp_db, synthetic_bars(900))
+    ensure_baseline(tmp_db, [S])
+    won = cluster.claim(tmp_db, "d1", [S], td(seconds=60))
+    cluster.release(tmp_db, cluster.Fence("d1", won), [S])
+    assert cluster.claim(tmp_db, "d2", [S], td(seconds=60)) == {S: won[S] + 1}
+    url = f"sqlite:///{tmp_db.path}"
+    stale = run_retrain(request(url, tmp_path, fence_owner="d1", fence_token=won[S]))
+    assert not stale.promoted and "no longer held by d1" in stale.reason
+    assert registry.champion(tmp_db, S).id == BASELINE_ID  # type: ignore[union-attr]
+    assert registry.get_model(tmp_db, stale.model_id).status == "retired"
+    owner = run_retrain(request(url, tmp_path, fence_owner="d2", fence_token=won[S] + 1))
+    assert owner.promoted and registry.champion(tmp_db, S).id == owner.model_id  # type: ignore[union-attr]
 
 
 def test_too_little_history_is_a_clear_error(tmp_db: Database, tmp_path: Path) -> None:
@@ -191,3 +214,93 @@ def test_har_challenger_on_real_bars_is_judged_by_pinball(shared_dir: Path, tmp_
     p = serving.model.predict_batch(window[None, :, cols], np.array([last_open]))
     assert p.quantiles.shape == (1, 16, 3) and np.all(np.diff(p.quantiles, axis=-1) > 0)
     assert np.all(p.point == window[-1, 3])
+
+
+def test_a_failed_first_model_is_retried_from_the_queue_with_backoff(tmp_db: Database, tmp_path: Path) -> None:
+    """The first attempt fails (too little history yet); the job goes back to the queue with a
+    backoff and the next attempt, once the bars are there, trains and promotes."""
+    import asyncio
+    import dataclasses
+
+    from daemon.config import Config, RetrainConfig, SeriesConfig
+    from daemon.live.retrainer import Retrainer
+    from db import jobs
+
+    bars = synthetic_bars(900)
+    upsert_bars(tmp_db, bars[:100])
+    ensure_baseline(tmp_db, [S])
+    config = Config(series=(SeriesConfig(S.exchange, S.symbol),), data=DataParams(window=32, horizon=16),
+                    retrain=RetrainConfig(holdout_bars=96, history_days=30, retry_backoff_minutes=0.005))
+    config = dataclasses.replace(config, database=dataclasses.replace(config.database, url=f"sqlite:///{tmp_db.path}"),
+                                 paths=dataclasses.replace(config.paths, data_dir=str(tmp_path)),
+                                 forecast=dataclasses.replace(config.forecast, arch="linear"))
+    promoted: list[str] = []
+
+    async def on_promoted(group: str, outcome: object) -> None:
+        promoted.append(group)
+
+    async def main() -> tuple[object, list[jobs.TrainingJob], list[jobs.TrainingJob]]:
+        r = Retrainer(config, tmp_db, on_promoted, poll_s=0.1)
+        first = await r.retrain(str(S), reason="initial model")
+        after_first = jobs.list_jobs(tmp_db)
+        upsert_bars(tmp_db, bars[100:])
+        for _ in range(1200):
+            await r.dispatch()
+            if jobs.list_jobs(tmp_db)[0].status in ("done", "failed") and not r.running:
+                break
+            await asyncio.sleep(0.1)
+        await r.stop()
+        return first, after_first, jobs.list_jobs(tmp_db)
+
+    first, after_first, final = asyncio.run(main())
+    assert first is None
+    assert [(j.status, j.attempts) for j in after_first] == [("queued", 1)]
+    assert "retraining needs at least" in (after_first[0].error or "")
+    assert after_first[0].not_before > after_first[0].created_at  # backed off
+    assert [(j.status, j.attempts, j.reason) for j in final] == [("done", 2, "initial model")]
+    assert final[0].outcome is not None and final[0].outcome["promoted"] is True
+    assert promoted == [str(S)]
+
+
+def test_artifacts_live_in_postgresql_so_another_machine_loads_them(pg_db_url: str, tmp_path: Path) -> None:
+    """On PostgreSQL the champion's files are rows (bytes + sha256): a daemon with another, empty
+    artifacts directory (another machine) serves it; a corrupted row is refused by name."""
+    import asyncio
+    import dataclasses
+    import shutil
+
+    from sqlalchemy import text
+
+    from daemon.config import Config, SeriesConfig
+    from daemon.live.forecastlog import ForecastLog
+    from daemon.live.inference import ModelBook
+    from daemon.live.pipeline import Pipeline
+    from db.engine import open_database
+    from db.errors import ArtifactError
+    from trainer.artifact_store import local_path
+
+    db = open_database(pg_db_url)
+    upsert_bars(db, synthetic_bars(900))
+    ensure_baseline(db, [S])
+    out = run_retrain(request(pg_db_url, tmp_path / "trainer-host"))
+    assert out.promoted and out.artifact_path == f"db:{out.model_id}"
+    shutil.rmtree(tmp_path / "trainer-host")  # the training machine's directory is gone
+    other = tmp_path / "other-host"
+    config = Config(series=(SeriesConfig(S.exchange, S.symbol),), data=DataParams(window=32, horizon=16))
+    config = dataclasses.replace(config, paths=dataclasses.replace(config.paths, data_dir=str(other),
+                                                                   artifacts_dir=str(other / "models")))
+
+    async def serve() -> str:
+        pipe = Pipeline(config, db, book=ModelBook(), forecast_log=ForecastLog(other / "f.jsonl"))
+        try:
+            return (await pipe.install(config.model_group(S))).model_id
+        finally:
+            pipe.close()
+
+    assert asyncio.run(serve()) == out.model_id
+    assert (other / "models" / out.model_id / "manifest.json").is_file()
+    with db.begin() as conn:
+        conn.execute(text("UPDATE model_artifacts SET data = data || '\\x00'::bytea WHERE name = 'manifest.json'"))
+    with pytest.raises(ArtifactError, match=f"model {out.model_id}: stored file manifest.json does not match"):
+        local_path(db, out.artifact_path, tmp_path / "third-host")
+    db.close()

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from daemon.live.ownership import assign, plan
+from db.engine import Database
 from db.records import SeriesKey
 
 KEYS = [SeriesKey("binance", f"C{i:03d}-USDT") for i in range(300)]
@@ -35,3 +36,18 @@ def test_plans_never_overlap(live: list[str]) -> None:
 
 def test_solo_claims_everything() -> None:
     assert set(plan("x", KEYS[:5], ["x", "y"], set(), solo=True).claim) == set(KEYS[:5])
+
+
+def test_status_shows_owner_lease_expiry_and_token_per_series(any_db: Database) -> None:
+    from datetime import timedelta
+
+    from daemon.ops.reports import status_from_database
+    from db import cluster
+
+    a, b = SeriesKey("binance", "AAA-USDT"), SeriesKey("binance", "BBB-USDT")
+    won = cluster.claim(any_db, "d1", [a], timedelta(seconds=60))
+    cluster.release(any_db, cluster.Fence("d1", won), [a])
+    cluster.claim(any_db, "d2", [a], timedelta(seconds=60))
+    rows = {r["series"]: r for r in status_from_database(any_db, [a, b])["series"]}
+    assert (rows[str(a)]["owner"], rows[str(a)]["token"]) == ("d2", 2) and rows[str(a)]["lease_expires"]
+    assert (rows[str(b)]["owner"], rows[str(b)]["token"], rows[str(b)]["lease_expires"]) == (None, None, None)

@@ -36,6 +36,19 @@ def test_systemd_check_passes() -> None:
     res = subprocess.run([str(REPO / ".ci" / "systemd-check")], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "verify OK" in res.stdout and "Overall exposure level for barcast.service" in res.stdout
+    assert "barcast@a.service" in res.stdout and "Overall exposure level for barcast@a.service" in res.stdout
+
+
+def test_instance_template_runs_one_daemon_per_instance_id() -> None:
+    """barcast@.service: `--instance %i`, its own state, runtime and log directories, otherwise the
+    same unit (hardening included) as barcast.service."""
+    single = (REPO / "systemd" / "barcast.service").read_text()
+    template = (REPO / "systemd" / "barcast@.service").read_text()
+    assert "ExecStart=/usr/local/bin/barcast run --instance %i" in template
+    for d in ("StateDirectory", "LogsDirectory", "RuntimeDirectory"):
+        assert f"{d}=barcast/%i" in template
+    hardening = [line for line in single.splitlines() if line.startswith(("Protect", "Private", "Restrict", "System"))]
+    assert hardening and all(line in template.splitlines() for line in hardening)
 
 
 def test_shipped_unit_points_at_the_documented_binary() -> None:

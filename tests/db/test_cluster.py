@@ -66,3 +66,34 @@ def test_claims_tokens_and_fencing(any_db: Database) -> None:
     assert cluster.claim(any_db, "d1", [A, B], TTL) == {A: 3, B: 3}
     # solo mode takes leases whoever holds them
     assert cluster.claim(any_db, "d3", [A], TTL, force=True) == {A: 4}
+
+
+def _model(db: Database, model_id: str, keys: tuple[SeriesKey, ...]) -> None:
+    from db import registry
+    from db.records import ModelInfo
+
+    registry.register_model(db, ModelInfo(model_id, "linear", keys, None, None, {}, {}, None))
+
+
+def test_a_promotion_is_fenced_in_its_own_transaction(any_db: Database) -> None:
+    import pytest
+
+    from db import registry
+    from db.errors import FencedOut
+
+    cluster.heartbeat(any_db, _inst("d1"), TTL)
+    won = cluster.claim(any_db, "d1", [A, B], TTL)
+    _model(any_db, "m1", (A, B))
+    _model(any_db, "m2", (A, B))
+    registry.promote(any_db, "m1", [A, B], fence=Fence("d1", won))
+    assert registry.champions(any_db, [A, B]) == {A: "m1", B: "m1"}
+    # d1's lease of A moves on (released, then claimed by d2): d1's next promotion is refused whole
+    cluster.release(any_db, Fence("d1", won), [A])
+    assert cluster.claim(any_db, "d2", [A], TTL) == {A: 2}
+    with pytest.raises(FencedOut, match="lease of binance:BTC-USDT"):
+        registry.promote(any_db, "m2", [A, B], fence=Fence("d1", won))
+    assert registry.champions(any_db, [A, B]) == {A: "m1", B: "m1"}
+    assert cluster.REJECTED.rejected.get("promotions", 0) >= 1
+    registry.promote(any_db, "m2", [A, B], fence=Fence("d2", {A: 2}))  # the owner's goes through
+    assert registry.champions(any_db, [A, B]) == {A: "m2", B: "m2"}
+

@@ -1,7 +1,7 @@
 """climatology's pinball loss beside each probabilistic score (live probabilistic skill)
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0008
+Revises: 0007
 
 Scores written before keep NULL (they are left out of probabilistic skill, nothing else).
 """
@@ -9,8 +9,8 @@ Scores written before keep NULL (they are left out of probabilistic skill, nothi
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006"
-down_revision = "0005"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
