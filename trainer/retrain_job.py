@@ -101,14 +101,24 @@ def load_champion(database: Database, series: SeriesKey, data: DataParams) -> tu
 
 
 def prune_artifacts(database: Database, artifacts_dir: Path, keep: int) -> list[str]:
-    """Delete artifacts of all but the newest `keep` models (never a current champion's)."""
-    champions = {m.id for m in registry.list_models(database, status="champion")}
-    models = [m for m in registry.list_models(database) if m.artifact_path]
+    """Delete artifacts of retired models beyond the newest `keep` of each series.
+
+    Never one of a champion or of any live (candidate or champion) registry row, never one among
+    the newest `keep` of any series it serves, never a path outside `artifacts_dir`."""
+    models = [m for m in registry.list_models(database) if m.artifact_path]  # newest first
+    protected = {str(Path(m.artifact_path or "").resolve()) for m in models if m.status != "retired"}
+    per_series: dict[SeriesKey | None, int] = {}
     removed = []
-    for m in models[keep:]:
-        if m.id in champions:
-            continue
+    for m in models:
+        newest = False
+        keys: tuple[SeriesKey | None, ...] = m.series or (None,)
+        for key in keys:
+            seen = per_series.get(key, 0)
+            per_series[key] = seen + 1
+            newest = newest or seen < keep
         path = Path(m.artifact_path or "")
+        if newest or m.status != "retired" or str(path.resolve()) in protected:
+            continue
         if path.is_dir() and path.resolve().parent == artifacts_dir.resolve():
             shutil.rmtree(path, ignore_errors=True)
             removed.append(m.id)

@@ -21,7 +21,7 @@ from daemon.config import Config
 from daemon.live.broadcast import Broadcast
 from daemon.live.calibration import CalibrationBook
 from daemon.live.forecastlog import ForecastLog, forecast_line
-from daemon.live.inference import Job, ModelBook, ServingModel, Worker, forecast_batch
+from daemon.live.inference import Installed, Job, ModelBook, ServingModel, Worker, check_prediction, forecast_batch
 from daemon.live.scoring import DriftWatch, score
 from daemon.live.window import RollingWindow
 from db import registry
@@ -334,7 +334,8 @@ class Pipeline:
 
     # ---- models --------------------------------------------------------------------------
     def load_serving(self, group: str) -> ServingModel:
-        """The champion of a group's first series, or the persistence baseline (inference thread)."""
+        """The champion of a group's first series, checked by a test prediction, or the
+        persistence baseline (inference thread)."""
         from trainer.artifacts import load_artifact
         from trainer.retrain_job import BASELINE_ID
 
@@ -343,7 +344,9 @@ class Pipeline:
         data = self.config.data
         if info is not None and info.id != BASELINE_ID and info.artifact_path:
             model = load_artifact(info.artifact_path, window=data.window, horizon=data.horizon)
-            return ServingModel.of(info.id, model)
+            serving = ServingModel.of(info.id, model)
+            check_prediction(serving, info.artifact_path)
+            return serving
         return self.baseline()
 
     def baseline(self) -> ServingModel:
@@ -354,9 +357,13 @@ class Pipeline:
         return ServingModel.of(BASELINE_ID, build_model("persistence", self.config.model, self.config.data))
 
     async def install(self, group: str) -> ServingModel:
-        """(Re)load a group's champion and swap it in atomically. An artifact that cannot be loaded
-        (deleted, corrupt, from another window size) keeps the model already serving, or the
-        persistence baseline at start: forecasting never stops over a bad file."""
+        return (await self.reload(group)).serving
+
+    async def reload(self, group: str) -> Installed:
+        """(Re)load a group's champion and swap it in atomically, only once it loaded and made a
+        test prediction. An artifact that cannot be loaded (deleted, corrupt, from another window
+        size, predicting nonsense) keeps the model already serving, or the persistence baseline at
+        start: forecasting never stops over a bad file, and the result says what happened."""
         try:
             serving = await self.inference.run(self.load_serving, group)
         except ArtifactError as exc:
@@ -364,13 +371,14 @@ class Pipeline:
             serving = current or self.baseline()
             log.error("champion artifact unusable; serving another model", extra={
                 "group": group, "error": str(exc), "serving": serving.model_id})
-            if current is not None:
-                return current
+            if current is None:
+                self.book.swap(group, serving)
+            return Installed(group, serving, str(exc))
         old = self.book.swap(group, serving)
         if old is None or old.model_id != serving.model_id:
             log.info("model serving", extra={"group": group, "model": serving.model_id,
                                              "previous": old.model_id if old else None})
-        return serving
+        return Installed(group, serving, None)
 
     # ---- shutdown ------------------------------------------------------------------------
     async def drain(self) -> None:

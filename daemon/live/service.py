@@ -255,9 +255,15 @@ class Service:
             return {"ok": True, "status": self.status()}
         if cmd == "reload":
             assert self.pipeline is not None
-            served = [await self.pipeline.install(g) for g in self._groups_for(None)]
+            done = [await self.pipeline.reload(g) for g in self._groups_for(None)]
             self.notifier.status(self._status_line())
-            return {"ok": True, "serving": [s.model_id for s in served]}
+            failed = [d for d in done if d.error is not None]
+            answer: dict[str, Any] = {"ok": not failed, "serving": [d.serving.model_id for d in done],
+                                      "groups": [d.as_dict() for d in done]}
+            if failed:
+                answer["error"] = "; ".join(f"{d.group}: {d.error} (still serving {d.serving.model_id})"
+                                            for d in failed)
+            return answer
         if cmd == "retrain":
             if self.retrainer is None:
                 return {"ok": False, "disabled": True,
