@@ -52,3 +52,44 @@ def test_example_config_documents_every_option_and_loads(tmp_path: Path) -> None
     plain.pop("source", None)
     missing = _keys(plain) - documented
     assert not missing, f"systemd/barcast.toml.example lacks {sorted(missing)}"
+
+
+def test_documented_config_install_is_readable_by_a_dynamic_user() -> None:
+    """The README's install line for the config, run for real (into a scratch root): an
+    unprivileged uid, as `DynamicUser=` gets, can read the installed file."""
+    import re
+    import tempfile
+
+    readme = (REPO / "README.md").read_text()
+    line = re.search(r"^install -D -m (\d{4}) systemd/barcast\.toml\.example /etc/barcast/barcast\.toml", readme,
+                     re.MULTILINE)
+    assert line, "README has no install line for the config"
+    header = (REPO / "systemd" / "barcast.toml.example").read_text()
+    assert f"install -D -m {line.group(1)} systemd/barcast.toml.example" in header
+    root = Path(tempfile.mkdtemp(prefix="barcast-etc-", dir="/tmp"))
+    root.chmod(0o755)
+    target = root / "etc" / "barcast" / "barcast.toml"
+    subprocess.run(["install", "-D", "-m", line.group(1), str(REPO / "systemd" / "barcast.toml.example"),
+                    str(target)], check=True)
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: an unprivileged uid that owns nothing, like a dynamic user
+        try:
+            os.close(read_fd)
+            if os.geteuid() == 0:
+                os.setgid(61999)
+                os.setuid(61999)
+            try:
+                load_config(target, env={})
+                msg = "read"
+            except Exception as exc:
+                msg = f"error: {exc}"
+            os.write(write_fd, msg.encode())
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as fh:
+        msg = fh.read()
+    os.waitpid(pid, 0)
+    shutil.rmtree(root)
+    assert msg == "read", msg
