@@ -20,6 +20,7 @@ from daemon import metrics
 from daemon.config import Config
 from daemon.live.broadcast import Broadcast
 from daemon.live.calibration import CalibrationBook
+from daemon.live.dbretry import retrying
 from daemon.live.forecastlog import ForecastLog, forecast_line
 from daemon.live.inference import Installed, Job, ModelBook, ServingModel, Worker, check_prediction, forecast_batch
 from daemon.live.scoring import DriftWatch, score
@@ -245,7 +246,7 @@ class Pipeline:
         self.busy_since = t0
         try:
             forecasts = await self.inference.run(forecast_batch, jobs, lambda k: k.step, self.calibration)
-            new = await self.writer.run(self._store, forecasts)
+            new = await retrying(lambda: self.writer.run(self._store, forecasts), what="forecasts")
         finally:
             self.busy_since = None
         elapsed = time.monotonic() - min(j.closed_at for j in jobs)
@@ -260,7 +261,7 @@ class Pipeline:
             self.stats.forecasts += 1
             metrics.FORECASTS.labels(str(f.series), f.model_id).inc()
             self.broadcast.publish(forecast_line(f))
-        scored = await self.writer.run(self._score, [j.series for j in jobs])
+        scored = await retrying(lambda: self.writer.run(self._score, [j.series for j in jobs]), what="scores")
         self._watch(scored)
 
     def _store(self, forecasts: list[Forecast]) -> list[Forecast]:
