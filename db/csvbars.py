@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 from collections.abc import Callable, Iterable, Iterator
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -104,7 +105,7 @@ def read_bars_csv(
 def file_interval(bars: list[Bar]) -> int | None:
     """The file's own bar interval in seconds: the smallest step between consecutive rows
     (gaps only make steps longer); None for fewer than two bars."""
-    steps = (to_unix(b.open_time) - to_unix(a.open_time) for a, b in zip(bars, bars[1:], strict=False))
+    steps = (to_unix(b.open_time) - to_unix(a.open_time) for a, b in itertools.pairwise(bars))
     return min(steps, default=None)
 
 

@@ -112,7 +112,7 @@ async def run_chaos(shared_dir: Path, work: Path, db_url: str, *, kills: int, se
     children: set[int] = set()
     restart_marks: list[datetime] = []  # newest stored bar when each restarted daemon came up
     db = open_database(db_url)
-    say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if log else (lambda msg: None)  # noqa: E731
+    say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if log else (lambda msg: None)
 
     def newest_forecast() -> datetime | None:
         found = query_forecasts(db, SERIES, limit=1)

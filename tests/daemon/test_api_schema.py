@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
-from schemathesis.checks import positive_data_acceptance
 from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import positive_data_acceptance
 
 from daemon.config import ApiConfig, Config
 from daemon.feeds.randomwalk import random_walk_bars
@@ -84,7 +84,7 @@ def _counts(db: Database) -> tuple[int, ...]:
     from sqlalchemy import text
 
     with db.engine.connect() as conn:
-        return tuple(conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one()  # noqa: S608
+        return tuple(conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one()
                      for t in ("bars", "forecasts", "models", "forecast_scores"))
 
 
