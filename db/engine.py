@@ -234,7 +234,8 @@ def open_database(url: str, *, create: bool = True, upgrade: bool = False) -> Da
         engine = _shared_engine(url, create)
     except (OperationalError, SADatabaseError, sqlite3.DatabaseError) as exc:
         orig = getattr(exc, "orig", exc)
-        raise DatabaseError(f"cannot open database {url}: {orig}") from None
+        shown = normalise_url(url).render_as_string(hide_password=True)
+        raise DatabaseError(f"cannot open database {shown}: {orig}") from None
     database = Database(engine=engine, url=url)
     try:
         migrate.ensure_schema(database, create=create, allow_upgrade=upgrade)
