@@ -30,6 +30,7 @@ from db.records import Bar, SeriesKey, interval_seconds
 UpdateKind = Literal["closed", "amended", "backfilled"]
 
 _VOLUME_ADD = EXACT.add
+_ZERO = Decimal(0)
 #: The updates of a call that closed nothing (shared: never mutated).
 NO_UPDATES: list[BarUpdate] = []
 
@@ -70,13 +71,20 @@ class _Acc:
 
     __slots__ = ("close", "close_t", "count", "high", "ids", "low", "open", "open_t", "start", "volume")
 
-    def __init__(self, start: int, price: Decimal) -> None:
+    def __init__(self, start: int, price: Decimal, first: tuple[int, Decimal, object] | None = None) -> None:
+        """Flat at `price`, or holding its `first` trade (time, size, id)."""
         self.start = start
         self.open = self.high = self.low = self.close = price
-        self.volume = Decimal(0)
-        self.count = 0
-        self.open_t = self.close_t = 0
-        self.ids: set[object] = set()
+        if first is None:
+            self.volume = _ZERO
+            self.count = 0
+            self.open_t = self.close_t = 0
+            self.ids: set[object] = set()
+        else:
+            t, self.volume, tid = first
+            self.count = 1
+            self.open_t = self.close_t = t
+            self.ids = set() if tid is None else {tid}
 
     def add(self, t: int, price: Decimal, size: Decimal, tid: object) -> bool:
         """Add a trade; False when its id was already counted in this bar."""
@@ -122,14 +130,17 @@ class Aggregator:
         self.grace_us = us(grace_s)
         self.allowance_us = us(late_allowance_s)
         self.stats = AggregatorStats()
-        self._suspended = False
+        #: interrupted and not resumed: trades are counted as unobserved, nothing closes
+        self.suspended = False
         self._cursor: int | None = None  # open time of the earliest bar not yet closed
         self._acc: _Acc | None = None  # the bar at the cursor, once it has a trade
         self._last_close: Decimal | None = None
         self._closed: OrderedDict[int, _Acc] = OrderedDict()
         self._watermark = 0
+        #: end (µs) of the newest bar closed so far
+        self.closed_until_us: int | None = None
         #: the clock must reach this before `advance` closes anything (cursor + step + grace)
-        self._next_close = 0
+        self.next_close_us = 0
 
     # --- state ---------------------------------------------------------------------------------
     @property
@@ -141,15 +152,6 @@ class Aggregator:
     def last_close(self) -> Decimal | None:
         return self._last_close
 
-    @property
-    def next_close_us(self) -> int:
-        """The clock must reach this before `advance` can close anything."""
-        return self._next_close
-
-    @property
-    def suspended(self) -> bool:
-        return self._suspended
-
     def floor(self, t_us: int) -> int:
         return t_us - t_us % self.step_us
 
@@ -159,14 +161,14 @@ class Aggregator:
     def interrupt(self) -> None:
         """The stream broke: the bar in progress is partial, so it is dropped, not closed."""
         self._acc = None
-        self._suspended = True
+        self.suspended = True
 
     def resume(self, observed_from_us: int, last_close: Decimal | None = None) -> None:
         """The stream is complete from `observed_from_us` on; bars start at the next boundary.
 
         `last_close` (from stored or backfilled bars) seeds flat bars until the first trade.
         """
-        self._suspended = False
+        self.suspended = False
         self._acc = None
         self._set_cursor(self.ceil(observed_from_us))
         if last_close is not None:
@@ -187,13 +189,19 @@ class Aggregator:
 
     def add_row(self, t: int, price: Decimal, size: Decimal, tid: object) -> list[BarUpdate]:
         """The hot path of `add`: a trade's fields, no record. Duplicate ids are per bar."""
-        self.stats.trades += 1
-        if self._suspended:
-            self.stats.unobserved += 1
+        stats = self.stats
+        stats.trades += 1
+        if self.suspended:
+            stats.unobserved += 1
             return NO_UPDATES
         if t > self._watermark:
             self._watermark = t
         start = t - t % self.step_us
+        acc = self._acc
+        if start == self._cursor and acc is not None:  # the bar in progress: most trades end here
+            if not acc.add(t, price, size, tid):
+                stats.duplicates += 1
+            return NO_UPDATES
         updates = NO_UPDATES
         if start != self._cursor:
             if self._cursor is None:
@@ -204,9 +212,9 @@ class Aggregator:
                 updates = self._close_through(start)
         acc = self._acc
         if acc is None:
-            acc = self._acc = _Acc(start, price)
-        if not acc.add(t, price, size, tid):
-            self.stats.duplicates += 1
+            self._acc = _Acc(start, price, (t, size, tid))
+        elif not acc.add(t, price, size, tid):
+            stats.duplicates += 1
         return updates
 
     def add_many(self, trades: list[Trade] | tuple[Trade, ...]) -> list[BarUpdate]:
@@ -220,7 +228,7 @@ class Aggregator:
         """The exchange clock reads `now_us`: close every bar whose end + grace has passed."""
         if now_us > self._watermark:
             self._watermark = now_us
-        if now_us < self._next_close or self._suspended or self._cursor is None:
+        if now_us < self.next_close_us or self.suspended or self._cursor is None:
             return NO_UPDATES
         target = self.floor(now_us - self.grace_us)
         if target <= self._cursor:
@@ -230,20 +238,27 @@ class Aggregator:
     def finish(self) -> list[BarUpdate]:
         """End of input (a replay, a capture, a simulator run that is over): close the bar in
         progress, as its interval will see no more trades. Nothing closes while suspended."""
-        if self._suspended or self._cursor is None or self._acc is None:
+        if self.suspended or self._cursor is None or self._acc is None:
             return NO_UPDATES
         return self._close_through(self._cursor + self.step_us)
 
     def _set_cursor(self, cursor: int) -> None:
         self._cursor = cursor
-        self._next_close = cursor + self.step_us + self.grace_us
+        self.next_close_us = cursor + self.step_us + self.grace_us
 
     # --- internals -----------------------------------------------------------------------------
     def _close_through(self, target: int) -> list[BarUpdate]:
         """Close all bars opening before `target` (the cursor moves to `target`)."""
         assert self._cursor is not None
-        out: list[BarUpdate] = []
         step = self.step_us
+        acc = self._acc
+        if acc is not None and target - self._cursor == step:  # the usual case: one bar, with trades
+            out = [self._close(acc)]
+            self._acc = None
+            self._set_cursor(target)
+            self._prune()
+            return out
+        out = []
         if (target - self._cursor) // step > MAX_FLAT_FILL:
             if self._acc is not None:
                 out.append(self._close(self._acc))
@@ -270,6 +285,7 @@ class Aggregator:
         self.stats.bars_closed += 1
         self._last_close = acc.close
         self._closed[acc.start] = acc
+        self.closed_until_us = acc.start + self.step_us
         return BarUpdate(self._bar(acc), "closed")
 
     def _prune(self) -> None:

@@ -42,6 +42,9 @@ LIVE_PINBALL = Gauge("barcast_live_pinball", "Rolling live pinball loss, mean ov
 LIVE_COVERAGE = Gauge("barcast_live_coverage",
                       "Fraction of realised closes inside the served central interval [lowest, highest quantile]",
                       ["series", "model", "step"], registry=REGISTRY)
+LIVE_PROB_SKILL = Gauge("barcast_live_prob_skill",
+                        "Rolling live probabilistic skill: 1 - pinball / climatology's pinball on the same bars",
+                        ["series", "model", "step"], registry=REGISTRY)
 DRIFT_FLAG = Gauge("barcast_model_drifting", "1 while a model's live error is above persistence by the margin",
                    ["series", "model"], registry=REGISTRY)
 CHAMPION_AGE = Gauge("barcast_champion_age_seconds", "Age of the serving model", ["series", "model"],

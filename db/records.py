@@ -199,6 +199,8 @@ class ForecastScore:
     pinball: tuple[float, ...] | None = None
     inside: bool | None = None
     width: float | None = None
+    #: Mean pinball loss of climatology's fan on the same step (None without a reference).
+    climatology_pinball: float | None = None
 
     @property
     def pinball_mean(self) -> float | None:

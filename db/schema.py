@@ -132,6 +132,8 @@ forecast_scores = Table(
     Column("pinball_mean", Float(53), nullable=True),  # mean over the levels (WIS = 2x)
     Column("inside", Boolean(), nullable=True),  # actual within [lowest, highest] quantile
     Column("width", Float(53), nullable=True),  # highest - lowest quantile
+    # climatology's mean pinball on the same bar (the reference of probabilistic skill)
+    Column("climatology_pinball", Float(53), nullable=True),
     ForeignKeyConstraint(
         ["exchange", "symbol", "interval", "issued_at", "model_id", "step"],
         [

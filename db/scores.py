@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Float, Integer, and_, cast, func, select
+from sqlalchemy import Float, Integer, and_, case, cast, func, select
 
 from db.calibration import save_states
 from db.cluster import Fence, lease_filter
@@ -50,6 +50,7 @@ def insert_scores(
             "pinball_mean": s.pinball_mean,
             "inside": s.inside,
             "width": s.width,
+            "climatology_pinball": s.climatology_pinball,
         }
         for s in scores
     ]
@@ -135,8 +136,9 @@ def unscored_steps(
 class StepAccuracy:
     """Live scores of one (series, model, step). The probabilistic ones are over the `n_quantile`
     scored steps that had quantiles (None when none had): mean pinball loss over the levels, the
-    fraction of actuals inside [lowest, highest] quantile, the mean width of that interval, and
-    (with `per_level`) the mean pinball loss per level, keyed by the level."""
+    fraction of actuals inside [lowest, highest] quantile, the mean width of that interval,
+    (with `per_level`) the mean pinball loss per level, keyed by the level, and probabilistic
+    skill 1 - pinball / climatology's pinball over the steps that were scored against both."""
 
     series: SeriesKey
     model_id: str
@@ -149,6 +151,7 @@ class StepAccuracy:
     coverage: float | None = None
     width: float | None = None
     pinball: dict[float, float] | None = None
+    prob_skill: float | None = None
 
 
 def accuracy(
@@ -179,6 +182,9 @@ def accuracy(
             func.count(), func.avg(func.abs(s.c.error)), func.avg(func.abs(s.c.persistence_error)),
             func.count(s.c.pinball_mean), func.avg(s.c.pinball_mean),
             func.avg(cast(cast(s.c.inside, Integer), Float)), func.avg(s.c.width),
+            # probabilistic skill: both losses over the same steps (scores with a reference)
+            func.sum(case((s.c.climatology_pinball.is_not(None), s.c.pinball_mean))),
+            func.sum(s.c.climatology_pinball),
         )
         .where(where)
         .group_by(*group)
@@ -191,10 +197,13 @@ def accuracy(
     def opt(v: Any) -> float | None:
         return None if v is None else float(v)
 
+    def skill(model: Any, reference: Any) -> float | None:
+        return None if model is None or not reference else 1.0 - float(model) / float(reference)
+
     return [
         StepAccuracy(
             SeriesKey(r[0], r[1], r[2]), r[3], int(r[4]), int(r[5]), float(r[6]), float(r[7]),
-            int(r[8]), opt(r[9]), opt(r[10]), opt(r[11]), levels.get(tuple(r[:5])),
+            int(r[8]), opt(r[9]), opt(r[10]), opt(r[11]), levels.get(tuple(r[:5])), skill(r[12], r[13]),
         )
         for r in rows
     ]

@@ -59,3 +59,27 @@ class Climatology(Persistence):
     """The last close and the training split's unconditional k-step log-return quantiles."""
 
     scaled_spread = False
+
+
+def horizon_log_returns(times: np.ndarray, closes: np.ndarray, horizon: int, step_s: int) -> list[np.ndarray]:
+    """The k-step log-returns (k = 1..horizon) of a bar series, only over spans without a
+    missing bar: one array per k (what climatology's fan is made of)."""
+    t = np.asarray(times, dtype=np.int64)
+    lc = np.log(np.asarray(closes, dtype=np.float64))
+    out = []
+    for k in range(1, horizon + 1):
+        ok = t[k:] - t[:-k] == k * step_s if len(t) > k else np.zeros(0, dtype=bool)
+        out.append((lc[k:] - lc[:-k])[ok] if len(t) > k else np.zeros(0))
+    return out
+
+
+def climatology_quantiles(
+    times: np.ndarray, closes: np.ndarray, horizon: int, step_s: int, levels: tuple[float, ...]
+) -> np.ndarray | None:
+    """(horizon, levels) unconditional empirical quantiles of the k-step log-returns of a bar
+    series: climatology's fan without a model, e.g. the daemon's live reference for
+    probabilistic skill. None when some step has no gap-free span."""
+    rets = horizon_log_returns(times, closes, horizon, step_s)
+    if any(len(r) == 0 for r in rets):
+        return None
+    return np.stack([np.quantile(r, levels) for r in rets])

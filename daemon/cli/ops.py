@@ -156,7 +156,7 @@ def _window(app: AppContext, text: str, series: SeriesKey | None, model_id: str 
 
 ACCURACY_COLUMNS = [
     "series", "model_id", "step", "horizon_minutes", "n", "mae", "persistence_mae", "skill",
-    "n_quantile", "pinball_mean", "wis", "coverage", "nominal_coverage", "width",
+    "n_quantile", "pinball_mean", "wis", "coverage", "nominal_coverage", "width", "prob_skill",
 ]
 
 
@@ -183,7 +183,8 @@ def _accuracy_row(d: reports.AccuracyDoc) -> dict[str, Any]:
 def accuracy_cmd(app: AppContext, series: tuple[list[SeriesKey], ...], model_id: str | None, window: str,
                  fmt: str) -> None:
     """Live MAE per step against persistence on the same bars, and the quantile scores (pinball
-    per level, WIS, central-interval coverage and width), from the online scores."""
+    per level, WIS, central-interval coverage and width, probabilistic skill against climatology),
+    from the online scores."""
     keys = flat_series(series)
     require_known_series(app, keys)
     require_model(app, model_id)
@@ -209,11 +210,12 @@ def accuracy_cmd(app: AppContext, series: tuple[list[SeriesKey], ...], model_id:
                    for k, v in _accuracy_row(d).items()}
             row.update(mae=num(d["mae"]), persistence_mae=num(d["persistence_mae"]),
                        skill=None if d["skill"] is None else f"{100 * d['skill']:+.1f}%",
+                       prob_skill=None if d["prob_skill"] is None else f"{100 * d['prob_skill']:+.1f}%",
                        coverage=num(d["coverage"], ".3f"), nominal_coverage=num(d["nominal_coverage"], ".2f"))
             rows.append(row)
         emit_rows(rows, columns, "table",
                   title=f"live accuracy, window {window} (skill > 0 beats persistence; coverage of the central "
-                        "interval beside its nominal value)")
+                        "interval beside its nominal value; prob_skill > 0 beats climatology's fan)")
         return
     emit_rows([_accuracy_row(d) for d in docs], columns, "csv")
 

@@ -5,8 +5,13 @@ into `Candle`s, and (for the simulator) renders the same messages back. The conn
 backfill and simulator shells do the I/O; because the simulator speaks through the same module
 that parses, parser and simulator cannot drift apart.
 
-Records live in `records`, field conversion in `fields`, symbol spelling in `symbols`; the names
-are re-exported here so an exchange module imports its whole toolkit from one place.
+Records live in `records`, field conversion in `fields`, symbol spelling in `symbols`, the fast
+path's typed schemas in `schema`; the names are re-exported here so an exchange module imports
+its whole toolkit from one place.
+
+Two parsers per exchange, one answer: `fast_scan` (msgspec schemas of the frames that carry the
+traffic) settles what it recognises exactly, and hands everything else to `scan` (orjson, every
+rule and reason). `scan_safe` is the one entry: fast, else full, never raising.
 
 Work per frame is bounded: a frame over `max_frame_bytes` is rejected before it is decoded, a
 frame with more than `max_trades` trades is rejected, numbers longer than `fields.MAX_TEXT` are
@@ -39,6 +44,7 @@ from daemon.feeds.records import (
     ACK,
     HEARTBEAT,
     MESSAGE_KINDS,
+    NO_ROWS,
     OTHER,
     TRADES,
     BadMessage,
@@ -66,8 +72,6 @@ __all__ = [
 
 log = logging.getLogger("barcast.feeds")
 
-#: The rows of a frame without trades (shared: never mutated).
-NO_ROWS: list[Row] = []
 BAD_JSON = malformed("bad_json")
 
 
@@ -194,8 +198,27 @@ class ExchangeProtocol(ABC):
 
         May raise BadMessage (and anything a garbled message provokes); `scan_safe` catches."""
 
+    def fast_scan(self, text: str) -> tuple[ParseResult, list[Row]] | None:
+        """The hot path for the frames that dominate a feed (trades, book updates), decoded by a
+        typed schema (msgspec) that builds only the fields a trade needs; None (or any exception)
+        hands the frame to `scan`. It may only settle a frame the way `scan` would: same kind,
+        same rows; every doubt (an unknown key, an unusual type, an invalid field) is `scan`'s."""
+        return None
+
     def scan_safe(self, text: str | bytes) -> tuple[ParseResult, list[Row]]:
-        """`scan` that never raises: garbage, oversize frames and hostile numbers are a reason."""
+        """`fast_scan`, else `scan`; never raises: garbage, oversize frames and hostile numbers are a reason."""
+        # bytes (binary frames) may hold invalid UTF-8 that only orjson judges
+        if type(text) is str and len(text) <= self.max_frame_bytes:
+            try:
+                hit = self.fast_scan(text)
+            except Exception:  # whatever the schema refuses is the full path's to judge
+                hit = None
+            if hit is not None:
+                return hit
+        return self.scan_full(text)
+
+    def scan_full(self, text: str | bytes) -> tuple[ParseResult, list[Row]]:
+        """`scan` that never raises (the reference the fast path must agree with)."""
         if len(text) > self.max_frame_bytes:
             return malformed("frame_too_large"), NO_ROWS
         try:

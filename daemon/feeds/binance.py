@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
 import orjson
 
 from daemon.feeds.base import (
@@ -35,12 +36,63 @@ from daemon.feeds.base import (
     malformed,
     number_text,
 )
-from daemon.feeds.fields import US_PER_MS, price_text, size_text, us_from_ms
+from daemon.feeds.fields import US_PER_MS, price_text, size_text, trade_id_ok, us_from_ms
+from daemon.feeds.schema import decoder, ignored, results, union
 
 _INTERVALS = {60: "1m", 300: "5m", 900: "15m", 3600: "1h"}
 _INTERVAL_S = {v: k for k, v in _INTERVALS.items()}
 _OTHER_EVENTS = frozenset(
     {"depthUpdate", "kline", "24hrTicker", "24hrMiniTicker", "avgPrice", "1hTicker", "4hTicker", "1dTicker"}
+)
+
+
+
+
+# --- the fast path's schema: the trade events in full (an unknown key is `scan`'s), the events
+# ignored by their tag alone
+class _TradeFields(msgspec.Struct, tag_field="e", forbid_unknown_fields=True, kw_only=True):
+    s: str
+    p: str
+    q: str
+    T: int
+    m: bool
+    E: int | None = None
+    M: bool | None = None
+
+
+class _Trade(_TradeFields, tag="trade", kw_only=True):
+    t: int
+    b: int | None = None  # buyer/seller order ids (older streams)
+    a: int | None = None
+
+
+class _AggTrade(_TradeFields, tag="aggTrade", kw_only=True):
+    a: int
+    f: int | None = None
+    l: int | None = None  # noqa: E741 - Binance's key
+
+
+class _BookTicker(msgspec.Struct, forbid_unknown_fields=True):
+    """The one frequent frame without an event type (so without "e", "result", "code", "error")."""
+
+    u: int
+    s: str
+    b: str
+    B: str
+    a: str
+    A: str
+
+
+_IGNORED = ignored("e", _OTHER_EVENTS)
+_OTHER_RESULTS = results(_IGNORED, OTHER)
+_EVENTS = (_Trade, _AggTrade, *_IGNORED)
+_DECODE_RAW = decoder(*_EVENTS)
+_DECODE_COMBINED = decoder(
+    msgspec.defstruct("_Combined", [("stream", str), ("data", union(*_EVENTS))], forbid_unknown_fields=True)
+)
+_DECODE_BOOK = decoder(_BookTicker)
+_DECODE_COMBINED_BOOK = decoder(
+    msgspec.defstruct("_CombinedBook", [("stream", str), ("data", _BookTicker)], forbid_unknown_fields=True)
 )
 
 
@@ -57,6 +109,28 @@ class Binance(ExchangeProtocol):
     def subscribe_messages(self, natives: Sequence[str]) -> list[str]:
         params = [f"{n.lower()}@trade" for n in natives]
         return [orjson.dumps({"method": "SUBSCRIBE", "params": params, "id": 1}).decode()]
+
+    def fast_scan(self, text: str) -> tuple[ParseResult, list[Row]] | None:
+        if text.startswith('{"stream"'):
+            if text.find('@bookTicker"', 10, 60) > 0:
+                _DECODE_COMBINED_BOOK(text)
+                return OTHER, NO_ROWS
+            msg = _DECODE_COMBINED(text).data
+        elif text.startswith('{"u"'):
+            _DECODE_BOOK(text)
+            return OTHER, NO_ROWS
+        else:
+            msg = _DECODE_RAW(text)
+        kind = type(msg)
+        if kind is _Trade or kind is _AggTrade:
+            tid = msg.t if kind is _Trade else msg.a
+            t = us_from_ms(msg.T)
+            p = price_text(msg.p)
+            q = size_text(msg.q)
+            if t is None or p is None or q is None or not trade_id_ok(tid):
+                return None
+            return TRADES, [(msg.s, tid, t, p, q, "sell" if msg.m else "buy")]
+        return _OTHER_RESULTS.get(kind)
 
     def scan(self, text: str | bytes) -> tuple[ParseResult, list[Row]]:
         try:

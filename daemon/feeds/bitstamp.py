@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
 import orjson
 
 from daemon.feeds.base import (
@@ -37,8 +38,37 @@ from daemon.feeds.base import (
     size,
 )
 from daemon.feeds.fields import integer, price_text, seconds, size_text, trade_id_ok, us, us_from_us
+from daemon.feeds.schema import decoder, ignored, results
 
 _PREFIX = "live_trades_"
+_SIDE = ("buy", "sell")  # by `type`
+
+
+# --- the fast path's schema (see schema.py): trades in full, the rest by event
+class _Data(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    id: int | str
+    amount_str: str
+    price_str: str
+    type: int
+    microtimestamp: str | int
+    timestamp: str | int | None = None
+    amount: float | None = None
+    price: float | None = None
+    buy_order_id: int | None = None
+    sell_order_id: int | None = None
+
+
+class _Trade(msgspec.Struct, tag_field="event", tag="trade", forbid_unknown_fields=True):
+    channel: str
+    data: _Data
+
+
+_RESULTS = {
+    **results(ignored("event", ["bts:heartbeat"]), HEARTBEAT),
+    **results(ignored("event", ["bts:subscription_succeeded", "bts:unsubscription_succeeded"]), ACK),
+    **results(ignored("event", ["data", "order_created", "order_changed", "order_deleted"]), OTHER),
+}
+_DECODE = decoder(_Trade, *_RESULTS)
 
 
 class Bitstamp(ExchangeProtocol):
@@ -61,6 +91,21 @@ class Bitstamp(ExchangeProtocol):
 
     def expected_acks(self, natives: Sequence[str]) -> int:
         return len(natives)  # one acknowledgement per symbol
+
+    def fast_scan(self, text: str) -> tuple[ParseResult, list[Row]] | None:
+        msg = _DECODE(text)
+        if type(msg) is not _Trade:
+            return _RESULTS[type(msg)]
+        channel, d = msg.channel, msg.data
+        t = us_from_us(d.microtimestamp)
+        p = price_text(d.price_str)
+        q = size_text(d.amount_str)
+        side = d.type
+        if t is None or p is None or q is None or not 0 <= side <= 1 or not trade_id_ok(d.id):
+            return None
+        if not channel.startswith(_PREFIX):
+            return None
+        return TRADES, [(channel[len(_PREFIX) :], d.id, t, p, q, _SIDE[side])]
 
     def scan(self, text: str | bytes) -> tuple[ParseResult, list[Row]]:
         try:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
+import msgspec
 import orjson
 
 from daemon.feeds.base import (
@@ -39,6 +40,7 @@ from daemon.feeds.base import (
     number_text,
 )
 from daemon.feeds.fields import US_PER_S, price_text, seconds, size_text, trade_id_ok, us_from_iso
+from daemon.feeds.schema import decoder, ignored, results
 
 _OTHER_TYPES = frozenset(
     {
@@ -59,6 +61,37 @@ _OTHER_TYPES = frozenset(
     }
 )
 _GRANULARITIES = frozenset({60, 300, 900, 3600, 21600, 86400})
+_TAKER = {"sell": "buy", "buy": "sell"}  # maker side -> taker side
+
+
+# --- the fast path's schema (see schema.py): trades in full, the rest by their type alone
+class _Match(msgspec.Struct, tag_field="type", tag="match", forbid_unknown_fields=True, kw_only=True):
+    trade_id: int | str
+    side: str
+    size: str
+    price: str
+    product_id: str
+    time: str
+    maker_order_id: str | None = None
+    taker_order_id: str | None = None
+    sequence: int | None = None
+
+
+class _LastMatch(_Match, tag="last_match"):
+    pass
+
+
+class _Heartbeat(msgspec.Struct, tag_field="type", tag="heartbeat", forbid_unknown_fields=True, kw_only=True):
+    time: str | None = None
+    sequence: int | None = None
+    last_trade_id: int | None = None
+    product_id: str | None = None
+
+
+_OTHERS = ignored("type", _OTHER_TYPES)
+_ACKS = ignored("type", ["subscriptions"])
+_RESULTS = {**results(_OTHERS, OTHER), **results(_ACKS, ACK)}
+_DECODE = decoder(_Match, _LastMatch, _Heartbeat, *_OTHERS, *_ACKS)
 
 
 class Coinbase(ExchangeProtocol):
@@ -75,6 +108,25 @@ class Coinbase(ExchangeProtocol):
     def subscribe_messages(self, natives: Sequence[str]) -> list[str]:
         doc = {"type": "subscribe", "product_ids": list(natives), "channels": ["matches", "heartbeat"]}
         return [orjson.dumps(doc).decode()]
+
+    def fast_scan(self, text: str) -> tuple[ParseResult, list[Row]] | None:
+        msg = _DECODE(text)
+        kind = type(msg)
+        if kind is _Match or kind is _LastMatch:
+            side = _TAKER.get(msg.side)
+            t = us_from_iso(msg.time)
+            p = price_text(msg.price)
+            q = size_text(msg.size)
+            tid = msg.trade_id
+            if side is None or t is None or p is None or q is None or not trade_id_ok(tid):
+                return None
+            return TRADES, [(msg.product_id, tid, t, p, q, side)]
+        if kind is _Heartbeat:
+            if msg.time is None:
+                return HEARTBEAT, NO_ROWS
+            t = us_from_iso(msg.time)
+            return None if t is None else (ParseResult("heartbeat", time_us=t), NO_ROWS)
+        return _RESULTS.get(kind)
 
     def scan(self, text: str | bytes) -> tuple[ParseResult, list[Row]]:
         try:

@@ -1,9 +1,10 @@
 """Kraken: websocket v2 `trade` channel (v1 trade arrays parse too), `/0/public/OHLC`.
 
-v2 sends prices and quantities as JSON *numbers*, so trade messages are parsed from their text
-with `json.loads(parse_float=Decimal)`: the Decimal is built from the digits the exchange sent.
-Everything else goes through orjson. v1 trade arrays carry strings and no trade id. Kraken calls
-bitcoin XBT in v1 and REST; symbols are normalised to BTC.
+v2 sends prices and quantities as JSON *numbers*, so the Decimal is built from the digits the
+exchange sent, never through a float: the fast path takes each number's raw text (msgspec `Raw`);
+the full parser finds the texts in the frame (or re-reads it with `json.loads(parse_float=
+Decimal)`). v1 trade arrays carry strings and no trade id. Kraken calls bitcoin XBT in v1 and
+REST; symbols are normalised to BTC.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
 import orjson
 
 from daemon.feeds.base import (
@@ -42,7 +44,8 @@ from daemon.feeds.base import (
     number_text,
     split_concat,
 )
-from daemon.feeds.fields import price_text, size_text, trade_id_ok, us_from_iso, us_from_seconds
+from daemon.feeds.fields import is_plain, price_text, size_text, trade_id_ok, us_from_iso, us_from_seconds
+from daemon.feeds.schema import decoder, ignored, results
 
 _ALIASES = {"XBT": "BTC", "XDG": "DOGE"}
 _REST_ALIASES = {"BTC": "XBT", "DOGE": "XDG"}
@@ -51,6 +54,51 @@ _OTHER_CHANNELS = frozenset({"status", "book", "ticker", "ohlc", "instrument", "
 _V1_OTHER_EVENTS = frozenset({"systemStatus", "pong"})
 #: v2 trade numbers as the exchange wrote them (orjson gives floats; the text is the exact value)
 _NUMBER_FIELD = re.compile(r'"(price|qty)":(-?[0-9][0-9.eE+-]{0,39})[,}\s]', re.ASCII)
+
+
+_SIDES: dict[Any, Side] = {"buy": "buy", "b": "buy", "sell": "sell", "s": "sell"}
+
+
+# --- the fast path's schema (see schema.py). v2 frames by channel; v1 events by event, with none
+# of the keys the full parser looks at first; v1 trade arrays by shape. v2 numbers are taken raw
+# (their exact text), and only in plain digits-and-point form.
+class _V2Row(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    symbol: str
+    side: str
+    price: msgspec.Raw
+    qty: msgspec.Raw
+    timestamp: str
+    ord_type: str | None = None
+    trade_id: int | None = None
+
+
+class _V2Trade(msgspec.Struct, tag_field="channel", tag="trade", forbid_unknown_fields=True):
+    data: list[_V2Row]
+    type: str | None = None
+
+
+class _V1Status(msgspec.Struct, tag_field="event", tag="subscriptionStatus", kw_only=True):
+    status: str | None = None
+    channel: None = None
+    method: None = None
+
+
+_V2_RESULTS = {
+    **results(ignored("channel", ["heartbeat"]), HEARTBEAT),
+    **results(ignored("channel", _OTHER_CHANNELS), OTHER),
+}
+_V1_RESULTS = {
+    **results(ignored("event", ["heartbeat"], absent=["channel", "method"]), HEARTBEAT),
+    **results(ignored("event", _V1_OTHER_EVENTS, absent=["channel", "method"]), OTHER),
+}
+_DECODE_V2 = decoder(_V2Trade, *_V2_RESULTS)
+_DECODE_V1 = decoder(_V1Status, *_V1_RESULTS)
+_DECODE_V1_TRADES = decoder(tuple[int, list[tuple[str, str, str, str, str, str]], str, str])
+
+
+def _raw_number(raw: msgspec.Raw) -> str | None:
+    text = str(raw, "ascii")
+    return text if is_plain(text) else None
 
 
 def _side(v: Any) -> Side:
@@ -81,6 +129,51 @@ class Kraken(ExchangeProtocol):
 
     def expected_acks(self, natives: Sequence[str]) -> int:
         return len(natives)  # one acknowledgement per symbol
+
+    def fast_scan(self, text: str) -> tuple[ParseResult, list[Row]] | None:
+        if text.startswith('{"channel"'):
+            msg = _DECODE_V2(text)
+            if type(msg) is not _V2Trade:
+                return _V2_RESULTS[type(msg)]
+            return self._fast_v2(msg.data)
+        if text.startswith("{") and '"event"' in text:
+            msg = _DECODE_V1(text)
+            if type(msg) is _V1Status:
+                return (ACK, NO_ROWS) if msg.status in ("subscribed", "unsubscribed") else None
+            return _V1_RESULTS[type(msg)]
+        if text.startswith("["):
+            _channel, rows, name, native = _DECODE_V1_TRADES(text)
+            if name != "trade" or not rows or len(rows) > self.max_trades:
+                return None
+            v1: list[Row] = []
+            for r in rows:
+                t = us_from_seconds(r[2])
+                p = price_text(r[0])
+                q = size_text(r[1])
+                side = _SIDES.get(r[3])
+                if t is None or p is None or q is None or side is None:
+                    return None
+                v1.append((native, None, t, p, q, side))
+            return TRADES, v1
+        return None
+
+    def _fast_v2(self, data: list[_V2Row]) -> tuple[ParseResult, list[Row]] | None:
+        if not data or len(data) > self.max_trades:
+            return None
+        out: list[Row] = []
+        for d in data:
+            pv, qv = _raw_number(d.price), _raw_number(d.qty)
+            t = us_from_iso(d.timestamp)
+            side = _SIDES.get(d.side)
+            tid = d.trade_id
+            if pv is None or qv is None or t is None or side is None or (tid is not None and not trade_id_ok(tid)):
+                return None
+            p = price_text(pv)
+            q = size_text(qv)
+            if p is None or q is None:
+                return None
+            out.append((d.symbol, tid, t, p, q, side))
+        return TRADES, out
 
     def scan(self, text: str | bytes) -> tuple[ParseResult, list[Row]]:
         try:

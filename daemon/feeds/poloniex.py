@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
 import orjson
 
 from daemon.feeds.base import (
@@ -36,10 +37,33 @@ from daemon.feeds.base import (
     number_text,
 )
 from daemon.feeds.fields import US_PER_MS, price_text, size_text, trade_id_ok, us_from_ms
+from daemon.feeds.schema import decoder, ignored, results
 
 _INTERVALS = {60: "MINUTE_1", 300: "MINUTE_5", 900: "MINUTE_15", 3600: "HOUR_1"}
 _INTERVAL_S = {v: k for k, v in _INTERVALS.items()}
 _OTHER_CHANNELS = frozenset({"book", "book_lv2", "ticker", "candles_minute_1", "candles_minute_5", "auth"})
+_SIDES = frozenset({"buy", "sell"})
+
+
+# --- the fast path's schema (see schema.py): trades in full, the rest by channel (no event key)
+class _Row(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    symbol: str
+    quantity: str
+    takerSide: str
+    createTime: int
+    price: str
+    id: int | str
+    amount: str | None = None
+    ts: int | None = None
+
+
+class _Trades(msgspec.Struct, tag_field="channel", tag="trades", forbid_unknown_fields=True):
+    data: list[_Row]
+    event: None = None
+
+
+_OTHERS = results(ignored("channel", _OTHER_CHANNELS, absent=["event"]), OTHER)
+_DECODE = decoder(_Trades, *_OTHERS)
 
 
 class Poloniex(ExchangeProtocol):
@@ -58,6 +82,23 @@ class Poloniex(ExchangeProtocol):
 
     def client_heartbeat(self) -> str | None:
         return '{"event":"ping"}'
+
+    def fast_scan(self, text: str) -> tuple[ParseResult, list[Row]] | None:
+        msg = _DECODE(text)
+        if type(msg) is not _Trades:
+            return _OTHERS[type(msg)]
+        data = msg.data
+        if not data or len(data) > self.max_trades:
+            return None
+        out: list[Row] = []
+        for d in data:
+            t = us_from_ms(d.createTime)
+            p = price_text(d.price)
+            q = size_text(d.quantity)
+            if t is None or p is None or q is None or d.takerSide not in _SIDES or not trade_id_ok(d.id):
+                return None
+            out.append((d.symbol, d.id, t, p, q, d.takerSide))
+        return TRADES, out
 
     def scan(self, text: str | bytes) -> tuple[ParseResult, list[Row]]:
         try:

@@ -59,6 +59,8 @@ class Trade:
 #: A plain tuple, so a frame's trades cost one small allocation each; `Trade` is built only
 #: where a rich record is wanted (`barcast parse`, tests).
 Row = tuple[str, Any, int, Decimal, Decimal, str | None]
+#: The rows of a frame without trades (shared: never mutated).
+NO_ROWS: list[Row] = []
 
 
 @dataclass(frozen=True, slots=True)

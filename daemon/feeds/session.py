@@ -43,7 +43,7 @@ from enum import Enum
 from typing import Any
 
 from daemon.bars import Aggregator, BarUpdate
-from daemon.feeds.base import ExchangeProtocol, ParseResult, Row
+from daemon.feeds.base import MESSAGE_KINDS, ExchangeProtocol, ParseResult, Row
 from daemon.feeds.fields import us, us_from_clock, us_from_datetime
 from db.records import Bar, SeriesKey, interval_seconds
 
@@ -51,6 +51,8 @@ from db.records import Bar, SeriesKey, interval_seconds
 MIN_HISTORY_BARS = 256
 #: Without acknowledgements for this long after connecting, treat the subscription as live.
 ACK_TIMEOUT_S = 10.0
+#: A clock reading beyond any bar close (no aggregator is live).
+_NEVER = 1 << 62
 #: Malformed frames logged per reason before logging only every 1000th.
 LOG_FIRST = 5
 
@@ -115,7 +117,8 @@ NO_ACTIONS: list[Action] = []
 class FeedStats:
     """Counters of one exchange feed (the shell exports them as Prometheus metrics)."""
 
-    messages: Counter[str] = field(default_factory=Counter)
+    #: frames per kind (a plain dict of every kind: the per-frame count is the cheapest there is)
+    messages: dict[str, int] = field(default_factory=lambda: dict.fromkeys(MESSAGE_KINDS, 0))
     malformed: Counter[str] = field(default_factory=Counter)
     trades: int = 0
     unknown_symbol: int = 0
@@ -127,7 +130,7 @@ class FeedStats:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "messages": dict(self.messages),
+            "messages": {k: n for k, n in self.messages.items() if n},
             "malformed": dict(self.malformed),
             "trades": self.trades,
             "unknown_symbol": self.unknown_symbol,
@@ -201,6 +204,11 @@ class FeedSession:
             self.series.append(s)
             self.by_native.setdefault(native, []).append(s)
         self.natives = list(self.by_native)
+        self._scan = protocol.scan_safe
+        #: no aggregator can close a bar before this clock reading: a lower bound of their
+        #: `next_close_us` (they only grow, except on `resume`, which resets it)
+        self._close_floor_us = 0
+        self._kinds = self.stats.messages
         self._grace_us = us(options.grace_s)
         self._future_us = us(options.max_future_s)
         self._acks_needed = 0
@@ -256,17 +264,17 @@ class FeedSession:
     # --- frames ---------------------------------------------------------------------------------
     def message(self, text: str | bytes, received: float, mono: float) -> list[Action]:
         """One received frame: the hot path (parse once, rows straight into the aggregators)."""
-        res, rows = self.protocol.scan_safe(text)
+        res, rows = self._scan(text)
         self._last_frame = received
         self._last_frame_mono = self.last_message_mono = mono
-        st = self.stats
-        st.messages[res.kind] += 1
-        out: list[Action] = []
         kind = res.kind
-        if kind == "trade":
-            if rows:
-                return self._rows(rows, 0, received, mono, out)
-        elif kind == "malformed" or kind == "error":
+        self._kinds[kind] += 1
+        if rows:  # only trade frames carry rows
+            return self._rows(rows, 0, received, mono, [])
+        if (kind == "other" or kind == "heartbeat") and res.time_us is None and not res.reconnect:
+            return self._close_due(received, mono, [])  # the bulk of the traffic: nothing to decide
+        out: list[Action] = []
+        if kind == "malformed" or kind == "error":
             out.append(self._rejected(res, text))
         elif kind == "ack" and self._up_at is not None:
             self._acks_needed -= 1
@@ -275,6 +283,8 @@ class FeedSession:
                 return self._subscribed(at, mono, out, then=lambda: self._frame_time(res, received, mono, []))
         if res.reconnect:
             out.append(Reconnect(res.reason or "exchange asked"))
+        if res.time_us is None:
+            return self._close_due(received, mono, out)
         return self._frame_time(res, received, mono, out)
 
     def _frame_time(self, res: ParseResult, received: float, mono: float, out: list[Action]) -> list[Action]:
@@ -292,19 +302,17 @@ class FeedSession:
         by_native = self.by_native
         wall = self.wall_clock
         now = us_from_clock(received) if wall else 0
-        limit = now + self._future_us if wall else None
+        limit = now + self._future_us if wall else _NEVER
         n = len(rows)
         while i < n:
             native, tid, t, p, q, _side = rows[i]
             targets = by_native.get(native)
-            if targets is None:
+            if targets is None or t > limit:
                 st.trades += 1
-                st.unknown_symbol += 1
-                i += 1
-                continue
-            if limit is not None and t > limit:
-                st.trades += 1
-                st.future_trades += 1
+                if targets is None:
+                    st.unknown_symbol += 1
+                else:
+                    st.future_trades += 1
                 i += 1
                 continue
             if t > self._feed_time_us:
@@ -342,12 +350,19 @@ class FeedSession:
             if self._outstanding > before:
                 self._then = lambda: self._advance(now, [])
                 return out
-        for s in self.series:  # inlined `_advance`: most frames close nothing
+        if now < self._close_floor_us:  # most frames close nothing
+            return out
+        floor = _NEVER
+        for s in self.series:  # inlined `_advance`, and the next time anything can close
             agg = s.agg
-            if now >= agg.next_close_us and not agg.suspended:
-                ups = agg.advance(now)
-                if ups:
-                    out.append(Publish(self._closed(s, ups)))
+            if not agg.suspended:
+                if now >= agg.next_close_us:
+                    ups = agg.advance(now)
+                    if ups:
+                        out.append(Publish(self._closed(s, ups)))
+                if agg.next_close_us < floor:
+                    floor = agg.next_close_us
+        self._close_floor_us = floor
         return out
 
     def _advance(self, now: int, out: list[Action]) -> list[Action]:
@@ -432,6 +447,7 @@ class FeedSession:
     ) -> list[Action]:
         self._await_feed_time = False
         before = self._outstanding
+        self._close_floor_us = 0  # resumed aggregators close from their new cursor on
         for i, s in enumerate(self.series):
             s.agg.resume(observed_us)
             live_from = s.agg.cursor_us
@@ -523,11 +539,11 @@ class FeedSession:
         return None if stamp is None else us_from_clock(stamp)
 
     def _closed(self, s: SeriesState, ups: list[BarUpdate]) -> list[BarUpdate]:
-        for u in ups:
-            if u.kind == "closed":
-                end = us_from_datetime(u.bar.open_time) + s.step_us
-                if s.next_needed_us is None or end > s.next_needed_us:
-                    s.next_needed_us = end
+        # one call's updates are all closed bars (in order) or all amendments
+        if ups[0].kind == "closed":
+            end = s.agg.closed_until_us
+            if end is not None and (s.next_needed_us is None or end > s.next_needed_us):
+                s.next_needed_us = end
         return ups
 
     def _rejected(self, res: ParseResult, text: str | bytes) -> Rejected:

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -23,10 +23,10 @@ from daemon.live.calibration import CalibrationBook
 from daemon.live.dbretry import retrying
 from daemon.live.forecastlog import ForecastLog, forecast_line
 from daemon.live.inference import Installed, Job, ModelBook, ServingModel, Worker, check_prediction, forecast_batch
-from daemon.live.scoring import DriftWatch, score
+from daemon.live.scoring import DriftWatch, Reference, score
 from daemon.live.window import RollingWindow
 from db import registry
-from db.bars import last_bars
+from db.bars import bars_frame, last_bars
 from db.calibration import load_states
 from db.cluster import Fence
 from db.engine import Database
@@ -84,6 +84,9 @@ class Pipeline:
         self._replay: dict[SeriesKey, list[Bar]] = {}
         self.drift: dict[tuple[SeriesKey, str], DriftWatch] = {}
         self.calibration = CalibrationBook(horizon=config.data.horizon, gamma=config.model.aci_gamma)
+        #: Climatology per series (live probabilistic skill), rebuilt once a day of bars.
+        self.references: dict[SeriesKey, Reference] = {}
+        self._reference_tried: dict[SeriesKey, datetime] = {}
         self._pending: dict[datetime, dict[SeriesKey, Job]] = {}
         self._timers: dict[datetime, asyncio.TimerHandle] = {}
         self._queue: asyncio.Queue[list[Job] | None] = asyncio.Queue(BATCH_QUEUE)
@@ -284,7 +287,7 @@ class Pipeline:
         if not full and all(t is not None for t in newest):
             since = min(t - k.step * lookback for t, k in zip(newest, keys, strict=True) if t is not None)
         rows = unscored_steps(self.database, keys, issued_since=since)
-        out = score(rows, now) if rows else []
+        out = score(rows, now, self._references({r.series for r in rows})) if rows else []
         if out:
             moved = self.calibration.updated(rows)
             insert_scores(self.database, out, self.calibration.states(moved, now), fence=self.fence())
@@ -293,6 +296,31 @@ class Pipeline:
         if out:
             self._publish_accuracy(sorted({s.series for s in out}))
         return out
+
+    def _references(self, keys: Iterable[SeriesKey]) -> dict[SeriesKey, Reference]:
+        """Climatology of each series, (re)built from the last `retrain.history_days` of stored bars
+        when missing or a day of bars old (writer thread); a series with too little history is
+        retried once per horizon of bars."""
+        horizon = self.config.data.horizon
+        for key in keys:
+            last = self.series[key].last_bar if key in self.series else None
+            if last is None:
+                continue
+            ref = self.references.get(key)
+            if ref is not None and last - ref.through < timedelta(days=1):
+                continue
+            tried = self._reference_tried.get(key)
+            if ref is None and tried is not None and last - tried < key.step * horizon:
+                continue
+            self._reference_tried[key] = last
+            frame = bars_frame(self.database, key, since=last - timedelta(days=self.config.retrain.history_days),
+                               until=last)
+            times = frame.index.as_unit("s").asi8
+            built = Reference.build(times, frame["close"].to_numpy(), through=last, horizon=horizon,
+                                    step_s=int(key.step.total_seconds()), levels=self.config.model.quantiles)
+            if built is not None:
+                self.references[key] = built
+        return self.references
 
     def _publish_accuracy(self, keys: list[SeriesKey]) -> None:
         """Per-step live MAE, pinball and coverage gauges over the scoring window, one query for
@@ -312,6 +340,8 @@ class Pipeline:
             if row.pinball_mean is not None and row.coverage is not None:
                 metrics.LIVE_PINBALL.labels(*labels).set(row.pinball_mean)
                 metrics.LIVE_COVERAGE.labels(*labels).set(row.coverage)
+            if row.prob_skill is not None:
+                metrics.LIVE_PROB_SKILL.labels(*labels).set(row.prob_skill)
 
     def _watch(self, scores: list[ForecastScore]) -> None:
         by: dict[tuple[SeriesKey, str], list[ForecastScore]] = {}

@@ -165,7 +165,9 @@ class AccuracyDoc(TypedDict):
     #: Probabilistic scores over the `n_quantile` scored steps that had quantiles (all null when
     #: none had): pinball loss per level (keys q10, q50, …), its mean over the levels, WIS
     #: (= 2 x mean pinball), the fraction of actuals inside the central interval [lowest,
-    #: highest level] beside its nominal value, and the interval's mean width (price units).
+    #: highest level] beside its nominal value, the interval's mean width (price units), and
+    #: probabilistic skill 1 - pinball / climatology's pinball on the same bars (above 0 beats
+    #: the unconditional fan; null until a step was scored against climatology).
     n_quantile: int
     pinball: dict[str, float] | None
     pinball_mean: float | None
@@ -173,6 +175,7 @@ class AccuracyDoc(TypedDict):
     coverage: float | None
     nominal_coverage: float | None
     width: float | None
+    prob_skill: float | None
 
 
 def accuracy_docs(
@@ -203,6 +206,7 @@ def accuracy_docs(
                 "coverage": a.coverage,
                 "nominal_coverage": None if not levels else round(levels[-1] - levels[0], 10),
                 "width": a.width,
+                "prob_skill": a.prob_skill,
             }
         )
     return out

@@ -26,6 +26,7 @@ from daemon.feeds import PROTOCOLS
 from daemon.feeds.base import ExchangeProtocol, ParseResult, SimState, Trade
 from daemon.feeds.capture import read_capture
 from daemon.feeds.simulator import synth_trades
+from db.csvbars import read_bars_csv
 from db.records import Bar
 
 CAPTURES = {
@@ -111,6 +112,13 @@ class Frame:
     mutation: str
     #: the mutation certainly made any trade in it invalid (a hostile value in a trade field)
     poisoned: bool = False
+
+
+def seed_bars(shared: Path) -> list[Bar]:
+    """The real 5m bars whose rendered trades seed every exchange's frames."""
+    return read_bars_csv(
+        shared / "data" / "btcusdt_binance_5m_2020-12_2021-07.csv", exchange="x", symbol="BTC-USDT", interval="5m"
+    )[:200]
 
 
 def seed_frames(shared: Path, exchange: str, bars: list[Bar]) -> list[str]:

@@ -4,7 +4,8 @@ Built once per test session (the import is the slow part) and copied for each te
 Forecasts are honest baselines computed from the real bars: persistence (the last close held, with a
 Gaussian random-walk fan from the last 48 bars' volatility at LEVELS) and a point-only drift model
 (the last close plus the mean change of the previous 16 bars per step), as old rows are. Scores come from
-the live scorer's own pure function over `unscored_steps`, as the daemon computes them.
+the live scorer's own pure function over `unscored_steps`, as the daemon computes them, against a
+climatology `Reference` built from the REFERENCE_DAYS of bars before the first forecast.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
-from daemon.live.scoring import score
+import numpy as np
+
+from daemon.live.scoring import Reference, score
 from db import registry
 from db.bars import read_bars, upsert_bars
 from db.csvbars import read_bars_csv
@@ -35,6 +38,7 @@ PERSISTENCE = "persistence"
 DRIFT = "drift-16"
 LEVELS = (0.1, 0.5, 0.9)
 _Z = (-1.2815515655446004, 0.0, 1.2815515655446004)
+REFERENCE_DAYS = 30
 
 _cache: dict[str, Path] = {}
 
@@ -72,7 +76,7 @@ def fill(database: Database, shared_dir: Path) -> None:
         fcs = [forecasts_for(bars, i, m, created) for i in range(first, len(bars)) for m in (PERSISTENCE, DRIFT)]
         insert_forecasts(database, fcs)
         # Score what the daemon would have scored: every step whose target bar is stored.
-        insert_scores(database, score(unscored_steps(database, key), created))
+        insert_scores(database, score(unscored_steps(database, key), created, {key: reference(database, bars[first])}))
         info = ModelInfo(
             id=f"{DRIFT}-{key.symbol.lower()}", arch="drift", series=(key,),
             train_start=bars[0].open_time, train_end=bars[first].open_time, params={"horizon": HORIZON},
@@ -80,6 +84,21 @@ def fill(database: Database, shared_dir: Path) -> None:
         )
         registry.register_model(database, info)
         registry.promote(database, info.id, key, reason="test fixture")
+
+
+def reference_bars(database: Database, first: Bar) -> list[Bar]:
+    """The bars climatology is built from: REFERENCE_DAYS before the first forecast's bar."""
+    return read_bars(database, first.series, since=first.open_time - timedelta(days=REFERENCE_DAYS),
+                     until=first.open_time)
+
+
+def reference(database: Database, first: Bar) -> Reference:
+    bars = reference_bars(database, first)
+    ref = Reference.build(np.array([int(b.open_time.timestamp()) for b in bars]),
+                          np.array([float(b.close) for b in bars]), through=bars[-1].open_time, horizon=HORIZON,
+                          step_s=int(first.series.step.total_seconds()), levels=LEVELS)
+    assert ref is not None
+    return ref
 
 
 def ops_db_url(tmp_path: Path, shared_dir: Path, base: Path) -> str:

@@ -14,18 +14,15 @@ import pytest
 
 from daemon.feeds import PROTOCOLS
 from daemon.feeds.base import NO_ROWS
-from db.csvbars import read_bars_csv
 from db.records import Bar
-from tests.daemon.framefuzz import Frame, Mutator, fuzz, seed_frames
+from tests.daemon.framefuzz import Frame, Mutator, fuzz, seed_bars, seed_frames
 
 FRAMES = 5000
 
 
 @pytest.fixture(scope="module")
 def bars(shared_dir: Path) -> list[Bar]:
-    return read_bars_csv(
-        shared_dir / "data" / "btcusdt_binance_5m_2020-12_2021-07.csv", exchange="x", symbol="BTC-USDT", interval="5m"
-    )[:200]
+    return seed_bars(shared_dir)
 
 
 @pytest.mark.parametrize("exchange", sorted(PROTOCOLS))

@@ -71,6 +71,7 @@ def test_service_end_to_end(shared_dir: Path, tmp_path: Path) -> None:
                 seen["stream"] = stream_lines
                 seen["health"] = (await client.get("/health")).json()
                 seen["status"] = (await client.get("/status")).json()
+                seen["metrics"] = (await client.get("/metrics")).text
             seen["control"] = await request(svc.config.control_socket, {"cmd": "status"})
             seen["manual"] = await request(svc.config.control_socket,
                                            {"cmd": "retrain", "series": "binance:BTC-USDT", "wait": True}, timeout=120)
@@ -120,6 +121,12 @@ def test_service_end_to_end(shared_dir: Path, tmp_path: Path) -> None:
         assert perr == pytest.approx(float(last_close) - float(actual))
     acc = accuracy(db, series=SERIES)
     assert {a.step for a in acc} == set(range(1, 17))
+    # every served fan is also scored against climatology of the stored bars: live probabilistic skill
+    fans = [a for a in acc if a.n_quantile]
+    assert fans and all(a.prob_skill is not None and -1 < a.prob_skill < 1 for a in fans)
+    exposed = str(seen["metrics"])
+    for gauge in ("barcast_live_pinball", "barcast_live_coverage", "barcast_live_prob_skill"):
+        assert f'{gauge}{{model="persistence",series="{SERIES}",step="1"}}' in exposed, gauge
     # scheduled retraining ran in a child process and was judged
     runs = [r for r in svc.retrainer.history if r.outcome in ("promoted", "kept_champion")]  # type: ignore[union-attr]
     assert runs, [vars(r) for r in svc.retrainer.history]  # type: ignore[union-attr]

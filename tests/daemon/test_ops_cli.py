@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,17 @@ from matplotlib.image import imread
 from db.bars import read_bars
 from db.engine import open_database
 from tests.daemon.clirun import barcast
-from tests.daemon.opsdata import BTC, DRIFT, ETH, FORECAST_BARS, HORIZON, LEVELS, PERSISTENCE, ops_db_url
+from tests.daemon.opsdata import (
+    BTC,
+    DRIFT,
+    ETH,
+    FORECAST_BARS,
+    HORIZON,
+    LEVELS,
+    PERSISTENCE,
+    ops_db_url,
+    reference_bars,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -110,11 +121,17 @@ def test_accuracy_reports_pinball_wis_and_coverage(db_url: str, capsys: pytest.C
         closes = {b.open_time: float(b.close) for b in read_bars(database, BTC)[-FORECAST_BARS - 20 :]}
         fcs = [f for f in query_forecasts(database, BTC, model_id=PERSISTENCE, limit=FORECAST_BARS)
                if f.target_times[-1] in closes]
+        # climatology, recomputed here: quantiles of the k-step log-returns of the reference bars
+        first = read_bars(database, BTC)[-FORECAST_BARS]
+        history = {b.open_time: float(b.close) for b in reference_bars(database, first)}
     finally:
         database.close()
     q = np.array([f.quantiles for f in fcs])
     y = np.array([[closes[t] for t in f.target_times] for f in fcs])
     ref = quantile_scores(q, y, LEVELS)
+    step16 = [math.log(history[t + BTC.step * 16] / c) for t, c in history.items() if t + BTC.step * 16 in history]
+    clim = np.array([[float(f.last_close) * math.exp(v) for v in np.quantile(step16, LEVELS)] for f in fcs])
+    clim_ref = quantile_scores(np.repeat(clim[:, None, :], 16, axis=1), y, LEVELS)
     for step in (1, 8, 16):
         d = docs[(PERSISTENCE, step)]
         assert d["n_quantile"] == d["n"] and d["nominal_coverage"] == pytest.approx(0.8)
@@ -127,11 +144,14 @@ def test_accuracy_reports_pinball_wis_and_coverage(db_url: str, capsys: pytest.C
             assert d["pinball_mean"] == pytest.approx(ref.pinball_mean[15])
             assert d["width"] == pytest.approx(ref.width[15])
             assert d["pinball"]["q90"] == pytest.approx(ref.pinball[2][15])
+            assert d["prob_skill"] == pytest.approx(1 - ref.pinball_mean[15] / clim_ref.pinball_mean[15])
+        assert d["prob_skill"] is not None and -0.5 < d["prob_skill"] < 0.5
         drift = docs[(DRIFT, step)]
         assert drift["n_quantile"] == 0 and drift["coverage"] is None and drift["pinball"] is None
+        assert drift["prob_skill"] is None
     res = barcast(capsys, "--db", db_url, "accuracy", "--series", str(BTC), "--window", "all", "--format", "csv")
     header = next(csv.reader(io.StringIO(res.out)))
-    assert {"pinball_q10", "pinball_q50", "pinball_q90", "wis", "coverage", "width"} <= set(header)
+    assert {"pinball_q10", "pinball_q50", "pinball_q90", "wis", "coverage", "width", "prob_skill"} <= set(header)
     res = barcast(capsys, "--db", db_url, "accuracy", "--window", "all")
     assert res.code == 0 and "coverage" in res.out and "pinball_q90" in res.out
 

@@ -80,3 +80,17 @@ def test_walk_forward_calibration_never_uses_an_outcome_before_it_closed() -> No
     np.testing.assert_array_equal(again[: j + h], base[: j + h])  # nobody served before it closed saw it
     assert not np.array_equal(again[j + h :, h - 1], base[j + h :, h - 1])
     np.testing.assert_array_equal(again[:, :2], base[:, :2])  # other steps have their own state
+
+
+def test_climatology_quantiles_use_only_spans_without_a_missing_bar() -> None:
+    from trainer.baselines import climatology_quantiles, horizon_log_returns
+
+    times = np.array([0, 300, 600, 1200, 1500])  # the bar at 900 is missing
+    closes = np.array([100.0, 101.0, 99.0, 105.0, 104.0])
+    one, two = horizon_log_returns(times, closes, 2, 300)
+    assert one == pytest.approx(np.log([101 / 100, 99 / 101, 104 / 105]))
+    assert two == pytest.approx(np.log([99 / 100]))  # 600 -> 1200 and 1200 -> 1500+ are not 2-bar spans
+    q = climatology_quantiles(times, closes, 2, 300, (0.1, 0.5, 0.9))
+    assert q is not None and q.shape == (2, 3)
+    assert q[0] == pytest.approx(np.quantile(one, (0.1, 0.5, 0.9))) and q[1] == pytest.approx([np.log(0.99)] * 3)
+    assert climatology_quantiles(times, closes, 3, 300, (0.1, 0.5, 0.9)) is None  # no 3-bar span at all
