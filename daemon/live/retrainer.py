@@ -86,7 +86,8 @@ def _child(req: RetrainRequest, conn: Any, log_format: str = "text") -> None:
 
 class ChildRun:
     """One training child process in its own process group, which dies with this process;
-    `wait` in a thread, `terminate` (the whole group) from anywhere."""
+    `wait` in a thread, `terminate` (the whole group) from anywhere. Create it on a thread that
+    outlives it (the event loop's): Linux sends the death signal when the creating *thread* ends."""
 
     def __init__(self, req: RetrainRequest, *, log_format: str = "text",
                  target: Callable[..., None] = _child) -> None:
