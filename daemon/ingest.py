@@ -45,6 +45,7 @@ from daemon.feeds.session import (
     SeriesState,
     SessionOptions,
 )
+from daemon.live.dbretry import retrying
 from db.bars import latest_bars, upsert_bars
 from db.cluster import Fence
 from db.engine import Database
@@ -365,8 +366,8 @@ class Ingest:
                     updates = [u for u in updates if u.bar.series in fence.tokens]
                     if not updates:
                         return
-                self.bars_written += await self.db_call(
-                    functools.partial(upsert_bars, fence=fence), self.database, [u.bar for u in updates])
+                store = functools.partial(upsert_bars, self.database, [u.bar for u in updates], fence=fence)
+                self.bars_written += await retrying(lambda: self.db_call(store), what="bars")
         if self.on_bars is not None:
             await self.on_bars(updates)
         for q in self._subscribers:

@@ -26,6 +26,8 @@ BAR_LAG = Gauge("barcast_bar_lag_seconds", "Wall clock minus the end of the last
                 registry=REGISTRY)
 QUEUE_DEPTH = Gauge("barcast_queue_depth", "Items waiting in an internal queue", ["queue"], registry=REGISTRY)
 QUEUE_FULL = Counter("barcast_queue_full_total", "Times a bounded queue was full", ["queue"], registry=REGISTRY)
+DB_RETRIES = Counter("barcast_db_write_retries_total", "Writes retried while the database was unavailable",
+                     ["what"], registry=REGISTRY)
 FORECAST_LATENCY = Histogram(
     "barcast_forecast_latency_seconds", "Bar close to forecasts stored, per batch",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=REGISTRY,

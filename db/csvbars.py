@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 from collections.abc import Callable, Iterable, Iterator
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TextIO
 
 from db.errors import InputError
-from db.records import Bar, BarSource, decimal_text, interval_seconds, to_unix, utc_from_unix
+from db.records import INTERVALS, Bar, BarSource, decimal_text, interval_seconds, to_unix, utc_from_unix
 
 HEADER = ("timestamp", "open", "high", "low", "close", "volume")
 
@@ -90,13 +91,34 @@ def read_bars_csv(
     """All bars of a CSV file; the whole file is checked before anything is returned."""
     try:
         with path.open(newline="", encoding="utf-8") as fh:
-            return list(
+            bars = list(
                 parse_rows(fh, exchange=exchange, symbol=symbol, interval=interval, name=str(path), on_line=on_line)
             )
     except UnicodeDecodeError as exc:
         raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
         raise InputError(f"{path}: {exc.strerror}") from None
+    check_interval(bars, interval, str(path))
+    return bars
+
+
+def file_interval(bars: list[Bar]) -> int | None:
+    """The file's own bar interval in seconds: the smallest step between consecutive rows
+    (gaps only make steps longer); None for fewer than two bars."""
+    steps = (to_unix(b.open_time) - to_unix(a.open_time) for a, b in itertools.pairwise(bars))
+    return min(steps, default=None)
+
+
+def check_interval(bars: list[Bar], interval: str, name: str) -> None:
+    """Refuse bars of another interval than declared (a 5-minute file imported as 1m would be
+    accepted row by row: every 5-minute time is also aligned to 1 minute)."""
+    step = file_interval(bars)
+    if step is None or step == interval_seconds(interval):
+        return
+    names = {s: n for n, s in INTERVALS.items()}
+    found = names.get(step, f"{step} s")
+    raise InputError(f"{name}: the file's bars are {found} apart (its interval is {found}), not {interval}; "
+                     f"give the series the file's interval{f' (:{found})' if step in names else ''}")
 
 
 def write_bars_csv(bars: Iterable[Bar], out: TextIO) -> None:

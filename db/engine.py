@@ -2,17 +2,19 @@
 
 Checks happen here, at start, so a bad path fails with a clear message instead of a crash
 later: a file that is not SQLite is refused and left untouched, a read-only directory is
-reported, and the schema version is checked (see `db.migrate`).
+reported, and the schema version is checked (see `db.migrate`). A process holds one engine per
+SQLite file and never opens the file except through SQLite (see `_Shared`).
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +23,8 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.exc import DatabaseError as SADatabaseError
 
-from db.errors import DatabaseError, InputError
+from db.errors import DatabaseError, InputError, MissingDatabaseError
 
-SQLITE_HEADER = b"SQLite format 3\x00"
 SQLITE_BUSY_TIMEOUT_MS = 15_000
 
 
@@ -33,6 +34,7 @@ class Database:
 
     engine: Engine
     url: str
+    _closed: bool = field(default=False, repr=False, compare=False)
 
     @property
     def dialect(self) -> str:
@@ -60,7 +62,10 @@ class Database:
         return self.engine.url.render_as_string(hide_password=True)
 
     def close(self) -> None:
-        self.engine.dispose()
+        """Release this handle; the shared engine of a SQLite file closes with its last user."""
+        if not self._closed:
+            self._closed = True
+            _SHARED.release(self.engine)
 
 
 def normalise_url(url: str) -> URL:
@@ -81,21 +86,19 @@ def normalise_url(url: str) -> URL:
 
 
 def _check_sqlite_path(path: Path, create: bool) -> None:
+    """Checks that need no descriptor on the file: a plain open() and close() of it would drop
+    every SQLite lock this process holds on the database (POSIX locks are per process), and a
+    reader elsewhere could then delete the WAL of a connection still writing it."""
     if path.exists():
         if path.is_dir():
             raise DatabaseError(f"SQLite path {path} is a directory, not a database file")
-        with path.open("rb") as fh:
-            head = fh.read(len(SQLITE_HEADER))
-        if head and head != SQLITE_HEADER:
-            raise DatabaseError(
-                f"{path} is not a SQLite database (bad file header); the file was left untouched"
-            )
     elif not create:
-        raise DatabaseError(f"SQLite database {path} does not exist")
+        raise MissingDatabaseError(
+            f"SQLite database {path} does not exist (create it with `barcast db upgrade`, or check --db)")
     directory = path.parent
     if not directory.exists():
         if not create:
-            raise DatabaseError(f"directory {directory} of the SQLite database does not exist")
+            raise MissingDatabaseError(f"directory {directory} of the SQLite database does not exist")
         try:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -111,6 +114,20 @@ def _check_sqlite_path(path: Path, create: bool) -> None:
             f"database directory {directory} is not writable ({exc.strerror}); "
             "barcast needs to write the database and its WAL files there"
         ) from None
+
+
+def _check_sqlite_header(engine: Engine, path: Path) -> None:
+    """The header check, done by SQLite itself on a pooled connection (SQLITE_NOTADB): a file
+    that is not a database is refused before anything is written to it."""
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA schema_version").scalar()
+    except SADatabaseError as exc:
+        if "not a database" in str(exc.orig):
+            raise DatabaseError(
+                f"{path} is not a SQLite database (bad file header); the file was left untouched"
+            ) from None
+        raise
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -134,16 +151,74 @@ def _sqlite_begin(conn: Connection) -> None:
         conn.exec_driver_sql("BEGIN")
 
 
+class _Shared:
+    """One engine per SQLite file per process, counted: SQLite's locks are per process, so two
+    engines on one file (or a stray descriptor) can release each other's locks."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.engines: dict[str, tuple[Engine, int]] = {}
+
+    def acquire(self, key: str, make: Callable[[], Engine]) -> Engine:
+        with self.lock:
+            engine, users = self.engines.get(key) or (None, 0)
+            if engine is None:
+                engine = make()
+            self.engines[key] = (engine, users + 1)
+            return engine
+
+    def release(self, engine: Engine) -> None:
+        with self.lock:
+            for key, (shared, users) in list(self.engines.items()):
+                if shared is engine:
+                    if users > 1:
+                        self.engines[key] = (shared, users - 1)
+                        return
+                    del self.engines[key]
+                    break
+        engine.dispose()
+
+
+_SHARED = _Shared()
+
+
+def _sqlite_file(parsed: URL) -> Path | None:
+    db = parsed.database
+    return Path(db).resolve() if db and db != ":memory:" else None
+
+
+def _new_sqlite_engine(parsed: URL) -> Engine:
+    engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+    event.listen(engine, "connect", _sqlite_pragmas)
+    event.listen(engine, "begin", _sqlite_begin)
+    return engine
+
+
 def create_db_engine(url: str, *, create: bool = True) -> Engine:
+    """A new engine (migration tests, tools). Inside barcast use `open_database`, which shares
+    one engine per SQLite file."""
     parsed = normalise_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            _check_sqlite_path(Path(parsed.database), create)
-        engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
-        event.listen(engine, "connect", _sqlite_pragmas)
-        event.listen(engine, "begin", _sqlite_begin)
-        return engine
+        file = _sqlite_file(parsed)
+        if file is not None:
+            _check_sqlite_path(file, create)
+        return _new_sqlite_engine(parsed)
     return create_engine(parsed, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+def _shared_engine(url: str, create: bool) -> Engine:
+    parsed = normalise_url(url)
+    file = _sqlite_file(parsed) if parsed.get_backend_name() == "sqlite" else None
+    if file is None:
+        return create_db_engine(url, create=create)
+    _check_sqlite_path(file, create)
+    engine = _SHARED.acquire(str(file), lambda: _new_sqlite_engine(parsed.set(database=str(file))))
+    try:
+        _check_sqlite_header(engine, file)
+    except BaseException:
+        _SHARED.release(engine)
+        raise
+    return engine
 
 
 def open_database(url: str, *, create: bool = True, upgrade: bool = False) -> Database:
@@ -155,16 +230,21 @@ def open_database(url: str, *, create: bool = True, upgrade: bool = False) -> Da
     """
     from db import migrate  # local: migrate imports this module
 
-    engine = create_db_engine(url, create=create)
+    try:
+        engine = _shared_engine(url, create)
+    except (OperationalError, SADatabaseError, sqlite3.DatabaseError) as exc:
+        orig = getattr(exc, "orig", exc)
+        shown = normalise_url(url).render_as_string(hide_password=True)
+        raise DatabaseError(f"cannot open database {shown}: {orig}") from None
     database = Database(engine=engine, url=url)
     try:
         migrate.ensure_schema(database, create=create, allow_upgrade=upgrade)
     except (OperationalError, SADatabaseError, sqlite3.DatabaseError) as exc:
-        engine.dispose()
+        database.close()
         orig = getattr(exc, "orig", exc)
         raise DatabaseError(f"cannot open database {database.display_url}: {orig}") from None
     except BaseException:
-        engine.dispose()
+        database.close()
         raise
     return database
 

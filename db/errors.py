@@ -27,6 +27,12 @@ class DatabaseError(BarcastError):
     """The database cannot be opened, is corrupt, read-only, or of an incompatible schema version."""
 
 
+class MissingDatabaseError(DatabaseError):
+    """A command that only reads was pointed at a database that does not exist: bad input."""
+
+    exit_code = 2
+
+
 class SchemaVersionError(DatabaseError):
     """The database schema is older (needs `barcast db upgrade`) or newer than this barcast."""
 

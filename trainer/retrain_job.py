@@ -116,15 +116,27 @@ def local_path_of(artifact_path: str, artifacts_dir: Path) -> Path:
 
 
 def prune_artifacts(database: Database, artifacts_dir: Path, keep: int) -> list[str]:
-    """Delete artifacts of all but the newest `keep` models (never a current champion's)."""
-    champions = {m.id for m in registry.list_models(database, status="champion")}
-    models = [m for m in registry.list_models(database) if m.artifact_path]
+    """Delete artifacts of retired models beyond the newest `keep` of each series.
+
+    Never one of a champion or of any live (candidate or champion) registry row, never one among
+    the newest `keep` of any series it serves, never a path outside `artifacts_dir`."""
+    models = [m for m in registry.list_models(database) if m.artifact_path]  # newest first
+    protected = {
+        str(local_path_of(m.artifact_path or "", artifacts_dir).resolve()) for m in models if m.status != "retired"
+    }
+    per_series: dict[SeriesKey | None, int] = {}
     removed = []
-    for m in models[keep:]:
-        if m.id in champions:
+    for m in models:
+        newest = False
+        keys: tuple[SeriesKey | None, ...] = m.series or (None,)
+        for key in keys:
+            seen = per_series.get(key, 0)
+            per_series[key] = seen + 1
+            newest = newest or seen < keep
+        path = local_path_of(m.artifact_path or "", artifacts_dir)
+        if newest or m.status != "retired" or str(path.resolve()) in protected:
             continue
         forget(database, m.artifact_path or "")
-        path = local_path_of(m.artifact_path or "", artifacts_dir)
         if path.is_dir() and path.resolve().parent == artifacts_dir.resolve():
             shutil.rmtree(path, ignore_errors=True)
             removed.append(m.id)

@@ -86,7 +86,7 @@ def import_bars(app: AppContext, file: Path, series: SeriesKey | None, exchange:
         bars = read_bars_csv(file, exchange=series.exchange, symbol=series.symbol, interval=interval,
                              on_line=on_line)
         progress.update(task, completed=size, description=f"storing {len(bars):,} bars")
-        database = app.database()
+        database = app.database(create=True)
         extra = []
         incomplete = 0
         if resample_to:

@@ -46,9 +46,11 @@ class AppContext:
             self._config = load_config(self.config_path, db_url=self.db_url)
         return self._config
 
-    def database(self, *, upgrade: bool = False) -> Database:
+    def database(self, *, upgrade: bool = False, create: bool = False) -> Database:
+        """The database; read commands refuse one that does not exist (a typo in --db must not
+        create a file), commands that store data pass `create=True`."""
         if self._database is None:
-            self._database = open_database(self.config.database_url, upgrade=upgrade)
+            self._database = open_database(self.config.database_url, upgrade=upgrade, create=create)
         return self._database
 
     def close(self) -> None:

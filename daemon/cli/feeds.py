@@ -401,7 +401,7 @@ def ingest_cmd(
         config = replace(config, series=tuple(SeriesConfig(k.exchange, k.symbol, k.interval) for k in keys))
     if clock:
         config = replace(config, feeds=replace(config.feeds, clock=clock))  # type: ignore[arg-type]
-    database = app.database()
+    database = app.database(create=True)
     limit = parse_duration(duration, "--duration").total_seconds() if duration else None
 
     progress = progress_bar(app.console)

@@ -90,6 +90,8 @@ def retrain_cmd(app: AppContext, series: SeriesKey | None, all_series: bool, now
         try:
             resp = asyncio.run(request(config.control_socket, {"cmd": "reload"}))
             click.echo(f"daemon now serves: {', '.join(resp.get('serving', []))}", err=True)
+            if not resp.get("ok"):
+                raise BarcastError(f"the daemon did not load the new champion: {resp.get('error')}")
         except ConnectionError:
             pass
     if any(o is None for o in outcomes):

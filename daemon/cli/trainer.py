@@ -218,7 +218,7 @@ def train(
     root = Path(artifacts) if artifacts else app.config.artifacts_dir
     keys = (series,) if series else ()
     if register:
-        info = save_and_register(app.database(), model, root, keys)
+        info = save_and_register(app.database(create=True), model, root, keys)
     else:
         model_id = new_model_id(arch, series)
         from trainer.artifacts import save_artifact

@@ -217,6 +217,8 @@ class FeedSession:
         self._feed_time_us = 0
         self._last_frame: float | None = None  # exchange clock of the last frame
         self._last_frame_mono = 0.0
+        #: monotonic time of the last frame received (None: none yet), for readiness
+        self.last_message_mono: float | None = None
         self._next_poll = 0.0  # REST polling while the websocket is down (monotonic)
         self._next_due_us: int | None = None  # earliest pending_until + grace of any series
         self._outstanding = 0  # backfills asked for and not reported yet
@@ -264,7 +266,7 @@ class FeedSession:
         """One received frame: the hot path (parse once, rows straight into the aggregators)."""
         res, rows = self._scan(text)
         self._last_frame = received
-        self._last_frame_mono = mono
+        self._last_frame_mono = self.last_message_mono = mono
         kind = res.kind
         self._kinds[kind] += 1
         if rows:  # only trade frames carry rows

@@ -23,7 +23,8 @@ import numpy as np
 
 from daemon import metrics
 from daemon.live.calibration import CalibrationBook
-from daemon.live.window import COLUMNS
+from daemon.live.window import COLUMNS, bar_values
+from db.errors import ArtifactError
 from db.records import Forecast, SeriesKey, to_unix
 
 if TYPE_CHECKING:
@@ -52,6 +53,40 @@ class ServingModel:
     @property
     def horizon(self) -> int:
         return int(self.model.horizon)
+
+
+@dataclass(frozen=True)
+class Installed:
+    """What a (re)load of a group's champion did: the model now serving, and why it is not the
+    registry's champion when loading that failed."""
+
+    group: str
+    serving: ServingModel
+    error: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"group": self.group, "serving": self.serving.model_id, "loaded": self.error is None,
+                "error": self.error}
+
+
+def check_prediction(serving: ServingModel, where: str) -> None:
+    """A test prediction on a synthetic window before a model may serve: an artifact that loads
+    but predicts the wrong shape, non-finite or unordered values is refused like a corrupt one."""
+    from daemon.feeds.randomwalk import random_walk_bars
+
+    bars = random_walk_bars("TEST-USD", serving.window, start=datetime(2024, 1, 1, tzinfo=UTC))
+    x = np.stack([bar_values(b) for b in bars])[None, :, list(serving.columns)]
+    times = np.array([to_unix(bars[-1].open_time)], dtype=np.int64)
+    try:
+        pred = serving.model.predict_batch(x, times)
+        point = np.asarray(pred.point, dtype=np.float64)
+        quantiles = np.asarray(pred.quantiles, dtype=np.float64)
+    except Exception as exc:  # anything a broken model raises
+        raise ArtifactError(f"{where}: test prediction failed: {type(exc).__name__}: {exc}") from None
+    if point.shape != (1, serving.horizon):
+        raise ArtifactError(f"{where}: test prediction has shape {point.shape}, expected {(1, serving.horizon)}")
+    if not (np.isfinite(point).all() and np.isfinite(quantiles).all()):
+        raise ArtifactError(f"{where}: test prediction is not finite (NaN or infinity)")
 
 
 class ModelBook:

@@ -20,9 +20,10 @@ from daemon import metrics
 from daemon.config import Config
 from daemon.live.broadcast import Broadcast
 from daemon.live.calibration import CalibrationBook
+from daemon.live.dbretry import retrying
 from daemon.live.forecastlog import ForecastLog, forecast_line
 from daemon.live.frontier import replay_start
-from daemon.live.inference import Job, ModelBook, ServingModel, Worker, forecast_batch
+from daemon.live.inference import Installed, Job, ModelBook, ServingModel, Worker, check_prediction, forecast_batch
 from daemon.live.scoring import DriftWatch, Reference, score
 from daemon.live.window import RollingWindow
 from db import registry
@@ -282,7 +283,7 @@ class Pipeline:
         self.busy_since = t0
         try:
             forecasts = await self.inference.run(forecast_batch, jobs, lambda k: k.step, self.calibration)
-            new = await self.writer.run(self._store, forecasts)
+            new = await retrying(lambda: self.writer.run(self._store, forecasts), what="forecasts")
         finally:
             self.busy_since = None
         elapsed = time.monotonic() - min(j.closed_at for j in jobs)
@@ -298,7 +299,7 @@ class Pipeline:
             metrics.FORECASTS.labels(str(f.series), f.model_id).inc()
             self.broadcast.publish(forecast_line(f))
         since = min(j.issued_at - j.series.step * SCORE_LOOKBACK_BARS for j in jobs)
-        scored = await self.writer.run(self._score, [j.series for j in jobs], since)
+        scored = await retrying(lambda: self.writer.run(self._score, [j.series for j in jobs], since), what="scores")
         self._watch(scored)
 
     def _store(self, forecasts: list[Forecast]) -> list[Forecast]:
@@ -395,7 +396,8 @@ class Pipeline:
 
     # ---- models --------------------------------------------------------------------------
     def load_serving(self, group: str) -> ServingModel:
-        """The champion of a group's first series, or the persistence baseline (inference thread)."""
+        """The champion of a group's first series, checked by a test prediction, or the
+        persistence baseline (inference thread)."""
         from trainer.artifact_store import local_path
         from trainer.artifacts import load_artifact
         from trainer.retrain_job import BASELINE_ID
@@ -406,7 +408,9 @@ class Pipeline:
         if info is not None and info.id != BASELINE_ID and info.artifact_path:
             path = local_path(self.database, info.artifact_path, self.config.artifacts_dir)
             model = load_artifact(path, window=data.window, horizon=data.horizon)
-            return ServingModel.of(info.id, model)
+            serving = ServingModel.of(info.id, model)
+            check_prediction(serving, info.artifact_path)
+            return serving
         return self.baseline()
 
     def baseline(self) -> ServingModel:
@@ -417,9 +421,13 @@ class Pipeline:
         return ServingModel.of(BASELINE_ID, build_model("persistence", self.config.model, self.config.data))
 
     async def install(self, group: str) -> ServingModel:
-        """(Re)load a group's champion and swap it in atomically. An artifact that cannot be loaded
-        (deleted, corrupt, from another window size) keeps the model already serving, or the
-        persistence baseline at start: forecasting never stops over a bad file."""
+        return (await self.reload(group)).serving
+
+    async def reload(self, group: str) -> Installed:
+        """(Re)load a group's champion and swap it in atomically, only once it loaded and made a
+        test prediction. An artifact that cannot be loaded (deleted, corrupt, from another window
+        size, predicting nonsense) keeps the model already serving, or the persistence baseline at
+        start: forecasting never stops over a bad file, and the result says what happened."""
         try:
             serving = await self.inference.run(self.load_serving, group)
         except ArtifactError as exc:
@@ -427,13 +435,14 @@ class Pipeline:
             serving = current or self.baseline()
             log.error("champion artifact unusable; serving another model", extra={
                 "group": group, "error": str(exc), "serving": serving.model_id})
-            if current is not None:
-                return current
+            if current is None:
+                self.book.swap(group, serving)
+            return Installed(group, serving, str(exc))
         old = self.book.swap(group, serving)
         if old is None or old.model_id != serving.model_id:
             log.info("model serving", extra={"group": group, "model": serving.model_id,
                                              "previous": old.model_id if old else None})
-        return serving
+        return Installed(group, serving, None)
 
     async def idle(self) -> None:
         """Wait until every batch queued so far is forecast, stored and scored."""

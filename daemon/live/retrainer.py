@@ -13,6 +13,7 @@ import contextlib
 import logging
 import multiprocessing as mp
 import os
+import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -58,6 +59,14 @@ def make_request(config: Config, group: str, *, overrides: dict[str, Any] | None
     return RetrainRequest(**fields)
 
 
+def _guarded(parent_pid: int, target: Callable[..., None], *args: Any) -> None:
+    """The child's entry point: tie it to the daemon before any work (see `childguard`)."""
+    from daemon.live.childguard import bind_to_parent
+
+    bind_to_parent(parent_pid)
+    target(*args)
+
+
 def _child(req: RetrainRequest, conn: Any, log_format: str = "text") -> None:
     from daemon import logs, quiet
     from trainer.retrain_job import child_main
@@ -77,12 +86,16 @@ def _child(req: RetrainRequest, conn: Any, log_format: str = "text") -> None:
 
 
 class ChildRun:
-    """One training child process; `wait` in a thread, `terminate` from anywhere."""
+    """One training child process in its own process group, which dies with this process;
+    `wait` in a thread, `terminate` (the whole group) from anywhere. Create it on a thread that
+    outlives it (the event loop's): Linux sends the death signal when the creating *thread* ends."""
 
-    def __init__(self, req: RetrainRequest, *, log_format: str = "text") -> None:
+    def __init__(self, req: RetrainRequest, *, log_format: str = "text",
+                 target: Callable[..., None] = _child) -> None:
         ctx = mp.get_context("spawn")
         self._recv, send = ctx.Pipe(duplex=False)
-        self.process = ctx.Process(target=_child, args=(req, send, log_format), name="barcast-retrain", daemon=True)
+        self.process = ctx.Process(target=_guarded, args=(os.getpid(), target, req, send, log_format),
+                                   name="barcast-retrain", daemon=True)
         self.process.start()
         send.close()
 
@@ -105,12 +118,20 @@ class ChildRun:
                 raise BarcastError(f"training process died (exit code {self.process.exitcode})")
 
     def terminate(self) -> None:
+        """SIGTERM the child's process group, then SIGKILL it: nothing it started survives."""
+        from daemon.live.childguard import kill_group
+
+        pid = self.process.pid
+        if pid is None:
+            return
         if self.process.is_alive():
-            self.process.terminate()
+            kill_group(pid, signal.SIGTERM)
+            self.process.terminate()  # before the child made its group, the group does not exist yet
             self.process.join(5)
-            if self.process.is_alive():
-                self.process.kill()
-                self.process.join(5)
+        kill_group(pid, signal.SIGKILL)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(5)
 
 
 @dataclass

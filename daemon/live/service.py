@@ -41,6 +41,9 @@ from trainer.retrain_job import RetrainOutcome, ensure_baseline
 
 log = logging.getLogger("barcast.service")
 
+#: /health is not ready while a feed has been silent this many `feeds.stall_timeout_s`.
+FEED_SILENCE_FACTOR = 3
+
 
 class Service:
     def __init__(self, config: Config, *, clock: Callable[[], float] | str | None = "config",
@@ -60,6 +63,7 @@ class Service:
         self.device: DeviceInfo | None = None
         self.broadcast = Broadcast()
         self.started_at = datetime.now(UTC)
+        self._started_mono = time.monotonic()
         self.ready = False
         self._tasks: list[asyncio.Task[Any]] = []
         self.membership: Membership | None = None
@@ -265,9 +269,15 @@ class Service:
             return {"ok": True, "status": self.status()}
         if cmd == "reload":
             assert self.pipeline is not None
-            served = [await self.pipeline.install(g) for g in self._groups_for(None)]
+            done = [await self.pipeline.reload(g) for g in self._groups_for(None)]
             self.notifier.status(self._status_line())
-            return {"ok": True, "serving": [s.model_id for s in served]}
+            failed = [d for d in done if d.error is not None]
+            answer: dict[str, Any] = {"ok": not failed, "serving": [d.serving.model_id for d in done],
+                                      "groups": [d.as_dict() for d in done]}
+            if failed:
+                answer["error"] = "; ".join(f"{d.group}: {d.error} (still serving {d.serving.model_id})"
+                                            for d in failed)
+            return answer
         if cmd == "retrain":
             if self.retrainer is None:
                 return {"ok": False, "disabled": True,
@@ -295,6 +305,20 @@ class Service:
     def subscribe(self) -> AsyncIterator[dict[str, Any]]:
         return self.broadcast.subscribe()
 
+    def _silence(self, feed: Any) -> float:
+        """Seconds since the feed's last message (since the service started if none yet)."""
+        last = feed.session.last_message_mono
+        return time.monotonic() - (self._started_mono if last is None else last)
+
+    def _silent_feeds(self) -> list[str]:
+        """Readiness: a feed with no message (heartbeats count) for FEED_SILENCE_FACTOR stall
+        timeouts cannot be feeding bars; it is named in /health's reasons."""
+        if self.ingest is None:
+            return []
+        limit = FEED_SILENCE_FACTOR * self.config.feeds.stall_timeout_s
+        return [f"feed {f.spec.exchange}: no message for {self._silence(f):.0f} s (limit {limit:g} s)"
+                for f in self.ingest.feeds if self._silence(f) > limit]
+
     def _feeds(self) -> dict[str, Any]:
         if self.ingest is None:
             return {}
@@ -303,6 +327,7 @@ class Service:
             conn = f.connection
             out[f.spec.exchange] = {
                 "connected": bool(getattr(conn, "connected", False)),
+                "last_message_age_s": round(self._silence(f), 1),
                 "reconnects": conn.reconnects,
                 "malformed": sum(f.stats.malformed.values()),
                 "malformed_by_reason": dict(f.stats.malformed),
@@ -336,6 +361,7 @@ class Service:
             reasons.append("starting")
         if pipe is not None and pipe.busy_since and time.monotonic() - pipe.busy_since > 120:
             reasons.append("forecast batch running for more than 120 s")
+        reasons += self._silent_feeds()
         next_run = self.retrainer.next_run() if self.retrainer else None
         return {
             "ready": not reasons,

@@ -61,6 +61,19 @@ class LiveHooks(Protocol):
     def subscribe(self) -> AsyncIterator[dict[str, Any]]: ...
 
 
+class ErrorDoc(TypedDict):
+    """Every error answer: one line naming what was wrong."""
+
+    error: str
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorDoc, "description": "Bad input (an unknown series, since after until, ...)"},
+    401: {"model": ErrorDoc, "description": "Missing or wrong bearer token (when api.token is set)"},
+    503: {"model": ErrorDoc, "description": "The database or the daemon cannot answer now"},
+}
+
+
 class ForecastPage(TypedDict):
     limit: int
     count: int
@@ -104,13 +117,23 @@ def _series(text_: str | None) -> SeriesKey | None:
     return None if text_ is None else SeriesKey.parse(text_)
 
 
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9998, 12, 31, tzinfo=UTC)
+
+
 def _aware(t: datetime | None, name: str) -> datetime | None:
+    """UTC; any valid time is accepted (the schema allows it), clamped to 1970..9998: before
+    1970 means from the beginning, after 9998 until the end."""
+    del name
     if t is None:
         return None
-    t = t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
-    if not 1970 <= t.year <= 9998:
-        raise InputError(f"{name}: {t.isoformat()} is out of range")
-    return t
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    try:
+        t = t.astimezone(UTC)
+    except OverflowError:  # year 1 or 9999 shifted by its offset beyond what datetime holds
+        return EARLIEST if t.year < 5000 else LATEST
+    return min(max(t, EARLIEST), LATEST)
 
 
 def _range(since: datetime | None, until: datetime | None) -> tuple[datetime | None, datetime | None]:
@@ -156,6 +179,7 @@ def create_app(
         title="barcast",
         summary="Read-only API of the barcast forecaster: forecasts, bars, accuracy, models, status, metrics.",
         version=_version(),
+        responses=ERRORS,
     )
     app.state.closing = asyncio.Event()
     configured_series = tuple(series)

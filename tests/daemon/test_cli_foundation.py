@@ -84,6 +84,10 @@ def test_bad_csv_row_names_line_and_commits_nothing(
     assert res.code == 2
     assert "bad.csv:5: " in res.err and why in res.err, res.err
     assert "Traceback" not in res.err
+    # the file is checked before the database is opened: nothing stored, not even a database made
+    res = barcast(capsys, "--db", db, "db", "stats", "--format", "json")
+    assert res.code == 2 and "does not exist" in res.err
+    assert barcast(capsys, "--db", db, "db", "upgrade").code == 0
     res = barcast(capsys, "--db", db, "db", "stats", "--format", "json")
     assert json.loads(res.out)["tables"]["bars"] == 0
 

@@ -15,6 +15,7 @@ import pytest
 
 from daemon.config import Config, load_config
 from daemon.configtree import to_plain
+from tests.unprivileged import as_user
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -65,3 +66,31 @@ def test_example_config_documents_every_option_and_loads(tmp_path: Path) -> None
     plain.pop("source", None)
     missing = _keys(plain) - documented
     assert not missing, f"systemd/barcast.toml.example lacks {sorted(missing)}"
+
+
+def test_documented_config_install_is_readable_by_a_dynamic_user() -> None:
+    """The README's install line for the config, run for real (into a scratch root): an
+    unprivileged uid, as `DynamicUser=` gets, can read the installed file."""
+    import re
+    import tempfile
+
+    readme = (REPO / "README.md").read_text()
+    line = re.search(r"^install -D -m (\d{4}) systemd/barcast\.toml\.example /etc/barcast/barcast\.toml", readme,
+                     re.MULTILINE)
+    assert line, "README has no install line for the config"
+    header = (REPO / "systemd" / "barcast.toml.example").read_text()
+    assert f"install -D -m {line.group(1)} systemd/barcast.toml.example" in header
+    root = Path(tempfile.mkdtemp(prefix="barcast-etc-", dir="/tmp"))
+    root.chmod(0o755)
+    target = root / "etc" / "barcast" / "barcast.toml"
+    subprocess.run(["install", "-D", "-m", line.group(1), str(REPO / "systemd" / "barcast.toml.example"),
+                    str(target)], check=True)
+    load_config(REPO / "systemd" / "barcast.toml.example", env={})  # imports done here, not as the user
+
+    def check() -> str:
+        load_config(target, env={})
+        return "read"
+
+    msg = as_user(check, uid=61999)  # a uid that owns nothing, like a dynamic user
+    shutil.rmtree(root)
+    assert msg == "read", msg

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from db.engine import create_db_engine, open_database
 from db.errors import DatabaseError, SchemaVersionError
 from db.records import SeriesKey
 from db.schema import metadata
+from tests.unprivileged import as_user
 
 
 def test_empty_database_gets_head_and_matches_schema(any_db_url: str) -> None:
@@ -100,26 +100,11 @@ def test_read_only_directory_is_reported_at_start() -> None:
     ro = base / "ro"
     ro.mkdir()
     ro.chmod(0o555)
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: root ignores permission bits, so test as an ordinary user
-        try:
-            os.close(read_fd)
-            if os.geteuid() == 0:
-                os.setgid(65534)
-                os.setuid(65534)
-            try:
-                open_database(f"sqlite:///{ro}/barcast.db")
-                msg = "opened"
-            except DatabaseError as exc:
-                msg = f"error: {exc}"
-            os.write(write_fd, msg.encode())
-        finally:
-            os._exit(0)
-    os.close(write_fd)
-    with os.fdopen(read_fd) as fh:
-        msg = fh.read()
-    os.waitpid(pid, 0)
+    def check() -> str:
+        open_database(f"sqlite:///{ro}/barcast.db")
+        return "opened"
+
+    msg = as_user(check)
     try:
         assert msg.startswith("error:") and "not writable" in msg and str(ro) in msg, msg
         assert list(ro.iterdir()) == []

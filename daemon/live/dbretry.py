@@ -1,0 +1,82 @@
+"""Writes wait out a database that is briefly unavailable instead of dropping data.
+
+Another process holding SQLite's write lock past the busy timeout, or a PostgreSQL restart, makes
+a write fail with an operational error. The caller's data (closed bars, a forecast batch, its
+scores) is still in hand: retry the same write with capped backoff until it goes through, while
+the event loop (feeds into bounded queues, the API) keeps running. Anything else (a full disk,
+a constraint, a fenced write, a bug) is not retried: it fails loudly as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from sqlalchemy.exc import DBAPIError, DisconnectionError
+
+from daemon import metrics
+
+T = TypeVar("T")
+log = logging.getLogger("barcast.db")
+
+FIRST_WAIT_S = 0.2
+MAX_WAIT_S = 5.0
+
+
+#: PostgreSQL SQLSTATEs of a server going away or coming back: admin/crash shutdown, starting up.
+_PG_RESTART_STATES = frozenset({"57P01", "57P02", "57P03"})
+
+
+def _transient_driver_error(orig: object) -> bool:
+    if isinstance(orig, sqlite3.OperationalError):
+        text = str(orig).lower()
+        return "locked" in text or "busy" in text  # not "disk is full", "readonly", "corrupt"
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        return False
+    if isinstance(orig, psycopg.OperationalError):
+        state = orig.sqlstate
+        return state is None or state.startswith("08") or state in _PG_RESTART_STATES
+    return False
+
+
+def transient(exc: BaseException) -> bool:
+    """A write failure that a later retry can fix: SQLite locked or busy; a PostgreSQL connection
+    lost, refused or restarting. Not a full disk, a read-only file, a constraint or a bug."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, DBAPIError) and seen.connection_invalidated:
+            return True
+        if isinstance(seen, DisconnectionError):
+            return True
+        if isinstance(seen, DBAPIError) and _transient_driver_error(seen.orig):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+async def retrying(call: Callable[[], Awaitable[T]], *, what: str) -> T:
+    """`await call()` until it does not fail transiently; logs the outage once and its end."""
+    wait = FIRST_WAIT_S
+    failures = 0
+    while True:
+        try:
+            result = await call()
+        except Exception as exc:
+            if not transient(exc):
+                raise
+            failures += 1
+            metrics.DB_RETRIES.labels(what).inc()
+            if failures == 1:
+                log.warning("database unavailable; holding the data and retrying",
+                            extra={"what": what, "error": str(exc)[:300]})
+            await asyncio.sleep(wait)
+            wait = min(MAX_WAIT_S, wait * 2)
+            continue
+        if failures:
+            log.info("database available again; stored", extra={"what": what, "retries": failures})
+        return result

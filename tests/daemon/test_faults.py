@@ -1,0 +1,186 @@
+"""Faults under a running daemon: another process holds SQLite's write lock past the busy
+timeout; PostgreSQL is restarted (a throw-away server of the test's own). The daemon holds its
+data and retries, the API keeps answering, and afterwards nothing is missing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from daemon.config import load_config
+from daemon.feeds import PROTOCOLS
+from daemon.feeds.simulator import ExchangeSimulator, SimSeries
+from daemon.live.notify import Notifier
+from daemon.live.service import Service
+from db.bars import read_bars
+from db.engine import SQLITE_BUSY_TIMEOUT_MS, open_database
+from db.forecasts import query_forecasts
+from db.schema import forecast_scores
+from tests.daemon.livehelp import SERIES, SIM_START, config_text, real_bars, seed_history
+
+pytestmark = pytest.mark.slow
+
+HISTORY_END = datetime(2020, 12, 20, tzinfo=SIM_START.tzinfo)
+END = SIM_START + timedelta(hours=3)
+
+HOLDER = r"""
+import sqlite3, sys, time
+con = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=60)
+con.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+con.execute("COMMIT")
+print("released", flush=True)
+"""
+
+Fault = Callable[[Service, httpx.AsyncClient], Awaitable[dict[str, Any]]]
+
+
+def _run(shared_dir: Path, tmp_path: Path, db_url: str, fault: Fault, speed: float) -> dict[str, Any]:
+    played = real_bars(shared_dir, END + timedelta(hours=3))
+    seed_history(db_url, played, HISTORY_END)
+    seen: dict[str, Any] = {}
+
+    async def main() -> None:
+        sim = ExchangeSimulator(PROTOCOLS["binance"], [SimSeries("BTC-USDT", tuple(played))], speed=speed,
+                                start=SIM_START.timestamp(), heartbeat_s=0.05)
+        async with sim:
+            cfg = tmp_path / "barcast.toml"
+            cfg.write_text(config_text(tmp_path, db_url, sim.ws_url, sim.rest_url)
+                           + "\n[cluster]\nheartbeat_s = 0.5\nlease_ttl_s = 30.0\n")
+            svc = Service(load_config(cfg, env={}), clock=sim.clock.now, notifier=Notifier(""))
+            run = asyncio.create_task(svc.run())
+            try:
+                while not svc.ready:
+                    await asyncio.sleep(0.05)
+                async with httpx.AsyncClient(base_url=svc.api.url, timeout=30) as client:  # type: ignore[union-attr]
+                    while not svc.pipeline.stats.forecasts:  # type: ignore[union-attr]
+                        await asyncio.sleep(0.1)
+                    seen.update(await fault(svc, client))
+                    while (svc.pipeline.series[SERIES].last_forecast or HISTORY_END) < END:  # type: ignore[union-attr]
+                        await asyncio.sleep(0.1)
+            finally:
+                svc.stop_event.set()
+                await asyncio.wait_for(run, 60)
+
+    asyncio.run(main())
+    db = open_database(db_url)
+    stored = read_bars(db, SERIES, since=HISTORY_END, until=END)
+    want = [b for b in played if HISTORY_END <= b.open_time < END]
+    seen["bars_ok"] = [(b.open_time, b.close, b.volume) for b in stored] == [
+        (b.open_time, b.close, b.volume) for b in want]
+    per_bar = Counter(f.issued_at for f in query_forecasts(db, SERIES, since=HISTORY_END, until=END))
+    seen["forecast_missing"] = sorted({b.open_time for b in want} - set(per_bar))
+    seen["forecast_twice"] = [t for t, n in per_bar.items() if n > 1]
+    # every step whose target bar closed before END is scored (scores are writes too)
+    due = END - SERIES.step * 16
+    with db.engine.connect() as conn:
+        scored = conn.execute(select(func.count()).select_from(forecast_scores).where(
+            forecast_scores.c.issued_at >= HISTORY_END, forecast_scores.c.issued_at < due)).scalar_one()
+    seen["scores_missing"] = 16 * sum(1 for t in per_bar if t < due) - scored
+    db.close()
+    return seen
+
+
+async def _answers_while(client: httpx.AsyncClient, done: Callable[[], bool]) -> list[int]:
+    codes = []
+    while not done():
+        for path in ("/status", "/forecasts", "/health"):
+            codes.append((await client.get(path, params={"limit": 1} if path == "/forecasts" else None)).status_code)
+        await asyncio.sleep(0.5)
+    return codes
+
+
+def test_sqlite_write_lock_held_past_the_busy_timeout(shared_dir: Path, tmp_path: Path) -> None:
+    db_path = tmp_path / "barcast.db"
+    hold_s = SQLITE_BUSY_TIMEOUT_MS / 1000 + 4
+
+    async def lock(svc: Service, client: httpx.AsyncClient) -> dict[str, Any]:
+        holder = await asyncio.create_subprocess_exec(sys.executable, "-c", HOLDER, str(db_path), str(hold_s),
+                                                      stdout=asyncio.subprocess.PIPE)
+        assert holder.stdout is not None
+        assert (await holder.stdout.readline()).strip() == b"locked"
+        before = svc.pipeline.stats.forecasts  # type: ignore[union-attr]
+        codes = await _answers_while(client, lambda: holder.returncode is not None or holder.stdout.at_eof())
+        await holder.wait()
+        return {"codes": codes, "forecasts_during": svc.pipeline.stats.forecasts - before}  # type: ignore[union-attr]
+
+    seen = _run(shared_dir, tmp_path, f"sqlite:///{db_path}", lock, speed=300)
+    assert seen["codes"] and set(seen["codes"]) <= {200, 503}, seen["codes"]  # answered throughout
+    assert seen["codes"].count(200) >= len(seen["codes"]) // 2
+    assert seen["bars_ok"]
+    assert seen["forecast_missing"] == [] and seen["forecast_twice"] == []
+    assert seen["scores_missing"] == 0
+
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _as_postgres(*args: str) -> None:
+    cmd = list(args)
+    if os.geteuid() == 0:
+        cmd = ["runuser", "-u", "postgres", "--", *cmd]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+
+
+@pytest.fixture
+def own_postgres(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A throw-away PostgreSQL server (initdb + pg_ctl) on its own port and data directory."""
+    if not (PG_BIN / "initdb").exists():
+        pytest.skip("PostgreSQL server binaries not installed")
+    base = Path(f"/tmp/barcast-pg-{os.getpid()}-{_free_port()}")
+    base.mkdir()
+    if os.geteuid() == 0:
+        shutil.chown(base, "postgres", "postgres")
+    data, port = base / "data", _free_port()
+    _as_postgres(str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
+
+    def ctl(*args: str) -> None:
+        _as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-l", str(base / "server.log"),
+                     "-o", f"-p {port} -k {base} -c listen_addresses=127.0.0.1", *args)
+
+    ctl("start")
+    _as_postgres(str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "barcast")
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/barcast", ctl
+    finally:
+        ctl("stop", "-m", "immediate")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.postgres
+def test_postgresql_restarted_under_a_running_daemon(shared_dir: Path, tmp_path: Path, own_postgres: Any) -> None:
+    url, ctl = own_postgres
+
+    async def restart(svc: Service, client: httpx.AsyncClient) -> dict[str, Any]:
+        before = svc.pipeline.stats.forecasts  # type: ignore[union-attr]
+        await asyncio.to_thread(ctl, "stop", "-m", "fast")
+        await asyncio.sleep(3)  # down for a while: bars close meanwhile
+        health = (await client.get("/health")).json()
+        await asyncio.to_thread(ctl, "start")
+        return {"health_down": health, "forecasts_before": before}
+
+    seen = _run(shared_dir, tmp_path, url, restart, speed=300)
+    assert seen["health_down"]["ready"] is False and "database unreachable" in str(seen["health_down"]["reasons"])
+    assert seen["bars_ok"]
+    assert seen["forecast_missing"] == [] and seen["forecast_twice"] == []
+    assert seen["scores_missing"] == 0
