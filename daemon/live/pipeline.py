@@ -12,29 +12,29 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from daemon import metrics
 from daemon.config import Config
+from daemon.live.batcher import BoundaryBatcher
 from daemon.live.broadcast import Broadcast
 from daemon.live.calibration import CalibrationBook
 from daemon.live.dbretry import retrying
 from daemon.live.forecastlog import ForecastLog, forecast_line
 from daemon.live.frontier import replay_start
 from daemon.live.inference import Installed, Job, ModelBook, ServingModel, Worker, check_prediction, forecast_batch
-from daemon.live.scoring import DriftWatch, Reference, score
+from daemon.live.scorer import Scorer
 from daemon.live.window import RollingWindow
 from db import registry
-from db.bars import bars_frame, last_bars
+from db.bars import last_bars
 from db.calibration import load_states
 from db.cluster import Fence
 from db.engine import Database
 from db.errors import ArtifactError
 from db.forecasts import issued_times, latest_forecast, latest_issued, query_forecasts, store_new_forecasts
 from db.records import Bar, Forecast, ForecastScore, SeriesKey, iso
-from db.scores import accuracy, insert_scores, unscored_steps
 
 log = logging.getLogger("barcast.live")
 
@@ -87,13 +87,10 @@ class Pipeline:
         self.fence: Callable[[], Fence | None] = fence or (lambda: None)
         self.stats = PipelineStats()
         self._replay: dict[SeriesKey, list[tuple[Bar, bool]]] = {}
-        self.drift: dict[tuple[SeriesKey, str], DriftWatch] = {}
         self.calibration = CalibrationBook(horizon=config.data.horizon, gamma=config.model.aci_gamma)
-        #: Climatology per series (live probabilistic skill), rebuilt once a day of bars.
-        self.references: dict[SeriesKey, Reference] = {}
-        self._reference_tried: dict[SeriesKey, datetime] = {}
-        self._pending: dict[datetime, dict[SeriesKey, Job]] = {}
-        self._expected: dict[datetime, int] = {}
+        self.scorer = Scorer(config, database, self.calibration, fence=lambda: self.fence(),
+                             last_bar=lambda k: self.series[k].last_bar if k in self.series else None)
+        self._batcher: BoundaryBatcher[Job] = BoundaryBatcher()
         self._timers: dict[datetime, asyncio.TimerHandle] = {}
         self._queue: asyncio.Queue[list[Job] | None] = asyncio.Queue(BATCH_QUEUE)
         self._runner: asyncio.Task[None] | None = None
@@ -151,9 +148,7 @@ class Pipeline:
         """Stop serving series (given to another daemon): pending jobs for them are dropped."""
         gone = set(keys)
         self.owned -= gone
-        for group in self._pending.values():
-            for k in gone & group.keys():
-                del group[k]
+        self._batcher.drop(gone)
 
     async def catch_up(self, keys: Iterable[SeriesKey] | None = None) -> None:
         """Score whatever became scorable while the daemon was down; forecast the stored bars
@@ -161,7 +156,7 @@ class Pipeline:
         was never forecast (a crash between a bar close and its forecast loses nothing). `keys`:
         only those (series just taken over); default: all owned."""
         todo = [k for k in (self.owned if keys is None else keys) if k in self.owned]
-        self._watch(await self.writer.run(self._score, todo, None))
+        self.scorer.watch(await self.writer.run(self._score, todo, None))
         for key in todo:
             pending = await self._replay_stored(key)
             st = self.series[key]
@@ -234,12 +229,7 @@ class Pipeline:
         if serving is None or st.last_close is None:
             return
         job = Job(key, serving, st.window.values(), t, st.last_close, seen)
-        group = self._pending.get(t)
-        if group is None:  # the series expected at this boundary, counted once, not per series
-            group = self._pending[t] = {}
-            self._expected[t] = sum(1 for k in self.owned if self.series[k].window.ready)
-        group[key] = job
-        if len(group) >= self._expected.get(t, 0):
+        if self._batcher.add(t, key, job, lambda: sum(1 for k in self.owned if self.series[k].window.ready)):
             await self._flush(t)
         elif t not in self._timers:
             loop = asyncio.get_running_loop()
@@ -251,9 +241,8 @@ class Pipeline:
         timer = self._timers.pop(t, None)
         if timer is not None:
             timer.cancel()
-        group = self._pending.pop(t, None)
-        self._expected.pop(t, None)
-        if not group:
+        jobs = self._batcher.take(t)
+        if not jobs:
             return
         if self._queue.full():
             self.stats.queue_full += 1
@@ -261,7 +250,7 @@ class Pipeline:
             if self.stats.queue_full % 1000 == 1:  # first time and every 1000th, not every bar
                 log.warning("forecast queue full: the model is slower than bars arrive; feed waits",
                             extra={"queued": self._queue.qsize(), "times_full": self.stats.queue_full})
-        await self._queue.put(list(group.values()))
+        await self._queue.put(jobs)
         metrics.QUEUE_DEPTH.labels("forecast_batches").set(self._queue.qsize())
 
     # ---- batches -------------------------------------------------------------------------
@@ -300,7 +289,7 @@ class Pipeline:
             self.broadcast.publish(forecast_line(f))
         since = min(j.issued_at - j.series.step * SCORE_LOOKBACK_BARS for j in jobs)
         scored = await retrying(lambda: self.writer.run(self._score, [j.series for j in jobs], since), what="scores")
-        self._watch(scored)
+        self.scorer.watch(scored)
 
     def _store(self, forecasts: list[Forecast]) -> list[Forecast]:
         new = store_new_forecasts(self.database, forecasts, fence=self.fence(), once_per_bar=True)
@@ -308,91 +297,10 @@ class Pipeline:
         return new
 
     def _score(self, keys: list[SeriesKey], target_since: datetime | None) -> list[ForecastScore]:
-        """Score what became scorable, set-based: one query finds the due steps of every series
-        of the batch, one bulk insert stores their scores. The per-bar pass looks only at steps
-        whose target bar is at most SCORE_LOOKBACK_BARS before the batch's bars (an index range,
-        not the history; a replay of stored bars scores its own forecasts' targets too);
-        `target_since=None` (at start and on a takeover) catches up after downtime."""
-        keys = [k for k in keys if k in self.owned]
-        if not keys:
-            return []
-        now = datetime.now(UTC)
-        rows = unscored_steps(self.database, keys, target_since=target_since)
-        out = score(rows, now, self._references({r.series for r in rows})) if rows else []
-        if out:
-            moved = self.calibration.updated(rows)
-            insert_scores(self.database, out, self.calibration.states(moved, now), fence=self.fence())
-            self.calibration.commit(moved)
+        """The scoring pass over the owned ones of `keys` (writer thread; see `Scorer.run`)."""
+        out = self.scorer.run([k for k in keys if k in self.owned], target_since)
         self.stats.scores += len(out)
-        if out:
-            self._publish_accuracy(sorted({s.series for s in out}))
         return out
-
-    def _references(self, keys: Iterable[SeriesKey]) -> dict[SeriesKey, Reference]:
-        """Climatology of each series, (re)built from the last `retrain.history_days` of stored bars
-        when missing or a day of bars old (writer thread); a series with too little history is
-        retried once per horizon of bars."""
-        horizon = self.config.data.horizon
-        for key in keys:
-            last = self.series[key].last_bar if key in self.series else None
-            if last is None:
-                continue
-            ref = self.references.get(key)
-            if ref is not None and last - ref.through < timedelta(days=1):
-                continue
-            tried = self._reference_tried.get(key)
-            if ref is None and tried is not None and last - tried < key.step * horizon:
-                continue
-            self._reference_tried[key] = last
-            frame = bars_frame(self.database, key, since=last - timedelta(days=self.config.retrain.history_days),
-                               until=last)
-            times = frame.index.as_unit("s").asi8
-            built = Reference.build(times, frame["close"].to_numpy(), through=last, horizon=horizon,
-                                    step_s=int(key.step.total_seconds()), levels=self.config.model.quantiles)
-            if built is not None:
-                self.references[key] = built
-        return self.references
-
-    def _publish_accuracy(self, keys: list[SeriesKey]) -> None:
-        """Per-step live MAE, pinball and coverage gauges over the scoring window, one query for
-        all `keys` (writer thread)."""
-        span = self.config.scoring.window_steps // max(1, self.config.data.horizon)
-        starts = []
-        for key in keys:
-            st = self.series[key]
-            # exchange time, so replays score too
-            starts.append((st.last_bar if st.last_bar is not None else datetime.now(UTC)) - key.step * span)
-        if not keys:
-            return
-        for row in accuracy(self.database, series=keys, since=min(starts) if span else None, per_level=False):
-            labels = (str(row.series), row.model_id, str(row.step))
-            metrics.LIVE_MAE.labels(*labels).set(row.mae)
-            metrics.PERSISTENCE_MAE.labels(str(row.series), str(row.step)).set(row.persistence_mae)
-            if row.pinball_mean is not None and row.coverage is not None:
-                metrics.LIVE_PINBALL.labels(*labels).set(row.pinball_mean)
-                metrics.LIVE_COVERAGE.labels(*labels).set(row.coverage)
-            if row.prob_skill is not None:
-                metrics.LIVE_PROB_SKILL.labels(*labels).set(row.prob_skill)
-
-    def _watch(self, scores: list[ForecastScore]) -> None:
-        by: dict[tuple[SeriesKey, str], list[ForecastScore]] = {}
-        for s in scores:
-            by.setdefault((s.series, s.model_id), []).append(s)
-        cfg = self.config.scoring
-        for k, group in by.items():
-            watch = self.drift.setdefault(
-                k, DriftWatch(window=cfg.window_steps, margin=cfg.drift_margin, period=cfg.drift_period)
-            )
-            was = watch.drifting
-            watch.add(group)
-            now = watch.check()
-            metrics.DRIFT_FLAG.labels(str(k[0]), k[1]).set(1 if now else 0)
-            if now and not was:
-                log.warning("model drifting: live error above persistence", extra={
-                    "series": str(k[0]), "model": k[1], "mae": watch.mae, "persistence_mae": watch.persistence_mae,
-                    "margin": cfg.drift_margin})
-            elif was and not now:
-                log.info("model back within drift margin", extra={"series": str(k[0]), "model": k[1]})
 
     # ---- models --------------------------------------------------------------------------
     def load_serving(self, group: str) -> ServingModel:
@@ -450,7 +358,7 @@ class Pipeline:
 
     # ---- shutdown ------------------------------------------------------------------------
     async def drain(self) -> None:
-        for t in list(self._pending):
+        for t in self._batcher.open_boundaries():
             await self._flush(t)
         if self._runner is not None and not self._runner.done():
             await self._queue.put(None)

@@ -19,6 +19,8 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from typing import Annotated, Any, Protocol
 
+import anyio
+import anyio.abc
 import orjson
 import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
@@ -38,6 +40,23 @@ from db import bars as db_bars
 from db.engine import Database
 from db.errors import BarcastError, ConfigError, InputError
 from db.records import SeriesKey
+
+
+def _resolve_lazy_imports() -> None:
+    """Import what anyio (>= 4.16) would import lazily, now, on the importing thread.
+
+    anyio loads its submodules on first attribute access, e.g. when the server first streams a
+    file (the /docs assets) from a worker thread. Loading a module can parse source with `ast`
+    (anyio's own lazy map; pytest's assertion rewriter), and CPython 3.11's parser is not safe
+    in two threads at once: it raised `SystemError: AST constructor recursion depth mismatch`
+    and the response was cut off, while another thread (TensorFlow's autograph, a test) parsed
+    too. Resolving every lazy name once at start removes the race."""
+    for module in (anyio, anyio.abc):
+        for name in dir(module):
+            getattr(module, name, None)
+
+
+_resolve_lazy_imports()
 
 log = logging.getLogger("barcast.api")
 

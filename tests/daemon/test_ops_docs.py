@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -71,3 +72,13 @@ def test_docs_render_in_a_headless_browser_offline(tmp_path: Path) -> None:
     # Swagger UI drew the operations from /openapi.json: its JavaScript and the spec both loaded.
     paths = set(re.findall(r'class="opblock-summary-path" data-path="([^"]+)"', out.stdout))
     assert {"/health", "/forecasts", "/forecasts/latest", "/bars", "/status"} <= paths, paths
+
+
+def test_anyio_lazy_modules_are_loaded_when_the_api_is_imported() -> None:
+    """A lazy import from a server thread once raced another thread's `ast` parse (CPython 3.11)
+    and cut a /docs asset off mid-response: the API resolves anyio's lazy names at import."""
+    code = ("import sys; import daemon.ops.api; "
+            "missing = [m for m in ('anyio._core._fileio', 'anyio.to_thread', 'anyio.abc._streams') "
+            "if m not in sys.modules]; assert not missing, missing")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
