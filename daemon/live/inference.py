@@ -24,10 +24,13 @@ import numpy as np
 from daemon import metrics
 from daemon.live.calibration import CalibrationBook
 from daemon.live.window import COLUMNS, bar_values
+from db import registry
 from db.errors import ArtifactError
 from db.records import Forecast, SeriesKey, to_unix
 
 if TYPE_CHECKING:
+    from daemon.config import Config
+    from db.engine import Database
     from trainer.forecaster import Forecaster
 
 T = TypeVar("T")
@@ -197,6 +200,66 @@ def _persistence_rows(
     log.warning("model output not finite: persistence serves these series this bar", extra={
         "model": serving.model_id, "series": [str(group[i].series) for i in rows]})
     return closes, served
+
+
+class ModelInstaller:
+    """Puts a group's champion into the model book: loaded on the inference thread, checked by a
+    test prediction, swapped in one assignment; the persistence baseline where there is none."""
+
+    def __init__(self, config: Config, database: Database, book: ModelBook, worker: Worker) -> None:
+        self.config = config
+        self.database = database
+        self.book = book
+        self.worker = worker
+
+    def load_serving(self, group: str) -> ServingModel:
+        """The champion of a group's first series, checked by a test prediction, or the
+        persistence baseline (inference thread)."""
+        from trainer.artifact_store import local_path
+        from trainer.artifacts import load_artifact
+        from trainer.retrain_job import BASELINE_ID
+
+        keys = self.config.group_series(group)
+        info = registry.champion(self.database, keys[0]) if keys else None
+        data = self.config.data
+        if info is not None and info.id != BASELINE_ID and info.artifact_path:
+            path = local_path(self.database, info.artifact_path, self.config.artifacts_dir)
+            model = load_artifact(path, window=data.window, horizon=data.horizon)
+            serving = ServingModel.of(info.id, model)
+            check_prediction(serving, info.artifact_path)
+            return serving
+        return self.baseline()
+
+    def baseline(self) -> ServingModel:
+        """Persistence with a Gaussian random-walk fan (calibrated online like any model)."""
+        from trainer.models import build_model
+        from trainer.retrain_job import BASELINE_ID
+
+        return ServingModel.of(BASELINE_ID, build_model("persistence", self.config.model, self.config.data))
+
+    async def install(self, group: str) -> ServingModel:
+        return (await self.reload(group)).serving
+
+    async def reload(self, group: str) -> Installed:
+        """(Re)load a group's champion and swap it in atomically, only once it loaded and made a
+        test prediction. An artifact that cannot be loaded (deleted, corrupt, from another window
+        size, predicting nonsense) keeps the model already serving, or the persistence baseline at
+        start: forecasting never stops over a bad file, and the result says what happened."""
+        try:
+            serving = await self.worker.run(self.load_serving, group)
+        except ArtifactError as exc:
+            current = self.book.get(group)
+            serving = current or self.baseline()
+            log.error("champion artifact unusable; serving another model", extra={
+                "group": group, "error": str(exc), "serving": serving.model_id})
+            if current is None:
+                self.book.swap(group, serving)
+            return Installed(group, serving, str(exc))
+        old = self.book.swap(group, serving)
+        if old is None or old.model_id != serving.model_id:
+            log.info("model serving", extra={"group": group, "model": serving.model_id,
+                                             "previous": old.model_id if old else None})
+        return Installed(group, serving, None)
 
 
 class Worker:

@@ -24,15 +24,13 @@ from daemon.live.calibration import CalibrationBook
 from daemon.live.dbretry import retrying
 from daemon.live.forecastlog import ForecastLog, forecast_line
 from daemon.live.frontier import replay_start
-from daemon.live.inference import Installed, Job, ModelBook, ServingModel, Worker, check_prediction, forecast_batch
+from daemon.live.inference import Installed, Job, ModelBook, ModelInstaller, ServingModel, Worker, forecast_batch
 from daemon.live.scorer import Scorer
 from daemon.live.window import RollingWindow
-from db import registry
 from db.bars import last_bars
 from db.calibration import load_states
 from db.cluster import Fence
 from db.engine import Database
-from db.errors import ArtifactError
 from db.forecasts import issued_times, latest_forecast, latest_issued, query_forecasts, store_new_forecasts
 from db.records import Bar, Forecast, ForecastScore, SeriesKey, iso
 
@@ -91,6 +89,7 @@ class Pipeline:
         self.scorer = Scorer(config, database, self.calibration, fence=lambda: self.fence(),
                              last_bar=lambda k: self.series[k].last_bar if k in self.series else None)
         self._batcher: BoundaryBatcher[Job] = BoundaryBatcher()
+        self.models = ModelInstaller(config, database, book, self.inference)
         self._timers: dict[datetime, asyncio.TimerHandle] = {}
         self._queue: asyncio.Queue[list[Job] | None] = asyncio.Queue(BATCH_QUEUE)
         self._runner: asyncio.Task[None] | None = None
@@ -303,54 +302,11 @@ class Pipeline:
         return out
 
     # ---- models --------------------------------------------------------------------------
-    def load_serving(self, group: str) -> ServingModel:
-        """The champion of a group's first series, checked by a test prediction, or the
-        persistence baseline (inference thread)."""
-        from trainer.artifact_store import local_path
-        from trainer.artifacts import load_artifact
-        from trainer.retrain_job import BASELINE_ID
-
-        keys = self.config.group_series(group)
-        info = registry.champion(self.database, keys[0]) if keys else None
-        data = self.config.data
-        if info is not None and info.id != BASELINE_ID and info.artifact_path:
-            path = local_path(self.database, info.artifact_path, self.config.artifacts_dir)
-            model = load_artifact(path, window=data.window, horizon=data.horizon)
-            serving = ServingModel.of(info.id, model)
-            check_prediction(serving, info.artifact_path)
-            return serving
-        return self.baseline()
-
-    def baseline(self) -> ServingModel:
-        """Persistence with a Gaussian random-walk fan (calibrated online like any model)."""
-        from trainer.models import build_model
-        from trainer.retrain_job import BASELINE_ID
-
-        return ServingModel.of(BASELINE_ID, build_model("persistence", self.config.model, self.config.data))
-
     async def install(self, group: str) -> ServingModel:
-        return (await self.reload(group)).serving
+        return await self.models.install(group)
 
     async def reload(self, group: str) -> Installed:
-        """(Re)load a group's champion and swap it in atomically, only once it loaded and made a
-        test prediction. An artifact that cannot be loaded (deleted, corrupt, from another window
-        size, predicting nonsense) keeps the model already serving, or the persistence baseline at
-        start: forecasting never stops over a bad file, and the result says what happened."""
-        try:
-            serving = await self.inference.run(self.load_serving, group)
-        except ArtifactError as exc:
-            current = self.book.get(group)
-            serving = current or self.baseline()
-            log.error("champion artifact unusable; serving another model", extra={
-                "group": group, "error": str(exc), "serving": serving.model_id})
-            if current is None:
-                self.book.swap(group, serving)
-            return Installed(group, serving, str(exc))
-        old = self.book.swap(group, serving)
-        if old is None or old.model_id != serving.model_id:
-            log.info("model serving", extra={"group": group, "model": serving.model_id,
-                                             "previous": old.model_id if old else None})
-        return Installed(group, serving, None)
+        return await self.models.reload(group)
 
     async def idle(self) -> None:
         """Wait until every batch queued so far is forecast, stored and scored."""
