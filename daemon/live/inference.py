@@ -145,21 +145,22 @@ def forecast_batch(
         last = np.array([float(j.last_close) for j in group])
         served = np.sort(np.asarray(pred.quantiles, dtype=np.float64), axis=-1)
         bad = np.asarray(~(np.isfinite(closes).all(axis=1) & np.isfinite(served).all(axis=(1, 2))))
+        fallback_id = serving.model_id
         if bad.any():
-            closes, served = _persistence_rows(group, serving, bad, closes, served, times)
+            closes, served, fallback_id = _persistence_rows(group, serving, bad, closes, served, times)
         done = time.monotonic()
         now = datetime.now(UTC)
         for i, (j, row) in enumerate(zip(group, closes, strict=True)):
             dt = step(j.series)
             q = served[i : i + 1]
             if calibration is not None:
-                q = calibration.apply(j.series, PERSISTENCE_ID if bad[i] else serving.model_id, levels,
+                q = calibration.apply(j.series, fallback_id if bad[i] else serving.model_id, levels,
                                       last[i : i + 1], q)
             out.append(
                 Forecast(
                     series=j.series,
                     issued_at=j.issued_at,
-                    model_id=PERSISTENCE_ID if bad[i] else serving.model_id,
+                    model_id=fallback_id if bad[i] else serving.model_id,
                     target_times=tuple(j.issued_at + dt * (k + 1) for k in range(serving.horizon)),
                     closes=tuple(float(v) for v in row),
                     last_close=j.last_close,
@@ -172,19 +173,16 @@ def forecast_batch(
     return out
 
 
-#: The baseline's model id (trainer.retrain_job.BASELINE_ID; not imported: TensorFlow-free here).
-PERSISTENCE_ID = "persistence"
-
-
 def _persistence_rows(
     group: Sequence[Job], serving: ServingModel, bad: np.ndarray, closes: np.ndarray, served: np.ndarray,
     times: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, str]:
     """Rows whose model output is not finite (e.g. a window holding a backfilled bar without the
     trade count a `log_trades` model reads) are served by persistence with its random-walk fan,
     stored under persistence's id: never a NaN forecast, never a bar left without one."""
     from trainer.models import build_model
     from trainer.params import DataParams, ModelParams
+    from trainer.retrain_job import BASELINE_ID
 
     params = ModelParams(quantiles=tuple(float(v) for v in serving.model.levels))
     base = build_model("persistence", params, DataParams(window=serving.window, horizon=serving.horizon))
@@ -199,7 +197,7 @@ def _persistence_rows(
         metrics.FORECAST_FALLBACKS.labels(str(group[i].series), serving.model_id).inc()
     log.warning("model output not finite: persistence serves these series this bar", extra={
         "model": serving.model_id, "series": [str(group[i].series) for i in rows]})
-    return closes, served
+    return closes, served, BASELINE_ID
 
 
 class ModelInstaller:
