@@ -214,8 +214,9 @@ async def retrain_standalone(
 # --- the demo ----------------------------------------------------------------------------------
 
 #: The model the demo trains and serves, in one place: the fastest real model that beats
-#: persistence on the demo's momentum walk (trains in about a second). Issue 11's `har`
-#: volatility model with quantile fans replaces it here when it lands.
+#: persistence on the demo's momentum walk (trains in about a second); its fan is its training
+#: residuals scaled by the window's volatility. Not `har` (the live default): the demo's walk
+#: has momentum but a constant volatility, so a volatility model has nothing to forecast there.
 DEMO_ARCH = "linear"
 #: Input bars per window for the demo's model (a 256-bar linear model overfits 1,000 bars).
 DEMO_WINDOW = 64
