@@ -24,10 +24,10 @@ the same left-to-right exact Decimal sum as before, done at close in C (`functoo
 from __future__ import annotations
 
 from collections import OrderedDict
-from functools import reduce
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from functools import reduce
 from typing import Any, Literal
 
 from daemon.feeds.fields import EXACT, datetime_from_us, us
@@ -226,12 +226,16 @@ class Aggregator:
                     self.stats.duplicates += 1
                     return NO_UPDATES
                 ids.add(tid)
-            if pf > self._hf:
-                self._hf, self._h = pf, p
-            elif pf < self._lf:
-                self._lf, self._l = pf, p
-            elif (pf == self._hf and p != self._h) or (pf == self._lf and p != self._l):
-                self._tie(p)
+            if pf >= self._hf:
+                if pf > self._hf:
+                    self._hf, self._h = pf, p
+                elif p != self._h:
+                    self._tie(p)
+            elif pf <= self._lf:
+                if pf < self._lf:
+                    self._lf, self._l = pf, p
+                elif p != self._l:
+                    self._tie(p)
             if t < self._ot:
                 self._ot, self._o = t, p
             if t >= self._ct:

@@ -107,6 +107,33 @@ def size_text(value: Any) -> Decimal | None:
     return g
 
 
+def hot_numbers(p: Any, q: Any) -> float | None:
+    """float(p), when price text `p` and size text `q` are plain digits-and-point text that
+    `price_text` and `size_text` accept; None when either is unusual (the exact path judges it).
+
+    The hot path keeps the text and compares floats (see daemon/bars.py). Acceptance is proven
+    by floats strictly inside the exact bounds; the edges (and anything else) take the exact path.
+    """
+    try:
+        if p.strip(_DIGITS_POINT) or q.strip(_DIGITS_POINT) or len(p) > MAX_TEXT or len(q) > MAX_TEXT:
+            return None
+        pf = float(p)  # digits and a point only: "", ".", "1.2.3" raise, as Decimal refuses them
+        qf = float(q)
+    except (ValueError, AttributeError, TypeError):
+        return None
+    if _HOT_MIN < pf < _HOT_MAX_PRICE and (qf == 0.0 or _HOT_MIN < qf < _HOT_MAX_SIZE):
+        return pf
+    return None
+
+
+#: Bounds for floats that prove the exact ones (MIN_MAGNITUDE, MAX_PRICE, MAX_SIZE) with margin.
+_HOT_MIN: Final = 1e-29
+_HOT_MAX_PRICE: Final = 1e14
+_HOT_MAX_SIZE: Final = 1e17
+#: Trade ids as ints: the range `trade_id_ok` accepts.
+MIN_INT_ID: Final = -(2**63)
+MAX_INT_ID: Final = 2**64
+
 #: Longest trade id kept (ids are compared for duplicates and printed; longer is garbage).
 MAX_TRADE_ID: Final = 64
 
