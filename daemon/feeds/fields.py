@@ -112,18 +112,27 @@ def hot_numbers(p: Any, q: Any) -> float | None:
     `price_text` and `size_text` accept; None when either is unusual (the exact path judges it).
 
     The hot path keeps the text and compares floats (see daemon/bars.py). Acceptance is proven
-    by floats strictly inside the exact bounds; the edges (and anything else) take the exact path.
+    by floats strictly inside the exact bounds; a size of at most 17 characters with at most
+    one point needs no float: its value is 0 or in [1e-16, 1e17). The edges take the exact path.
     """
     try:
-        if p.strip(_DIGITS_POINT) or q.strip(_DIGITS_POINT) or len(p) > MAX_TEXT or len(q) > MAX_TEXT:
+        if len(p) > MAX_TEXT or (p + q).strip(_DIGITS_POINT):
             return None
         pf = float(p)  # digits and a point only: "", ".", "1.2.3" raise, as Decimal refuses them
-        qf = float(q)
-    except (ValueError, AttributeError, TypeError):
+    except (ValueError, TypeError):
         return None
-    if _HOT_MIN < pf < _HOT_MAX_PRICE and (qf == 0.0 or _HOT_MIN < qf < _HOT_MAX_SIZE):
+    if not _HOT_MIN < pf < _HOT_MAX_PRICE:
+        return None
+    n = len(q)
+    if 0 < n <= 17 and q.count(".") < 2 and q != ".":
         return pf
-    return None
+    if n > MAX_TEXT:
+        return None
+    try:
+        qf = float(q)
+    except ValueError:
+        return None
+    return pf if qf == 0.0 or _HOT_MIN < qf < _HOT_MAX_SIZE else None
 
 
 #: Bounds for floats that prove the exact ones (MIN_MAGNITUDE, MAX_PRICE, MAX_SIZE) with margin.
@@ -184,7 +193,12 @@ def us_from_ns(value: Any) -> int | None:
 def us_from_seconds(value: Any) -> int | None:
     """Unix seconds as decimal text or int ('1618678142.557535', Kraken v1) to µs, exactly
     (fractions below a µs are floored). `1e999999` and other hostile text give None."""
-    if type(value) is str and is_plain(value):  # fast path: 'SSSSSSSSSS.ffffff'
+    if type(value) is str and len(value) == 17 and value[10] == ".":  # Kraken's 'SSSSSSSSSS.ffffff'
+        digits = value[:10] + value[11:]
+        if digits.isascii() and digits.isdigit():
+            n = int(digits)
+            return n if MIN_US <= n < MAX_US else None
+    if type(value) is str and is_plain(value):  # other plain forms
         whole, _, frac = value.partition(".")
         if whole and len(whole) <= 10 and "." not in frac:
             return _in_range(int(whole) * US_PER_S + int(frac[:6].ljust(6, "0")))

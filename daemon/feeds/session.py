@@ -280,24 +280,29 @@ class FeedSession:
         kind = res.kind
         self._kinds[kind] += 1
         if rows:  # only trade frames carry rows
-            if len(rows) == 1 and not self.wall_clock and self._next_due_us is None and not self._await_feed_time:
-                # `_rows` inlined for the feed clock's steady state: one trade, nothing to wait for
+            if len(rows) == 1 and not self.wall_clock and not self._await_feed_time:
+                # `_rows` inlined for the feed clock's steady state: one trade, no backfill due
                 native, tid, t, p, pf, q, _side = rows[0]
                 s = self._one.get(native)
                 if s is not None:
-                    if t > self._feed_time_us:
-                        self._feed_time_us = t
-                    self.stats.trades += 1
-                    ups = s.agg.add_text(t, p, pf, q, tid)
-                    out = [Publish(self._closed(s, ups))] if ups else []
-                    if self._feed_time_us < self._close_floor_us:
-                        return out
-                    return self._close_due(received, mono, out)
+                    now = self._feed_time_us
+                    if t > now:
+                        now = self._feed_time_us = t
+                    due = self._next_due_us
+                    if due is None or now < due:
+                        self.stats.trades += 1
+                        ups = s.agg.add_text(t, p, pf, q, tid)
+                        out = [Publish(self._closed(s, ups))] if ups else []
+                        if now < self._close_floor_us:
+                            return out
+                        return self._close_due(received, mono, out)
             return self._rows(rows, 0, received, mono, [])
         if (kind == "other" or kind == "heartbeat") and res.time_us is None and not res.reconnect:
             # the bulk of the traffic: nothing to decide; with the feed clock, time did not move
-            if not self.wall_clock and self._next_due_us is None and self._feed_time_us < self._close_floor_us:
-                return NO_ACTIONS  # `_close_due`'s answer, without the call
+            if not self.wall_clock:
+                now, due = self._feed_time_us, self._next_due_us
+                if (due is None or now < due) and now < self._close_floor_us:
+                    return NO_ACTIONS  # `_close_due`'s answer, without the call
             return self._close_due(received, mono, [])
         out: list[Action] = []
         if kind == "malformed" or kind == "error":
@@ -334,16 +339,18 @@ class FeedSession:
         while i < n:
             native, tid, t, p, pf, q, _side = rows[i]
             s = one.get(native)
-            if s is not None and t <= limit and self._next_due_us is None and not self._await_feed_time:
-                # the steady state: the one series of this symbol, nothing to fetch or wait for
+            if s is not None and t <= limit and not self._await_feed_time:
+                # the steady state: the one series of this symbol, no backfill due before it
                 if t > self._feed_time_us:
                     self._feed_time_us = t
-                st.trades += 1
-                i += 1
-                ups = s.agg.add_text(t, p, pf, q, tid)
-                if ups:
-                    out.append(Publish(self._closed(s, ups)))
-                continue
+                due = self._next_due_us
+                if due is None or ((t if t > now else now) if wall else self._feed_time_us) < due:
+                    st.trades += 1
+                    i += 1
+                    ups = s.agg.add_text(t, p, pf, q, tid)
+                    if ups:
+                        out.append(Publish(self._closed(s, ups)))
+                    continue
             targets = by_native.get(native)
             if targets is None or t > limit:
                 st.trades += 1
@@ -372,7 +379,9 @@ class FeedSession:
                 ups = s.agg.add_text(t, p, pf, q, tid)
                 if ups:
                     out.append(Publish(self._closed(s, ups)))
-        if self._next_due_us is None and (now if wall else self._feed_time_us) < self._close_floor_us:
+        now = now if wall else self._feed_time_us
+        due = self._next_due_us
+        if (due is None or now < due) and now < self._close_floor_us:
             return out  # `_close_due`'s usual answer, without the call
         return self._close_due(received, mono, out)
 
