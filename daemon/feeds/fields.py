@@ -194,9 +194,9 @@ def us_from_seconds(value: Any) -> int | None:
     """Unix seconds as decimal text or int ('1618678142.557535', Kraken v1) to µs, exactly
     (fractions below a µs are floored). `1e999999` and other hostile text give None."""
     if type(value) is str and len(value) == 17 and value[10] == ".":  # Kraken's 'SSSSSSSSSS.ffffff'
-        digits = value[:10] + value[11:]
-        if digits.isascii() and digits.isdigit():
-            n = int(digits)
+        joined = value[:10] + value[11:]
+        if joined.isascii() and joined.isdigit():
+            n = int(joined)
             return n if MIN_US <= n < MAX_US else None
     if type(value) is str and is_plain(value):  # other plain forms
         whole, _, frac = value.partition(".")

@@ -17,7 +17,7 @@ from typing import Any, Union
 
 import msgspec
 
-from daemon.feeds.records import NO_ROWS, ParseResult, Row
+from daemon.feeds.records import NO_ROWS, ParseResult
 
 
 def ignored(tag_field: str, tags: Iterable[str], absent: Iterable[str] = ()) -> tuple[type[msgspec.Struct], ...]:
@@ -30,7 +30,7 @@ def ignored(tag_field: str, tags: Iterable[str], absent: Iterable[str] = ()) -> 
     )
 
 
-def results(structs: Iterable[type[msgspec.Struct]], result: ParseResult) -> dict[type, tuple[ParseResult, list[Row]]]:
+def results(structs: Iterable[type[msgspec.Struct]], result: ParseResult) -> dict[type, tuple[ParseResult, list[Any]]]:
     """Struct type -> what `fast_scan` returns for every frame of it: `result`, no rows."""
     return dict.fromkeys(structs, (result, NO_ROWS))
 

@@ -43,7 +43,7 @@ from enum import Enum
 from typing import Any
 
 from daemon.bars import Aggregator, BarUpdate
-from daemon.feeds.base import MESSAGE_KINDS, ExchangeProtocol, HotRow, ParseResult
+from daemon.feeds.base import HEARTBEAT, MESSAGE_KINDS, OTHER, ExchangeProtocol, HotRow, ParseResult
 from daemon.feeds.fields import us, us_from_clock, us_from_datetime
 from db.records import Bar, SeriesKey, interval_seconds
 
@@ -292,12 +292,16 @@ class FeedSession:
                     if due is None or now < due:
                         self.stats.trades += 1
                         ups = s.agg.add_text(t, p, pf, q, tid)
-                        out = [Publish(self._closed(s, ups))] if ups else []
+                        acts: list[Action] = [Publish(self._closed(s, ups))] if ups else []
                         if now < self._close_floor_us:
-                            return out
-                        return self._close_due(received, mono, out)
+                            return acts
+                        return self._close_due(received, mono, acts)
             return self._rows(rows, 0, received, mono, [])
-        if (kind == "other" or kind == "heartbeat") and res.time_us is None and not res.reconnect:
+        if (
+            res is OTHER
+            or res is HEARTBEAT
+            or ((kind == "other" or kind == "heartbeat") and res.time_us is None and not res.reconnect)
+        ):
             # the bulk of the traffic: nothing to decide; with the feed clock, time did not move
             if not self.wall_clock:
                 now, due = self._feed_time_us, self._next_due_us

@@ -15,7 +15,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from daemon.bars import Aggregator, _Acc
-from daemon.feeds.fields import hot_numbers, price_text, size_text
+from daemon.feeds.fields import MAX_US, MIN_US, hot_numbers, price_text, size_text, us_from_seconds
 from db.records import SeriesKey, decimal_text
 
 SERIES = SeriesKey("binance", "BTC-USDT", "5m")
@@ -49,8 +49,12 @@ def close_neighbours(base: str) -> list[str]:
 
 def bar_text(acc: _Acc) -> tuple[str, ...]:
     return (
-        decimal_text(acc.open), decimal_text(acc.high), decimal_text(acc.low), decimal_text(acc.close),
-        decimal_text(acc.volume), str(acc.count),
+        decimal_text(acc.open),
+        decimal_text(acc.high),
+        decimal_text(acc.low),
+        decimal_text(acc.close),
+        decimal_text(acc.volume),
+        str(acc.count),
     )
 
 
@@ -70,8 +74,12 @@ def hot(trades: list[tuple[int, str, str]]) -> tuple[str, ...]:
     (update,) = agg.advance(BASE + STEP)
     b = update.bar
     return (
-        decimal_text(b.open), decimal_text(b.high), decimal_text(b.low), decimal_text(b.close),
-        decimal_text(b.volume), str(b.trade_count),
+        decimal_text(b.open),
+        decimal_text(b.high),
+        decimal_text(b.low),
+        decimal_text(b.close),
+        decimal_text(b.volume),
+        str(b.trade_count),
     )
 
 
@@ -138,3 +146,23 @@ def test_hot_numbers_takes_ordinary_exchange_numbers(p: str, q: str) -> None:
     """Every ordinary price and size within the float-proven bounds is taken (not handed over)."""
     if 1e-29 < float(p) < 1e14 and len(p) <= 40 and len(q) <= 40 and (float(q) == 0 or 1e-29 < float(q) < 1e17):
         assert hot_numbers(p, q) == float(p)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.text(alphabet="0123456789.+-_ e١", min_size=17, max_size=17)
+    | st.from_regex(r"[0-9]{10}\.[0-9]{6}", fullmatch=True)
+)
+@example("1618678142.557535")
+@example("0946684799.999999")  # just before 2000
+@example("1618678142.55753_")
+@example("1618678142.5575 5")
+@example("161867814٢.557535")
+def test_kraken_seconds_fast_form_is_exact(text: str) -> None:
+    """`us_from_seconds` on 'SSSSSSSSSS.ffffff' (its digit-joining fast form) against Decimal."""
+    got = us_from_seconds(text)
+    if all(c in "0123456789" for c in text[:10] + text[11:]) and text[10] == ".":
+        us = int(Decimal(text) * 1_000_000)
+        assert got == (us if MIN_US <= us < MAX_US else None)
+    else:
+        assert got is None or got == int(Decimal(text) * 1_000_000)

@@ -2,7 +2,8 @@
 
 The fast path may only settle a frame the way the full parser would; anything else it must hand
 over. Its trades are hot rows (number texts and the price's float, for the session); with the
-texts as Decimals they must be the full parser's rows exactly, and each float the text's float. Checked on the real captures, the simulator's frames of every exchange and thousands of
+texts as Decimals they must be the full parser's rows exactly, and each float the text's float.
+Checked on the real captures, the simulator's frames of every exchange and thousands of
 hostile mutations of them (framefuzz.py): whenever `fast_scan` answers, the answer equals
 `scan_full`'s (one licensed difference, below), and `scan_safe` is the fast answer, else the
 full one. And the fast path is really taken: it settles every well-formed trade frame and nearly
