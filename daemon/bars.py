@@ -144,6 +144,9 @@ class Aggregator:
         self._cursor: int | None = None  # open time of the earliest bar not yet closed
         # the bar at the cursor while it has trades (`_n` > 0): prices as text + float, sizes as text
         self._n = 0
+        #: [_lo, _hi): the interval of the bar in progress while it has trades, else empty
+        self._lo = 0
+        self._hi = 0
         self._o: Num = None
         self._h: Num = None
         self._l: Num = None
@@ -180,7 +183,7 @@ class Aggregator:
 
     def interrupt(self) -> None:
         """The stream broke: the bar in progress is partial, so it is dropped, not closed."""
-        self._n = 0
+        self._drop_live()
         self.suspended = True
 
     def resume(self, observed_from_us: int, last_close: Decimal | None = None) -> None:
@@ -189,7 +192,7 @@ class Aggregator:
         `last_close` (from stored or backfilled bars) seeds flat bars until the first trade.
         """
         self.suspended = False
-        self._n = 0
+        self._drop_live()
         self._set_cursor(self.ceil(observed_from_us))
         if last_close is not None:
             self._last_close = last_close
@@ -215,15 +218,14 @@ class Aggregator:
     def add_text(self, t: int, p: Num, pf: float, q: Num, tid: object) -> list[BarUpdate]:
         """The hot path: price `p` as validated plain decimal text (or a Decimal) with `pf` =
         float(p), size `q` likewise. Most trades land in the bar in progress and end here."""
-        self.stats.trades += 1
-        start = t - t % self.step_us
-        if start == self._cursor and self._n:  # the bar in progress (never while suspended)
-            if t > self._watermark:
-                self._watermark = t
+        if self._lo <= t < self._hi:  # the bar in progress (set only while it has trades)
+            self.stats.trades += 1
             if tid is not None:
                 ids = self._ids
                 if tid in ids:
                     self.stats.duplicates += 1
+                    if t > self._watermark:
+                        self._watermark = t
                     return NO_UPDATES
                 ids.add(tid)
             if pf >= self._hf:
@@ -238,12 +240,13 @@ class Aggregator:
                     self._tie(p)
             if t < self._ot:
                 self._ot, self._o = t, p
-            if t >= self._ct:
+            if t >= self._ct:  # `_ct` is the bar's newest time: the watermark takes it in `_fold`
                 self._ct, self._c = t, p
             self._sizes.append(q)
             self._n += 1
             return NO_UPDATES
-        return self._add_other(t, p, pf, q, tid, start)
+        self.stats.trades += 1
+        return self._add_other(t, p, pf, q, tid, t - t % self.step_us)
 
     def _tie(self, p: Num) -> None:
         """Equal floats, different text: decide high and low as Decimals (as `_Acc.add` does)."""
@@ -258,6 +261,7 @@ class Aggregator:
         if self.suspended:
             self.stats.unobserved += 1
             return NO_UPDATES
+        self._fold()
         if t > self._watermark:
             self._watermark = t
         updates = NO_UPDATES
@@ -270,12 +274,24 @@ class Aggregator:
                 updates = self._close_through(start)
         # the first trade of the bar at the cursor
         self._n = 1
+        self._lo = start
+        self._hi = start + self.step_us
         self._o = self._h = self._l = self._c = p
         self._hf = self._lf = pf
         self._ot = self._ct = t
         self._sizes = [q]
         self._ids = set() if tid is None else {tid}
         return updates
+
+    def _fold(self) -> None:
+        """Take the bar in progress's newest time into the watermark (the hot path leaves it in
+        `_ct`, one store less per trade); before anything reads the watermark."""
+        if self._n and self._ct > self._watermark:
+            self._watermark = self._ct
+
+    def _drop_live(self) -> None:
+        self._n = 0
+        self._lo = self._hi = 0
 
     def _live(self) -> _Acc | None:
         """The bar in progress as an `_Acc` of exact Decimals (None: no trade yet)."""
@@ -324,8 +340,9 @@ class Aggregator:
         """Close all bars opening before `target` (the cursor moves to `target`)."""
         assert self._cursor is not None
         step = self.step_us
+        self._fold()
         acc = self._live()
-        self._n = 0
+        self._drop_live()
         if acc is not None and target - self._cursor == step:  # the usual case: one bar, with trades
             out = [self._close(acc)]
             self._set_cursor(target)
