@@ -116,17 +116,15 @@ def hot_numbers(p: Any, q: Any) -> float | None:
     one point needs no float: its value is 0 or in [1e-16, 1e17). The edges take the exact path.
     """
     try:
-        if len(p) > MAX_TEXT or (p + q).strip(_DIGITS_POINT):
+        if len(p) > MAX_TEXT or p.strip(_DIGITS_POINT) or q.strip(_DIGITS_POINT):
             return None
         pf = float(p)  # digits and a point only: "", ".", "1.2.3" raise, as Decimal refuses them
-    except (ValueError, TypeError):
-        return None
-    if not _HOT_MIN < pf < _HOT_MAX_PRICE:
+    except (ValueError, TypeError, AttributeError):
         return None
     n = len(q)
-    if 0 < n <= 17 and q.count(".") < 2 and q != ".":
+    if _HOT_MIN < pf < _HOT_MAX_PRICE and 0 < n <= 17 and q.count(".") < 2 and q != ".":
         return pf
-    if n > MAX_TEXT:
+    if not _HOT_MIN < pf < _HOT_MAX_PRICE or n > MAX_TEXT:
         return None
     try:
         qf = float(q)

@@ -268,13 +268,13 @@ class FeedSession:
     # --- frames ---------------------------------------------------------------------------------
     def message(self, text: str | bytes, received: float, mono: float) -> list[Action]:
         """One received frame: the hot path (parse once, rows straight into the aggregators)."""
-        hit = None
         if type(text) is str and len(text) <= self._max_frame:  # `ExchangeProtocol.scan_hot`, inline
             try:
-                hit = self._fast(text)
+                res, rows = self._fast(text) or self._full(text)
             except Exception:  # whatever the schema refuses is the full parser's to judge
-                hit = None
-        res, rows = self._full(text) if hit is None else hit
+                res, rows = self._full(text)
+        else:
+            res, rows = self._full(text)
         self._last_frame = received
         self._last_frame_mono = self.last_message_mono = mono
         kind = res.kind
@@ -292,10 +292,9 @@ class FeedSession:
                     if due is None or now < due:
                         self.stats.trades += 1
                         ups = s.agg.add_text(t, p, pf, q, tid)
-                        acts: list[Action] = [Publish(self._closed(s, ups))] if ups else []
                         if now < self._close_floor_us:
-                            return acts
-                        return self._close_due(received, mono, acts)
+                            return [Publish(self._closed(s, ups))] if ups else NO_ACTIONS
+                        return self._close_due(received, mono, [Publish(self._closed(s, ups))] if ups else [])
             return self._rows(rows, 0, received, mono, [])
         if (
             res is OTHER
