@@ -269,7 +269,7 @@ class Aggregator:
             if self._cursor is None:
                 self._set_cursor(start)
             elif start < self._cursor:
-                return self._late(t, Decimal(p), Decimal(q), tid, start)
+                return self._late(t, p, q, tid, start)
             else:
                 updates = self._close_through(start)
         # the first trade of the bar at the cursor
@@ -385,11 +385,12 @@ class Aggregator:
                 break
             del closed[first]
 
-    def _late(self, t: int, price: Decimal, size: Decimal, tid: object, start: int) -> list[BarUpdate]:
+    def _late(self, t: int, p: Num, q: Num, tid: object, start: int) -> list[BarUpdate]:
         acc = self._closed.get(start)
         if acc is None or self._watermark - (start + self.step_us) > self.allowance_us:
             self.stats.late_dropped += 1
             return []
+        price, size = Decimal(p), Decimal(q)
         before = acc.values()
         if not acc.add(t, price, size, tid):
             self.stats.duplicates += 1
