@@ -149,12 +149,8 @@ async def backfill_pages(
         if bars:
             log.info(
                 "backfilled",
-                extra={
-                    "series": str(series),
-                    "start": bars[0].open_time.isoformat(),
-                    "end": bars[-1].open_time.isoformat(),
-                    "bars": len(bars),
-                },
+                extra={"series": str(series), "start": bars[0].open_time.isoformat(),
+                       "end": bars[-1].open_time.isoformat(), "bars": len(bars)},
             )
         yield us(page_end), bars, page_end >= end
 

@@ -15,29 +15,8 @@ from daemon.feeds.records import BadMessage
 #: Quote currencies recognised at the end of concatenated symbols (BTCUSDT, btcusd), longest first.
 QUOTES: tuple[str, ...] = tuple(
     sorted(
-        (
-            "USDT",
-            "USDC",
-            "BUSD",
-            "TUSD",
-            "FDUSD",
-            "USDP",
-            "DAI",
-            "USD",
-            "EUR",
-            "GBP",
-            "JPY",
-            "AUD",
-            "CAD",
-            "CHF",
-            "TRY",
-            "BRL",
-            "BTC",
-            "ETH",
-            "BNB",
-            "PAX",
-            "XBT",
-        ),
+        ("USDT", "USDC", "BUSD", "TUSD", "FDUSD", "USDP", "DAI", "USD", "EUR", "GBP", "JPY", "AUD", "CAD", "CHF",
+         "TRY", "BRL", "BTC", "ETH", "BNB", "PAX", "XBT"),
         key=len,
         reverse=True,
     )
