@@ -64,44 +64,11 @@ from daemon.feeds.records import (
 from daemon.feeds.symbols import QUOTES, SymbolFormat, split_concat, split_normal, split_separated
 
 __all__ = [
-    "ACK",
-    "BAD_JSON",
-    "EXACT",
-    "HEARTBEAT",
-    "MESSAGE_KINDS",
-    "NO_ROWS",
-    "OTHER",
-    "QUOTES",
-    "TRADES",
-    "BadMessage",
-    "Candle",
-    "CandleColumns",
-    "CandleQuery",
-    "ClientRequest",
-    "ExchangeProtocol",
-    "HotRow",
-    "MessageKind",
-    "ParseResult",
-    "Row",
-    "Side",
-    "SimState",
-    "SymbolFormat",
-    "Trade",
-    "error",
-    "exact_rows",
-    "interval_name",
-    "iso_to_us",
-    "iso_us",
-    "loads",
-    "loads_exact",
-    "malformed",
-    "number_text",
-    "price",
-    "size",
-    "split_concat",
-    "split_normal",
-    "split_separated",
-    "us_from_datetime",
+    "ACK", "BAD_JSON", "EXACT", "HEARTBEAT", "MESSAGE_KINDS", "NO_ROWS", "OTHER", "QUOTES", "TRADES", "BadMessage",
+    "Candle", "CandleColumns", "CandleQuery", "ClientRequest", "ExchangeProtocol", "HotRow", "MessageKind",
+    "ParseResult", "Row", "Side", "SimState", "SymbolFormat", "Trade", "error", "exact_rows", "interval_name",
+    "iso_to_us", "iso_us", "loads", "loads_exact", "malformed", "number_text", "price", "size", "split_concat",
+    "split_normal", "split_separated", "us_from_datetime",
 ]
 
 log = logging.getLogger("barcast.feeds")
@@ -175,15 +142,8 @@ class CandleColumns:
         t = r[self.time] // US_PER_MS if self.time_unit == "ms" else r[self.time]
         n = r[self.count] if self.count is not None else None
         count = n if type(n) is int else None
-        return Candle(
-            t,
-            price(r[self.open]),
-            price(r[self.high]),
-            price(r[self.low]),
-            price(r[self.close]),
-            size(r[self.volume]),
-            count,
-        )
+        return Candle(t, price(r[self.open]), price(r[self.high]), price(r[self.low]), price(r[self.close]),
+                      size(r[self.volume]), count)
 
     def candles(self, rows: Any) -> list[Candle]:
         if not isinstance(rows, list):

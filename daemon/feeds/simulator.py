@@ -133,14 +133,18 @@ SPARSE = 4
 
 def _dense_sizes(volume: Decimal, parts: int) -> list[Decimal] | None:
     """`parts` positive sizes at the volume's own exponent summing exactly to it (so the exact
-    sum has the volume's text), or None when the volume has fewer units than `parts`."""
+    sum has the volume's text), uneven as real trades are (weights 1..97), or None when the
+    volume has fewer units than `parts`."""
     exp = volume.as_tuple().exponent
     assert isinstance(exp, int)
     units = int(volume.scaleb(-exp))
     if units < parts:
         return None
-    each = units // parts
-    return [Decimal(each).scaleb(exp)] * (parts - 1) + [Decimal(units - each * (parts - 1)).scaleb(exp)]
+    weights = [1 + (k * 7919) % 97 for k in range(parts)]
+    total = sum(weights)
+    # at >= 2 units per weight every share is positive, the last one too; else equal shares
+    shares = [units * w // total for w in weights[:-1]] if units >= 2 * total else [units // parts] * (parts - 1)
+    return [Decimal(x).scaleb(exp) for x in shares] + [Decimal(units - sum(shares)).scaleb(exp)]
 
 
 def _dense_prices(bar: Bar, n: int) -> list[Decimal]:
