@@ -44,7 +44,7 @@ from typing import Any
 
 from daemon.bars import Aggregator, BarUpdate
 from daemon.feeds.base import HEARTBEAT, MESSAGE_KINDS, OTHER, ExchangeProtocol, HotRow, ParseResult
-from daemon.feeds.fields import us, us_from_clock, us_from_datetime
+from daemon.feeds.fields import US_PER_S, us, us_from_clock, us_from_datetime
 from db.records import Bar, SeriesKey, interval_seconds
 
 #: The forecaster's window: start-up backfill fetches at least this many bars.
@@ -280,19 +280,25 @@ class FeedSession:
         kind = res.kind
         self._kinds[kind] += 1
         if rows:  # only trade frames carry rows
-            if len(rows) == 1 and not self.wall_clock and not self._await_feed_time:
-                # `_rows` inlined for the feed clock's steady state: one trade, no backfill due
+            if len(rows) == 1 and not self._await_feed_time:
+                # `_rows` inlined for the steady state: one trade of a known symbol, no backfill due
                 native, tid, t, p, pf, q, _side = rows[0]
                 s = self._one.get(native)
                 if s is not None:
-                    now = self._feed_time_us
-                    if t > now:
-                        now = self._feed_time_us = t
+                    if self.wall_clock:
+                        now = int(received * US_PER_S)  # `us_from_clock`
+                        ok = t <= now + self._future_us
+                        ref = t if t > now else now
+                    else:
+                        ok = True
+                        ref = now = t if t > self._feed_time_us else self._feed_time_us
                     due = self._next_due_us
-                    if due is None or now < due:
+                    if ok and (due is None or ref < due):
+                        if t > self._feed_time_us:
+                            self._feed_time_us = t
                         self.stats.trades += 1
                         ups = s.agg.add_text(t, p, pf, q, tid)
-                        if now < self._close_floor_us:
+                        if now < self._close_floor_us:  # and now <= ref < due: `_close_due` is a no-op
                             return [Publish(self._closed(s, ups))] if ups else NO_ACTIONS
                         return self._close_due(received, mono, [Publish(self._closed(s, ups))] if ups else [])
             return self._rows(rows, 0, received, mono, [])
@@ -301,11 +307,12 @@ class FeedSession:
             or res is HEARTBEAT
             or ((kind == "other" or kind == "heartbeat") and res.time_us is None and not res.reconnect)
         ):
-            # the bulk of the traffic: nothing to decide; with the feed clock, time did not move
-            if not self.wall_clock:
-                now, due = self._feed_time_us, self._next_due_us
-                if (due is None or now < due) and now < self._close_floor_us:
-                    return NO_ACTIONS  # `_close_due`'s answer, without the call
+            # the bulk of the traffic: nothing to decide unless the clock reached a due backfill
+            # or a bar's close (`_close_due`'s tests, without the call)
+            now = int(received * US_PER_S) if self.wall_clock else self._feed_time_us
+            due = self._next_due_us
+            if (due is None or now < due) and now < self._close_floor_us:
+                return NO_ACTIONS
             return self._close_due(received, mono, [])
         out: list[Action] = []
         if kind == "malformed" or kind == "error":
