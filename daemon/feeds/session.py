@@ -305,10 +305,14 @@ class FeedSession:
         if (
             res is OTHER
             or res is HEARTBEAT
-            or ((kind == "other" or kind == "heartbeat") and res.time_us is None and not res.reconnect)
+            or (
+                (kind == "other" or kind == "heartbeat" or (kind == "ack" and self._up_at is None))
+                and res.time_us is None
+                and not res.reconnect
+            )
         ):
-            # the bulk of the traffic: nothing to decide unless the clock reached a due backfill
-            # or a bar's close (`_close_due`'s tests, without the call)
+            # the bulk of the traffic (and acknowledgements nobody waits for): nothing to decide
+            # unless the clock reached a due backfill or a bar's close (`_close_due`'s tests)
             now = int(received * US_PER_S) if self.wall_clock else self._feed_time_us
             due = self._next_due_us
             if (due is None or now < due) and now < self._close_floor_us:
