@@ -13,6 +13,12 @@ intervals the stream did not observe are counted and dropped.
 Observation: bars are only built from trades for intervals the stream saw from their start. After
 `interrupt()` (a disconnect) the partial bar is discarded and nothing is built until `resume(t)`,
 which starts at the first boundary at or after `t`; what lies between is the backfill's job.
+
+Hot path (`add_text`): the bar in progress keeps its prices as the exchange's text plus a float and
+its sizes as a list of text; Decimals are built once, at close. This is exact: float() rounds
+correctly and monotonically, so a float strictly above (below) another proves the decimal above
+(below); only equal floats with different text are compared as Decimals (`_tie`). The volume is
+the same left-to-right exact Decimal sum as before, done at close in C (`functools.reduce`).
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Literal
+from functools import reduce
+from typing import Any, Literal
 
 from daemon.feeds.fields import EXACT, datetime_from_us, us
 from daemon.feeds.records import Trade
@@ -30,6 +37,8 @@ from db.records import Bar, SeriesKey, interval_seconds
 UpdateKind = Literal["closed", "amended", "backfilled"]
 
 _VOLUME_ADD = EXACT.add
+#: A price or size as the hot path carries it: the exchange's plain decimal text (or a Decimal).
+Num = Any
 _ZERO = Decimal(0)
 #: The updates of a call that closed nothing (shared: never mutated).
 NO_UPDATES: list[BarUpdate] = []
@@ -133,7 +142,21 @@ class Aggregator:
         #: interrupted and not resumed: trades are counted as unobserved, nothing closes
         self.suspended = False
         self._cursor: int | None = None  # open time of the earliest bar not yet closed
-        self._acc: _Acc | None = None  # the bar at the cursor, once it has a trade
+        # the bar at the cursor while it has trades (`_n` > 0): prices as text + float, sizes as text
+        self._n = 0
+        #: [_lo, _hi): the interval of the bar in progress while it has trades, else empty
+        self._lo = 0
+        self._hi = 0
+        self._o: Num = None
+        self._h: Num = None
+        self._l: Num = None
+        self._c: Num = None
+        self._hf = 0.0
+        self._lf = 0.0
+        self._ot = 0
+        self._ct = 0
+        self._sizes: list[Num] = []
+        self._ids: set[object] = set()
         self._last_close: Decimal | None = None
         self._closed: OrderedDict[int, _Acc] = OrderedDict()
         self._watermark = 0
@@ -160,7 +183,7 @@ class Aggregator:
 
     def interrupt(self) -> None:
         """The stream broke: the bar in progress is partial, so it is dropped, not closed."""
-        self._acc = None
+        self._drop_live()
         self.suspended = True
 
     def resume(self, observed_from_us: int, last_close: Decimal | None = None) -> None:
@@ -169,7 +192,7 @@ class Aggregator:
         `last_close` (from stored or backfilled bars) seeds flat bars until the first trade.
         """
         self.suspended = False
-        self._acc = None
+        self._drop_live()
         self._set_cursor(self.ceil(observed_from_us))
         if last_close is not None:
             self._last_close = last_close
@@ -180,7 +203,8 @@ class Aggregator:
 
     def current_bar(self) -> Bar | None:
         """The bar still in progress (not closed), for display only."""
-        return None if self._acc is None else self._bar(self._acc)
+        acc = self._live()
+        return None if acc is None else self._bar(acc)
 
     # --- input ---------------------------------------------------------------------------------
     def add(self, trade: Trade) -> list[BarUpdate]:
@@ -188,34 +212,99 @@ class Aggregator:
         return self.add_row(trade.time_us, trade.price, trade.size, trade.trade_id)
 
     def add_row(self, t: int, price: Decimal, size: Decimal, tid: object) -> list[BarUpdate]:
-        """The hot path of `add`: a trade's fields, no record. Duplicate ids are per bar."""
-        stats = self.stats
-        stats.trades += 1
-        if self.suspended:
-            stats.unobserved += 1
+        """A trade's fields as Decimals, no record. Duplicate ids are per bar."""
+        return self.add_text(t, price, float(price), size, tid)
+
+    def add_text(self, t: int, p: Num, pf: float, q: Num, tid: object) -> list[BarUpdate]:
+        """The hot path: price `p` as validated plain decimal text (or a Decimal) with `pf` =
+        float(p), size `q` likewise. Most trades land in the bar in progress and end here."""
+        if self._lo <= t < self._hi:  # the bar in progress (set only while it has trades)
+            self.stats.trades += 1
+            if tid is not None:
+                ids = self._ids
+                if tid in ids:
+                    self.stats.duplicates += 1
+                    if t > self._watermark:
+                        self._watermark = t
+                    return NO_UPDATES
+                ids.add(tid)
+            if pf >= self._hf:
+                if pf > self._hf:
+                    self._hf, self._h = pf, p
+                elif p != self._h:
+                    self._tie(p)
+            elif pf <= self._lf:
+                if pf < self._lf:
+                    self._lf, self._l = pf, p
+                elif p != self._l:
+                    self._tie(p)
+            if t < self._ot:
+                self._ot, self._o = t, p
+            if t >= self._ct:  # `_ct` is the bar's newest time: the watermark takes it in `_fold`
+                self._ct, self._c = t, p
+            self._sizes.append(q)
+            self._n += 1
             return NO_UPDATES
+        self.stats.trades += 1
+        return self._add_other(t, p, pf, q, tid, t - t % self.step_us)
+
+    def _tie(self, p: Num) -> None:
+        """Equal floats, different text: decide high and low as Decimals (as `_Acc.add` does)."""
+        d = Decimal(p)
+        if d > Decimal(self._h):
+            self._h = p
+        elif d < Decimal(self._l):
+            self._l = p
+
+    def _add_other(self, t: int, p: Num, pf: float, q: Num, tid: object, start: int) -> list[BarUpdate]:
+        """A trade outside the bar in progress: suspended, first, late, or opening a later bar."""
+        if self.suspended:
+            self.stats.unobserved += 1
+            return NO_UPDATES
+        self._fold()
         if t > self._watermark:
             self._watermark = t
-        start = t - t % self.step_us
-        acc = self._acc
-        if start == self._cursor and acc is not None:  # the bar in progress: most trades end here
-            if not acc.add(t, price, size, tid):
-                stats.duplicates += 1
-            return NO_UPDATES
         updates = NO_UPDATES
         if start != self._cursor:
             if self._cursor is None:
                 self._set_cursor(start)
             elif start < self._cursor:
-                return self._late(t, price, size, tid, start)
+                return self._late(t, p, q, tid, start)
             else:
                 updates = self._close_through(start)
-        acc = self._acc
-        if acc is None:
-            self._acc = _Acc(start, price, (t, size, tid))
-        elif not acc.add(t, price, size, tid):
-            stats.duplicates += 1
+        # the first trade of the bar at the cursor
+        self._n = 1
+        self._lo = start
+        self._hi = start + self.step_us
+        self._o = self._h = self._l = self._c = p
+        self._hf = self._lf = pf
+        self._ot = self._ct = t
+        self._sizes = [q]
+        self._ids = set() if tid is None else {tid}
         return updates
+
+    def _fold(self) -> None:
+        """Take the bar in progress's newest time into the watermark (the hot path leaves it in
+        `_ct`, one store less per trade); before anything reads the watermark."""
+        if self._n and self._ct > self._watermark:
+            self._watermark = self._ct
+
+    def _drop_live(self) -> None:
+        self._n = 0
+        self._lo = self._hi = 0
+
+    def _live(self) -> _Acc | None:
+        """The bar in progress as an `_Acc` of exact Decimals (None: no trade yet)."""
+        if not self._n:
+            return None
+        acc = _Acc(self._cursor or 0, Decimal(self._o))
+        acc.high, acc.low, acc.close = Decimal(self._h), Decimal(self._l), Decimal(self._c)
+        sizes = self._sizes
+        acc.volume = reduce(_VOLUME_ADD, map(Decimal, sizes)) if len(sizes) > 1 else Decimal(sizes[0])
+        acc.count = self._n
+        acc.open_t, acc.close_t = self._ot, self._ct
+        acc.ids = self._ids
+        return acc
 
     def add_many(self, trades: list[Trade] | tuple[Trade, ...]) -> list[BarUpdate]:
         out: list[BarUpdate] = []
@@ -238,7 +327,7 @@ class Aggregator:
     def finish(self) -> list[BarUpdate]:
         """End of input (a replay, a capture, a simulator run that is over): close the bar in
         progress, as its interval will see no more trades. Nothing closes while suspended."""
-        if self.suspended or self._cursor is None or self._acc is None:
+        if self.suspended or self._cursor is None or not self._n:
             return NO_UPDATES
         return self._close_through(self._cursor + self.step_us)
 
@@ -251,32 +340,31 @@ class Aggregator:
         """Close all bars opening before `target` (the cursor moves to `target`)."""
         assert self._cursor is not None
         step = self.step_us
-        acc = self._acc
+        self._fold()
+        acc = self._live()
+        self._drop_live()
         if acc is not None and target - self._cursor == step:  # the usual case: one bar, with trades
             out = [self._close(acc)]
-            self._acc = None
             self._set_cursor(target)
             self._prune()
             return out
         out = []
         if (target - self._cursor) // step > MAX_FLAT_FILL:
-            if self._acc is not None:
-                out.append(self._close(self._acc))
+            if acc is not None:
+                out.append(self._close(acc))
             self.stats.flat_skipped += (target - self._cursor) // step - 1
             self._set_cursor(target)
-            self._acc = None
             self._prune()
             return out
         cursor = self._cursor
         while cursor < target:
-            acc = self._acc
             if acc is not None:
                 out.append(self._close(acc))
             elif self._last_close is not None:
                 self.stats.flat_bars += 1
                 out.append(self._close(_Acc(cursor, self._last_close)))
             cursor += step
-            self._acc = None
+            acc = None
         self._set_cursor(cursor)
         self._prune()
         return out
@@ -297,11 +385,12 @@ class Aggregator:
                 break
             del closed[first]
 
-    def _late(self, t: int, price: Decimal, size: Decimal, tid: object, start: int) -> list[BarUpdate]:
+    def _late(self, t: int, p: Num, q: Num, tid: object, start: int) -> list[BarUpdate]:
         acc = self._closed.get(start)
         if acc is None or self._watermark - (start + self.step_us) > self.allowance_us:
             self.stats.late_dropped += 1
             return []
+        price, size = Decimal(p), Decimal(q)
         before = acc.values()
         if not acc.add(t, price, size, tid):
             self.stats.duplicates += 1

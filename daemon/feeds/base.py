@@ -51,6 +51,7 @@ from daemon.feeds.records import (
     Candle,
     CandleQuery,
     ClientRequest,
+    HotRow,
     MessageKind,
     ParseResult,
     Row,
@@ -64,10 +65,10 @@ from daemon.feeds.symbols import QUOTES, SymbolFormat, split_concat, split_norma
 
 __all__ = [
     "ACK", "BAD_JSON", "EXACT", "HEARTBEAT", "MESSAGE_KINDS", "NO_ROWS", "OTHER", "QUOTES", "TRADES", "BadMessage",
-    "Candle", "CandleColumns", "CandleQuery", "ClientRequest", "ExchangeProtocol", "MessageKind", "ParseResult",
-    "Row", "Side", "SimState", "SymbolFormat", "Trade", "error", "interval_name", "iso_to_us", "iso_us", "loads",
-    "loads_exact", "malformed", "number_text", "price", "size", "split_concat", "split_normal", "split_separated",
-    "us_from_datetime",
+    "Candle", "CandleColumns", "CandleQuery", "ClientRequest", "ExchangeProtocol", "HotRow", "MessageKind",
+    "ParseResult", "Row", "Side", "SimState", "SymbolFormat", "Trade", "error", "exact_rows", "interval_name",
+    "iso_to_us", "iso_us", "loads", "loads_exact", "malformed", "number_text", "price", "size", "split_concat",
+    "split_normal", "split_separated", "us_from_datetime",
 ]
 
 log = logging.getLogger("barcast.feeds")
@@ -198,15 +199,17 @@ class ExchangeProtocol(ABC):
 
         May raise BadMessage (and anything a garbled message provokes); `scan_safe` catches."""
 
-    def fast_scan(self, text: str) -> tuple[ParseResult, list[Row]] | None:
+    def fast_scan(self, text: str) -> tuple[ParseResult, list[HotRow]] | None:
         """The hot path for the frames that dominate a feed (trades, book updates), decoded by a
-        typed schema (msgspec) that builds only the fields a trade needs; None (or any exception)
-        hands the frame to `scan`. It may only settle a frame the way `scan` would: same kind,
-        same rows; every doubt (an unknown key, an unusual type, an invalid field) is `scan`'s."""
+        typed schema (msgspec) that builds only the fields a trade needs, trades as `HotRow`s
+        (numbers as text, see `fields.hot_numbers`); None (or any exception) hands the frame to
+        `scan`. It may only settle a frame the way `scan` would: same kind, same rows once the
+        texts are Decimals (`exact_rows`); every doubt (an unknown key, an unusual type, an
+        invalid field) is `scan`'s."""
         return None
 
-    def scan_safe(self, text: str | bytes) -> tuple[ParseResult, list[Row]]:
-        """`fast_scan`, else `scan`; never raises: garbage, oversize frames and hostile numbers are a reason."""
+    def scan_hot(self, text: str | bytes) -> tuple[ParseResult, list[HotRow]]:
+        """`fast_scan`, else `scan` (its rows as `HotRow`s); never raises. The session's entry."""
         # bytes (binary frames) may hold invalid UTF-8 that only orjson judges
         if type(text) is str and len(text) <= self.max_frame_bytes:
             try:
@@ -215,6 +218,25 @@ class ExchangeProtocol(ABC):
                 hit = None
             if hit is not None:
                 return hit
+        return self.scan_full_hot(text)
+
+    def scan_full_hot(self, text: str | bytes) -> tuple[ParseResult, list[HotRow]]:
+        """`scan_full`, its Decimal rows as `HotRow`s."""
+        res, rows = self.scan_full(text)
+        if not rows:
+            return res, NO_ROWS
+        return res, [(n, tid, t, p, float(p), q, side) for n, tid, t, p, q, side in rows]
+
+    def scan_safe(self, text: str | bytes) -> tuple[ParseResult, list[Row]]:
+        """`fast_scan`, else `scan`, with exact rows; never raises: garbage, oversize frames and
+        hostile numbers are a reason."""
+        if type(text) is str and len(text) <= self.max_frame_bytes:
+            try:
+                hit = self.fast_scan(text)
+            except Exception:
+                hit = None
+            if hit is not None:
+                return hit[0], exact_rows(hit[1])
         return self.scan_full(text)
 
     def scan_full(self, text: str | bytes) -> tuple[ParseResult, list[Row]]:
@@ -301,6 +323,14 @@ class ExchangeProtocol(ABC):
     def render_malformed(self) -> str:
         """A message this exchange's parser must count as malformed (simulator fault injection)."""
         return '{"type": "match", "price": "not-a-number"'
+
+
+def exact_rows(rows: list[HotRow]) -> list[Row]:
+    """Hot rows with their number texts as exact Decimals (what `price_text`/`size_text` give
+    for the plain text the fast path accepts)."""
+    if not rows:
+        return NO_ROWS
+    return [(n, tid, t, Decimal(p), Decimal(q), side) for n, tid, t, p, _pf, q, side in rows]
 
 
 def interval_name(interval_s: int, names: dict[int, str]) -> str:

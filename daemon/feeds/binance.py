@@ -25,6 +25,7 @@ from daemon.feeds.base import (
     CandleQuery,
     ClientRequest,
     ExchangeProtocol,
+    HotRow,
     ParseResult,
     Row,
     SimState,
@@ -36,7 +37,17 @@ from daemon.feeds.base import (
     malformed,
     number_text,
 )
-from daemon.feeds.fields import US_PER_MS, price_text, size_text, trade_id_ok, us_from_ms
+from daemon.feeds.fields import (
+    MAX_INT_ID,
+    MAX_US,
+    MIN_INT_ID,
+    MIN_US,
+    US_PER_MS,
+    hot_numbers,
+    price_text,
+    size_text,
+    us_from_ms,
+)
 from daemon.feeds.schema import decoder, ignored, results, union
 
 _INTERVALS = {60: "1m", 300: "5m", 900: "15m", 3600: "1h"}
@@ -44,8 +55,6 @@ _INTERVAL_S = {v: k for k, v in _INTERVALS.items()}
 _OTHER_EVENTS = frozenset(
     {"depthUpdate", "kline", "24hrTicker", "24hrMiniTicker", "avgPrice", "1hTicker", "4hTicker", "1dTicker"}
 )
-
-
 
 
 # --- the fast path's schema: the trade events in full (an unknown key is `scan`'s), the events
@@ -110,8 +119,10 @@ class Binance(ExchangeProtocol):
         params = [f"{n.lower()}@trade" for n in natives]
         return [orjson.dumps({"method": "SUBSCRIBE", "params": params, "id": 1}).decode()]
 
-    def fast_scan(self, text: str) -> tuple[ParseResult, list[Row]] | None:
-        if text.startswith('{"stream"'):
+    def fast_scan(self, text: str) -> tuple[ParseResult, list[HotRow]] | None:
+        if text.startswith('{"e"'):  # raw /ws frames, the daemon's subscription: decoded at once
+            msg = _DECODE_RAW(text)
+        elif text.startswith('{"stream"'):
             if text.find('@bookTicker"', 10, 60) > 0:
                 _DECODE_COMBINED_BOOK(text)
                 return OTHER, NO_ROWS
@@ -124,12 +135,13 @@ class Binance(ExchangeProtocol):
         kind = type(msg)
         if kind is _Trade or kind is _AggTrade:
             tid = msg.t if kind is _Trade else msg.a
-            t = us_from_ms(msg.T)
-            p = price_text(msg.p)
-            q = size_text(msg.q)
-            if t is None or p is None or q is None or not trade_id_ok(tid):
+            t = msg.T * US_PER_MS  # `us_from_ms` and `trade_id_ok` of ints, inline
+            p = msg.p
+            q = msg.q
+            pf = hot_numbers(p, q)
+            if pf is None or not MIN_US <= t < MAX_US or not MIN_INT_ID <= tid < MAX_INT_ID:
                 return None
-            return TRADES, [(msg.s, tid, t, p, q, "sell" if msg.m else "buy")]
+            return TRADES, [(msg.s, tid, t, p, pf, q, "sell" if msg.m else "buy")]
         return _OTHER_RESULTS.get(kind)
 
     def scan(self, text: str | bytes) -> tuple[ParseResult, list[Row]]:

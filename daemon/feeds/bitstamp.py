@@ -25,6 +25,7 @@ from daemon.feeds.base import (
     CandleQuery,
     ClientRequest,
     ExchangeProtocol,
+    HotRow,
     ParseResult,
     Row,
     SimState,
@@ -37,7 +38,7 @@ from daemon.feeds.base import (
     price,
     size,
 )
-from daemon.feeds.fields import integer, price_text, seconds, size_text, trade_id_ok, us, us_from_us
+from daemon.feeds.fields import hot_numbers, integer, price_text, seconds, size_text, trade_id_ok, us, us_from_us
 from daemon.feeds.schema import decoder, ignored, results
 
 _PREFIX = "live_trades_"
@@ -92,20 +93,21 @@ class Bitstamp(ExchangeProtocol):
     def expected_acks(self, natives: Sequence[str]) -> int:
         return len(natives)  # one acknowledgement per symbol
 
-    def fast_scan(self, text: str) -> tuple[ParseResult, list[Row]] | None:
+    def fast_scan(self, text: str) -> tuple[ParseResult, list[HotRow]] | None:
         msg = _DECODE(text)
         if type(msg) is not _Trade:
             return _RESULTS[type(msg)]
         channel, d = msg.channel, msg.data
         t = us_from_us(d.microtimestamp)
-        p = price_text(d.price_str)
-        q = size_text(d.amount_str)
+        p = d.price_str
+        q = d.amount_str
+        pf = hot_numbers(p, q)
         side = d.type
-        if t is None or p is None or q is None or not 0 <= side <= 1 or not trade_id_ok(d.id):
+        if t is None or pf is None or not 0 <= side <= 1 or not trade_id_ok(d.id):
             return None
         if not channel.startswith(_PREFIX):
             return None
-        return TRADES, [(channel[len(_PREFIX) :], d.id, t, p, q, _SIDE[side])]
+        return TRADES, [(channel[len(_PREFIX) :], d.id, t, p, pf, q, _SIDE[side])]
 
     def scan(self, text: str | bytes) -> tuple[ParseResult, list[Row]]:
         try:

@@ -27,6 +27,7 @@ from daemon.feeds.base import (
     CandleQuery,
     ClientRequest,
     ExchangeProtocol,
+    HotRow,
     ParseResult,
     Row,
     SimState,
@@ -39,7 +40,7 @@ from daemon.feeds.base import (
     malformed,
     number_text,
 )
-from daemon.feeds.fields import US_PER_S, price_text, seconds, size_text, trade_id_ok, us_from_iso
+from daemon.feeds.fields import US_PER_S, hot_numbers, price_text, seconds, size_text, trade_id_ok, us_from_iso
 from daemon.feeds.schema import decoder, ignored, results
 
 _OTHER_TYPES = frozenset(
@@ -109,18 +110,19 @@ class Coinbase(ExchangeProtocol):
         doc = {"type": "subscribe", "product_ids": list(natives), "channels": ["matches", "heartbeat"]}
         return [orjson.dumps(doc).decode()]
 
-    def fast_scan(self, text: str) -> tuple[ParseResult, list[Row]] | None:
+    def fast_scan(self, text: str) -> tuple[ParseResult, list[HotRow]] | None:
         msg = _DECODE(text)
         kind = type(msg)
         if kind is _Match or kind is _LastMatch:
             side = _TAKER.get(msg.side)
             t = us_from_iso(msg.time)
-            p = price_text(msg.price)
-            q = size_text(msg.size)
+            p = msg.price
+            q = msg.size
+            pf = hot_numbers(p, q)
             tid = msg.trade_id
-            if side is None or t is None or p is None or q is None or not trade_id_ok(tid):
+            if side is None or t is None or pf is None or not trade_id_ok(tid):
                 return None
-            return TRADES, [(msg.product_id, tid, t, p, q, side)]
+            return TRADES, [(msg.product_id, tid, t, p, pf, q, side)]
         if kind is _Heartbeat:
             if msg.time is None:
                 return HEARTBEAT, NO_ROWS

@@ -107,6 +107,40 @@ def size_text(value: Any) -> Decimal | None:
     return g
 
 
+def hot_numbers(p: Any, q: Any) -> float | None:
+    """float(p), when price text `p` and size text `q` are plain digits-and-point text that
+    `price_text` and `size_text` accept; None when either is unusual (the exact path judges it).
+
+    The hot path keeps the text and compares floats (see daemon/bars.py). Acceptance is proven
+    by floats strictly inside the exact bounds; a size of at most 17 characters with at most
+    one point needs no float: its value is 0 or in [1e-16, 1e17). The edges take the exact path.
+    """
+    try:
+        if len(p) > MAX_TEXT or p.strip(_DIGITS_POINT) or q.strip(_DIGITS_POINT):
+            return None
+        pf = float(p)  # digits and a point only: "", ".", "1.2.3" raise, as Decimal refuses them
+    except (ValueError, TypeError, AttributeError):
+        return None
+    n = len(q)
+    if _HOT_MIN < pf < _HOT_MAX_PRICE and 0 < n <= 17 and q.count(".") < 2 and q != ".":
+        return pf
+    if not _HOT_MIN < pf < _HOT_MAX_PRICE or n > MAX_TEXT:
+        return None
+    try:
+        qf = float(q)
+    except ValueError:
+        return None
+    return pf if qf == 0.0 or _HOT_MIN < qf < _HOT_MAX_SIZE else None
+
+
+#: Bounds for floats that prove the exact ones (MIN_MAGNITUDE, MAX_PRICE, MAX_SIZE) with margin.
+_HOT_MIN: Final = 1e-29
+_HOT_MAX_PRICE: Final = 1e14
+_HOT_MAX_SIZE: Final = 1e17
+#: Trade ids as ints: the range `trade_id_ok` accepts.
+MIN_INT_ID: Final = -(2**63)
+MAX_INT_ID: Final = 2**64
+
 #: Longest trade id kept (ids are compared for duplicates and printed; longer is garbage).
 MAX_TRADE_ID: Final = 64
 
@@ -157,7 +191,12 @@ def us_from_ns(value: Any) -> int | None:
 def us_from_seconds(value: Any) -> int | None:
     """Unix seconds as decimal text or int ('1618678142.557535', Kraken v1) to µs, exactly
     (fractions below a µs are floored). `1e999999` and other hostile text give None."""
-    if type(value) is str and is_plain(value):  # fast path: 'SSSSSSSSSS.ffffff'
+    if type(value) is str and len(value) == 17 and value[10] == ".":  # Kraken's 'SSSSSSSSSS.ffffff'
+        joined = value[:10] + value[11:]
+        if joined.isascii() and joined.isdigit():
+            n = int(joined)
+            return n if MIN_US <= n < MAX_US else None
+    if type(value) is str and is_plain(value):  # other plain forms
         whole, _, frac = value.partition(".")
         if whole and len(whole) <= 10 and "." not in frac:
             return _in_range(int(whole) * US_PER_S + int(frac[:6].ljust(6, "0")))

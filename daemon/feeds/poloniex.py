@@ -25,6 +25,7 @@ from daemon.feeds.base import (
     CandleQuery,
     ClientRequest,
     ExchangeProtocol,
+    HotRow,
     ParseResult,
     Row,
     SimState,
@@ -36,7 +37,7 @@ from daemon.feeds.base import (
     malformed,
     number_text,
 )
-from daemon.feeds.fields import US_PER_MS, price_text, size_text, trade_id_ok, us_from_ms
+from daemon.feeds.fields import US_PER_MS, hot_numbers, price_text, size_text, trade_id_ok, us_from_ms
 from daemon.feeds.schema import decoder, ignored, results
 
 _INTERVALS = {60: "MINUTE_1", 300: "MINUTE_5", 900: "MINUTE_15", 3600: "HOUR_1"}
@@ -83,21 +84,22 @@ class Poloniex(ExchangeProtocol):
     def client_heartbeat(self) -> str | None:
         return '{"event":"ping"}'
 
-    def fast_scan(self, text: str) -> tuple[ParseResult, list[Row]] | None:
+    def fast_scan(self, text: str) -> tuple[ParseResult, list[HotRow]] | None:
         msg = _DECODE(text)
         if type(msg) is not _Trades:
             return _OTHERS[type(msg)]
         data = msg.data
         if not data or len(data) > self.max_trades:
             return None
-        out: list[Row] = []
+        out: list[HotRow] = []
         for d in data:
             t = us_from_ms(d.createTime)
-            p = price_text(d.price)
-            q = size_text(d.quantity)
-            if t is None or p is None or q is None or d.takerSide not in _SIDES or not trade_id_ok(d.id):
+            p = d.price
+            q = d.quantity
+            pf = hot_numbers(p, q)
+            if t is None or pf is None or d.takerSide not in _SIDES or not trade_id_ok(d.id):
                 return None
-            out.append((d.symbol, d.id, t, p, q, d.takerSide))
+            out.append((d.symbol, d.id, t, p, pf, q, d.takerSide))
         return TRADES, out
 
     def scan(self, text: str | bytes) -> tuple[ParseResult, list[Row]]:

@@ -59,8 +59,12 @@ class Trade:
 #: A plain tuple, so a frame's trades cost one small allocation each; `Trade` is built only
 #: where a rich record is wanted (`barcast parse`, tests).
 Row = tuple[str, Any, int, Decimal, Decimal, str | None]
+#: A trade as the session's hot path carries it: (native symbol, trade id, time µs, price,
+#: float(price), size, side), with price and size as the exchange's plain decimal text (or the
+#: Decimals of the full parser). The aggregator builds Decimals from them only at bar close.
+HotRow = tuple[str, Any, int, Any, float, Any, str | None]
 #: The rows of a frame without trades (shared: never mutated).
-NO_ROWS: list[Row] = []
+NO_ROWS: list[Any] = []
 
 
 @dataclass(frozen=True, slots=True)

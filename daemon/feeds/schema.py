@@ -17,12 +17,10 @@ from typing import Any, Union
 
 import msgspec
 
-from daemon.feeds.records import NO_ROWS, ParseResult, Row
+from daemon.feeds.records import NO_ROWS, ParseResult
 
 
-def ignored(
-    tag_field: str, tags: Iterable[str], absent: Iterable[str] = ()
-) -> tuple[type[msgspec.Struct], ...]:
+def ignored(tag_field: str, tags: Iterable[str], absent: Iterable[str] = ()) -> tuple[type[msgspec.Struct], ...]:
     """One Struct per tag: frames of these types decode to their tag and nothing else. `absent`:
     keys the full parser looks at before the tag, which must then be missing (or null)."""
     fields = [(k, None, None) for k in absent]
@@ -32,9 +30,7 @@ def ignored(
     )
 
 
-def results(
-    structs: Iterable[type[msgspec.Struct]], result: ParseResult
-) -> dict[type, tuple[ParseResult, list[Row]]]:
+def results(structs: Iterable[type[msgspec.Struct]], result: ParseResult) -> dict[type, tuple[ParseResult, list[Any]]]:
     """Struct type -> what `fast_scan` returns for every frame of it: `result`, no rows."""
     return dict.fromkeys(structs, (result, NO_ROWS))
 

@@ -43,8 +43,8 @@ from enum import Enum
 from typing import Any
 
 from daemon.bars import Aggregator, BarUpdate
-from daemon.feeds.base import MESSAGE_KINDS, ExchangeProtocol, ParseResult, Row
-from daemon.feeds.fields import us, us_from_clock, us_from_datetime
+from daemon.feeds.base import HEARTBEAT, MESSAGE_KINDS, OTHER, ExchangeProtocol, HotRow, ParseResult
+from daemon.feeds.fields import US_PER_S, us, us_from_clock, us_from_datetime
 from db.records import Bar, SeriesKey, interval_seconds
 
 #: The forecaster's window: start-up backfill fetches at least this many bars.
@@ -204,7 +204,11 @@ class FeedSession:
             self.series.append(s)
             self.by_native.setdefault(native, []).append(s)
         self.natives = list(self.by_native)
-        self._scan = protocol.scan_safe
+        #: natives with exactly one series (the usual case), for the hot path
+        self._one = {n: ss[0] for n, ss in self.by_native.items() if len(ss) == 1}
+        self._fast = protocol.fast_scan
+        self._full = protocol.scan_full_hot
+        self._max_frame = protocol.max_frame_bytes
         #: no aggregator can close a bar before this clock reading: a lower bound of their
         #: `next_close_us` (they only grow, except on `resume`, which resets it)
         self._close_floor_us = 0
@@ -264,15 +268,56 @@ class FeedSession:
     # --- frames ---------------------------------------------------------------------------------
     def message(self, text: str | bytes, received: float, mono: float) -> list[Action]:
         """One received frame: the hot path (parse once, rows straight into the aggregators)."""
-        res, rows = self._scan(text)
+        if type(text) is str and len(text) <= self._max_frame:  # `ExchangeProtocol.scan_hot`, inline
+            try:
+                res, rows = self._fast(text) or self._full(text)
+            except Exception:  # whatever the schema refuses is the full parser's to judge
+                res, rows = self._full(text)
+        else:
+            res, rows = self._full(text)
         self._last_frame = received
         self._last_frame_mono = self.last_message_mono = mono
         kind = res.kind
         self._kinds[kind] += 1
         if rows:  # only trade frames carry rows
+            if len(rows) == 1 and not self._await_feed_time:
+                # `_rows` inlined for the steady state: one trade of a known symbol, no backfill due
+                native, tid, t, p, pf, q, _side = rows[0]
+                s = self._one.get(native)
+                if s is not None:
+                    if self.wall_clock:
+                        now = int(received * US_PER_S)  # `us_from_clock`
+                        ok = t <= now + self._future_us
+                        ref = t if t > now else now
+                    else:
+                        ok = True
+                        ref = now = t if t > self._feed_time_us else self._feed_time_us
+                    due = self._next_due_us
+                    if ok and (due is None or ref < due):
+                        if t > self._feed_time_us:
+                            self._feed_time_us = t
+                        self.stats.trades += 1
+                        ups = s.agg.add_text(t, p, pf, q, tid)
+                        if now < self._close_floor_us:  # and now <= ref < due: `_close_due` is a no-op
+                            return [Publish(self._closed(s, ups))] if ups else NO_ACTIONS
+                        return self._close_due(received, mono, [Publish(self._closed(s, ups))] if ups else [])
             return self._rows(rows, 0, received, mono, [])
-        if (kind == "other" or kind == "heartbeat") and res.time_us is None and not res.reconnect:
-            return self._close_due(received, mono, [])  # the bulk of the traffic: nothing to decide
+        if (
+            res is OTHER
+            or res is HEARTBEAT
+            or (
+                (kind == "other" or kind == "heartbeat" or (kind == "ack" and self._up_at is None))
+                and res.time_us is None
+                and not res.reconnect
+            )
+        ):
+            # the bulk of the traffic (and acknowledgements nobody waits for): nothing to decide
+            # unless the clock reached a due backfill or a bar's close (`_close_due`'s tests)
+            now = int(received * US_PER_S) if self.wall_clock else self._feed_time_us
+            due = self._next_due_us
+            if (due is None or now < due) and now < self._close_floor_us:
+                return NO_ACTIONS
+            return self._close_due(received, mono, [])
         out: list[Action] = []
         if kind == "malformed" or kind == "error":
             out.append(self._rejected(res, text))
@@ -296,16 +341,30 @@ class FeedSession:
                 return self._resume_all(t, mono, out, then=lambda: self._close_due(received, mono, []))
         return self._close_due(received, mono, out)
 
-    def _rows(self, rows: list[Row], i: int, received: float, mono: float, out: list[Action]) -> list[Action]:
+    def _rows(self, rows: list[HotRow], i: int, received: float, mono: float, out: list[Action]) -> list[Action]:
         """Trades of a frame from index `i` on; may suspend for a backfill (see module doc)."""
         st = self.stats
         by_native = self.by_native
         wall = self.wall_clock
         now = us_from_clock(received) if wall else 0
         limit = now + self._future_us if wall else _NEVER
+        one = self._one
         n = len(rows)
         while i < n:
-            native, tid, t, p, q, _side = rows[i]
+            native, tid, t, p, pf, q, _side = rows[i]
+            s = one.get(native)
+            if s is not None and t <= limit and not self._await_feed_time:
+                # the steady state: the one series of this symbol, no backfill due before it
+                if t > self._feed_time_us:
+                    self._feed_time_us = t
+                due = self._next_due_us
+                if due is None or ((t if t > now else now) if wall else self._feed_time_us) < due:
+                    st.trades += 1
+                    i += 1
+                    ups = s.agg.add_text(t, p, pf, q, tid)
+                    if ups:
+                        out.append(Publish(self._closed(s, ups)))
+                    continue
             targets = by_native.get(native)
             if targets is None or t > limit:
                 st.trades += 1
@@ -331,12 +390,16 @@ class FeedSession:
             st.trades += 1
             i += 1
             for s in targets:
-                ups = s.agg.add_row(t, p, q, tid)
+                ups = s.agg.add_text(t, p, pf, q, tid)
                 if ups:
                     out.append(Publish(self._closed(s, ups)))
+        now = now if wall else self._feed_time_us
+        due = self._next_due_us
+        if (due is None or now < due) and now < self._close_floor_us:
+            return out  # `_close_due`'s usual answer, without the call
         return self._close_due(received, mono, out)
 
-    def _resume_rows(self, rows: list[Row], i: int, received: float, mono: float) -> Callable[[], list[Action]]:
+    def _resume_rows(self, rows: list[HotRow], i: int, received: float, mono: float) -> Callable[[], list[Action]]:
         return lambda: self._rows(rows, i, received, mono, [])
 
     def _close_due(self, received: float, mono: float, out: list[Action]) -> list[Action]:

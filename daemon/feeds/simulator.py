@@ -5,9 +5,15 @@ simulator and the parser cannot drift apart. Bars keep their real timestamps; th
 starts at `start` (default: the first bar) and runs `speed` times real time.
 
 Trades per bar (see `synth_trades`), chosen so that aggregation reproduces the bar exactly:
-- volume > 0: four trades at 10%, 30%, 50% and 70% of the interval, priced open, high, low, close,
-  whose sizes split the volume exactly (in units one or more decimal places below the volume's
-  own, so no size is zero and they sum to the volume with no rounding);
+- volume > 0, `per_bar` = N > 4 (a realistic density; real BTCUSDT has hundreds to thousands of
+  trades per 5m bar) and the volume has at least N units of its last digit: N trades spread
+  evenly inside the interval, the first at the open, the last at the close, the high at N/3 and
+  the low at 2N/3, the rest priced strictly between low and high; sizes at the volume's own
+  exponent summing exactly to it (so the stored volume has the CSV's text);
+- volume > 0 otherwise (the default, sparse rendering): four trades at 10%, 30%, 50% and 70% of
+  the interval, priced open, high, low, close, whose sizes split the volume exactly (in units one
+  or more decimal places below the volume's own, so no size is zero and they sum to the volume
+  with no rounding);
 - volume 0 and O=H=L=C equal to the previous bar's close (contiguous): no trades at all; the
   aggregator's flat bar is exactly that bar (this is what real zero-volume bars look like: every
   one of them in ../shared/data);
@@ -121,38 +127,84 @@ def _split_volume(volume: Decimal, parts: int) -> list[Decimal]:
     return [(unit * s).normalize() if s else Decimal(0) for s in sizes]
 
 
-def synth_trades(exchange: str, symbol: str, native: str, bars: Sequence[Bar], *, first_id: int = 1) -> Iterator[Trade]:
-    """Trades whose aggregation is exactly `bars` (rules in the module docstring)."""
+#: Trades per bar of the sparse rendering (open, high, low, close).
+SPARSE = 4
+
+
+def _dense_sizes(volume: Decimal, parts: int) -> list[Decimal] | None:
+    """`parts` positive sizes at the volume's own exponent summing exactly to it (so the exact
+    sum has the volume's text), uneven as real trades are (weights 1..97), or None when the
+    volume has fewer units than `parts`."""
+    exp = volume.as_tuple().exponent
+    assert isinstance(exp, int)
+    units = int(volume.scaleb(-exp))
+    if units < parts:
+        return None
+    weights = [1 + (k * 7919) % 97 for k in range(parts)]
+    total = sum(weights)
+    # at >= 2 units per weight every share is positive, the last one too; else equal shares
+    shares = [units * w // total for w in weights[:-1]] if units >= 2 * total else [units // parts] * (parts - 1)
+    return [Decimal(x).scaleb(exp) for x in shares] + [Decimal(units - sum(shares)).scaleb(exp)]
+
+
+def _dense_prices(bar: Bar, n: int) -> list[Decimal]:
+    """Open first, close last, high at n//3, low at 2n//3; the rest strictly inside (low, high)
+    where the range allows (never a new extreme), else the open again (never first at anything)."""
+    exp = min(int(x.as_tuple().exponent) for x in (bar.open, bar.high, bar.low, bar.close))
+    lo = int(bar.low.scaleb(-exp))
+    span = int(bar.high.scaleb(-exp)) - lo - 1  # units strictly between low and high
+    prices = [Decimal(lo + 1 + (k * 7919) % span).scaleb(exp) if span > 0 else bar.open for k in range(n)]
+    prices[0], prices[n // 3], prices[2 * n // 3], prices[-1] = bar.open, bar.high, bar.low, bar.close
+    return prices
+
+
+def _bar_trades(bar: Bar, prev: Bar | None, per_bar: int) -> list[tuple[int, Decimal, Decimal, str]]:
+    """(µs after the bar's open, price, size, side) of one bar's trades (module docstring)."""
+    step = interval_seconds(bar.interval)
+    contiguous = prev is not None and to_unix(prev.open_time) + step == to_unix(bar.open_time)
+    if bar.volume > 0:
+        dense = _dense_sizes(bar.volume, per_bar) if per_bar > SPARSE else None
+        if dense is not None:
+            step_us = step * 1_000_000
+            n = len(dense)
+            sides = ("buy", "sell") * (n // 2 + 1)
+            return list(
+                zip([step_us * (k + 1) // (n + 1) for k in range(n)], _dense_prices(bar, n), dense, sides, strict=False)
+            )
+        sizes = _split_volume(bar.volume, SPARSE)
+    elif contiguous and prev is not None and bar.open == bar.high == bar.low == bar.close == prev.close:
+        return []
+    else:
+        sizes = [Decimal(0)] * SPARSE
+    return [
+        (step * 100_000 * frac, px, sz, side)
+        for frac, px, sz, side in zip(
+            _FRACTIONS, (bar.open, bar.high, bar.low, bar.close), sizes, ("buy", "buy", "sell", "sell"), strict=True
+        )
+    ]
+
+
+def synth_trades(
+    exchange: str, symbol: str, native: str, bars: Sequence[Bar], *, first_id: int = 1, per_bar: int = SPARSE
+) -> Iterator[Trade]:
+    """Trades whose aggregation is exactly `bars` (rules in the module docstring). `per_bar` >
+    4: that many trades per bar with volume, where its units allow (a realistic density)."""
     tid = first_id
     prev: Bar | None = None
     for bar in bars:
-        step = interval_seconds(bar.interval)
         start_us = to_unix(bar.open_time) * 1_000_000
-        contiguous = prev is not None and to_unix(prev.open_time) + step == to_unix(bar.open_time)
-        if bar.volume > 0:
-            sizes = _split_volume(bar.volume, 4)
-        elif contiguous and prev is not None and bar.open == bar.high == bar.low == bar.close == prev.close:
-            prev = bar
-            continue
-        else:
-            sizes = [Decimal(0)] * 4
-        for frac, px, sz, side in zip(
-            _FRACTIONS, (bar.open, bar.high, bar.low, bar.close), sizes, ("buy", "buy", "sell", "sell"), strict=True
-        ):
-            yield Trade(exchange, symbol, native, str(tid), start_us + step * 100_000 * frac, px, sz, side)  # type: ignore[arg-type]
+        for offset, px, sz, side in _bar_trades(bar, prev, per_bar):
+            yield Trade(exchange, symbol, native, str(tid), start_us + offset, px, sz, side)  # type: ignore[arg-type]
             tid += 1
         prev = bar
 
 
-def synth_trade_count(bars: Sequence[Bar]) -> dict[int, int]:
+def synth_trade_count(bars: Sequence[Bar], per_bar: int = SPARSE) -> dict[int, int]:
     """Trade count per bar open time (Unix s) that `synth_trades` produces."""
     out: dict[int, int] = {}
     prev: Bar | None = None
     for bar in bars:
-        step = interval_seconds(bar.interval)
-        contiguous = prev is not None and to_unix(prev.open_time) + step == to_unix(bar.open_time)
-        flat = contiguous and prev is not None and bar.open == bar.high == bar.low == bar.close == prev.close
-        out[to_unix(bar.open_time)] = 0 if (bar.volume == 0 and flat) else 4
+        out[to_unix(bar.open_time)] = len(_bar_trades(bar, prev, per_bar))
         prev = bar
     return out
 
@@ -179,6 +231,7 @@ class ExchangeSimulator:
         port: int = 0,
         heartbeat_s: float = 1.0,
         faults: Faults | None = None,
+        trades_per_bar: int = SPARSE,
     ) -> None:
         if not series or not all(s.bars for s in series):
             raise ValueError("the simulator needs at least one series with bars")
@@ -191,11 +244,12 @@ class ExchangeSimulator:
         self.port = port
         self.heartbeat_s = heartbeat_s
         self.faults = faults or Faults()
+        self.trades_per_bar = trades_per_bar
         self.natives = {protocol.native_symbol(s.symbol): s for s in series}
         self._candles: dict[str, list[Candle]] = {}
         self._candle_times: dict[str, list[int]] = {}
         for native, s in self.natives.items():
-            counts = synth_trade_count(s.bars)
+            counts = synth_trade_count(s.bars, trades_per_bar)
             cs = [
                 Candle(to_unix(b.open_time), b.open, b.high, b.low, b.close, b.volume, counts[to_unix(b.open_time)])
                 for b in s.bars
@@ -371,7 +425,8 @@ class ExchangeSimulator:
 
     def _trade_stream(self) -> Iterator[Trade]:
         streams = [
-            synth_trades(self.protocol.name, s.symbol, native, s.bars, first_id=1) for native, s in self.natives.items()
+            synth_trades(self.protocol.name, s.symbol, native, s.bars, first_id=1, per_bar=self.trades_per_bar)
+            for native, s in self.natives.items()
         ]
         return heapq.merge(*streams, key=lambda t: t.time_us)
 

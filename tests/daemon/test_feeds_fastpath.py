@@ -1,7 +1,9 @@
 """The fast path (`fast_scan`, typed msgspec schemas) against the full orjson parser (`scan_full`).
 
 The fast path may only settle a frame the way the full parser would; anything else it must hand
-over. Checked on the real captures, the simulator's frames of every exchange and thousands of
+over. Its trades are hot rows (number texts and the price's float, for the session); with the
+texts as Decimals they must be the full parser's rows exactly, and each float the text's float.
+Checked on the real captures, the simulator's frames of every exchange and thousands of
 hostile mutations of them (framefuzz.py): whenever `fast_scan` answers, the answer equals
 `scan_full`'s (one licensed difference, below), and `scan_safe` is the fast answer, else the
 full one. And the fast path is really taken: it settles every well-formed trade frame and nearly
@@ -15,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from daemon.feeds import PROTOCOLS
-from daemon.feeds.base import ParseResult, Row, loads_exact
+from daemon.feeds.base import ParseResult, Row, exact_rows, loads_exact
 from db.records import Bar
 from tests.daemon.framefuzz import Mutator, seed_bars, seed_frames
 
@@ -33,9 +35,14 @@ def _fast(exchange: str, text: str) -> tuple[ParseResult, list[Row]] | None:
     if len(text) > proto.max_frame_bytes:
         return None
     try:
-        return proto.fast_scan(text)
+        hit = proto.fast_scan(text)
     except Exception:
         return None
+    if hit is None:
+        return None
+    for _n, _tid, _t, p, pf, q, _side in hit[1]:
+        assert type(p) is str and type(q) is str and pf == float(p), (p, pf, q)
+    return hit[0], exact_rows(hit[1])
 
 
 @pytest.mark.parametrize("exchange", sorted(PROTOCOLS))
@@ -70,7 +77,7 @@ def test_every_rendered_trade_takes_the_fast_path(bars: list[Bar], exchange: str
     native = proto.native_symbol("BTC-USDT")
     for t in synth_trades(exchange, "BTC-USDT", native, bars[:50]):
         text = proto.render_trade(t, SimState(now_us=t.time_us))
-        fast = proto.fast_scan(text)
+        fast = _fast(exchange, text)
         assert fast is not None and fast[0].kind == "trade", text
         assert fast == proto.scan_full(text)
         (native_, _tid, time_us, price, size, side), = fast[1]

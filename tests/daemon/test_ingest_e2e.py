@@ -22,7 +22,7 @@ from daemon.ingest import FeedSpec, Ingest
 from db.bars import read_bars
 from db.csvbars import read_bars_csv
 from db.engine import Database
-from db.records import Bar, SeriesKey, to_unix
+from db.records import Bar, SeriesKey, decimal_text, to_unix
 
 pytestmark = pytest.mark.slow
 
@@ -67,7 +67,12 @@ def values(bars: list[Bar]) -> list[tuple]:
 
 
 async def run_sim_ingest(
-    db: Database, bars: list[Bar], faults: Faults | None, protocol: str = "binance", series: SeriesKey = SERIES
+    db: Database,
+    bars: list[Bar],
+    faults: Faults | None,
+    protocol: str = "binance",
+    series: SeriesKey = SERIES,
+    trades_per_bar: int = 4,
 ) -> Ingest:
     sim = ExchangeSimulator(
         PROTOCOLS[protocol],
@@ -76,6 +81,7 @@ async def run_sim_ingest(
         start=SIM_START.timestamp() if bars[0].open_time < SIM_START else None,
         heartbeat_s=0.05,
         faults=faults,
+        trades_per_bar=trades_per_bar,
     )
     async with sim:
         ingest = Ingest(
@@ -126,6 +132,25 @@ def test_reconnects_every_few_tenths_are_healed_by_backfill(tmp_db: Database, cs
     assert stats["connects"] >= 5, stats
     assert sum(stats["malformed"].values()) > 0  # injected garbage was counted, not raised
     assert Counter(b.source for b in stored)["live"] > 100
+
+
+def test_dense_trades_store_the_csv_bars_text_for_text(tmp_db: Database, csv_bars: list[Bar]) -> None:
+    """50 trades per bar through the whole daemon path (websocket, session, hot path, store):
+    every live bar has the CSV bar's exact text and the trade count the simulator sent."""
+    bars = [b for b in csv_bars if b.open_time < datetime(2020, 12, 20, 20, 0, tzinfo=UTC)]
+    ingest = asyncio.run(run_sim_ingest(tmp_db, bars, None, trades_per_bar=50))
+    stored = read_bars(tmp_db, SERIES)
+    assert values(stored) == values(bars)
+    by_time = {b.open_time: b for b in bars}
+    live = [b for b in stored if b.source == "live" and b.trade_count]
+    assert len(live) > 80
+    for b in live:
+        want = by_time[b.open_time]
+        assert [decimal_text(x) for x in (b.open, b.high, b.low, b.close, b.volume)] == [
+            decimal_text(x) for x in (want.open, want.high, want.low, want.close, want.volume)
+        ], b
+    assert sum(b.trade_count == 50 for b in live) >= 0.9 * len(live)
+    assert ingest.stats()["binance"]["malformed"] == {}
 
 
 @pytest.mark.parametrize("protocol", ["coinbase", "kraken", "bitstamp", "poloniex"])
