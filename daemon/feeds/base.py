@@ -85,7 +85,7 @@ def price(value: Any) -> Decimal:
 
 
 def size(value: Any) -> Decimal:
-    """An exact size (zero allowed: the simulator's zero-volume bars), or BadMessage."""
+    """An exact candle volume (zero allowed: a candle with no trades), or BadMessage."""
     d = size_text(value)
     if d is None:
         raise BadMessage("bad_size")

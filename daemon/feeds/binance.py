@@ -45,7 +45,7 @@ from daemon.feeds.fields import (
     US_PER_MS,
     hot_numbers,
     price_text,
-    size_text,
+    trade_size_text,
     us_from_ms,
 )
 from daemon.feeds.schema import decoder, ignored, results, union
@@ -177,7 +177,7 @@ class Binance(ExchangeProtocol):
             p = price_text(msg["p"])
             if p is None:
                 raise BadMessage("bad_price")
-            q = size_text(msg["q"])
+            q = trade_size_text(msg["q"])
             if q is None:
                 raise BadMessage("bad_size")
             return TRADES, [(native, tid, t, p, q, side)]

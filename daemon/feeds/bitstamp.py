@@ -38,7 +38,16 @@ from daemon.feeds.base import (
     price,
     size,
 )
-from daemon.feeds.fields import hot_numbers, integer, price_text, seconds, size_text, trade_id_ok, us, us_from_us
+from daemon.feeds.fields import (
+    hot_numbers,
+    integer,
+    price_text,
+    seconds,
+    trade_id_ok,
+    trade_size_text,
+    us,
+    us_from_us,
+)
 from daemon.feeds.schema import decoder, ignored, results
 
 _PREFIX = "live_trades_"
@@ -143,7 +152,7 @@ class Bitstamp(ExchangeProtocol):
             p = price_text(d["price_str"])
             if p is None:
                 raise BadMessage("bad_price")
-            q = size_text(d["amount_str"])
+            q = trade_size_text(d["amount_str"])
             if q is None:
                 raise BadMessage("bad_size")
             return TRADES, [(channel[len(_PREFIX) :], tid, t, p, q, side)]

@@ -40,7 +40,15 @@ from daemon.feeds.base import (
     malformed,
     number_text,
 )
-from daemon.feeds.fields import US_PER_S, hot_numbers, price_text, seconds, size_text, trade_id_ok, us_from_iso
+from daemon.feeds.fields import (
+    US_PER_S,
+    hot_numbers,
+    price_text,
+    seconds,
+    trade_id_ok,
+    trade_size_text,
+    us_from_iso,
+)
 from daemon.feeds.schema import decoder, ignored, results
 
 _OTHER_TYPES = frozenset(
@@ -158,7 +166,7 @@ class Coinbase(ExchangeProtocol):
             p = price_text(msg["price"])
             if p is None:
                 raise BadMessage("bad_price")
-            q = size_text(msg["size"])
+            q = trade_size_text(msg["size"])
             if q is None:
                 raise BadMessage("bad_size")
             return TRADES, [(native, tid, t, p, q, side)]

@@ -94,7 +94,7 @@ def price_text(value: Any) -> Decimal | None:
 
 
 def size_text(value: Any) -> Decimal | None:
-    """A trade size or volume: 0 (the simulator's zero-volume bars) or in [1e-30, MAX_SIZE)."""
+    """A volume: 0 (a candle with no trades) or in [1e-30, MAX_SIZE); a trade's size is `trade_size_text`."""
     if type(value) is str and 0 < len(value) <= MAX_TEXT and not value.strip(_DIGITS_POINT):
         try:
             d = Decimal(value)
@@ -107,13 +107,20 @@ def size_text(value: Any) -> Decimal | None:
     return g
 
 
+def trade_size_text(value: Any) -> Decimal | None:
+    """A trade's size: > 0 (a trade of nothing is not a trade) and otherwise as `size_text`."""
+    d = size_text(value)
+    return d if d else None
+
+
 def hot_numbers(p: Any, q: Any) -> float | None:
     """float(p), when price text `p` and size text `q` are plain digits-and-point text that
     `price_text` and `size_text` accept; None when either is unusual (the exact path judges it).
 
     The hot path keeps the text and compares floats (see daemon/bars.py). Acceptance is proven
     by floats strictly inside the exact bounds; a size of at most 17 characters with at most
-    one point needs no float: its value is 0 or in [1e-16, 1e17). The edges take the exact path.
+    one point and a non-zero digit needs no float: its value is in [1e-15, 1e17). A zero size and
+    the edges take the exact path (which refuses a zero size: a trade of nothing is invalid).
     """
     try:
         if len(p) > MAX_TEXT or p.strip(_DIGITS_POINT) or q.strip(_DIGITS_POINT):
@@ -122,7 +129,7 @@ def hot_numbers(p: Any, q: Any) -> float | None:
     except (ValueError, TypeError, AttributeError):
         return None
     n = len(q)
-    if _HOT_MIN < pf < _HOT_MAX_PRICE and 0 < n <= 17 and q.count(".") < 2 and q != ".":
+    if _HOT_MIN < pf < _HOT_MAX_PRICE and 0 < n <= 17 and q.count(".") < 2 and q.strip(_ZERO_POINT):
         return pf
     if not _HOT_MIN < pf < _HOT_MAX_PRICE or n > MAX_TEXT:
         return None
@@ -130,10 +137,11 @@ def hot_numbers(p: Any, q: Any) -> float | None:
         qf = float(q)
     except ValueError:
         return None
-    return pf if qf == 0.0 or _HOT_MIN < qf < _HOT_MAX_SIZE else None
+    return pf if _HOT_MIN < qf < _HOT_MAX_SIZE else None
 
 
 #: Bounds for floats that prove the exact ones (MIN_MAGNITUDE, MAX_PRICE, MAX_SIZE) with margin.
+_ZERO_POINT: Final = "0."
 _HOT_MIN: Final = 1e-29
 _HOT_MAX_PRICE: Final = 1e14
 _HOT_MAX_SIZE: Final = 1e17

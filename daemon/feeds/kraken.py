@@ -45,7 +45,15 @@ from daemon.feeds.base import (
     number_text,
     split_concat,
 )
-from daemon.feeds.fields import hot_numbers, is_plain, price_text, size_text, trade_id_ok, us_from_iso, us_from_seconds
+from daemon.feeds.fields import (
+    hot_numbers,
+    is_plain,
+    price_text,
+    trade_id_ok,
+    trade_size_text,
+    us_from_iso,
+    us_from_seconds,
+)
 from daemon.feeds.schema import decoder, ignored, results
 
 _ALIASES = {"XBT": "BTC", "XDG": "DOGE"}
@@ -243,7 +251,7 @@ class Kraken(ExchangeProtocol):
             p = price_text(pv)
             if p is None:
                 raise BadMessage("bad_price")
-            q = size_text(qv)
+            q = trade_size_text(qv)
             if q is None:
                 raise BadMessage("bad_size")
             out.append((native, tid, t, p, q, _side(d["side"])))
@@ -298,7 +306,7 @@ class Kraken(ExchangeProtocol):
             p = price_text(r[0])
             if p is None:
                 raise BadMessage("bad_price")
-            q = size_text(r[1])
+            q = trade_size_text(r[1])
             if q is None:
                 raise BadMessage("bad_size")
             out.append((native, None, t, p, q, _side(r[3])))

@@ -37,7 +37,7 @@ from daemon.feeds.base import (
     malformed,
     number_text,
 )
-from daemon.feeds.fields import US_PER_MS, hot_numbers, price_text, size_text, trade_id_ok, us_from_ms
+from daemon.feeds.fields import US_PER_MS, hot_numbers, price_text, trade_id_ok, trade_size_text, us_from_ms
 from daemon.feeds.schema import decoder, ignored, results
 
 _INTERVALS = {60: "MINUTE_1", 300: "MINUTE_5", 900: "MINUTE_15", 3600: "HOUR_1"}
@@ -129,7 +129,7 @@ class Poloniex(ExchangeProtocol):
                 p = price_text(d["price"])
                 if p is None:
                     raise BadMessage("bad_price")
-                q = size_text(d["quantity"])
+                q = trade_size_text(d["quantity"])
                 if q is None:
                     raise BadMessage("bad_size")
                 out.append((native, tid, t, p, q, side))

@@ -14,12 +14,11 @@ Trades per bar (see `synth_trades`), chosen so that aggregation reproduces the b
   the interval, priced open, high, low, close, whose sizes split the volume exactly (in units one
   or more decimal places below the volume's own, so no size is zero and they sum to the volume
   with no rounding);
-- volume 0 and O=H=L=C equal to the previous bar's close (contiguous): no trades at all; the
-  aggregator's flat bar is exactly that bar (this is what real zero-volume bars look like: every
-  one of them in ../shared/data);
-- any other volume-0 bar (first bar, after a gap, or a flat bar at a new price, which real data
-  never has): four trades of size 0 at O, H, L, C. The parsers accept size 0 (never negative)
-  for exactly this reason; a bar with volume 0 and a price cannot be told by any trade otherwise.
+- volume 0: no trades at all (a trade of nothing is invalid, and the parsers count one as
+  malformed). When O=H=L=C equals the previous bar's close (contiguous), the aggregator's flat bar
+  is exactly that bar: this is what real zero-volume bars look like, every one of them in
+  ../shared/data. Any other volume-0 bar (first bar, after a gap, or flat at a new price, which
+  real data never has) no trade can tell; REST candles (the backfill) still serve it.
 
 Gaps (intervals missing from every series) are exchange outages: at the gap the simulator drops
 all websocket connections and refuses new ones (HTTP 503) until the gap ends; REST answers for the
@@ -158,10 +157,9 @@ def _dense_prices(bar: Bar, n: int) -> list[Decimal]:
     return prices
 
 
-def _bar_trades(bar: Bar, prev: Bar | None, per_bar: int) -> list[tuple[int, Decimal, Decimal, str]]:
+def _bar_trades(bar: Bar, per_bar: int) -> list[tuple[int, Decimal, Decimal, str]]:
     """(µs after the bar's open, price, size, side) of one bar's trades (module docstring)."""
     step = interval_seconds(bar.interval)
-    contiguous = prev is not None and to_unix(prev.open_time) + step == to_unix(bar.open_time)
     if bar.volume > 0:
         dense = _dense_sizes(bar.volume, per_bar) if per_bar > SPARSE else None
         if dense is not None:
@@ -172,10 +170,8 @@ def _bar_trades(bar: Bar, prev: Bar | None, per_bar: int) -> list[tuple[int, Dec
                 zip([step_us * (k + 1) // (n + 1) for k in range(n)], _dense_prices(bar, n), dense, sides, strict=False)
             )
         sizes = _split_volume(bar.volume, SPARSE)
-    elif contiguous and prev is not None and bar.open == bar.high == bar.low == bar.close == prev.close:
-        return []
     else:
-        sizes = [Decimal(0)] * SPARSE
+        return []
     return [
         (step * 100_000 * frac, px, sz, side)
         for frac, px, sz, side in zip(
@@ -190,23 +186,16 @@ def synth_trades(
     """Trades whose aggregation is exactly `bars` (rules in the module docstring). `per_bar` >
     4: that many trades per bar with volume, where its units allow (a realistic density)."""
     tid = first_id
-    prev: Bar | None = None
     for bar in bars:
         start_us = to_unix(bar.open_time) * 1_000_000
-        for offset, px, sz, side in _bar_trades(bar, prev, per_bar):
+        for offset, px, sz, side in _bar_trades(bar, per_bar):
             yield Trade(exchange, symbol, native, str(tid), start_us + offset, px, sz, side)  # type: ignore[arg-type]
             tid += 1
-        prev = bar
 
 
 def synth_trade_count(bars: Sequence[Bar], per_bar: int = SPARSE) -> dict[int, int]:
     """Trade count per bar open time (Unix s) that `synth_trades` produces."""
-    out: dict[int, int] = {}
-    prev: Bar | None = None
-    for bar in bars:
-        out[to_unix(bar.open_time)] = len(_bar_trades(bar, prev, per_bar))
-        prev = bar
-    return out
+    return {to_unix(bar.open_time): len(_bar_trades(bar, per_bar)) for bar in bars}
 
 
 @dataclass(slots=True)

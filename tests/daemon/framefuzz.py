@@ -330,8 +330,7 @@ def _poisons(exchange: str, key: str, value: Any) -> bool:
         return False  # Kraken v2 sends prices and sizes as JSON numbers: 1.5 is a fine one
     if _TRADE_FIELDS[key] == "t":
         return True  # every HOSTILE_TIMES value is impossible or not a time
-    # zero sizes are allowed (zero-volume bars)
-    return not (key in ("size", "q", "qty", "quantity", "amount_str") and value in ("0", "0.0", 0))
+    return True  # every HOSTILE value, zero sizes included (a trade of nothing is invalid)
 
 
 # --- the oracle ----------------------------------------------------------------------------------
@@ -348,7 +347,7 @@ def trade_problem(t: Trade, exchange: str) -> str | None:
         return "exchange"
     if not isinstance(t.price, Decimal) or not t.price.is_finite() or not 0 < t.price < MAX_PRICE:
         return "price"
-    if not isinstance(t.size, Decimal) or not t.size.is_finite() or not 0 <= t.size < MAX_SIZE:
+    if not isinstance(t.size, Decimal) or not t.size.is_finite() or not 0 < t.size < MAX_SIZE:
         return "size"
     if t.price.as_tuple().exponent < -30 or t.size.as_tuple().exponent < -30:  # type: ignore[operator]
         return "precision"

@@ -15,7 +15,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from daemon.bars import Aggregator, _Acc
-from daemon.feeds.fields import MAX_US, MIN_US, hot_numbers, price_text, size_text, us_from_seconds
+from daemon.feeds.fields import MAX_US, MIN_US, hot_numbers, price_text, trade_size_text, us_from_seconds
 from db.records import SeriesKey, decimal_text
 
 SERIES = SeriesKey("binance", "BTC-USDT", "5m")
@@ -129,13 +129,16 @@ def test_decimal_rows_and_text_rows_mix_in_one_bar() -> None:
 @example("NaN", "1")
 @example("١", "1")
 @example("1", "-0")
+@example("1", "0")
+@example("1", "0.000")
+@example("1", "00.")
 @example("0.0000000000000000000000000000001", "1")
 @example("1000000000000000", "1")
 @example("1", "1000000000000000000")
 def test_hot_numbers_accepts_only_what_the_exact_converters_accept(p: str, q: str) -> None:
     pf = hot_numbers(p, q)
     if pf is not None:
-        exact_p, exact_q = price_text(p), size_text(q)
+        exact_p, exact_q = price_text(p), trade_size_text(q)
         assert exact_p is not None and exact_q is not None
         assert exact_p == Decimal(p) and str(exact_p) == str(Decimal(p))  # same value and exponent
         assert pf == float(p)
@@ -143,8 +146,11 @@ def test_hot_numbers_accepts_only_what_the_exact_converters_accept(p: str, q: st
 
 @given(decimal_texts(), decimal_texts(zero=True))
 def test_hot_numbers_takes_ordinary_exchange_numbers(p: str, q: str) -> None:
-    """Every ordinary price and size within the float-proven bounds is taken (not handed over)."""
-    if 1e-29 < float(p) < 1e14 and len(p) <= 40 and len(q) <= 40 and (float(q) == 0 or 1e-29 < float(q) < 1e17):
+    """Every ordinary price and positive size within the float-proven bounds is taken (not handed
+    over); a zero size never is (a trade of nothing is invalid, and the exact path counts it)."""
+    if float(q) == 0:
+        assert hot_numbers(p, q) is None and trade_size_text(q) is None
+    elif 1e-29 < float(p) < 1e14 and len(p) <= 40 and len(q) <= 40 and 1e-29 < float(q) < 1e17:
         assert hot_numbers(p, q) == float(p)
 
 

@@ -316,3 +316,21 @@ def test_bad_prices_are_malformed(exchange: str, bad: str) -> None:
     mutated = text.replace('"1.5"', json.dumps(bad)).replace(":1.5,", f":{bad},")
     res = p.parse(mutated)
     assert res.kind == "malformed", (exchange, bad, mutated)
+
+
+@pytest.mark.parametrize("exchange", sorted(PROTOCOLS))
+@pytest.mark.parametrize("bad", ["0", "0.0", "0.00000000", "00.", "-2.25", "NaN", "1e99"])
+def test_bad_sizes_are_malformed_a_zero_size_too(exchange: str, bad: str) -> None:
+    """A trade of nothing is not a trade: a zero size is counted malformed like a negative one,
+    on the full parser and on the session's hot path alike."""
+    p = PROTOCOLS[exchange]
+    t = 1_608_000_000_000_000
+    trade = Trade(exchange, "BTC-USDT", p.native_symbol("BTC-USDT"), "1", t, Decimal("1.5"), Decimal("2.25"), "buy")
+    text = p.render_trade(trade, SimState(now_us=t))
+    assert p.parse(text).kind == "trade" and p.scan_hot(text)[1]
+    mutated = text.replace('"2.25"', json.dumps(bad)).replace(":2.25", f":{bad}")
+    assert mutated != text, text
+    res = p.parse(mutated)
+    assert res.kind == "malformed", (exchange, bad, mutated)
+    kind, rows = p.scan_hot(mutated)
+    assert kind.kind == "malformed" and not rows, (exchange, bad, mutated)
