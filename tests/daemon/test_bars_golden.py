@@ -74,12 +74,13 @@ def stream_bars(exchange: str, messages: Iterable[str], interval: str) -> tuple[
     return stored, trades
 
 
-def cases(shared: Path) -> dict[str, tuple[list[str], list[str]]]:
+def streams(shared: Path) -> dict[str, tuple[str, list[str], str]]:
+    """Every golden case's input: (exchange, raw messages, bar interval) by case name."""
     out = {}
     for exchange, name in CAPTURES.items():
         raw = [r.raw for r in read_capture(shared / "captures" / name)]
         for interval in ("1m", "5m"):
-            out[f"capture:{exchange}:{interval}"] = stream_bars(exchange, raw, interval)
+            out[f"capture:{exchange}:{interval}"] = (exchange, raw, interval)
     for interval, (csv_name, symbol, n) in SIM_SOURCES.items():
         bars = read_bars_csv(shared / "data" / csv_name, exchange="x", symbol=symbol, interval=interval)[:n]
         for exchange, proto in PROTOCOLS.items():
@@ -87,8 +88,12 @@ def cases(shared: Path) -> dict[str, tuple[list[str], list[str]]]:
             msgs = [
                 proto.render_trade(t, SimState(now_us=t.time_us)) for t in synth_trades(exchange, symbol, native, bars)
             ]
-            out[f"sim:{exchange}:{interval}"] = stream_bars(exchange, msgs, interval)
+            out[f"sim:{exchange}:{interval}"] = (exchange, msgs, interval)
     return out
+
+
+def cases(shared: Path) -> dict[str, tuple[list[str], list[str]]]:
+    return {name: stream_bars(*case) for name, case in streams(shared).items()}
 
 
 def digest(lines: list[str]) -> str:

@@ -18,11 +18,10 @@ import pytest
 from daemon.bars import Aggregator
 from daemon.feeds import PROTOCOLS
 from daemon.feeds.base import BadMessage, SimState
-from daemon.feeds.capture import read_capture
 from daemon.feeds.simulator import synth_trade_count, synth_trades
 from db.csvbars import read_bars_csv
 from db.records import SeriesKey, decimal_text
-from tests.daemon.test_bars_golden import CAPTURES, GOLDEN, SIM_SOURCES, bar_line, digest
+from tests.daemon.test_bars_golden import GOLDEN, SIM_SOURCES, bar_line, digest, streams
 
 
 def hot_stream_bars(exchange: str, messages: Iterable[str], interval: str) -> list[str]:
@@ -50,20 +49,7 @@ def hot_stream_bars(exchange: str, messages: Iterable[str], interval: str) -> li
 
 
 def hot_cases(shared: Path) -> dict[str, list[str]]:
-    out = {}
-    for exchange, name in CAPTURES.items():
-        raw = [r.raw for r in read_capture(shared / "captures" / name)]
-        for interval in ("1m", "5m"):
-            out[f"capture:{exchange}:{interval}"] = hot_stream_bars(exchange, raw, interval)
-    for interval, (csv_name, symbol, n) in SIM_SOURCES.items():
-        bars = read_bars_csv(shared / "data" / csv_name, exchange="x", symbol=symbol, interval=interval)[:n]
-        for exchange, proto in PROTOCOLS.items():
-            native = proto.native_symbol(symbol)
-            msgs = [
-                proto.render_trade(t, SimState(now_us=t.time_us)) for t in synth_trades(exchange, symbol, native, bars)
-            ]
-            out[f"sim:{exchange}:{interval}"] = hot_stream_bars(exchange, msgs, interval)
-    return out
+    return {name: hot_stream_bars(*case) for name, case in streams(shared).items()}
 
 
 @pytest.fixture(scope="module")
