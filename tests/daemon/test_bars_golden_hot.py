@@ -17,11 +17,25 @@ import pytest
 
 from daemon.bars import Aggregator
 from daemon.feeds import PROTOCOLS
-from daemon.feeds.base import BadMessage, SimState
+from daemon.feeds.base import BadMessage, ExchangeProtocol, SimState
 from daemon.feeds.simulator import synth_trade_count, synth_trades
 from db.csvbars import read_bars_csv
 from db.records import SeriesKey, decimal_text
 from tests.daemon.test_bars_golden import GOLDEN, SIM_SOURCES, bar_line, digest, streams
+
+
+def hot_trades(proto: ExchangeProtocol, text: str) -> list[tuple[str, int, str, float, str, str | None]]:
+    """A frame's hot rows as (symbol, time, price text, price float, size text, trade id text);
+    none when a symbol does not normalise (`parse` drops such a frame)."""
+    _res, rows = proto.scan_hot(text)
+    try:
+        symbols = [proto.normal_symbol(r[0]) for r in rows]
+    except BadMessage:
+        return []
+    return [
+        (symbol, t, p, pf, q, None if tid is None else str(tid))
+        for symbol, (_native, tid, t, p, pf, q, _side) in zip(symbols, rows, strict=True)
+    ]
 
 
 def hot_stream_bars(exchange: str, messages: Iterable[str], interval: str) -> list[str]:
@@ -31,17 +45,12 @@ def hot_stream_bars(exchange: str, messages: Iterable[str], interval: str) -> li
     stored: list[str] = []
     last_us = 0
     for m in messages:
-        _res, rows = proto.scan_hot(m)
-        try:  # `parse` drops a frame whose symbol does not normalise
-            symbols = [proto.normal_symbol(r[0]) for r in rows]
-        except BadMessage:
-            continue
-        for symbol, (_native, tid, t, p, pf, q, _side) in zip(symbols, rows, strict=True):
+        for symbol, t, p, pf, q, tid in hot_trades(proto, m):
             agg = aggs.get(symbol)
             if agg is None:
                 agg = aggs[symbol] = Aggregator(SeriesKey(exchange, symbol, interval), grace_s=0, late_allowance_s=3600)
             last_us = max(last_us, t)
-            stored.extend(bar_line(u.bar) for u in agg.add_text(t, p, pf, q, None if tid is None else str(tid)))
+            stored.extend(bar_line(u.bar) for u in agg.add_text(t, p, pf, q, tid))
     for sym in sorted(aggs):
         agg = aggs[sym]
         stored.extend(bar_line(u.bar) for u in agg.advance(agg.ceil(last_us + 1)))

@@ -15,11 +15,11 @@ import pytest
 
 from daemon.bars import Aggregator
 from daemon.feeds import PROTOCOLS
-from daemon.feeds.base import BadMessage
 from daemon.feeds.session import Backfill, FeedSession, SessionOptions
 from db.records import Bar, SeriesKey
 from tests.daemon.framefuzz import Mutator, seed_bars, seed_frames
 from tests.daemon.test_bars_golden import bar_line
+from tests.daemon.test_bars_golden_hot import hot_trades
 
 FRAMES = 3000
 
@@ -51,14 +51,9 @@ def test_hot_path_stores_what_the_exact_path_stores(shared_dir: Path, bars: list
         malformed += proto.scan_safe(text)[0].kind == "malformed"
         for t in res.trades:
             exact_lines.extend(bar_line(u.bar) for u in _aggregator(exact, exchange, t.symbol).add(t))
-        _res, rows = proto.scan_hot(text)
-        try:  # `parse` drops a frame whose symbol does not normalise
-            symbols = [proto.normal_symbol(r[0]) for r in rows]
-        except BadMessage:
-            continue
-        for symbol, (_n, tid, t_us, p, pf, q, _side) in zip(symbols, rows, strict=True):
+        for symbol, t_us, p, pf, q, tid in hot_trades(proto, text):
             agg = _aggregator(hot, exchange, symbol)
-            hot_lines.extend(bar_line(u.bar) for u in agg.add_text(t_us, p, pf, q, None if tid is None else str(tid)))
+            hot_lines.extend(bar_line(u.bar) for u in agg.add_text(t_us, p, pf, q, tid))
     for aggs, lines in ((exact, exact_lines), (hot, hot_lines)):  # close what is left, as at end of input
         for symbol in sorted(aggs):
             agg = aggs[symbol]
