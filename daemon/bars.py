@@ -40,6 +40,8 @@ _VOLUME_ADD = EXACT.add
 #: A price or size as the hot path carries it: the exchange's plain decimal text (or a Decimal).
 Num = Any
 _ZERO = Decimal(0)
+#: The ids of a block from an exchange that sends none (shared: never mutated).
+_NO_IDS: set[object] = set()
 #: The updates of a call that closed nothing (shared: never mutated).
 NO_UPDATES: list[BarUpdate] = []
 
@@ -247,6 +249,75 @@ class Aggregator:
             return NO_UPDATES
         self.stats.trades += 1
         return self._add_other(t, p, pf, q, tid, t - t % self.step_us)
+
+    @property
+    def bar_start_us(self) -> int:
+        """Open time of the bar in progress while it has trades (0: none)."""
+        return self._lo
+
+    @property
+    def bar_end_us(self) -> int:
+        """End of the bar in progress while it has trades (0: none): trades before it join it."""
+        return self._hi
+
+    def fits_block(self, tmin: int, tmax: int, ids: list[object] | None) -> set[object] | None:
+        """Trades with times (µs) in [tmin, tmax] and these ids (None: the exchange sends none;
+        else no None among them): their ids as a set for `add_block` when all of them land in
+        the bar in progress as new trades; None when any would take another path."""
+        if not (self._lo <= tmin and tmax < self._hi):
+            return None
+        if ids is None:
+            return _NO_IDS
+        block = set(ids)
+        return block if len(block) == len(ids) and self._ids.isdisjoint(block) else None
+
+    def add_block(self, first: int, last: int, ps: list[Num], keys: list[Any], qs: list[Num], ids: set[object]) -> None:
+        """Trades in time order, as columns, that `fits_block` accepted (`ids`: its answer),
+        the first at `first` µs and the last at `last`: the state `add_text` one by one would
+        leave, computed per column in C. Open is the first trade (the first at the earliest
+        time), close the last; high (low) is the first text of the greatest (least) value, by
+        `keys` (floats, or the texts where `fields.hot_columns` proved text order is value
+        order), settled as Decimals where equal keys are different texts."""
+        n = len(ps)
+        self.stats.trades += n
+        self._ids |= ids
+        k = max(keys)
+        f = k if type(k) is float else float(k)
+        if f >= self._hf:
+            self._h = self._extreme(keys, ps, k, self._h if f == self._hf else None, 1)
+            self._hf = f
+        k = min(keys)
+        f = k if type(k) is float else float(k)
+        if f <= self._lf:
+            self._l = self._extreme(keys, ps, k, self._l if f == self._lf else None, -1)
+            self._lf = f
+        if first < self._ot:
+            self._ot, self._o = first, ps[0]
+        if last >= self._ct:
+            self._ct, self._c = last, ps[-1]
+        self._sizes.extend(qs)
+        self._n += n
+
+    @staticmethod
+    def _extreme(keys: list[Any], ps: list[Num], k: Any, held: Num, sign: int) -> Num:
+        """The first text of the greatest (`sign` 1) or least (-1) value among the texts whose
+        key is `k`, after `held` (the bar's extreme so far, when its float equals theirs)."""
+        count = keys.count(k)
+        i = keys.index(k)
+        best = ps[i] if held is None else held
+        if count == 1 and best == ps[i]:
+            return best
+        texts = [ps[i]]
+        for _ in range(count - 1):
+            i = keys.index(k, i + 1)
+            texts.append(ps[i])
+        bd = Decimal(best)
+        for p in texts:
+            if p != best:
+                d = Decimal(p)
+                if (d > bd) if sign > 0 else (d < bd):
+                    best, bd = p, d
+        return best
 
     def _tie(self, p: Num) -> None:
         """Equal floats, different text: decide high and low as Decimals (as `_Acc.add` does)."""

@@ -31,7 +31,7 @@ from daemon.bars import BarUpdate
 from daemon.config import Config, FeedsConfig
 from daemon.feeds import protocol as get_protocol
 from daemon.feeds.backfill import BackfillError, RestClient, backfill_pages
-from daemon.feeds.connection import FeedConnection
+from daemon.feeds.connection import FeedConnection, FeedEvent
 from daemon.feeds.fields import seconds
 from daemon.feeds.session import (
     MIN_HISTORY_BARS,
@@ -55,6 +55,8 @@ __all__ = ["MIN_HISTORY_BARS", "FeedSpec", "FeedStats", "Ingest", "specs_from_co
 
 log = logging.getLogger("barcast.ingest")
 
+#: Most queued frames handed to the session at once (see `FeedSession.messages`).
+MAX_BATCH = 1024
 #: A failed backfill is retried after this many (wall) seconds.
 BACKFILL_RETRY_S = 30.0
 #: While a websocket is down, closed bars are fetched from REST this often (wall seconds).
@@ -139,24 +141,42 @@ class _Feed:
         queue = self.connection.queue
         clock = self.ingest.clock
         mono = time.monotonic
+        pending: FeedEvent | None = None
         try:
             while not self.ingest._stop.is_set():
                 # Python 3.11's wait_for can swallow a cancellation that lands as the queue yields
                 # an item; re-raise it here, or a stopped ingest would keep running.
                 if me is not None and me.cancelling():
                     raise asyncio.CancelledError
-                try:
-                    ev = queue.get_nowait()
-                except asyncio.QueueEmpty:
+                if pending is not None:
+                    ev, pending = pending, None
+                else:
                     try:
-                        ev = await asyncio.wait_for(queue.get(), self.ingest.tick_s)
-                    except TimeoutError:
-                        await self._execute(session.tick(clock() if clock else None, mono()))
-                        self._export_metrics()
-                        continue
+                        ev = queue.get_nowait()
+                    except asyncio.QueueEmpty:
+                        try:
+                            ev = await asyncio.wait_for(queue.get(), self.ingest.tick_s)
+                        except TimeoutError:
+                            await self._execute(session.tick(clock() if clock else None, mono()))
+                            self._export_metrics()
+                            continue
                 if ev.kind == "message":
-                    actions = session.message(ev.text, ev.received, mono())
-                elif ev.kind == "up":
+                    # what else is queued goes with it: under load the queue holds many frames,
+                    # and the session takes a run of trade frames as one block
+                    texts, received = [ev.text], [ev.received]
+                    while len(texts) < MAX_BATCH:
+                        try:
+                            nxt = queue.get_nowait()
+                        except asyncio.QueueEmpty:
+                            break
+                        if nxt.kind != "message":
+                            pending = nxt
+                            break
+                        texts.append(nxt.text)
+                        received.append(nxt.received)
+                    await self._messages(texts, received)
+                    continue
+                if ev.kind == "up":
                     actions = session.up(ev.received, mono())
                 else:
                     actions = session.down(mono())
@@ -173,6 +193,18 @@ class _Feed:
             conn_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await conn_task
+
+    async def _messages(self, texts: list[str | bytes], received: list[float]) -> None:
+        """Frames received together, in order; the session stops after one whose actions must
+        be carried out (a backfill) before the next is read."""
+        session = self.session
+        while texts:
+            actions, taken = session.messages(texts, received, time.monotonic())
+            if actions:
+                await self._execute(actions)
+            if taken == len(texts):
+                return
+            texts, received = texts[taken:], received[taken:]
 
     async def _execute(self, actions: list[Action]) -> None:
         """Carry out the session's actions in order (a backfill's own actions run before the next)."""

@@ -48,6 +48,7 @@ from daemon.feeds.records import (
     OTHER,
     TRADES,
     BadMessage,
+    Block,
     Candle,
     CandleQuery,
     ClientRequest,
@@ -65,7 +66,7 @@ from daemon.feeds.symbols import QUOTES, SymbolFormat, split_concat, split_norma
 
 __all__ = [
     "ACK", "BAD_JSON", "EXACT", "HEARTBEAT", "MESSAGE_KINDS", "NO_ROWS", "OTHER", "QUOTES", "TRADES", "BadMessage",
-    "Candle", "CandleColumns", "CandleQuery", "ClientRequest", "ExchangeProtocol", "HotRow", "MessageKind",
+    "Block", "Candle", "CandleColumns", "CandleQuery", "ClientRequest", "ExchangeProtocol", "HotRow", "MessageKind",
     "ParseResult", "Row", "Side", "SimState", "SymbolFormat", "Trade", "error", "exact_rows", "interval_name",
     "iso_to_us", "iso_us", "loads", "loads_exact", "malformed", "number_text", "price", "size", "split_concat",
     "split_normal", "split_separated", "us_from_datetime",
@@ -207,6 +208,25 @@ class ExchangeProtocol(ABC):
         texts are Decimals (`exact_rows`); every doubt (an unknown key, an unusual type, an
         invalid field) is `scan`'s."""
         return None
+
+    def fast_block(self, texts: Sequence[str]) -> Block | None:
+        """The trades of frames that are all plain one-trade frames, in time order, as columns:
+        what `fast_scan` of each would return, or None (or any exception) when any frame is
+        anything else. Checks run per column (`fields.hot_columns`, bounds of times and ids), so
+        it accepts a subset of what `fast_scan` accepts. Exchanges without it answer None:
+        frame by frame."""
+        return None
+
+    def scan_block(self, texts: Sequence[str | bytes]) -> Block | None:
+        """`fast_block` of frames that `scan_hot` would give to `fast_scan` (text within
+        `max_frame_bytes`); None when not, or when it refuses or raises. Never raises."""
+        try:
+            # the join refuses bytes; a block within the frame limit has every frame within it
+            if len("".join(texts)) > self.max_frame_bytes:  # type: ignore[arg-type]
+                return None
+            return self.fast_block(texts)  # type: ignore[arg-type]  # all str, checked above
+        except Exception:
+            return None
 
     def scan_hot(self, text: str | bytes) -> tuple[ParseResult, list[HotRow]]:
         """`fast_scan`, else `scan` (its rows as `HotRow`s); never raises. The session's entry."""

@@ -20,6 +20,7 @@ from daemon.feeds.base import (
     OTHER,
     TRADES,
     BadMessage,
+    Block,
     Candle,
     CandleColumns,
     CandleQuery,
@@ -40,9 +41,11 @@ from daemon.feeds.base import (
 from daemon.feeds.fields import (
     MAX_INT_ID,
     MAX_US,
+    MILLIS,
     MIN_INT_ID,
     MIN_US,
     US_PER_MS,
+    hot_columns,
     hot_numbers,
     price_text,
     trade_size_text,
@@ -96,6 +99,8 @@ _IGNORED = ignored("e", _OTHER_EVENTS)
 _OTHER_RESULTS = results(_IGNORED, OTHER)
 _EVENTS = (_Trade, _AggTrade, *_IGNORED)
 _DECODE_RAW = decoder(*_EVENTS)
+#: trade frames only (a block): a smaller union to resolve
+_DECODE_TRADES = decoder(_Trade, _AggTrade)
 _DECODE_COMBINED = decoder(
     msgspec.defstruct("_Combined", [("stream", str), ("data", union(*_EVENTS))], forbid_unknown_fields=True)
 )
@@ -143,6 +148,24 @@ class Binance(ExchangeProtocol):
                 return None
             return TRADES, [(msg.s, tid, t, p, pf, q, "sell" if msg.m else "buy")]
         return _OTHER_RESULTS.get(kind)
+
+    def fast_block(self, texts: Sequence[str]) -> Block | None:
+        try:
+            msgs = list(map(_DECODE_TRADES, texts))
+        except msgspec.MsgspecError:  # combined-stream frames (or anything else: then None below)
+            msgs = [m.data for m in map(_DECODE_COMBINED, texts)]
+        # an ignored event has no `p` (AttributeError); a trade among aggTrades has `a` None and
+        # an aggTrade among trades no `t` (None or AttributeError, refused by the id bounds)
+        ids = [m.t for m in msgs] if type(msgs[0]) is _Trade else [m.a for m in msgs]
+        ms = [m.T for m in msgs]
+        ps = [m.p for m in msgs]
+        qs = [m.q for m in msgs]
+        keys = hot_columns(ps, qs)
+        if keys is None or ms != sorted(ms) or not (ms[0] * US_PER_MS >= MIN_US and ms[-1] * US_PER_MS < MAX_US):
+            return None
+        if not (min(ids) >= MIN_INT_ID and max(ids) < MAX_INT_ID):
+            return None
+        return Block([m.s for m in msgs], ids, ms, MILLIS, ps, keys, qs)
 
     def scan(self, text: str | bytes) -> tuple[ParseResult, list[Row]]:
         try:

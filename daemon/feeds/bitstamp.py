@@ -21,6 +21,7 @@ from daemon.feeds.base import (
     OTHER,
     TRADES,
     BadMessage,
+    Block,
     Candle,
     CandleQuery,
     ClientRequest,
@@ -39,11 +40,14 @@ from daemon.feeds.base import (
     size,
 )
 from daemon.feeds.fields import (
+    digit_keys,
+    hot_columns,
     hot_numbers,
     integer,
     price_text,
     seconds,
     trade_id_ok,
+    trade_ids_ok,
     trade_size_text,
     us,
     us_from_us,
@@ -52,6 +56,7 @@ from daemon.feeds.schema import decoder, ignored, results
 
 _PREFIX = "live_trades_"
 _SIDE = ("buy", "sell")  # by `type`
+_TYPES = frozenset({0, 1})
 
 
 # --- the fast path's schema (see schema.py): trades in full, the rest by event
@@ -79,6 +84,8 @@ _RESULTS = {
     **results(ignored("event", ["data", "order_created", "order_changed", "order_deleted"]), OTHER),
 }
 _DECODE = decoder(_Trade, *_RESULTS)
+#: trade frames only (a block): no union to resolve by a tag that comes last
+_DECODE_TRADE = decoder(_Trade)
 
 
 class Bitstamp(ExchangeProtocol):
@@ -117,6 +124,23 @@ class Bitstamp(ExchangeProtocol):
         if not channel.startswith(_PREFIX):
             return None
         return TRADES, [(channel[len(_PREFIX) :], d.id, t, p, pf, q, _SIDE[side])]
+
+    def fast_block(self, texts: Sequence[str]) -> Block | None:
+        msgs = list(map(_DECODE_TRADE, texts))  # any other frame raises
+        rows = [m.data for m in msgs]
+        ps = [d.price_str for d in rows]
+        qs = [d.amount_str for d in rows]
+        keys = hot_columns(ps, qs)
+        if keys is None or not {d.type for d in rows} <= _TYPES:
+            return None
+        ts = [d.microtimestamp for d in rows]
+        clock = digit_keys(ts, 1)
+        ids = [d.id for d in rows]
+        if clock is None or not trade_ids_ok(ids):
+            return None
+        channels = [m.channel for m in msgs]
+        natives = {c: c[len(_PREFIX) :] for c in set(channels) if c.startswith(_PREFIX)}
+        return Block(list(map(natives.__getitem__, channels)), ids, ts, clock, ps, keys, qs)
 
     def scan(self, text: str | bytes) -> tuple[ParseResult, list[Row]]:
         try:

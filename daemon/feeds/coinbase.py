@@ -22,6 +22,7 @@ from daemon.feeds.base import (
     OTHER,
     TRADES,
     BadMessage,
+    Block,
     Candle,
     CandleColumns,
     CandleQuery,
@@ -41,11 +42,15 @@ from daemon.feeds.base import (
     number_text,
 )
 from daemon.feeds.fields import (
+    ISO,
     US_PER_S,
+    hot_columns,
     hot_numbers,
+    iso_column,
     price_text,
     seconds,
     trade_id_ok,
+    trade_ids_ok,
     trade_size_text,
     us_from_iso,
 )
@@ -101,6 +106,8 @@ _OTHERS = ignored("type", _OTHER_TYPES)
 _ACKS = ignored("type", ["subscriptions"])
 _RESULTS = {**results(_OTHERS, OTHER), **results(_ACKS, ACK)}
 _DECODE = decoder(_Match, _LastMatch, _Heartbeat, *_OTHERS, *_ACKS)
+#: trade frames only (a block): no union to resolve
+_DECODE_MATCH = decoder(_Match, _LastMatch)
 
 
 class Coinbase(ExchangeProtocol):
@@ -137,6 +144,19 @@ class Coinbase(ExchangeProtocol):
             t = us_from_iso(msg.time)
             return None if t is None else (ParseResult("heartbeat", time_us=t), NO_ROWS)
         return _RESULTS.get(kind)
+
+    def fast_block(self, texts: Sequence[str]) -> Block | None:
+        msgs = list(map(_DECODE_MATCH, texts))  # any other frame raises
+        ps = [m.price for m in msgs]
+        qs = [m.size for m in msgs]
+        keys = hot_columns(ps, qs)
+        if keys is None or not {m.side for m in msgs} <= _TAKER.keys():
+            return None
+        ts = [m.time for m in msgs]
+        ids = [m.trade_id for m in msgs]
+        if not iso_column(ts) or not trade_ids_ok(ids):
+            return None
+        return Block([m.product_id for m in msgs], ids, ts, ISO, ps, keys, qs)
 
     def scan(self, text: str | bytes) -> tuple[ParseResult, list[Row]]:
         try:

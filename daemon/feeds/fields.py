@@ -140,6 +140,81 @@ def hot_numbers(p: Any, q: Any) -> float | None:
     return pf if _HOT_MIN < qf < _HOT_MAX_SIZE else None
 
 
+def hot_columns(ps: list[Any], qs: list[Any]) -> list[Any] | None:
+    """`hot_numbers` of whole columns at once (a block of frames, see `FeedSession.messages`):
+    order keys of the prices when every price and size passes, None when any is unusual (then
+    each frame takes its own path, which judges it exactly). Checks run per column, in C.
+
+    Accepts a subset of what `hot_numbers` accepts: text of digits and points only; lengths
+    within `MAX_TEXT` (17 for sizes, so a valid size is below 1e17 without a float); each size
+    with one point at most and a non-zero digit; prices of valid form (one point at most, a
+    digit) whose extremes are in the float bounds. The keys order the prices as their values do:
+    - the texts themselves when that is so and different texts are different values: all of
+      one length with the point at one place (`_uniform`), or all with as many integer digits
+      and no trailing zero (`_price_shape`) - so no float per trade;
+    - else `float(p)` per price (equal floats may then be different texts; see `_tie`).
+    """
+    try:
+        jp = "".join(ps)
+        if _DIGITS_POINTS.fullmatch(jp) is None:
+            return None
+        # sizes between NULs: only digits, points and NULs; none all zeros and points (nor
+        # empty); none with two points; one NUL more than sizes (none inside a size)
+        jq = "\x00" + "\x00".join(qs) + "\x00"
+        if _SIZE_CHARS.fullmatch(jq) is None or _ZERO_SIZE.search(jq) or _TWO_POINTS.search(jq):
+            return None
+        if jq.count("\x00") != len(qs) + 1 or max(map(len, qs)) > 17:
+            return None
+        if _uniform(ps, jp):
+            keys = ps
+        elif max(map(len, ps)) > MAX_TEXT:
+            return None
+        else:
+            keys = ps if _same_shape(ps) else list(map(float, ps))
+        lo = float(min(keys))
+        hi = float(max(keys))
+    except (ValueError, TypeError):
+        return None
+    return keys if lo > _HOT_MIN and hi < _HOT_MAX_PRICE else None
+
+
+def _uniform(ps: list[str], jp: str) -> bool:
+    """All texts of one length, each with one point at the same place (or none): their order
+    is their values' order, and different texts are different values."""
+    first = ps[0]
+    size = len(first)
+    if size > MAX_TEXT or set(map(len, ps)) != {size}:
+        return False
+    at = first.find(".")
+    if at < 0:
+        return "." not in jp
+    n = len(ps)
+    return jp.count(".") == n and jp[at::size].count(".") == n
+
+
+def _same_shape(ps: list[str]) -> bool:
+    """All texts with as many integer digits (no leading zero but a lone '0'), a fraction
+    without trailing zeros or none: ordered as their values, different texts different values."""
+    first = ps[0]
+    whole = first.find(".")
+    pattern = _SHAPES.get(len(first) if whole < 0 else whole)
+    return pattern is not None and pattern.fullmatch("\x00".join(ps)) is not None
+
+
+def _shape(digits: int) -> re.Pattern[str]:
+    one = (r"(?:0|[1-9])" if digits == 1 else rf"[1-9][0-9]{{{digits - 1}}}") + r"(?:\.[0-9]*[1-9])?"
+    return re.compile(rf"{one}(?:\x00{one})*", re.ASCII)
+
+
+#: `_same_shape`'s pattern per number of integer digits.
+_SHAPES: Final = {d: _shape(d) for d in range(1, 16)}
+
+_DIGITS: Final = re.compile(r"[0-9]*", re.ASCII)
+_DIGITS_POINTS: Final = re.compile(r"[0-9.]*", re.ASCII)
+_SIZE_CHARS: Final = re.compile(r"[0-9.\x00]*", re.ASCII)
+_ZERO_SIZE: Final = re.compile(r"\x00[0.]*\x00", re.ASCII)
+_TWO_POINTS: Final = re.compile(r"\.[0-9]*\.", re.ASCII)
+
 #: Bounds for floats that prove the exact ones (MIN_MAGNITUDE, MAX_PRICE, MAX_SIZE) with margin.
 _ZERO_POINT: Final = "0."
 _HOT_MIN: Final = 1e-29
@@ -169,6 +244,18 @@ def integer(value: Any, limit: int = 2**63) -> int | None:
     return None
 
 
+def trade_ids_ok(ids: list[Any]) -> bool:
+    """`trade_id_ok` of a column (no None among them): all ints in range or all short strings."""
+    kinds = set(map(type, ids))
+    if kinds == _INT:
+        return min(ids) >= MIN_INT_ID and max(ids) < MAX_INT_ID
+    return kinds == _STR and max(map(len, ids)) <= MAX_TRADE_ID
+
+
+_INT: Final = {int}
+_STR: Final = {str}
+
+
 # --- times ---------------------------------------------------------------------------------------
 
 
@@ -188,6 +275,90 @@ def us_from_us(value: Any) -> int | None:
     """Unix microseconds (int or digit text)."""
     n = integer(value)
     return None if n is None else _in_range(n)
+
+
+class Scaled:
+    """Times as ints of a unit (`Block.clock`): a column needs no per-trade conversion."""
+
+    __slots__ = ("unit",)
+
+    def __init__(self, unit: int) -> None:
+        self.unit = unit
+
+    def us(self, key: int) -> int:
+        return key * self.unit
+
+    def key(self, us: int) -> int:
+        """The least time key at or after `us`."""
+        return -(-us // self.unit)
+
+
+class IsoKeys:
+    """Times as fixed-width ISO text ('2021-04-17T16:43:37.089723Z', `iso_column` checked):
+    their text order is their time order, so only the times a block's bookkeeping reads are
+    converted."""
+
+    __slots__ = ()
+
+    def us(self, key: str) -> int:
+        t = us_from_iso(key)
+        assert t is not None  # checked by `iso_column`
+        return t
+
+    def key(self, us: int) -> str:
+        """The least time key at or after `us` (beyond the valid range: below or above all)."""
+        if us < MIN_US:
+            return ""
+        return iso_us(us) if us < MAX_US else "~"
+
+
+class DigitKeys:
+    """Times as digit text of one length (`digit_keys` checked): text order is number order."""
+
+    __slots__ = ("unit", "width")
+
+    def __init__(self, width: int, unit: int) -> None:
+        self.width = width
+        self.unit = unit
+
+    def us(self, key: str) -> int:
+        return int(key) * self.unit
+
+    def key(self, us: int) -> str:
+        """The least time key at or after `us`."""
+        return str(max(-(-us // self.unit), 0)).zfill(self.width)
+
+
+MICROS: Final = Scaled(1)
+MILLIS: Final = Scaled(US_PER_MS)
+ISO: Final = IsoKeys()
+
+
+def iso_column(values: list[Any]) -> bool:
+    """Whether a column of times is valid fixed-width ISO UTC text with µs, in order, within
+    one day (so the two ends, converted, prove every date in between)."""
+    first, last = values[0], values[-1]
+    if type(first) is not str or type(last) is not str or first[:10] != last[:10] or values != sorted(values):
+        return False
+    if _ISO_DAY.fullmatch("\x00".join(values)) is None:
+        return False
+    return us_from_iso(first) is not None and us_from_iso(last) is not None
+
+
+_ISO_ONE = r"[0-9]{4}-[0-9]{2}-[0-9]{2}T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]\.[0-9]{6}Z"
+_ISO_DAY: Final = re.compile(rf"{_ISO_ONE}(?:\x00{_ISO_ONE})*", re.ASCII)
+
+
+def digit_keys(values: list[Any], unit: int) -> DigitKeys | None:
+    """The clock of a column of times as digit text of one length, in order, within [MIN_US,
+    MAX_US) at `unit` µs each (`us_from_us` and kin of every one), or None."""
+    first = values[0]
+    if type(first) is not str or set(map(len, values)) != {len(first)} or values != sorted(values):
+        return None
+    if not first or len(first) > 20 or _DIGITS.fullmatch("".join(values)) is None:
+        return None
+    clock = DigitKeys(len(first), unit)
+    return clock if clock.us(first) >= MIN_US and clock.us(values[-1]) < MAX_US else None
 
 
 def us_from_ns(value: Any) -> int | None:

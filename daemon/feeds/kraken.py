@@ -24,6 +24,7 @@ from daemon.feeds.base import (
     OTHER,
     TRADES,
     BadMessage,
+    Block,
     Candle,
     CandleColumns,
     CandleQuery,
@@ -46,10 +47,15 @@ from daemon.feeds.base import (
     split_concat,
 )
 from daemon.feeds.fields import (
+    ISO,
+    MICROS,
+    hot_columns,
     hot_numbers,
     is_plain,
+    iso_column,
     price_text,
     trade_id_ok,
+    trade_ids_ok,
     trade_size_text,
     us_from_iso,
     us_from_seconds,
@@ -101,6 +107,8 @@ _V1_RESULTS = {
     **results(ignored("event", _V1_OTHER_EVENTS, absent=["channel", "method"]), OTHER),
 }
 _DECODE_V2 = decoder(_V2Trade, *_V2_RESULTS)
+#: trade frames only (a block): no union to resolve
+_DECODE_V2_TRADE = decoder(_V2Trade)
 _DECODE_V1 = decoder(_V1Status, *_V1_RESULTS)
 #: The v1 heartbeat as Kraken sends it (any other spelling takes the decoder).
 _V1_HEARTBEAT = '{"event":"heartbeat"}'
@@ -170,6 +178,52 @@ class Kraken(ExchangeProtocol):
                 v1.append((native, None, t, p, pf, q, side))
             return TRADES, v1
         return None
+
+    def fast_block(self, texts: Sequence[str]) -> Block | None:
+        if texts[0].startswith("["):
+            return self._v1_block(texts)
+        rows = []
+        for m in map(_DECODE_V2_TRADE, texts):  # any other frame raises
+            (row,) = m.data  # one trade per frame, else ValueError
+            rows.append(row)
+        n = len(rows)
+        # the numbers' raw JSON text, joined and split in C (a quoted number fails the checks)
+        ps = str(b"\x00".join([d.price for d in rows]), "ascii").split("\x00")
+        qs = str(b"\x00".join([d.qty for d in rows]), "ascii").split("\x00")
+        keys = hot_columns(ps, qs) if len(ps) == n == len(qs) else None
+        if keys is None or not {d.side for d in rows} <= _SIDES.keys():
+            return None
+        ts = [d.timestamp for d in rows]
+        if not iso_column(ts):
+            return None
+        ids: list[Any] | None = [d.trade_id for d in rows]
+        assert ids is not None
+        if None in ids:
+            if ids.count(None) != n:
+                return None
+            ids = None
+        elif not trade_ids_ok(ids):
+            return None
+        return Block([d.symbol for d in rows], ids, ts, ISO, ps, keys, qs)
+
+    def _v1_block(self, texts: Sequence[str]) -> Block | None:
+        natives = []
+        rows = []
+        for _channel, trades, name, native in map(_DECODE_V1_TRADES, texts):
+            (row,) = trades  # one trade per frame, else ValueError
+            if name != "trade":
+                return None
+            rows.append(row)
+            natives.append(native)
+        ps = [r[0] for r in rows]
+        qs = [r[1] for r in rows]
+        keys = hot_columns(ps, qs)
+        if keys is None or not {r[3] for r in rows} <= _SIDES.keys():
+            return None
+        ts = list(map(us_from_seconds, [r[2] for r in rows]))
+        if None in ts or ts != sorted(ts):  # type: ignore[type-var]  # no None by then
+            return None
+        return Block(natives, None, ts, MICROS, ps, keys, qs)
 
     def _fast_v2(self, data: list[_V2Row]) -> tuple[ParseResult, list[HotRow]] | None:
         if not data or len(data) > self.max_trades:

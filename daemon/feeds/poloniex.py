@@ -20,6 +20,7 @@ from daemon.feeds.base import (
     OTHER,
     TRADES,
     BadMessage,
+    Block,
     Candle,
     CandleColumns,
     CandleQuery,
@@ -37,7 +38,19 @@ from daemon.feeds.base import (
     malformed,
     number_text,
 )
-from daemon.feeds.fields import US_PER_MS, hot_numbers, price_text, trade_id_ok, trade_size_text, us_from_ms
+from daemon.feeds.fields import (
+    MAX_US,
+    MILLIS,
+    MIN_US,
+    US_PER_MS,
+    hot_columns,
+    hot_numbers,
+    price_text,
+    trade_id_ok,
+    trade_ids_ok,
+    trade_size_text,
+    us_from_ms,
+)
 from daemon.feeds.schema import decoder, ignored, results
 
 _INTERVALS = {60: "MINUTE_1", 300: "MINUTE_5", 900: "MINUTE_15", 3600: "HOUR_1"}
@@ -65,6 +78,8 @@ class _Trades(msgspec.Struct, tag_field="channel", tag="trades", forbid_unknown_
 
 _OTHERS = results(ignored("channel", _OTHER_CHANNELS, absent=["event"]), OTHER)
 _DECODE = decoder(_Trades, *_OTHERS)
+#: trade frames only (a block): no union to resolve
+_DECODE_TRADES = decoder(_Trades)
 
 
 class Poloniex(ExchangeProtocol):
@@ -101,6 +116,24 @@ class Poloniex(ExchangeProtocol):
                 return None
             out.append((d.symbol, d.id, t, p, pf, q, d.takerSide))
         return TRADES, out
+
+    def fast_block(self, texts: Sequence[str]) -> Block | None:
+        rows = []
+        for m in map(_DECODE_TRADES, texts):  # any other frame raises
+            (row,) = m.data  # one trade per frame, else ValueError
+            rows.append(row)
+        ps = [d.price for d in rows]
+        qs = [d.quantity for d in rows]
+        keys = hot_columns(ps, qs)
+        if keys is None or not {d.takerSide for d in rows} <= _SIDES:
+            return None
+        ms = [d.createTime for d in rows]
+        ids = [d.id for d in rows]
+        if ms != sorted(ms) or not (ms[0] * US_PER_MS >= MIN_US and ms[-1] * US_PER_MS < MAX_US):
+            return None
+        if not trade_ids_ok(ids):
+            return None
+        return Block([d.symbol for d in rows], ids, ms, MILLIS, ps, keys, qs)
 
     def scan(self, text: str | bytes) -> tuple[ParseResult, list[Row]]:
         try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from daemon.feeds.fields import datetime_from_us, iso_us
 
@@ -63,6 +63,26 @@ Row = tuple[str, Any, int, Decimal, Decimal, str | None]
 #: float(price), size, side), with price and size as the exchange's plain decimal text (or the
 #: Decimals of the full parser). The aggregator builds Decimals from them only at bar close.
 HotRow = tuple[str, Any, int, Any, float, Any, str | None]
+
+
+class Block(NamedTuple):
+    """The trades of a block of frames as columns (see `ExchangeProtocol.fast_block`)."""
+
+    natives: list[str]
+    #: trade ids (None: the exchange sends none)
+    ids: list[Any] | None
+    #: time keys, ascending: the exchange's ints or text, read through `clock`
+    times: list[Any]
+    #: `us(key)` -> µs, `key(us)` -> the least key at or after it (`fields.Scaled`, `fields.IsoKeys`)
+    clock: Any
+    #: prices as text
+    prices: list[Any]
+    #: price order keys: floats, or the texts where their order is their values' (`fields.hot_columns`)
+    keys: list[Any]
+    #: sizes as text
+    sizes: list[Any]
+
+
 #: The rows of a frame without trades (shared: never mutated).
 NO_ROWS: list[Any] = []
 

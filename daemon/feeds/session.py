@@ -35,6 +35,7 @@ timed heartbeats): nothing closes while a feed is silent.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -43,7 +44,7 @@ from enum import Enum
 from typing import Any
 
 from daemon.bars import Aggregator, BarUpdate
-from daemon.feeds.base import HEARTBEAT, MESSAGE_KINDS, OTHER, ExchangeProtocol, HotRow, ParseResult
+from daemon.feeds.base import HEARTBEAT, MESSAGE_KINDS, OTHER, Block, ExchangeProtocol, HotRow, ParseResult
 from daemon.feeds.fields import US_PER_S, us, us_from_clock, us_from_datetime
 from db.records import Bar, SeriesKey, interval_seconds
 
@@ -208,6 +209,7 @@ class FeedSession:
         self._one = {n: ss[0] for n, ss in self.by_native.items() if len(ss) == 1}
         self._fast = protocol.fast_scan
         self._full = protocol.scan_full_hot
+        self._scan_block = protocol.scan_block
         self._max_frame = protocol.max_frame_bytes
         #: no aggregator can close a bar before this clock reading: a lower bound of their
         #: `next_close_us` (they only grow, except on `resume`, which resets it)
@@ -331,6 +333,110 @@ class FeedSession:
         if res.time_us is None:
             return self._close_due(received, mono, out)
         return self._frame_time(res, received, mono, out)
+
+    def messages(
+        self, texts: Sequence[str | bytes], received: Sequence[float], mono: float
+    ) -> tuple[list[Action], int]:
+        """Frames that arrived together (what the shell found queued), `received[i]` for
+        `texts[i]`: the actions `message` would return for each in turn, concatenated, and how
+        many frames were taken. It stops after a frame that asked for a backfill: the shell
+        carries that out and passes the rest again, as it does frame by frame.
+
+        Under load the queue holds many trade frames at once. When all of them are plain trade
+        frames (one trade each, in time order), the protocol's `scan_block` decodes and checks
+        them once, as columns, and every run of them that lands in the bars in progress with
+        nothing due goes into the aggregators at once (`Aggregator.fits_block`, `add_block`); the frames in
+        between (the one that closes a bar, a late trade) go through `message`. Any other frame
+        in the batch, or anything unusual, and the whole batch goes frame by frame.
+        """
+        n = len(texts)
+        block = self._scan_block(texts) if n > 1 else None
+        single = False
+        if block is not None:
+            ts = block.times
+            natives = block.natives
+            single = natives.count(natives[0]) == n
+            if len(ts) != n or not set(natives) <= self._one.keys():
+                block = None
+        out: list[Action] = []
+        message = self.message
+        i = 0
+        while i < n:
+            if block is not None and not self._outstanding and not self._await_feed_time:
+                j = self._take(block, received, i, mono, single)
+                if j < 0:  # a duplicate id or the like: the rest frame by frame
+                    block = None
+                elif j == n:
+                    break
+                else:
+                    i = j
+            acts = message(texts[i], received[i], mono)
+            i += 1
+            if acts:
+                out.extend(acts)
+                if self._outstanding:
+                    return out, i
+        return out, n
+
+    def _take(self, block: Block, received: Sequence[float], i: int, mono: float, single: bool) -> int:
+        """Frames i, i+1, ... of a time-ordered block of one-trade frames, as far as they land in
+        the bars in progress with nothing due: applied, and the index after them returned (i:
+        frame i needs `message`; -1: none of the rest may go as a block). `single`: all frames
+        are of one symbol."""
+        natives, ids, ts, clock, ps, keys, qs = block
+        us = clock.us
+        one = self._one
+        limit = self._close_floor_us
+        if us(ts[-1]) >= limit:  # the floor may lag (a bar closed by a trade): make it exact
+            limit = self._close_floor_us = min(
+                (s.agg.next_close_us for s in self.series if not s.agg.suspended), default=_NEVER
+            )
+        due = self._next_due_us
+        if due is not None and due < limit:
+            limit = due
+        native = natives[i]
+        for nat in (native,) if single else set(natives[i:]):
+            end = one[nat].agg.bar_end_us
+            if end < limit:
+                limit = end
+        if not self.wall_clock and self._feed_time_us >= limit:
+            return i
+        j = bisect_left(ts, clock.key(limit), i)  # the first trade at or after `limit`
+        if j == i:
+            return i
+        tmin, tmax = us(ts[i]), us(ts[j - 1])
+        if self.wall_clock:
+            now = int(max(received[i:j]) * US_PER_S)  # `us_from_clock` of the latest frame
+            if now >= limit or tmax > int(min(received[i:j]) * US_PER_S) + self._future_us:
+                return i
+        if single:
+            agg = one[native].agg
+            idset = agg.fits_block(tmin, tmax, None if ids is None else ids[i:j])
+            if idset is None:
+                return -1 if tmin >= agg.bar_start_us else i
+            agg.add_block(tmin, tmax, ps[i:j], keys[i:j], qs[i:j], idset)
+        else:
+            groups: dict[str, list[int]] = {}
+            for k in range(i, j):
+                groups.setdefault(natives[k], []).append(k)
+            parts = []
+            for nat, idx in groups.items():
+                agg = one[nat].agg
+                first, last = us(ts[idx[0]]), us(ts[idx[-1]])
+                idset = agg.fits_block(first, last, None if ids is None else [ids[k] for k in idx])
+                if idset is None:
+                    return -1 if first >= agg.bar_start_us else i
+                g_ps, g_keys, g_qs = [ps[k] for k in idx], [keys[k] for k in idx], [qs[k] for k in idx]
+                parts.append((agg, first, last, g_ps, g_keys, g_qs, idset))
+            for agg, first, last, g_ps, g_keys, g_qs, idset in parts:
+                agg.add_block(first, last, g_ps, g_keys, g_qs, idset)
+        if tmax > self._feed_time_us:
+            self._feed_time_us = tmax
+        self._kinds["trade"] += j - i
+        self.stats.trades += j - i
+        self._last_frame = received[j - 1]
+        self._last_frame_mono = self.last_message_mono = mono
+        return j
 
     def _frame_time(self, res: ParseResult, received: float, mono: float, out: list[Action]) -> list[Action]:
         t = res.time_us
