@@ -271,6 +271,16 @@ class Aggregator:
         block = set(ids)
         return block if len(block) == len(ids) and self._ids.isdisjoint(block) else None
 
+    def first_duplicate(self, ids: list[object]) -> int:
+        """Index of the first id already in the bar in progress or earlier in `ids` (len(ids):
+        none), where `fits_block` refused a block."""
+        seen = set(self._ids)
+        for k, tid in enumerate(ids):
+            if tid in seen:
+                return k
+            seen.add(tid)
+        return len(ids)
+
     def add_block(self, first: int, last: int, ps: list[Num], keys: list[Any], qs: list[Num], ids: set[object]) -> None:
         """Trades in time order, as columns, that `fits_block` accepted (`ids`: its answer),
         the first at `first` µs and the last at `last`: the state `add_text` one by one would

@@ -105,6 +105,7 @@ class _Feed:
                 max_future_s=opts.max_future_s,
                 backfill_days=opts.backfill_days,
                 stall_timeout_s=opts.stall_timeout_s,
+                ack_timeout_s=opts.ack_timeout_s,
                 backfill_retry_s=ingest.backfill_retry_s,
                 rest_poll_s=ingest.rest_poll_s,
                 max_candles=self.protocol.max_candles,
@@ -142,6 +143,7 @@ class _Feed:
         clock = self.ingest.clock
         mono = time.monotonic
         pending: FeedEvent | None = None
+        next_tick = mono() + self.ingest.tick_s
         try:
             while not self.ingest._stop.is_set():
                 # Python 3.11's wait_for can swallow a cancellation that lands as the queue yields
@@ -157,6 +159,7 @@ class _Feed:
                         try:
                             ev = await asyncio.wait_for(queue.get(), self.ingest.tick_s)
                         except TimeoutError:
+                            next_tick = mono() + self.ingest.tick_s
                             await self._execute(session.tick(clock() if clock else None, mono()))
                             self._export_metrics()
                             continue
@@ -175,6 +178,13 @@ class _Feed:
                         texts.append(nxt.text)
                         received.append(nxt.received)
                     await self._messages(texts, received)
+                    if mono() >= next_tick:
+                        # a busy feed never idles, and acknowledgement timeouts and metrics must
+                        # not wait for it to: tick at the last frame's stamp (bars close by
+                        # receipt stamps, so a backlog still queued does not close them early)
+                        next_tick = mono() + self.ingest.tick_s
+                        await self._execute(session.tick(received[-1] if clock else None, mono()))
+                        self._export_metrics()
                     continue
                 if ev.kind == "up":
                     actions = session.up(ev.received, mono())
@@ -255,6 +265,9 @@ class _Feed:
         if st.trades > done["trades"]:
             metrics.TRADES.labels(ex, "all").inc(st.trades - done["trades"])
             done["trades"] = st.trades
+        if st.block_trades > done["block_trades"]:
+            metrics.BLOCK_TRADES.labels(ex).inc(st.block_trades - done["block_trades"])
+            done["block_trades"] = st.block_trades
 
     def _log_rejected(self, r: Rejected) -> None:
         if FeedSession.should_log(r):

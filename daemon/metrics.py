@@ -12,6 +12,8 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 MESSAGES = Counter("barcast_feed_messages_total", "Websocket messages received", ["exchange", "kind"],
                    registry=REGISTRY)
 TRADES = Counter("barcast_feed_trades_total", "Trades parsed", ["exchange", "symbol"], registry=REGISTRY)
+BLOCK_TRADES = Counter("barcast_feed_block_trades_total", "Trades taken in blocks of queued frames (the batched path)",
+                       ["exchange"], registry=REGISTRY)
 MALFORMED = Counter("barcast_feed_malformed_total", "Malformed or unexpected messages skipped",
                     ["exchange", "reason"], registry=REGISTRY)
 RECONNECTS = Counter("barcast_feed_reconnects_total", "Websocket reconnects", ["exchange"], registry=REGISTRY)

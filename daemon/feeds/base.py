@@ -175,6 +175,9 @@ class ExchangeProtocol(ABC):
     max_frame_bytes: int = 1 << 20
     #: Most trades one frame may carry (real frames carry one to a few hundred).
     max_trades: int = 1000
+    #: Text every trade frame contains (and few others): where a batch of frames is not all
+    #: trades, the runs of frames with it are tried as blocks (`FeedSession.messages`).
+    trade_marker: str | None = None
 
     # symbols
     def native_symbol(self, symbol: str) -> str:

@@ -118,6 +118,7 @@ class Binance(ExchangeProtocol):
     max_candles = 1000
     rest_min_interval_s = 0.1
     symbols = SymbolFormat("")
+    trade_marker = '"e":"trade"'
     candle_columns = CandleColumns(time=0, open=1, high=2, low=3, close=4, volume=5, count=8, time_unit="ms")
 
     def subscribe_messages(self, natives: Sequence[str]) -> list[str]:

@@ -97,6 +97,7 @@ class Bitstamp(ExchangeProtocol):
     client_heartbeat_s = 10.0
     rest_min_interval_s = 0.2
     symbols = SymbolFormat("", case="lower")
+    trade_marker = '"event":"trade"'
 
     def subscribe_messages(self, natives: Sequence[str]) -> list[str]:
         return [

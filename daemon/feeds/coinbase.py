@@ -119,6 +119,7 @@ class Coinbase(ExchangeProtocol):
     server_heartbeat_s = 1.0
     rest_min_interval_s = 0.34  # public endpoints: 3 requests/s
     symbols = SymbolFormat("-")
+    trade_marker = '"type":"match"'
     candle_columns = CandleColumns(time=0, low=1, high=2, open=3, close=4, volume=5)
 
     def subscribe_messages(self, natives: Sequence[str]) -> list[str]:

@@ -137,6 +137,7 @@ class Kraken(ExchangeProtocol):
     server_heartbeat_s = 1.0
     rest_min_interval_s = 1.0
     symbols = SymbolFormat("/", aliases=_ALIASES)
+    trade_marker = '"channel":"trade"'
     candle_columns = CandleColumns(time=0, open=1, high=2, low=3, close=4, volume=6, count=7)
 
     def subscribe_messages(self, natives: Sequence[str]) -> list[str]:

@@ -91,6 +91,7 @@ class Poloniex(ExchangeProtocol):
     client_heartbeat_s = 20.0
     rest_min_interval_s = 0.2
     symbols = SymbolFormat("_")
+    trade_marker = '"channel":"trades"'
     candle_columns = CandleColumns(time=12, low=0, high=1, open=2, close=3, volume=5, count=8, time_unit="ms")
 
     def subscribe_messages(self, natives: Sequence[str]) -> list[str]:

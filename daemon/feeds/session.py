@@ -44,7 +44,16 @@ from enum import Enum
 from typing import Any
 
 from daemon.bars import Aggregator, BarUpdate
-from daemon.feeds.base import HEARTBEAT, MESSAGE_KINDS, OTHER, Block, ExchangeProtocol, HotRow, ParseResult
+from daemon.feeds.base import (
+    HEARTBEAT,
+    MESSAGE_KINDS,
+    OTHER,
+    TRADES,
+    Block,
+    ExchangeProtocol,
+    HotRow,
+    ParseResult,
+)
 from daemon.feeds.fields import US_PER_S, us, us_from_clock, us_from_datetime
 from db.records import Bar, SeriesKey, interval_seconds
 
@@ -54,8 +63,26 @@ MIN_HISTORY_BARS = 256
 ACK_TIMEOUT_S = 10.0
 #: A clock reading beyond any bar close (no aggregator is live).
 _NEVER = 1 << 62
+#: A block stretch shorter than this goes through `message` frame by frame (cheaper).
+MIN_BLOCK = 8
 #: Malformed frames logged per reason before logging only every 1000th.
 LOG_FIRST = 5
+
+
+def row(block: Block, k: int) -> HotRow:
+    """Trade `k` of a block as the hot row `fast_scan` gives for its frame (side aside)."""
+    key = block.keys[k]
+    p = block.prices[k]
+    tid = None if block.ids is None else block.ids[k]
+    return (
+        block.natives[k],
+        tid,
+        block.clock.us(block.times[k]),
+        p,
+        key if type(key) is float else float(p),
+        block.sizes[k],
+        None,
+    )
 
 
 class State(Enum):
@@ -122,6 +149,8 @@ class FeedStats:
     messages: dict[str, int] = field(default_factory=lambda: dict.fromkeys(MESSAGE_KINDS, 0))
     malformed: Counter[str] = field(default_factory=Counter)
     trades: int = 0
+    #: trades taken in blocks (`FeedSession.messages`): how much of the load takes the batched path
+    block_trades: int = 0
     unknown_symbol: int = 0
     future_trades: int = 0
     backfilled_bars: int = 0
@@ -134,6 +163,7 @@ class FeedStats:
             "messages": {k: n for k, n in self.messages.items() if n},
             "malformed": dict(self.malformed),
             "trades": self.trades,
+            "block_trades": self.block_trades,
             "unknown_symbol": self.unknown_symbol,
             "future_trades": self.future_trades,
             "backfilled_bars": self.backfilled_bars,
@@ -277,6 +307,12 @@ class FeedSession:
                 res, rows = self._full(text)
         else:
             res, rows = self._full(text)
+        return self._frame(res, rows, text, received, mono)
+
+    def _frame(
+        self, res: ParseResult, rows: list[HotRow], text: str | bytes, received: float, mono: float
+    ) -> list[Action]:
+        """A frame parsed (`scan_hot`'s answer, or a block's row): the rest of `message`."""
         self._last_frame = received
         self._last_frame_mono = self.last_message_mono = mono
         kind = res.kind
@@ -342,47 +378,106 @@ class FeedSession:
         many frames were taken. It stops after a frame that asked for a backfill: the shell
         carries that out and passes the rest again, as it does frame by frame.
 
-        Under load the queue holds many trade frames at once. When all of them are plain trade
-        frames (one trade each, in time order), the protocol's `scan_block` decodes and checks
-        them once, as columns, and every run of them that lands in the bars in progress with
-        nothing due goes into the aggregators at once (`Aggregator.fits_block`, `add_block`); the frames in
-        between (the one that closes a bar, a late trade) go through `message`. Any other frame
-        in the batch, or anything unusual, and the whole batch goes frame by frame.
+        Under load the queue holds many trade frames at once. A run of plain trade frames (one
+        trade each, in time order, of subscribed symbols) is decoded and checked once, as
+        columns (the protocol's `scan_block`), and every stretch of it that lands in the bars in
+        progress with nothing due goes into the aggregators at once (`Aggregator.fits_block`,
+        `add_block`). Everything else goes through `message`: the frame that closes a bar, a late
+        trade, heartbeats and other frames between the runs (found by the protocol's
+        `trade_marker` when the whole batch is not one run), a run with anything unusual.
         """
         n = len(texts)
-        block = self._scan_block(texts) if n > 1 else None
-        single = False
-        if block is not None:
-            ts = block.times
-            natives = block.natives
-            single = natives.count(natives[0]) == n
-            if len(ts) != n or not set(natives) <= self._one.keys():
-                block = None
+        if n == 1:
+            return self.message(texts[0], received[0], mono), 1
         out: list[Action] = []
-        message = self.message
+        marker = self.protocol.trade_marker
+        if marker is None:
+            return out, self._run(texts, received, 0, n, self._scan_block(texts), mono, out)
+        first, middle, last = texts[0], texts[n // 2], texts[-1]
+        hits = sum(type(t) is str and marker in t for t in (first, middle, last))  # type: ignore[operator]
+        if hits == 3:
+            block = self._scan_block(texts)  # most likely all trades: one block
+            if block is not None:
+                return out, self._run(texts, received, 0, n, block, mono, out)
+        elif hits < 2:  # mostly other traffic (book updates, heartbeats): frame by frame
+            return out, self._run(texts, received, 0, n, None, mono, out)
+        # runs of frames that may be trades, and the frames between them one by one
+        candidate = [type(t) is str and marker in t for t in texts]  # type: ignore[operator]
         i = 0
         while i < n:
-            if block is not None and not self._outstanding and not self._await_feed_time:
-                j = self._take(block, received, i, mono, single)
-                if j < 0:  # a duplicate id or the like: the rest frame by frame
-                    block = None
-                elif j == n:
-                    break
-                else:
-                    i = j
-            acts = message(texts[i], received[i], mono)
-            i += 1
-            if acts:
-                out.extend(acts)
-                if self._outstanding:
-                    return out, i
+            j = i + 1
+            while j < n and candidate[j] == candidate[i]:
+                j += 1
+            block = self._scan_block(texts[i:j]) if candidate[i] and j - i > 1 else None
+            end = self._run(texts, received, i, j, block, mono, out)
+            if end < j:
+                return out, end
+            i = j
         return out, n
 
-    def _take(self, block: Block, received: Sequence[float], i: int, mono: float, single: bool) -> int:
+    def _run(
+        self,
+        texts: Sequence[str | bytes],
+        received: Sequence[float],
+        start: int,
+        end: int,
+        block: Block | None,
+        mono: float,
+        out: list[Action],
+    ) -> int:
+        """Frames [start, end), `block` their columns (None: one by one); actions into `out`.
+        Returns where it stopped: `end`, or the frame after one that asked for a backfill."""
+        message = self.message
+        if block is None:
+            for i in range(start, end):
+                acts = message(texts[i], received[i], mono)
+                if acts:
+                    out.extend(acts)
+                    if self._outstanding:
+                        return i + 1
+            return end
+        if start or end < len(texts):
+            texts, received = texts[start:end], received[start:end]
+        n = end - start
+        natives = block.natives
+        if len(natives) != n:  # not one trade per frame (`fast_block` promises it)
+            return self._run(texts, received, 0, n, None, mono, out) + start
+        single = natives.count(natives[0]) == n
+        # stretches of the block may still go in at once (symbols of one series each)
+        trying = set(natives) <= self._one.keys()
+        i = 0
+        short = 0  # stretches in a row too short to take as blocks
+        while i < n:
+            upto = i + 1  # frames [i, upto) go through `_frame`, as `message` would (parsed already)
+            if trying and not self._outstanding and not self._await_feed_time:
+                j, taken = self._take(block, received, i, mono, single)
+                if j < 0:  # a duplicate id or the like: the rest frame by frame
+                    trying = False
+                elif taken:
+                    short = 0
+                    if j == n:
+                        break
+                    i, upto = j, j + 1  # the frame that stopped the block
+                else:
+                    upto = j
+                    short += j - i > 1
+                    if short == 2:  # bars close every few trades here: frame by frame is cheaper
+                        trying = False
+            while i < upto:
+                acts = self._frame(TRADES, [row(block, i)], texts[i], received[i], mono)
+                i += 1
+                if acts:
+                    out.extend(acts)
+                    if self._outstanding:
+                        return start + i
+        return end
+
+    def _take(self, block: Block, received: Sequence[float], i: int, mono: float, single: bool) -> tuple[int, bool]:
         """Frames i, i+1, ... of a time-ordered block of one-trade frames, as far as they land in
-        the bars in progress with nothing due: applied, and the index after them returned (i:
-        frame i needs `message`; -1: none of the rest may go as a block). `single`: all frames
-        are of one symbol."""
+        the bars in progress with nothing due: applied, and (the index after them, True). Else
+        (k, False): frames i..k-1 need `message` (the one that stops the block, or a stretch too
+        short to be worth it and the frame after it); (-1, False): none of the rest may go as a
+        block. `single`: all frames are of one symbol."""
         natives, ids, ts, clock, ps, keys, qs = block
         us = clock.us
         one = self._one
@@ -394,26 +489,45 @@ class FeedSession:
         due = self._next_due_us
         if due is not None and due < limit:
             limit = due
+        # the clock (`now`, feed time or receipt) must stay below `limit`; trade times also
+        # below the end of their bar in progress
+        if not self.wall_clock and self._feed_time_us >= limit:
+            return i + 1, False
+        t_limit = limit
         native = natives[i]
         for nat in (native,) if single else set(natives[i:]):
             end = one[nat].agg.bar_end_us
-            if end < limit:
-                limit = end
-        if not self.wall_clock and self._feed_time_us >= limit:
-            return i
-        j = bisect_left(ts, clock.key(limit), i)  # the first trade at or after `limit`
-        if j == i:
-            return i
+            if end < t_limit:
+                t_limit = end
+        j = bisect_left(ts, clock.key(t_limit), i)  # the first trade at or after `t_limit`
+        if j - i < MIN_BLOCK:  # a stretch this short is cheaper one by one, with the frame after it
+            return min(j + 1, len(ts)), False
         tmin, tmax = us(ts[i]), us(ts[j - 1])
-        if self.wall_clock:
-            now = int(max(received[i:j]) * US_PER_S)  # `us_from_clock` of the latest frame
-            if now >= limit or tmax > int(min(received[i:j]) * US_PER_S) + self._future_us:
-                return i
+        if self.wall_clock:  # receipt times: `us_from_clock`, per frame
+            if int(max(received[i:j]) * US_PER_S) >= limit:  # the clock reaches a close: stop there
+                j = next(k for k in range(i, j) if int(received[k] * US_PER_S) >= limit)
+                if j == i:
+                    return i + 1, False
+                tmax = us(ts[j - 1])
+            future = self._future_us
+            if tmax > int(min(received[i:j]) * US_PER_S) + future:  # not proven by the bounds:
+                j = next((k for k in range(i, j) if us(ts[k]) > int(received[k] * US_PER_S) + future), j)
+                if j == i:  # a trade from the future, by its frame's clock: `message` counts it
+                    return i + 1, False
+                tmax = us(ts[j - 1])
         if single:
             agg = one[native].agg
             idset = agg.fits_block(tmin, tmax, None if ids is None else ids[i:j])
             if idset is None:
-                return -1 if tmin >= agg.bar_start_us else i
+                if tmin < agg.bar_start_us or ids is None:
+                    return i + 1, False  # a late trade: `message` takes it
+                j = i + agg.first_duplicate(ids[i:j])  # the stretch before a duplicate id
+                if j == i:
+                    return i + 1, False
+                tmax = us(ts[j - 1])
+                idset = agg.fits_block(tmin, tmax, ids[i:j])
+                if idset is None:
+                    return -1, False
             agg.add_block(tmin, tmax, ps[i:j], keys[i:j], qs[i:j], idset)
         else:
             groups: dict[str, list[int]] = {}
@@ -425,7 +539,7 @@ class FeedSession:
                 first, last = us(ts[idx[0]]), us(ts[idx[-1]])
                 idset = agg.fits_block(first, last, None if ids is None else [ids[k] for k in idx])
                 if idset is None:
-                    return -1 if first >= agg.bar_start_us else i
+                    return (-1, False) if first >= agg.bar_start_us else (i + 1, False)
                 g_ps, g_keys, g_qs = [ps[k] for k in idx], [keys[k] for k in idx], [qs[k] for k in idx]
                 parts.append((agg, first, last, g_ps, g_keys, g_qs, idset))
             for agg, first, last, g_ps, g_keys, g_qs, idset in parts:
@@ -434,9 +548,10 @@ class FeedSession:
             self._feed_time_us = tmax
         self._kinds["trade"] += j - i
         self.stats.trades += j - i
+        self.stats.block_trades += j - i
         self._last_frame = received[j - 1]
         self._last_frame_mono = self.last_message_mono = mono
-        return j
+        return j, True
 
     def _frame_time(self, res: ParseResult, received: float, mono: float, out: list[Action]) -> list[Action]:
         t = res.time_us

@@ -110,6 +110,8 @@ class Faults:
     refuse: int = 0
     malformed_every: int | None = None
     stall_after_s: float | None = None
+    #: never acknowledge a subscription (trades still flow): the client must time out waiting
+    silent_subscribe: bool = False
 
 
 def _split_volume(volume: Decimal, parts: int) -> list[Decimal]:
@@ -379,7 +381,7 @@ class ExchangeSimulator:
                 state = self._state()
                 if req.kind == "subscribe":
                     client.natives.update(n for n in req.natives if n in self.natives)
-                    for m in self.protocol.render_ack(req):
+                    for m in () if self.faults.silent_subscribe else self.protocol.render_ack(req):
                         await ws.send(m)
                 elif req.kind == "heartbeat" and not self._stalled(client):
                     for m in self.protocol.render_heartbeat_reply(req, state):

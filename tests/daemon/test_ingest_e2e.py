@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import Counter
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import pytest
 from daemon.config import FeedsConfig
 from daemon.feeds import PROTOCOLS
 from daemon.feeds.simulator import ExchangeSimulator, Faults, SimSeries
-from daemon.ingest import FeedSpec, Ingest
+from daemon.ingest import BarsCallback, FeedSpec, Ingest
 from db.bars import read_bars
 from db.csvbars import read_bars_csv
 from db.engine import Database
@@ -73,6 +74,9 @@ async def run_sim_ingest(
     protocol: str = "binance",
     series: SeriesKey = SERIES,
     trades_per_bar: int = 4,
+    on_bars: BarsCallback | None = None,
+    options: FeedsConfig = FAST,
+    tick_s: float = 0.02,
 ) -> Ingest:
     sim = ExchangeSimulator(
         PROTOCOLS[protocol],
@@ -86,13 +90,14 @@ async def run_sim_ingest(
     async with sim:
         ingest = Ingest(
             [FeedSpec(protocol, (series,), sim.ws_url, sim.rest_url)],
-            FAST,
+            options,
             database=db,
             clock=sim.clock.now,
             rest_min_interval_s=0.0,
             backfill_retry_s=0.05,
-            tick_s=0.02,
+            tick_s=tick_s,
             rest_poll_s=0.05,
+            on_bars=on_bars,
         )
         updates = ingest.updates()
         task = asyncio.create_task(ingest.run())
@@ -151,6 +156,42 @@ def test_dense_trades_store_the_csv_bars_text_for_text(tmp_db: Database, csv_bar
         ], b
     assert sum(b.trade_count == 50 for b in live) >= 0.9 * len(live)
     assert ingest.stats()["binance"]["malformed"] == {}
+
+
+def test_a_subscription_never_acknowledged_goes_live_while_trades_flow(tmp_db: Database, csv_bars: list[Bar]) -> None:
+    """The exchange never acknowledges, but trades never stop either (the session's clock ticks
+    only when the feed idles, or every tick while it is busy): after `ack_timeout_s` the feed is
+    live and bars are built from trades."""
+    bars = [b for b in csv_bars if b.open_time < datetime(2020, 12, 20, 20, 0, tzinfo=UTC)]
+    options = replace(FAST, ack_timeout_s=0.3)
+    ingest = asyncio.run(
+        run_sim_ingest(tmp_db, bars, Faults(silent_subscribe=True), trades_per_bar=50, options=options, tick_s=1.0)
+    )
+    stored = read_bars(tmp_db, SERIES)
+    assert values(stored) == values(bars)
+    stats = ingest.stats()["binance"]
+    assert stats["subscriptions"] >= 1 and "ack" not in stats["messages"], stats
+    assert Counter(b.source for b in stored)["live"] > 50
+
+
+def test_a_consumer_behind_takes_queued_trades_as_blocks(tmp_db: Database, csv_bars: list[Bar]) -> None:
+    """A slow bar consumer (10 ms per batch of bars) lets frames queue up: the shell hands them
+    to the session together and runs of trades take the block path. The stored bars stay the
+    CSV bars, text for text, with every trade counted."""
+    bars = [b for b in csv_bars if b.open_time < datetime(2020, 12, 20, 20, 0, tzinfo=UTC)]
+
+    async def slow(_updates: object) -> None:
+        await asyncio.sleep(0.01)
+
+    ingest = asyncio.run(run_sim_ingest(tmp_db, bars, None, trades_per_bar=50, on_bars=slow))
+    stored = read_bars(tmp_db, SERIES)
+    assert [(b.open_time, *map(decimal_text, (b.open, b.high, b.low, b.close, b.volume))) for b in stored] == [
+        (b.open_time, *map(decimal_text, (b.open, b.high, b.low, b.close, b.volume))) for b in bars
+    ]
+    live = [b for b in stored if b.source == "live" and b.trade_count]
+    assert len(live) > 80 and sum(b.trade_count == 50 for b in live) >= 0.9 * len(live)
+    stats = ingest.stats()["binance"]
+    assert stats["malformed"] == {} and stats["block_trades"] > 0.1 * stats["trades"], stats
 
 
 @pytest.mark.parametrize("protocol", ["coinbase", "kraken", "bitstamp", "poloniex"])
