@@ -41,6 +41,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import Enum
+from itertools import repeat
 from typing import Any
 
 from daemon.bars import Aggregator, BarUpdate
@@ -298,21 +299,24 @@ class FeedSession:
         self.state = State.CLOSED
 
     # --- frames ---------------------------------------------------------------------------------
-    def message(self, text: str | bytes, received: float, mono: float) -> list[Action]:
-        """One received frame: the hot path (parse once, rows straight into the aggregators)."""
-        if type(text) is str and len(text) <= self._max_frame:  # `ExchangeProtocol.scan_hot`, inline
+    def message(
+        self,
+        text: str | bytes,
+        received: float,
+        mono: float,
+        parsed: tuple[ParseResult, list[HotRow]] | None = None,
+    ) -> list[Action]:
+        """One received frame: the hot path (parse once, rows straight into the aggregators).
+        `parsed`: the frame's `scan_hot` answer where the caller has it (a block's row)."""
+        if parsed is not None:
+            res, rows = parsed
+        elif type(text) is str and len(text) <= self._max_frame:  # `ExchangeProtocol.scan_hot`, inline
             try:
                 res, rows = self._fast(text) or self._full(text)
             except Exception:  # whatever the schema refuses is the full parser's to judge
                 res, rows = self._full(text)
         else:
             res, rows = self._full(text)
-        return self._frame(res, rows, text, received, mono)
-
-    def _frame(
-        self, res: ParseResult, rows: list[HotRow], text: str | bytes, received: float, mono: float
-    ) -> list[Action]:
-        """A frame parsed (`scan_hot`'s answer, or a block's row): the rest of `message`."""
         self._last_frame = received
         self._last_frame_mono = self.last_message_mono = mono
         kind = res.kind
@@ -395,10 +399,12 @@ class FeedSession:
             return out, self._run(texts, received, 0, n, self._scan_block(texts), mono, out)
         first, middle, last = texts[0], texts[n // 2], texts[-1]
         hits = sum(type(t) is str and marker in t for t in (first, middle, last))  # type: ignore[operator]
+        tried = False
         if hits == 3:
             block = self._scan_block(texts)  # most likely all trades: one block
             if block is not None:
                 return out, self._run(texts, received, 0, n, block, mono, out)
+            tried = True
         elif hits < 2:  # mostly other traffic (book updates, heartbeats): frame by frame
             return out, self._run(texts, received, 0, n, None, mono, out)
         # runs of frames that may be trades, and the frames between them one by one
@@ -408,7 +414,8 @@ class FeedSession:
             j = i + 1
             while j < n and candidate[j] == candidate[i]:
                 j += 1
-            block = self._scan_block(texts[i:j]) if candidate[i] and j - i > 1 else None
+            whole = tried and i == 0 and j == n  # refused already
+            block = self._scan_block(texts[i:j]) if candidate[i] and j - i > 1 and not whole else None
             end = self._run(texts, received, i, j, block, mono, out)
             if end < j:
                 return out, end
@@ -428,13 +435,13 @@ class FeedSession:
         """Frames [start, end), `block` their columns (None: one by one); actions into `out`.
         Returns where it stopped: `end`, or the frame after one that asked for a backfill."""
         message = self.message
-        if block is None:
-            for i in range(start, end):
-                acts = message(texts[i], received[i], mono)
+        if block is None:  # lazily: nothing after a frame that asked for a backfill is read
+            frames = map(message, texts[start:end], received[start:end], repeat(mono))
+            for i, acts in enumerate(frames, start + 1):
                 if acts:
                     out.extend(acts)
                     if self._outstanding:
-                        return i + 1
+                        return i
             return end
         if start or end < len(texts):
             texts, received = texts[start:end], received[start:end]
@@ -448,7 +455,7 @@ class FeedSession:
         i = 0
         short = 0  # stretches in a row too short to take as blocks
         while i < n:
-            upto = i + 1  # frames [i, upto) go through `_frame`, as `message` would (parsed already)
+            upto = i + 1  # frames [i, upto) go through `message` (parsed already)
             if trying and not self._outstanding and not self._await_feed_time:
                 j, taken = self._take(block, received, i, mono, single)
                 if j < 0:  # a duplicate id or the like: the rest frame by frame
@@ -464,7 +471,7 @@ class FeedSession:
                     if short == 2:  # bars close every few trades here: frame by frame is cheaper
                         trying = False
             while i < upto:
-                acts = self._frame(TRADES, [row(block, i)], texts[i], received[i], mono)
+                acts = message(texts[i], received[i], mono, (TRADES, [row(block, i)]))
                 i += 1
                 if acts:
                     out.extend(acts)
