@@ -47,6 +47,7 @@ from daemon.feeds.fields import (
     US_PER_MS,
     hot_columns,
     hot_numbers,
+    int_column,
     price_text,
     trade_size_text,
     us_from_ms,
@@ -162,9 +163,7 @@ class Binance(ExchangeProtocol):
         ps = [m.p for m in msgs]
         qs = [m.q for m in msgs]
         keys = hot_columns(ps, qs)
-        if keys is None or ms != sorted(ms) or not (ms[0] * US_PER_MS >= MIN_US and ms[-1] * US_PER_MS < MAX_US):
-            return None
-        if not (min(ids) >= MIN_INT_ID and max(ids) < MAX_INT_ID):
+        if keys is None or not int_column(ms, MILLIS) or not (min(ids) >= MIN_INT_ID and max(ids) < MAX_INT_ID):
             return None
         return Block([m.s for m in msgs], ids, ms, MILLIS, ps, keys, qs)
 

@@ -334,6 +334,11 @@ MILLIS: Final = Scaled(US_PER_MS)
 ISO: Final = IsoKeys()
 
 
+def int_column(values: list[Any], clock: Scaled) -> bool:
+    """Whether a column of int times (`msgspec`-typed) is in order, within [MIN_US, MAX_US)."""
+    return values == sorted(values) and clock.us(values[0]) >= MIN_US and clock.us(values[-1]) < MAX_US
+
+
 def iso_column(values: list[Any]) -> bool:
     """Whether a column of times is valid fixed-width ISO UTC text with µs, in order, within
     one day (so the two ends, converted, prove every date in between)."""

@@ -39,12 +39,11 @@ from daemon.feeds.base import (
     number_text,
 )
 from daemon.feeds.fields import (
-    MAX_US,
     MILLIS,
-    MIN_US,
     US_PER_MS,
     hot_columns,
     hot_numbers,
+    int_column,
     price_text,
     trade_id_ok,
     trade_ids_ok,
@@ -130,9 +129,7 @@ class Poloniex(ExchangeProtocol):
             return None
         ms = [d.createTime for d in rows]
         ids = [d.id for d in rows]
-        if ms != sorted(ms) or not (ms[0] * US_PER_MS >= MIN_US and ms[-1] * US_PER_MS < MAX_US):
-            return None
-        if not trade_ids_ok(ids):
+        if not int_column(ms, MILLIS) or not trade_ids_ok(ids):
             return None
         return Block([d.symbol for d in rows], ids, ms, MILLIS, ps, keys, qs)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, Protocol
 
 from daemon.feeds.fields import datetime_from_us, iso_us
 
@@ -65,6 +65,14 @@ Row = tuple[str, Any, int, Decimal, Decimal, str | None]
 HotRow = tuple[str, Any, int, Any, float, Any, str | None]
 
 
+class TimeKeys(Protocol):
+    """How a block's time keys read as µs, and the least key at or after a time."""
+
+    def us(self, key: Any) -> int: ...
+
+    def key(self, us: int) -> Any: ...
+
+
 class Block(NamedTuple):
     """The trades of a block of frames as columns (see `ExchangeProtocol.fast_block`)."""
 
@@ -73,8 +81,8 @@ class Block(NamedTuple):
     ids: list[Any] | None
     #: time keys, ascending: the exchange's ints or text, read through `clock`
     times: list[Any]
-    #: `us(key)` -> µs, `key(us)` -> the least key at or after it (`fields.Scaled`, `fields.IsoKeys`)
-    clock: Any
+    #: `fields.Scaled`, `fields.IsoKeys` or `fields.DigitKeys`
+    clock: TimeKeys
     #: prices as text
     prices: list[Any]
     #: price order keys: floats, or the texts where their order is their values' (`fields.hot_columns`)

@@ -391,8 +391,8 @@ class FeedSession:
         `trade_marker` when the whole batch is not one run), a run with anything unusual.
         """
         n = len(texts)
-        if n == 1:
-            return self.message(texts[0], received[0], mono), 1
+        if n <= 1:
+            return (self.message(texts[0], received[0], mono), 1) if n else (NO_ACTIONS, 0)
         out: list[Action] = []
         marker = self.protocol.trade_marker
         if marker is None:
