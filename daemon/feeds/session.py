@@ -41,11 +41,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import Enum
-from itertools import repeat
 from typing import Any
 
 from daemon.bars import Aggregator, BarUpdate
 from daemon.feeds.base import (
+    ACK,
     HEARTBEAT,
     MESSAGE_KINDS,
     OTHER,
@@ -241,6 +241,7 @@ class FeedSession:
         self._fast = protocol.fast_scan
         self._full = protocol.scan_full_hot
         self._scan_block = protocol.scan_block
+        self._scan_hot = protocol.scan_hot
         self._max_frame = protocol.max_frame_bytes
         #: no aggregator can close a bar before this clock reading: a lower bound of their
         #: `next_close_us` (they only grow, except on `resume`, which resets it)
@@ -417,7 +418,7 @@ class FeedSession:
             whole = tried and i == 0 and j == n  # refused already
             block = self._scan_block(texts[i:j]) if candidate[i] and j - i > 1 and not whole else None
             end = self._run(texts, received, i, j, block, mono, out)
-            if end < j:
+            if end < j or self._outstanding:  # a backfill to carry out first (its frame may end the run)
                 return out, end
             i = j
         return out, n
@@ -435,20 +436,14 @@ class FeedSession:
         """Frames [start, end), `block` their columns (None: one by one); actions into `out`.
         Returns where it stopped: `end`, or the frame after one that asked for a backfill."""
         message = self.message
-        if block is None:  # lazily: nothing after a frame that asked for a backfill is read
-            frames = map(message, texts[start:end], received[start:end], repeat(mono))
-            for i, acts in enumerate(frames, start + 1):
-                if acts:
-                    out.extend(acts)
-                    if self._outstanding:
-                        return i
-            return end
         if start or end < len(texts):
             texts, received = texts[start:end], received[start:end]
         n = end - start
+        if block is None:
+            return self._quiet_runs(texts, received, mono, out) + start
         natives = block.natives
         if len(natives) != n:  # not one trade per frame (`fast_block` promises it)
-            return self._run(texts, received, 0, n, None, mono, out) + start
+            return self._quiet_runs(texts, received, mono, out) + start
         single = natives.count(natives[0]) == n
         # stretches of the block may still go in at once (symbols of one series each)
         trying = set(natives) <= self._one.keys()
@@ -478,6 +473,53 @@ class FeedSession:
                     if self._outstanding:
                         return start + i
         return end
+
+    def _quiet_runs(
+        self, texts: Sequence[str | bytes], received: Sequence[float], mono: float, out: list[Action]
+    ) -> int:
+        """Frames one by one, each parsed once; runs of frames with nothing to decide (book
+        updates, heartbeats, acknowledgements nobody waits for: the shared `OTHER`, `HEARTBEAT`
+        and `ACK` answers) are counted at once when the clock reaches nothing due during them.
+        Returns where it stopped: len(texts), or the frame after one that asked for a backfill."""
+        parsed = list(map(self._scan_hot, texts))  # pure: parsing ahead changes nothing
+        ack = ACK if self._up_at is None else None  # an acknowledgement awaited decides something
+        message = self.message
+        kinds = self._kinds
+        n = len(texts)
+        i = 0
+        while i < n:
+            j = i
+            others = beats = acks = 0
+            while j < n:
+                res = parsed[j][0]
+                if res is OTHER:
+                    others += 1
+                elif res is HEARTBEAT:
+                    beats += 1
+                elif res is ack:
+                    acks += 1
+                else:
+                    break
+                j += 1
+            if j - i > 1:
+                now = int(max(received[i:j]) * US_PER_S) if self.wall_clock else self._feed_time_us
+                due = self._next_due_us
+                if (due is None or now < due) and now < self._close_floor_us:  # as `message` decides
+                    kinds["other"] += others
+                    kinds["heartbeat"] += beats
+                    kinds["ack"] += acks
+                    self._last_frame = received[j - 1]
+                    self._last_frame_mono = self.last_message_mono = mono
+                    i = j
+                    continue
+            for k in range(i, max(j, i + 1)):
+                acts = message(texts[k], received[k], mono, parsed[k])
+                if acts:
+                    out.extend(acts)
+                    if self._outstanding:
+                        return k + 1
+            i = max(j, i + 1)
+        return n
 
     def _take(self, block: Block, received: Sequence[float], i: int, mono: float, single: bool) -> tuple[int, bool]:
         """Frames i, i+1, ... of a time-ordered block of one-trade frames, as far as they land in

@@ -26,11 +26,12 @@ from hypothesis import strategies as st
 from daemon.bars import Aggregator
 from daemon.feeds import PROTOCOLS
 from daemon.feeds.base import ExchangeProtocol, SimState, Trade, exact_rows
+from daemon.feeds.capture import read_capture
 from daemon.feeds.fields import hot_columns, hot_numbers
 from daemon.feeds.session import Backfill, FeedSession, Publish, Rejected, SessionOptions
 from daemon.feeds.simulator import synth_trades
 from db.records import Bar, SeriesKey
-from tests.daemon.framefuzz import Mutator, seed_bars
+from tests.daemon.framefuzz import CAPTURES, Mutator, seed_bars
 from tests.daemon.test_bars_golden import bar_line
 
 BATCHES = (1, 2, 3, 7, 16, 40, 64, 200)
@@ -184,6 +185,43 @@ def test_laced_stream_gives_the_same_actions(bars: list[Bar], exchange: str, wal
     b = assert_same(proto, [SeriesKey(exchange, "BTC-USDT", "5m")], laced(exchange, bars, seed=3), wall, seed=4)
     assert b.stats.block_trades > 0.2 * b.stats.trades, b.stats
     assert sum(b.stats.malformed.values()) > 0
+
+
+def test_a_backfill_asked_by_the_last_frame_of_a_run_stops_the_batch(bars: list[Bar]) -> None:
+    """Trades and timed heartbeats alternate (Coinbase), so each trade is a run of its own; the
+    wall clock makes the partial first interval's backfill due at some trade. The batch must stop
+    right after that frame, as frame by frame does (before: the next run went on, and the backfill
+    was asked for again)."""
+    proto = PROTOCOLS["coinbase"]
+    frames: list[str] = []
+    for t in trades("coinbase", "BTC-USDT", bars[:6], per_bar=20):
+        frames.append(proto.render_trade(t, SimState(now_us=t.time_us)))
+        frames.extend(proto.render_server_heartbeat(["BTC-USDT"], SimState(now_us=t.time_us + 500_000)))
+    assert '"heartbeat"' in frames[1] and '"time"' in frames[1]
+    received = receipts(frames, proto, seed=10)
+    series = [SeriesKey("coinbase", "BTC-USDT", "5m")]
+    one_by_one, _ = drive(proto, series, frames, received, True, None)
+    batched, _ = drive(proto, series, frames, received, True, seed=11, batches=(50, 200))
+    assert batched == one_by_one
+    assert sum(1 for x in one_by_one if x[0] == "backfill" and x[4]) >= 1  # the partial interval's
+
+
+@pytest.mark.parametrize("wall", [False, True], ids=["feed-clock", "wall-clock"])
+@pytest.mark.parametrize("exchange", sorted(CAPTURES))
+def test_real_captures_in_batches_give_the_same_actions(shared_dir: Path, exchange: str, wall: bool) -> None:
+    """Real mixed traffic (book updates, tickers, heartbeats, acknowledgements and trades): the
+    runs with nothing to decide are counted at once, everything else as frame by frame."""
+    proto = PROTOCOLS[exchange]
+    frames = [r.raw for r in read_capture(shared_dir / "captures" / CAPTURES[exchange])]
+    symbols = sorted({t.symbol for f in frames for t in proto.parse(f).trades})
+    series = [SeriesKey(exchange, s, "1m") for s in symbols]
+    received = receipts(frames, proto, seed=8) if wall else [0.0] * len(frames)
+    one_by_one, a = drive(proto, series, frames, received, wall, None)
+    batched, b = drive(proto, series, frames, received, wall, seed=9)
+    assert batched == one_by_one
+    assert b.stats.as_dict() == a.stats.as_dict() and a.stats.trades > 0
+    for sa, sb in zip(a.series, b.series, strict=True):
+        assert sb.agg.stats == sa.agg.stats and sb.agg.current_bar() == sa.agg.current_bar()
 
 
 # --- the parts -------------------------------------------------------------------------------------
