@@ -225,7 +225,8 @@ class ExchangeProtocol(ABC):
         `max_frame_bytes`); None when not, or when it refuses or raises. Never raises."""
         try:
             # the join refuses bytes; a block within the frame limit has every frame within it
-            if len("".join(texts)) > self.max_frame_bytes:  # type: ignore[arg-type]
+            limit = self.max_frame_bytes
+            if len("".join(texts)) > limit and max(map(len, texts)) > limit:  # type: ignore[arg-type]
                 return None
             return self.fast_block(texts)  # type: ignore[arg-type]  # all str, checked above
         except Exception:

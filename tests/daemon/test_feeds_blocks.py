@@ -323,6 +323,20 @@ def test_add_block_leaves_what_add_text_one_by_one_leaves(trades_: list[tuple[st
     assert blocks.fits_block(rows[0][0], rows[0][0], [rows[0][2]]) is None  # a duplicate id
 
 
+def test_a_block_takes_frames_within_the_limit_and_refuses_one_beyond_it(bars: list[Bar]) -> None:
+    """The frame limit is per frame: a batch larger than it in all still scans; a frame over it
+    (or a binary frame) makes `scan_block` refuse, as `scan_hot` hands such frames to `scan`."""
+    proto = PROTOCOLS["binance"]
+    frames = render(proto, trades("binance", "BTC-USDT", bars[:2]))
+    limit = max(map(len, frames))
+    small = type(proto)()
+    small.max_frame_bytes = limit
+    assert len("".join(frames)) > limit and small.scan_block(frames) is not None
+    small.max_frame_bytes = limit - 1
+    assert small.scan_block(frames) is None
+    assert proto.scan_block([*frames[:3], frames[3].encode()]) is None
+
+
 def test_the_block_path_is_exercised_by_the_bench_stream(bars: list[Bar]) -> None:
     """The stream `bench/ingest_rate.py` measures (200 trades per bar) goes almost all as blocks."""
     proto = PROTOCOLS["binance"]
