@@ -197,13 +197,13 @@ class Kraken(ExchangeProtocol):
         ts = [d.timestamp for d in rows]
         if not iso_column(ts):
             return None
-        ids: list[Any] | None = [d.trade_id for d in rows]
-        assert ids is not None
-        if None in ids:
-            if ids.count(None) != n:
+        tids = [d.trade_id for d in rows]
+        ids: list[Any] | None = tids
+        if None in tids:  # ids are all there or all absent (frame by frame otherwise)
+            if tids.count(None) != n:
                 return None
             ids = None
-        elif not trade_ids_ok(ids):
+        elif not trade_ids_ok(tids):
             return None
         return Block([d.symbol for d in rows], ids, ts, ISO, ps, keys, qs)
 
