@@ -178,6 +178,9 @@ class ExchangeProtocol(ABC):
     #: Text every trade frame contains (and few others): where a batch of frames is not all
     #: trades, the runs of frames with it are tried as blocks (`FeedSession.messages`).
     trade_marker: str | None = None
+    #: Heartbeats the exchange sends byte for byte the same: a batch recognises them without
+    #: parsing (`FeedSession.messages`); every other spelling is parsed.
+    heartbeat_frames: tuple[str, ...] = ()
 
     # symbols
     def native_symbol(self, symbol: str) -> str:

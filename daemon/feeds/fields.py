@@ -140,6 +140,20 @@ def hot_numbers(p: Any, q: Any) -> float | None:
     return pf if _HOT_MIN < qf < _HOT_MAX_SIZE else None
 
 
+def hot_row_seconds(p: str, q: str, ts: str) -> tuple[float, int] | None:
+    """`hot_numbers(p, q)` and `us_from_seconds(ts)` together, for rows of texts (Kraken v1):
+    one regex proves the syntax of all three in the form exchanges send, leaving a float and
+    the bounds; any other form takes the two converters."""
+    if _PLAIN_ROW_SECONDS.fullmatch(f"{p}\x00{q}\x00{ts}") is not None:
+        pf = float(p)
+        t = int(ts.replace(".", ""))  # ten digits, a point, six digits
+        if _HOT_MIN < pf < _HOT_MAX_PRICE and len(q) <= 17 and q.strip(_ZERO_POINT) and MIN_US <= t < MAX_US:
+            return pf, t
+    pf2 = hot_numbers(p, q)
+    t2 = us_from_seconds(ts)
+    return None if pf2 is None or t2 is None else (pf2, t2)
+
+
 def hot_columns(ps: list[Any], qs: list[Any]) -> list[Any] | None:
     """`hot_numbers` of whole columns at once (a block of frames, see `FeedSession.messages`):
     order keys of the prices when every price and size passes, None when any is unusual (then
@@ -216,6 +230,11 @@ _ZERO_SIZE: Final = re.compile(r"\x00[0.]*\x00", re.ASCII)
 _TWO_POINTS: Final = re.compile(r"\.[0-9]*\.", re.ASCII)
 
 #: Bounds for floats that prove the exact ones (MIN_MAGNITUDE, MAX_PRICE, MAX_SIZE) with margin.
+#: `hot_row_seconds`' form: two plain numbers (digits, one point, at most MAX_TEXT characters)
+#: and Unix seconds with six fraction digits, joined by NULs.
+_PLAIN_ROW_SECONDS: Final = re.compile(
+    r"[0-9]{1,20}\.[0-9]{1,19}\x00[0-9]{1,20}\.[0-9]{1,19}\x00[0-9]{10}\.[0-9]{6}", re.ASCII
+)
 _ZERO_POINT: Final = "0."
 _HOT_MIN: Final = 1e-29
 _HOT_MAX_PRICE: Final = 1e14

@@ -51,6 +51,7 @@ from daemon.feeds.fields import (
     MICROS,
     hot_columns,
     hot_numbers,
+    hot_row_seconds,
     is_plain,
     iso_column,
     price_text,
@@ -110,8 +111,9 @@ _DECODE_V2 = decoder(_V2Trade, *_V2_RESULTS)
 #: trade frames only (a block): no union to resolve
 _DECODE_V2_TRADE = decoder(_V2Trade)
 _DECODE_V1 = decoder(_V1Status, *_V1_RESULTS)
-#: The v1 heartbeat as Kraken sends it (any other spelling takes the decoder).
+#: The v1 and v2 heartbeats as Kraken sends them (any other spelling takes the decoder).
 _V1_HEARTBEAT = '{"event":"heartbeat"}'
+_V2_HEARTBEAT = '{"channel":"heartbeat"}'
 _DECODE_V1_TRADES = decoder(tuple[int, list[tuple[str, str, str, str, str, str]], str, str])
 
 
@@ -138,6 +140,7 @@ class Kraken(ExchangeProtocol):
     rest_min_interval_s = 1.0
     symbols = SymbolFormat("/", aliases=_ALIASES)
     trade_marker = '"channel":"trade"'
+    heartbeat_frames = (_V1_HEARTBEAT, _V2_HEARTBEAT)
     candle_columns = CandleColumns(time=0, open=1, high=2, low=3, close=4, volume=6, count=7)
 
     def subscribe_messages(self, natives: Sequence[str]) -> list[str]:
@@ -158,26 +161,22 @@ class Kraken(ExchangeProtocol):
             if type(msg) is not _V2Trade:
                 return _V2_RESULTS[type(msg)]
             return self._fast_v2(msg.data)
-        if text.startswith("{") and '"event"' in text:
-            msg = _DECODE_V1(text)
-            if type(msg) is _V1Status:
-                return (ACK, NO_ROWS) if msg.status in ("subscribed", "unsubscribed") else None
-            return _V1_RESULTS[type(msg)]
         if text.startswith("["):
             _channel, rows, name, native = _DECODE_V1_TRADES(text)
             if name != "trade" or not rows or len(rows) > self.max_trades:
                 return None
             v1: list[HotRow] = []
-            for r in rows:
-                t = us_from_seconds(r[2])
-                p = r[0]
-                q = r[1]
-                pf = hot_numbers(p, q)
-                side = _SIDES.get(r[3])
-                if t is None or pf is None or side is None:
+            for p, q, ts, side, _type, _misc in rows:
+                hit = hot_row_seconds(p, q, ts)
+                if hit is None or side not in _SIDES:
                     return None
-                v1.append((native, None, t, p, pf, q, side))
+                v1.append((native, None, hit[1], p, hit[0], q, _SIDES[side]))
             return TRADES, v1
+        if text.startswith("{") and '"event"' in text:
+            msg = _DECODE_V1(text)
+            if type(msg) is _V1Status:
+                return (ACK, NO_ROWS) if msg.status in ("subscribed", "unsubscribed") else None
+            return _V1_RESULTS[type(msg)]
         return None
 
     def fast_block(self, texts: Sequence[str]) -> Block | None:
@@ -422,7 +421,7 @@ class Kraken(ExchangeProtocol):
         )
 
     def render_server_heartbeat(self, natives: Sequence[str], state: SimState) -> list[str]:
-        return ['{"channel":"heartbeat"}']
+        return [_V2_HEARTBEAT]
 
     def render_heartbeat_reply(self, request: ClientRequest, state: SimState) -> list[str]:
         return [orjson.dumps({"method": "pong", "req_id": request.request_id}).decode()]

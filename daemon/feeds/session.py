@@ -35,6 +35,7 @@ timed heartbeats): nothing closes while a feed is silent.
 
 from __future__ import annotations
 
+import re
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -48,6 +49,7 @@ from daemon.feeds.base import (
     ACK,
     HEARTBEAT,
     MESSAGE_KINDS,
+    NO_ROWS,
     OTHER,
     TRADES,
     Block,
@@ -62,6 +64,8 @@ from db.records import Bar, SeriesKey, interval_seconds
 MIN_HISTORY_BARS = 256
 #: Without acknowledgements for this long after connecting, treat the subscription as live.
 ACK_TIMEOUT_S = 10.0
+#: Two or more frames in a row with nothing to decide, in `_quiet_runs`' codes.
+_QUIET_RUN = re.compile(b"[\\x00-\\x02]{2,}")
 #: A clock reading beyond any bar close (no aggregator is live).
 _NEVER = 1 << 62
 #: A block stretch shorter than this goes through `message` frame by frame (cheaper).
@@ -399,7 +403,11 @@ class FeedSession:
         if marker is None:
             return out, self._run(texts, received, 0, n, self._scan_block(texts), mono, out)
         first, middle, last = texts[0], texts[n // 2], texts[-1]
-        hits = sum(type(t) is str and marker in t for t in (first, middle, last))  # type: ignore[operator]
+        hits = (
+            (type(first) is str and marker in first)  # type: ignore[operator]
+            + (type(middle) is str and marker in middle)  # type: ignore[operator]
+            + (type(last) is str and marker in last)  # type: ignore[operator]
+        )
         tried = False
         if hits == 3:
             block = self._scan_block(texts)  # most likely all trades: one block
@@ -481,44 +489,49 @@ class FeedSession:
         updates, heartbeats, acknowledgements nobody waits for: the shared `OTHER`, `HEARTBEAT`
         and `ACK` answers) are counted at once when the clock reaches nothing due during them.
         Returns where it stopped: len(texts), or the frame after one that asked for a backfill."""
-        parsed = list(map(self._scan_hot, texts))  # pure: parsing ahead changes nothing
+        # parsed ahead (pure: it changes nothing); heartbeats sent byte for byte the same need none
+        fixed = self.protocol.heartbeat_frames
+        if fixed:
+            scan, beat = self._scan_hot, (HEARTBEAT, NO_ROWS)
+            parsed = [beat if t in fixed else scan(t) for t in texts]
+        else:
+            parsed = list(map(self._scan_hot, texts))
         ack = ACK if self._up_at is None else None  # an acknowledgement awaited decides something
+        # one byte per frame: 0 other, 1 heartbeat, 2 acknowledgement, 3 anything else; the
+        # quiet runs are found and counted in C
+        codes = bytes([0 if r is OTHER else 1 if r is HEARTBEAT else 2 if r is ack else 3 for r, _ in parsed])
         message = self.message
-        kinds = self._kinds
-        n = len(texts)
         i = 0
-        while i < n:
-            j = i
-            others = beats = acks = 0
-            while j < n:
-                res = parsed[j][0]
-                if res is OTHER:
-                    others += 1
-                elif res is HEARTBEAT:
-                    beats += 1
-                elif res is ack:
-                    acks += 1
-                else:
-                    break
-                j += 1
-            if j - i > 1:
-                now = int(max(received[i:j]) * US_PER_S) if self.wall_clock else self._feed_time_us
-                due = self._next_due_us
-                if (due is None or now < due) and now < self._close_floor_us:  # as `message` decides
-                    kinds["other"] += others
-                    kinds["heartbeat"] += beats
-                    kinds["ack"] += acks
-                    self._last_frame = received[j - 1]
-                    self._last_frame_mono = self.last_message_mono = mono
-                    i = j
-                    continue
-            for k in range(i, max(j, i + 1)):
-                acts = message(texts[k], received[k], mono, parsed[k])
+        for run in _QUIET_RUN.finditer(codes):
+            j, k = run.span()
+            while i < j:  # frames with something to decide, and lone quiet ones, one by one
+                acts = message(texts[i], received[i], mono, parsed[i])
+                i += 1
                 if acts:
                     out.extend(acts)
                     if self._outstanding:
-                        return k + 1
-            i = max(j, i + 1)
+                        return i
+            # a quiet run [j, k): counted at once when the clock reaches nothing due in it
+            now = int(max(received[j:k]) * US_PER_S) if self.wall_clock else self._feed_time_us
+            due = self._next_due_us
+            if (due is None or now < due) and now < self._close_floor_us:  # as `message` decides
+                kinds = self._kinds
+                beats = codes.count(1, j, k)
+                acks = codes.count(2, j, k)
+                kinds["other"] += k - j - beats - acks
+                kinds["heartbeat"] += beats
+                kinds["ack"] += acks
+                self._last_frame = received[k - 1]
+                self._last_frame_mono = self.last_message_mono = mono
+                i = k
+        n = len(texts)
+        while i < n:
+            acts = message(texts[i], received[i], mono, parsed[i])
+            i += 1
+            if acts:
+                out.extend(acts)
+                if self._outstanding:
+                    return i
         return n
 
     def _take(self, block: Block, received: Sequence[float], i: int, mono: float, single: bool) -> tuple[int, bool]:

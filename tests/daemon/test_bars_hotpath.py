@@ -15,7 +15,15 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from daemon.bars import Aggregator, _Acc
-from daemon.feeds.fields import MAX_US, MIN_US, hot_numbers, price_text, trade_size_text, us_from_seconds
+from daemon.feeds.fields import (
+    MAX_US,
+    MIN_US,
+    hot_numbers,
+    hot_row_seconds,
+    price_text,
+    trade_size_text,
+    us_from_seconds,
+)
 from db.records import SeriesKey, decimal_text
 
 SERIES = SeriesKey("binance", "BTC-USDT", "5m")
@@ -172,3 +180,30 @@ def test_kraken_seconds_fast_form_is_exact(text: str) -> None:
         assert got == (us if MIN_US <= us < MAX_US else None)
     else:
         assert got is None or got == int(Decimal(text) * 1_000_000)
+
+
+_ROW_NUMBER = st.one_of(
+    decimal_texts(zero=True),
+    st.from_regex(r"[0-9]{1,22}\.[0-9]{1,21}", fullmatch=True),
+    st.text(alphabet="0123456789.", max_size=45),
+    st.sampled_from(["0.0", "00.000", "1e5", " 1.5", "1.5 ", "١.5", "1..5", ".5", "5.", "1_0.5"]),
+)
+_ROW_SECONDS = st.one_of(
+    st.from_regex(r"[0-9]{10}\.[0-9]{6}", fullmatch=True),
+    st.text(alphabet="0123456789.+-_ e١", min_size=15, max_size=19),
+    st.sampled_from(["1618678142.557535", "1618678142.5", "1618678142", "0946684799.999999", "4102444800.000000"]),
+)
+
+
+@settings(max_examples=800, deadline=None)
+@given(_ROW_NUMBER, _ROW_NUMBER, _ROW_SECONDS)
+@example("354.11000000", "0.89594024", "1618678142.557535")  # a real Kraken v1 row
+@example("354.11", "0.000", "1618678142.557535")  # a zero size
+@example("100000000000000.0", "1.0", "1618678142.557535")  # a price at the float bound
+@example("1.5", "12345678901234567.0", "1618678142.557535")  # a size too long for the short form
+@example("1.5", "1.5", "0946684799.999999")  # before 2000
+@example("1.5", "1.5", "1618678142.5")  # a plain time in another form
+def test_hot_row_seconds_is_hot_numbers_and_us_from_seconds(p: str, q: str, ts: str) -> None:
+    """Kraken v1's one-regex row check answers exactly what the two converters answer."""
+    pf, t = hot_numbers(p, q), us_from_seconds(ts)
+    assert hot_row_seconds(p, q, ts) == (None if pf is None or t is None else (pf, t))

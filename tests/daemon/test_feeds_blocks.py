@@ -228,6 +228,19 @@ def test_real_captures_in_batches_give_the_same_actions(shared_dir: Path, exchan
 
 
 @pytest.mark.parametrize("exchange", sorted(PROTOCOLS))
+def test_heartbeats_recognised_unparsed_are_what_the_parser_calls_heartbeats(exchange: str) -> None:
+    """A batch takes `heartbeat_frames` without parsing them: each must be a heartbeat to the
+    full parser, and the simulator's heartbeats (what the exchange sends) are among them where
+    the protocol lists any."""
+    proto = PROTOCOLS[exchange]
+    for text in proto.heartbeat_frames:
+        assert proto.scan_full(text)[0].kind == "heartbeat", text
+    sent = proto.render_server_heartbeat([proto.native_symbol("BTC-USDT")], SimState(now_us=1_618_678_142_000_000))
+    if proto.heartbeat_frames:
+        assert set(sent) <= set(proto.heartbeat_frames), sent
+
+
+@pytest.mark.parametrize("exchange", sorted(PROTOCOLS))
 def test_block_columns_are_each_frames_fast_scan_rows(bars: list[Bar], exchange: str) -> None:
     """Blocks of trade frames and their mutations: whenever `scan_block` answers, every frame is
     a one-trade frame `fast_scan` settles, and the columns are its rows."""
