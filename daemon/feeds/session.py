@@ -415,7 +415,7 @@ class FeedSession:
                 return out, self._run(texts, received, 0, n, block, mono, out)
             tried = True
         elif hits < 2:  # mostly other traffic (book updates, heartbeats): frame by frame
-            return out, self._run(texts, received, 0, n, None, mono, out)
+            return out, self._quiet_runs(texts, received, mono, out)
         # runs of frames that may be trades, and the frames between them one by one
         candidate = [type(t) is str and marker in t for t in texts]  # type: ignore[operator]
         i = 0
