@@ -228,6 +228,13 @@ def parse(file: str, exchange: str, fmt: str, summary: bool) -> None:
 @click.option(
     "--stall-after", type=float, default=None, help="Fault: stop sending on each connection S seconds after it opened."
 )
+@click.option(
+    "--trades-per-frame",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Up to N trades of one symbol and bar in a frame, as busy markets send them (kraken, poloniex).",
+)
 def exchange_sim(
     protocol: str,
     bars_src: str | None,
@@ -246,11 +253,16 @@ def exchange_sim(
     refuse: int,
     malformed_every: int | None,
     stall_after: float | None,
+    trades_per_frame: int,
 ) -> None:
     """A local exchange: websocket trades and REST candles that reproduce the bars exactly, for
     one symbol (a CSV) or many in one process (a directory of CSVs, or random walks)."""
     if speed <= 0:
         raise InputError("--speed must be > 0")
+    if trades_per_frame < 1:
+        raise InputError("--trades-per-frame must be >= 1")
+    if trades_per_frame > 1 and not get_protocol(protocol).bundles_trades:
+        raise InputError(f"--trades-per-frame {trades_per_frame}: {protocol} sends one trade a frame")
     start_t = parse_time(start, "--start")
     series = sim_series(protocol, bars_src, symbol, _symbols(symbols) if symbols else [], interval=interval,
                         history=history, walk_bars=walk_bars, seed=seed, start=start_t)
@@ -268,6 +280,7 @@ def exchange_sim(
         start=start_t.timestamp() if start_t else None,
         heartbeat_s=heartbeat,
         faults=Faults(drop_every, refuse, malformed_every, stall_after),
+        trades_per_frame=trades_per_frame,
     )
 
     def on_start(sim: ExchangeSimulator) -> None:

@@ -26,6 +26,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from itertools import accumulate
 from typing import Any, Literal
 
 import orjson
@@ -178,6 +179,8 @@ class ExchangeProtocol(ABC):
     #: Text every trade frame contains (and few others): where a batch of frames is not all
     #: trades, the runs of frames with it are tried as blocks (`FeedSession.messages`).
     trade_marker: str | None = None
+    #: The exchange puts several trades in one frame on busy markets (`render_trades`).
+    bundles_trades: bool = False
     #: Heartbeats the exchange sends byte for byte the same: a batch recognises them without
     #: parsing (`FeedSession.messages`); every other spelling is parsed.
     heartbeat_frames: tuple[str, ...] = ()
@@ -216,12 +219,22 @@ class ExchangeProtocol(ABC):
         return None
 
     def fast_block(self, texts: Sequence[str]) -> Block | None:
-        """The trades of frames that are all plain one-trade frames, in time order, as columns:
-        what `fast_scan` of each would return, or None (or any exception) when any frame is
-        anything else. Checks run per column (`fields.hot_columns`, bounds of times and ids), so
-        it accepts a subset of what `fast_scan` accepts. Exchanges without it answer None:
-        frame by frame."""
+        """The trades of frames that are all plain trade frames, in time order, as columns: what
+        `fast_scan` of each would return, concatenated, or None (or any exception) when any frame
+        is anything else. Frames of several trades (busy markets, where the exchange batches
+        them) say where each begins (`Block.starts`, from `block_starts`). Checks run per column
+        (`fields.hot_columns`, bounds of times and ids), so it accepts a subset of what
+        `fast_scan` accepts. Exchanges without it answer None: frame by frame."""
         return None
+
+    def block_starts(self, counts: list[int]) -> list[int] | None:
+        """`Block.starts` of frames of `counts` trades each: None when each has one. Raises
+        ValueError where a frame has none or more than `max_trades` (`fast_scan` refuses those)."""
+        if counts.count(1) == len(counts):
+            return None
+        if min(counts) < 1 or max(counts) > self.max_trades:
+            raise ValueError("not a block of trade frames")
+        return list(accumulate(counts, initial=0))
 
     def scan_block(self, texts: Sequence[str | bytes]) -> Block | None:
         """`fast_block` of frames that `scan_hot` would give to `fast_scan` (text within
@@ -333,6 +346,13 @@ class ExchangeProtocol(ABC):
 
     @abstractmethod
     def render_trade(self, trade: Trade, state: SimState) -> str: ...
+
+    def render_trades(self, trades: Sequence[Trade], state: SimState) -> str:
+        """Several trades in one frame, as exchanges that batch them send on busy markets
+        (`bundles_trades`); the others send one trade a frame."""
+        if len(trades) != 1:
+            raise ValueError(f"{self.name} sends one trade a frame")
+        return self.render_trade(trades[0], state)
 
     def render_server_heartbeat(self, natives: Sequence[str], state: SimState) -> list[str]:
         return []

@@ -229,12 +229,13 @@ _SIZE_CHARS: Final = re.compile(r"[0-9.\x00]*", re.ASCII)
 _ZERO_SIZE: Final = re.compile(r"\x00[0.]*\x00", re.ASCII)
 _TWO_POINTS: Final = re.compile(r"\.[0-9]*\.", re.ASCII)
 
-#: Bounds for floats that prove the exact ones (MIN_MAGNITUDE, MAX_PRICE, MAX_SIZE) with margin.
 #: `hot_row_seconds`' form: two plain numbers (digits, one point, at most MAX_TEXT characters)
 #: and Unix seconds with six fraction digits, joined by NULs.
 _PLAIN_ROW_SECONDS: Final = re.compile(
     r"[0-9]{1,20}\.[0-9]{1,19}\x00[0-9]{1,20}\.[0-9]{1,19}\x00[0-9]{10}\.[0-9]{6}", re.ASCII
 )
+
+#: Bounds for floats that prove the exact ones (MIN_MAGNITUDE, MAX_PRICE, MAX_SIZE) with margin.
 _ZERO_POINT: Final = "0."
 _HOT_MIN: Final = 1e-29
 _HOT_MAX_PRICE: Final = 1e14

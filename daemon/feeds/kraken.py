@@ -139,8 +139,10 @@ class Kraken(ExchangeProtocol):
     server_heartbeat_s = 1.0
     rest_min_interval_s = 1.0
     symbols = SymbolFormat("/", aliases=_ALIASES)
-    trade_marker = '"channel":"trade"'
+    # in v2 trade frames ('"channel":"trade","type"') and v1 trade arrays ('],"trade","XBT/USD"]')
+    trade_marker = '"trade","'
     heartbeat_frames = (_V1_HEARTBEAT, _V2_HEARTBEAT)
+    bundles_trades = True
     candle_columns = CandleColumns(time=0, open=1, high=2, low=3, close=4, volume=6, count=7)
 
     def subscribe_messages(self, natives: Sequence[str]) -> list[str]:
@@ -182,10 +184,13 @@ class Kraken(ExchangeProtocol):
     def fast_block(self, texts: Sequence[str]) -> Block | None:
         if texts[0].startswith("["):
             return self._v1_block(texts)
-        rows = []
+        rows: list[_V2Row] = []
+        counts = []
         for m in map(_DECODE_V2_TRADE, texts):  # any other frame raises
-            (row,) = m.data  # one trade per frame, else ValueError
-            rows.append(row)
+            data = m.data  # (the frame itself not kept: fewer objects for the collector)
+            rows.extend(data)
+            counts.append(len(data))
+        starts = self.block_starts(counts)
         n = len(rows)
         # the numbers' raw JSON text, joined and split in C (a quoted number fails the checks)
         ps = str(b"\x00".join([d.price for d in rows]), "ascii").split("\x00")
@@ -204,17 +209,19 @@ class Kraken(ExchangeProtocol):
             ids = None
         elif not trade_ids_ok(tids):
             return None
-        return Block([d.symbol for d in rows], ids, ts, ISO, ps, keys, qs)
+        return Block([d.symbol for d in rows], ids, ts, ISO, ps, keys, qs, starts)
 
     def _v1_block(self, texts: Sequence[str]) -> Block | None:
         natives = []
         rows = []
+        counts = []
         for _channel, trades, name, native in map(_DECODE_V1_TRADES, texts):
-            (row,) = trades  # one trade per frame, else ValueError
             if name != "trade":
                 return None
-            rows.append(row)
-            natives.append(native)
+            rows.extend(trades)
+            natives.extend([native] * len(trades))
+            counts.append(len(trades))
+        starts = self.block_starts(counts)
         ps = [r[0] for r in rows]
         qs = [r[1] for r in rows]
         keys = hot_columns(ps, qs)
@@ -223,7 +230,7 @@ class Kraken(ExchangeProtocol):
         ts = list(map(us_from_seconds, [r[2] for r in rows]))
         if None in ts or ts != sorted(ts):  # type: ignore[type-var]  # no None by then
             return None
-        return Block(natives, None, ts, MICROS, ps, keys, qs)
+        return Block(natives, None, ts, MICROS, ps, keys, qs, starts)
 
     def _fast_v2(self, data: list[_V2Row]) -> tuple[ParseResult, list[HotRow]] | None:
         if not data or len(data) > self.max_trades:
@@ -412,13 +419,17 @@ class Kraken(ExchangeProtocol):
         ]
 
     def render_trade(self, trade: Trade, state: SimState) -> str:
+        return self.render_trades([trade], state)
+
+    def render_trades(self, trades: Sequence[Trade], state: SimState) -> str:
         # numbers as JSON numbers, exactly as Kraken v2 sends them
-        return (
-            f'{{"channel":"trade","type":"update","data":[{{"symbol":"{trade.native_symbol}",'
-            f'"side":"{trade.side}","price":{number_text(trade.price)},"qty":{number_text(trade.size)},'
-            f'"ord_type":"market","trade_id":{int(trade.trade_id or 0)},'
-            f'"timestamp":"{iso_us(trade.time_us)}"}}]}}'
+        rows = ",".join(
+            f'{{"symbol":"{t.native_symbol}","side":"{t.side}","price":{number_text(t.price)},'
+            f'"qty":{number_text(t.size)},"ord_type":"market","trade_id":{int(t.trade_id or 0)},'
+            f'"timestamp":"{iso_us(t.time_us)}"}}'
+            for t in trades
         )
+        return f'{{"channel":"trade","type":"update","data":[{rows}]}}'
 
     def render_server_heartbeat(self, natives: Sequence[str], state: SimState) -> list[str]:
         return [_V2_HEARTBEAT]

@@ -91,6 +91,7 @@ class Poloniex(ExchangeProtocol):
     rest_min_interval_s = 0.2
     symbols = SymbolFormat("_")
     trade_marker = '"channel":"trades"'
+    bundles_trades = True
     candle_columns = CandleColumns(time=12, low=0, high=1, open=2, close=3, volume=5, count=8, time_unit="ms")
 
     def subscribe_messages(self, natives: Sequence[str]) -> list[str]:
@@ -118,10 +119,13 @@ class Poloniex(ExchangeProtocol):
         return TRADES, out
 
     def fast_block(self, texts: Sequence[str]) -> Block | None:
-        rows = []
+        rows: list[_Row] = []
+        counts = []
         for m in map(_DECODE_TRADES, texts):  # any other frame raises
-            (row,) = m.data  # one trade per frame, else ValueError
-            rows.append(row)
+            data = m.data  # (the frame itself not kept: fewer objects for the collector)
+            rows.extend(data)
+            counts.append(len(data))
+        starts = self.block_starts(counts)
         ps = [d.price for d in rows]
         qs = [d.quantity for d in rows]
         keys = hot_columns(ps, qs)
@@ -131,7 +135,7 @@ class Poloniex(ExchangeProtocol):
         ids = [d.id for d in rows]
         if not int_column(ms, MILLIS) or not trade_ids_ok(ids):
             return None
-        return Block([d.symbol for d in rows], ids, ms, MILLIS, ps, keys, qs)
+        return Block([d.symbol for d in rows], ids, ms, MILLIS, ps, keys, qs, starts)
 
     def scan(self, text: str | bytes) -> tuple[ParseResult, list[Row]]:
         try:
@@ -196,18 +200,23 @@ class Poloniex(ExchangeProtocol):
         return [orjson.dumps({"event": "subscribe", "channel": "trades", "symbols": list(request.natives)}).decode()]
 
     def render_trade(self, trade: Trade, state: SimState) -> str:
-        ms = trade.time_us // 1000
-        d = {
-            "symbol": trade.native_symbol,
-            "amount": number_text(trade.size * trade.price),
-            "quantity": number_text(trade.size),
-            "takerSide": trade.side,
-            "createTime": ms,
-            "price": number_text(trade.price),
-            "id": str(trade.trade_id),
-            "ts": ms,
-        }
-        return orjson.dumps({"channel": "trades", "data": [d]}).decode()
+        return self.render_trades([trade], state)
+
+    def render_trades(self, trades: Sequence[Trade], state: SimState) -> str:
+        data = [
+            {
+                "symbol": t.native_symbol,
+                "amount": number_text(t.size * t.price),
+                "quantity": number_text(t.size),
+                "takerSide": t.side,
+                "createTime": t.time_us // US_PER_MS,
+                "price": number_text(t.price),
+                "id": str(t.trade_id),
+                "ts": t.time_us // US_PER_MS,
+            }
+            for t in trades
+        ]
+        return orjson.dumps({"channel": "trades", "data": data}).decode()
 
     def render_heartbeat_reply(self, request: ClientRequest, state: SimState) -> list[str]:
         return ['{"event":"pong"}']

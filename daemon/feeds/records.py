@@ -89,6 +89,8 @@ class Block(NamedTuple):
     keys: list[Any]
     #: sizes as text
     sizes: list[Any]
+    #: where each frame's trades begin, and the end (len: frames + 1); None: one trade per frame
+    starts: list[int] | None = None
 
 
 #: The rows of a frame without trades (shared: never mutated).

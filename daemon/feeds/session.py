@@ -36,7 +36,7 @@ timed heartbeats): nothing closes while a feed is silent.
 from __future__ import annotations
 
 import re
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -72,6 +72,14 @@ _NEVER = 1 << 62
 MIN_BLOCK = 8
 #: Malformed frames logged per reason before logging only every 1000th.
 LOG_FIRST = 5
+
+
+def frame_rows(block: Block, f: int) -> list[HotRow]:
+    """The hot rows `fast_scan` gives for frame `f` of a block (sides aside)."""
+    starts = block.starts
+    if starts is None:
+        return [row(block, f)]
+    return [row(block, k) for k in range(starts[f], starts[f + 1])]
 
 
 def row(block: Block, k: int) -> HotRow:
@@ -388,12 +396,13 @@ class FeedSession:
         carries that out and passes the rest again, as it does frame by frame.
 
         Under load the queue holds many trade frames at once. A run of plain trade frames (one
-        trade each, in time order, of subscribed symbols) is decoded and checked once, as
-        columns (the protocol's `scan_block`), and every stretch of it that lands in the bars in
-        progress with nothing due goes into the aggregators at once (`Aggregator.fits_block`,
-        `add_block`). Everything else goes through `message`: the frame that closes a bar, a late
-        trade, heartbeats and other frames between the runs (found by the protocol's
-        `trade_marker` when the whole batch is not one run), a run with anything unusual.
+        trade each, or several where the exchange batches them; in time order; of subscribed
+        symbols) is decoded and checked once, as columns (the protocol's `scan_block`), and
+        every stretch of whole frames that lands in the bars in progress with nothing due goes
+        into the aggregators at once (`Aggregator.fits_block`, `add_block`). Everything else
+        goes through `message`: the frame that closes a bar, a late trade, heartbeats and other
+        frames between the runs (found by the protocol's `trade_marker` when the whole batch is
+        not one run), a run with anything unusual.
         """
         n = len(texts)
         if n <= 1:
@@ -450,17 +459,24 @@ class FeedSession:
         if block is None:
             return self._quiet_runs(texts, received, mono, out) + start
         natives = block.natives
-        if len(natives) != n:  # not one trade per frame (`fast_block` promises it)
+        starts = block.starts  # frames of several trades: rows and frames differ
+        m = len(natives)
+        if (m != n) if starts is None else (len(starts) != n + 1 or starts[-1] != m):  # as `fast_block` promises
             return self._quiet_runs(texts, received, mono, out) + start
-        single = natives.count(natives[0]) == n
+        single = natives.count(natives[0]) == m
+        # each trade's receipt (the wall clock reads it per trade)
+        rows_received = received if starts is None else [received[f] for f in self._frame_of(starts)]
         # stretches of the block may still go in at once (symbols of one series each)
         trying = set(natives) <= self._one.keys()
-        i = 0
+        i = 0  # frames from here on
         short = 0  # stretches in a row too short to take as blocks
         while i < n:
             upto = i + 1  # frames [i, upto) go through `message` (parsed already)
             if trying and not self._outstanding and not self._await_feed_time:
-                j, taken = self._take(block, received, i, mono, single)
+                first = i if starts is None else starts[i]
+                j, taken = self._take(block, rows_received, first, mono, single)
+                if j > 0 and starts is not None:  # trades to frames: whole frames were taken,
+                    j = bisect_left(starts, j) if taken else bisect_right(starts, j - 1)  # or these need `message`
                 if j < 0:  # a duplicate id or the like: the rest frame by frame
                     trying = False
                 elif taken:
@@ -474,13 +490,18 @@ class FeedSession:
                     if short == 2:  # bars close every few trades here: frame by frame is cheaper
                         trying = False
             while i < upto:
-                acts = message(texts[i], received[i], mono, (TRADES, [row(block, i)]))
+                acts = message(texts[i], received[i], mono, (TRADES, frame_rows(block, i)))
                 i += 1
                 if acts:
                     out.extend(acts)
                     if self._outstanding:
                         return start + i
         return end
+
+    @staticmethod
+    def _frame_of(starts: list[int]) -> list[int]:
+        """The frame of each trade of a block (`Block.starts`)."""
+        return [f for f in range(len(starts) - 1) for _ in range(starts[f + 1] - starts[f])]
 
     def _quiet_runs(
         self, texts: Sequence[str | bytes], received: Sequence[float], mono: float, out: list[Action]
@@ -535,12 +556,12 @@ class FeedSession:
         return n
 
     def _take(self, block: Block, received: Sequence[float], i: int, mono: float, single: bool) -> tuple[int, bool]:
-        """Frames i, i+1, ... of a time-ordered block of one-trade frames, as far as they land in
-        the bars in progress with nothing due: applied, and (the index after them, True). Else
-        (k, False): frames i..k-1 need `message` (the one that stops the block, or a stretch too
-        short to be worth it and the frame after it); (-1, False): none of the rest may go as a
-        block. `single`: all frames are of one symbol."""
-        natives, ids, ts, clock, ps, keys, qs = block
+        """Trades i, i+1, ... of a time-ordered block (`received`: each one's receipt), as far as
+        they land in the bars in progress with nothing due, in whole frames: applied, and (the
+        index after them, True). Else (k, False): the frames of trades i..k-1 need `message`
+        (the one that stops the block, or a stretch too short to be worth it and the frame after
+        it); (-1, False): none of the rest may go as a block. `single`: all of one symbol."""
+        natives, ids, ts, clock, ps, keys, qs, starts = block
         us = clock.us
         one = self._one
         limit = self._close_floor_us
@@ -564,19 +585,18 @@ class FeedSession:
         j = bisect_left(ts, clock.key(t_limit), i)  # the first trade at or after `t_limit`
         if j - i < MIN_BLOCK:  # a stretch this short is cheaper one by one, with the frame after it
             return min(j + 1, len(ts)), False
-        tmin, tmax = us(ts[i]), us(ts[j - 1])
         if self.wall_clock:  # receipt times: `us_from_clock`, per frame
             if int(max(received[i:j]) * US_PER_S) >= limit:  # the clock reaches a close: stop there
                 j = next(k for k in range(i, j) if int(received[k] * US_PER_S) >= limit)
-                if j == i:
-                    return i + 1, False
-                tmax = us(ts[j - 1])
             future = self._future_us
-            if tmax > int(min(received[i:j]) * US_PER_S) + future:  # not proven by the bounds:
+            if j > i and us(ts[j - 1]) > int(min(received[i:j]) * US_PER_S) + future:  # not proven by the bounds:
+                # a trade from the future, by its frame's clock: `message` counts it
                 j = next((k for k in range(i, j) if us(ts[k]) > int(received[k] * US_PER_S) + future), j)
-                if j == i:  # a trade from the future, by its frame's clock: `message` counts it
-                    return i + 1, False
-                tmax = us(ts[j - 1])
+        if starts is not None:  # whole frames only: the one a stretch ends in goes through `message`
+            j = starts[bisect_right(starts, j) - 1]
+        if j == i:
+            return i + 1, False
+        tmin, tmax = us(ts[i]), us(ts[j - 1])
         if single:
             agg = one[native].agg
             idset = agg.fits_block(tmin, tmax, None if ids is None else ids[i:j])
@@ -584,6 +604,8 @@ class FeedSession:
                 if tmin < agg.bar_start_us or ids is None:
                     return i + 1, False  # a late trade: `message` takes it
                 j = i + agg.first_duplicate(ids[i:j])  # the stretch before a duplicate id
+                if starts is not None:
+                    j = starts[bisect_right(starts, j) - 1]
                 if j == i:
                     return i + 1, False
                 tmax = us(ts[j - 1])
@@ -608,7 +630,7 @@ class FeedSession:
                 agg.add_block(first, last, g_ps, g_keys, g_qs, idset)
         if tmax > self._feed_time_us:
             self._feed_time_us = tmax
-        self._kinds["trade"] += j - i
+        self._kinds["trade"] += j - i if starts is None else bisect_left(starts, j) - bisect_left(starts, i)
         self.stats.trades += j - i
         self.stats.block_trades += j - i
         self._last_frame = received[j - 1]

@@ -54,6 +54,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from daemon.feeds.base import Candle, ExchangeProtocol, SimState, Trade
+from daemon.feeds.fields import US_PER_S, us, us_from_clock
 from db.records import Bar, interval_seconds, to_unix
 
 log = logging.getLogger("barcast.sim")
@@ -90,7 +91,7 @@ class SimClock:
         return t
 
     def now_us(self) -> int:
-        return int(self.now() * 1_000_000)
+        return us_from_clock(self.now())
 
     def wall_delay(self, t: float) -> float:
         return (t - self.now()) / self.speed
@@ -165,7 +166,7 @@ def _bar_trades(bar: Bar, per_bar: int) -> list[tuple[int, Decimal, Decimal, str
     if bar.volume > 0:
         dense = _dense_sizes(bar.volume, per_bar) if per_bar > SPARSE else None
         if dense is not None:
-            step_us = step * 1_000_000
+            step_us = us(step)
             n = len(dense)
             sides = ("buy", "sell") * (n // 2 + 1)
             return list(
@@ -189,7 +190,7 @@ def synth_trades(
     4: that many trades per bar with volume, where its units allow (a realistic density)."""
     tid = first_id
     for bar in bars:
-        start_us = to_unix(bar.open_time) * 1_000_000
+        start_us = us(to_unix(bar.open_time))
         for offset, px, sz, side in _bar_trades(bar, per_bar):
             yield Trade(exchange, symbol, native, str(tid), start_us + offset, px, sz, side)  # type: ignore[arg-type]
             tid += 1
@@ -223,9 +224,14 @@ class ExchangeSimulator:
         heartbeat_s: float = 1.0,
         faults: Faults | None = None,
         trades_per_bar: int = SPARSE,
+        trades_per_frame: int = 1,
     ) -> None:
         if not series or not all(s.bars for s in series):
             raise ValueError("the simulator needs at least one series with bars")
+        if trades_per_frame < 1:
+            raise ValueError(f"trades_per_frame must be >= 1, not {trades_per_frame}")
+        if trades_per_frame > 1 and not protocol.bundles_trades:
+            raise ValueError(f"trades_per_frame={trades_per_frame}: {protocol.name} sends one trade a frame")
         self.protocol = protocol
         self.series = list(series)
         self.interval_s = interval_seconds(series[0].bars[0].interval)
@@ -236,6 +242,8 @@ class ExchangeSimulator:
         self.heartbeat_s = heartbeat_s
         self.faults = faults or Faults()
         self.trades_per_bar = trades_per_bar
+        #: up to this many trades of one symbol and bar in a frame, as busy markets send them
+        self.trades_per_frame = trades_per_frame
         self.natives = {protocol.native_symbol(s.symbol): s for s in series}
         self._candles: dict[str, list[Candle]] = {}
         self._candle_times: dict[str, list[int]] = {}
@@ -421,8 +429,29 @@ class ExchangeSimulator:
         ]
         return heapq.merge(*streams, key=lambda t: t.time_us)
 
+    def _frames(self, start_us: int) -> Iterator[list[Trade]]:
+        """The trades from `start_us` on, a frame's worth at a time: up to `trades_per_frame`
+        consecutive trades of one symbol and one bar (a frame never straddles a gap's start),
+        sent at the last one's time."""
+        most = self.trades_per_frame
+        step = us(self.interval_s)
+        group: list[Trade] = []
+        for trade in self._trade_stream():
+            if trade.time_us < start_us:
+                continue
+            if group and (
+                len(group) == most
+                or trade.native_symbol != group[0].native_symbol
+                or trade.time_us // step != group[0].time_us // step
+            ):
+                yield group
+                group = []
+            group.append(trade)
+        if group:
+            yield group
+
     async def _play(self) -> None:
-        start_us = int(self.clock.start * 1_000_000)
+        start_us = us_from_clock(self.clock.start)
         start = self.clock.start
         # outages over before the start are history; one the start falls into is on from the start
         # (holding the clock at its beginning would rewind time to before the start)
@@ -433,10 +462,10 @@ class ExchangeSimulator:
             outage = next(outages, None)
         malformed_every = self.faults.malformed_every
         n = 0
-        for trade in self._trade_stream():
-            if trade.time_us < start_us:
-                continue
-            t = trade.time_us / 1_000_000
+        render = self.protocol.render_trades
+        for frame in self._frames(start_us):
+            trade = frame[-1]
+            t = trade.time_us / US_PER_S
             while outage is not None and outage[0] <= t:
                 self.clock.hold = float(outage[0])
                 await self._sleep_until(outage[0])
@@ -452,8 +481,8 @@ class ExchangeSimulator:
                 n += 1
                 if malformed_every and n % malformed_every == 0:
                     broadcast(receivers, self.protocol.render_malformed())
-                broadcast(receivers, self.protocol.render_trade(trade, self._state()))
-                self.sent_trades += 1
+                broadcast(receivers, render(frame, self._state()))
+                self.sent_trades += len(frame)
         # past the end of the data the exchange is down, like in a gap: no flat bars invented
         self.clock.hold = self.end_time + END_MARGIN_S
         await self._sleep_until(self.end_time + END_MARGIN_S)

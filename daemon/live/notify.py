@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import socket
 
+from daemon.feeds.fields import us
+
 
 class Notifier:
     def __init__(self, address: str | None = None) -> None:
@@ -44,7 +46,7 @@ class Notifier:
         return self.send(WATCHDOG=1)
 
     def extend_timeout(self, seconds: float) -> bool:
-        return self.send(EXTEND_TIMEOUT_USEC=int(seconds * 1_000_000))
+        return self.send(EXTEND_TIMEOUT_USEC=us(seconds))
 
     def stopping(self) -> bool:
         return self.send(STOPPING=1, STATUS="stopping")

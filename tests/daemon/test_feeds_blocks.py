@@ -16,9 +16,11 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 from decimal import Decimal
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -136,6 +138,81 @@ def test_clean_dense_stream_goes_as_blocks_and_stores_the_same(bars: list[Bar], 
     assert b.stats.block_trades > 0.7 * b.stats.trades, b.stats
 
 
+#: Exchanges whose frames carry several trades on busy markets.
+SEVERAL = ("kraken", "poloniex")
+
+
+def bundle(frames: list[str], seed: int, most: int = 6) -> list[str]:
+    """Consecutive trade frames merged into frames of 1 to `most` trades, as busy markets send
+    them (Kraken v2 and Poloniex `data` lists, Kraken v1 row arrays)."""
+    rng = random.Random(seed)
+    out: list[str] = []
+    i = 0
+    while i < len(frames):
+        docs = [orjson.loads(f) for f in frames[i : i + rng.randint(1, most)]]
+        first = docs[0]
+        if type(first) is list:  # Kraken v1: [channel, rows, "trade", pair]
+            first[1] = [r for d in docs for r in d[1]]
+        else:
+            first["data"] = [r for d in docs for r in d["data"]]
+        out.append(orjson.dumps(first).decode())
+        i += len(docs)
+    return out
+
+
+def kraken_v1(ts: list[Trade]) -> list[str]:
+    """Kraken v1 trade arrays of these trades (the v1 shape of the real capture)."""
+    return [
+        orjson.dumps(
+            [
+                119930881,
+                [[str(t.price), str(t.size), f"{t.time_us // 10**6}.{t.time_us % 10**6:06d}", t.side[0], "l", ""]],
+                "trade",
+                t.native_symbol,
+            ]
+        ).decode()
+        for t in ts
+    ]
+
+
+@pytest.mark.parametrize("wall", [False, True], ids=["feed-clock", "wall-clock"])
+@pytest.mark.parametrize("exchange", ["kraken", "kraken-v1", "poloniex"])
+def test_frames_of_several_trades_go_as_blocks_and_store_the_same(bars: list[Bar], exchange: str, wall: bool) -> None:
+    """Busy markets: frames of 1-6 trades. Whole frames go in as blocks; the frame a stretch ends
+    in (a bar's close, a late trade, a duplicate id inside it) goes through `message`."""
+    name = exchange.removesuffix("-v1")
+    proto = PROTOCOLS[name]
+    ts = trades(name, "BTC-USDT", bars)
+    frames = bundle(kraken_v1(ts) if exchange == "kraken-v1" else render(proto, ts), seed=12)
+    assert max(len(proto.fast_scan(f)[1]) for f in frames) == 6  # type: ignore[index]
+    b = assert_same(proto, [SeriesKey(name, "BTC-USDT", "5m")], frames, wall, seed=13)
+    assert b.stats.block_trades > 0.7 * b.stats.trades, b.stats
+
+
+@pytest.mark.parametrize("wall", [False, True], ids=["feed-clock", "wall-clock"])
+@pytest.mark.parametrize("exchange", SEVERAL)
+def test_laced_frames_of_several_trades_give_the_same_actions(bars: list[Bar], exchange: str, wall: bool) -> None:
+    """The laced stream (duplicates, equal prices spelled differently, late, future and
+    unknown-symbol trades, heartbeats, hostile frames) with runs of trade frames merged: the
+    odd trades now sit inside frames of several."""
+    proto = PROTOCOLS[exchange]
+    frames: list[str] = []
+    run: list[str] = []
+    for f in laced(exchange, bars, seed=14):
+        if proto.scan_full(f)[0].kind == "trade":
+            run.append(f)
+            continue
+        frames.extend([*bundle(run, seed=len(frames)), f])
+        run = []
+    frames.extend(bundle(run, seed=0))
+    b = assert_same(proto, [SeriesKey(exchange, "BTC-USDT", "5m")], frames, wall, seed=15)
+    # fewer blocks than one trade a frame: a batch holds more trades, so more of them hold an
+    # out-of-order trade, which sends the batch frame by frame
+    assert b.stats.block_trades > 0.03 * b.stats.trades, b.stats
+    assert b.stats.unknown_symbol and sum(b.stats.malformed.values()), b.stats
+    assert b.stats.future_trades or not wall, b.stats  # the feed clock has no future
+
+
 @pytest.mark.parametrize("exchange", sorted(PROTOCOLS))
 def test_two_symbols_interleaved(bars: list[Bar], exchange: str) -> None:
     proto = PROTOCOLS[exchange]
@@ -242,13 +319,16 @@ def test_heartbeats_recognised_unparsed_are_what_the_parser_calls_heartbeats(exc
 
 @pytest.mark.parametrize("exchange", sorted(PROTOCOLS))
 def test_block_columns_are_each_frames_fast_scan_rows(bars: list[Bar], exchange: str) -> None:
-    """Blocks of trade frames and their mutations: whenever `scan_block` answers, every frame is
-    a one-trade frame `fast_scan` settles, and the columns are its rows."""
+    """Blocks of trade frames (of one trade, or several where the exchange sends that) and their
+    mutations: whenever `scan_block` answers, every frame is a trade frame `fast_scan` settles,
+    the columns are their rows one after the other, and `starts` says where each frame's begin."""
     proto = PROTOCOLS[exchange]
     frames = render(proto, trades(exchange, "BTC-USDT", bars[:10]))
+    if exchange in SEVERAL:  # as many frames, of 1-3 trades
+        frames = bundle(render(proto, trades(exchange, "BTC-USDT", bars[:20])), seed=4, most=3)
     mutated = [f.text for f in Mutator(exchange, frames, seed=5).frames(3000)]
     rng = random.Random(6)
-    answered = refused = 0
+    answered = refused = several = 0
     for start in range(0, len(frames) - 8, 4):
         block = frames[start : start + rng.choice((2, 5, 8))]
         if rng.random() < 0.5:  # one frame of the block mutated
@@ -260,16 +340,22 @@ def test_block_columns_are_each_frames_fast_scan_rows(bars: list[Bar], exchange:
             continue
         answered += 1
         rows = []
+        counts = []
         for text in block:
             hit = proto.fast_scan(text)
-            assert hit is not None and hit[0].kind == "trade" and len(hit[1]) == 1, text
-            rows.append(hit[1][0])
+            assert hit is not None and hit[0].kind == "trade" and hit[1], text
+            rows.extend(hit[1])
+            counts.append(len(hit[1]))
+        several += max(counts) > 1
+        assert got.starts == (None if max(counts) == 1 else list(accumulate(counts, initial=0)))
         assert got.natives == [r[0] for r in rows]
         assert (got.ids if got.ids is not None else [None] * len(rows)) == [r[1] for r in rows]
         assert [got.clock.us(t) for t in got.times] == [r[2] for r in rows]
         assert got.prices == [r[3] for r in rows] and got.sizes == [r[5] for r in rows]
-        assert exact_rows(rows) == [proto.scan_full(text)[1][0] for text in block]
+        assert exact_rows(rows) == [r for text in block for r in proto.scan_full(text)[1]]
     assert answered > 50 and refused > 20, (answered, refused)
+    if exchange in SEVERAL:
+        assert several > 20, several
 
 
 _DIGITS = st.text("0123456789", min_size=1, max_size=8)

@@ -77,6 +77,7 @@ async def run_sim_ingest(
     on_bars: BarsCallback | None = None,
     options: FeedsConfig = FAST,
     tick_s: float = 0.02,
+    trades_per_frame: int = 1,
 ) -> Ingest:
     sim = ExchangeSimulator(
         PROTOCOLS[protocol],
@@ -86,6 +87,7 @@ async def run_sim_ingest(
         heartbeat_s=0.05,
         faults=faults,
         trades_per_bar=trades_per_bar,
+        trades_per_frame=trades_per_frame,
     )
     async with sim:
         ingest = Ingest(
@@ -193,6 +195,31 @@ def test_a_consumer_behind_takes_queued_trades_as_blocks(tmp_db: Database, csv_b
     assert len(live) > 80 and sum(b.trade_count == 50 for b in live) >= 0.9 * len(live)
     stats = ingest.stats()["binance"]
     assert stats["malformed"] == {} and stats["block_trades"] > 0.1 * stats["trades"], stats
+
+
+@pytest.mark.parametrize("protocol", ["kraken", "poloniex"])
+def test_frames_of_several_trades_behind_a_slow_consumer(tmp_db: Database, csv_bars: list[Bar], protocol: str) -> None:
+    """Busy markets: the exchange sends up to 5 trades a frame, the bar consumer is slow, so
+    queued frames go in as blocks of whole frames. The stored bars are the CSV bars, text for
+    text, with every trade counted."""
+    bars = [b for b in csv_bars if b.open_time < datetime(2020, 12, 20, 20, 0, tzinfo=UTC)]
+    series = SeriesKey(protocol, "BTC-USDT", "5m")
+
+    async def slow(_updates: object) -> None:
+        await asyncio.sleep(0.01)
+
+    ingest = asyncio.run(
+        run_sim_ingest(tmp_db, bars, None, protocol, series, trades_per_bar=50, on_bars=slow, trades_per_frame=5)
+    )
+    stored = read_bars(tmp_db, series)
+    assert [(b.open_time, *map(decimal_text, (b.open, b.high, b.low, b.close, b.volume))) for b in stored] == [
+        (b.open_time, *map(decimal_text, (b.open, b.high, b.low, b.close, b.volume))) for b in bars
+    ]
+    live = [b for b in stored if b.source == "live" and b.trade_count]
+    assert len(live) > 80 and sum(b.trade_count == 50 for b in live) >= 0.9 * len(live)
+    stats = ingest.stats()[protocol]
+    assert stats["malformed"] == {} and stats["block_trades"] > 0.1 * stats["trades"], stats
+    assert stats["messages"]["trade"] < 0.3 * stats["trades"], stats  # frames of several trades
 
 
 @pytest.mark.parametrize("protocol", ["coinbase", "kraken", "bitstamp", "poloniex"])

@@ -14,6 +14,7 @@ from daemon.feeds import PROTOCOLS
 from daemon.feeds.randomwalk import random_walk_bars
 from daemon.feeds.simulator import ExchangeSimulator, SimSeries
 from db.errors import InputError
+from tests.daemon.clirun import barcast
 
 T0 = datetime(2021, 1, 1, tzinfo=UTC)
 
@@ -50,3 +51,17 @@ def test_start_after_a_gap_neither_rewinds_nor_refuses() -> None:
     now, opened = asyncio.run(main())
     assert now >= start.timestamp() and opened
     assert now < (start + timedelta(minutes=5)).timestamp()
+
+
+def test_trades_per_frame_only_where_the_exchange_batches_trades(capsys: pytest.CaptureFixture[str]) -> None:
+    """Kraken and Poloniex send several trades in one frame on busy markets; asking the others
+    to is refused with the reason, in the simulator and on the command line."""
+    bars = (random_walk_bars("BTC-USDT", 3, start=T0)[0],)
+    assert ExchangeSimulator(PROTOCOLS["kraken"], [SimSeries("BTC-USDT", bars)], trades_per_frame=4)
+    with pytest.raises(ValueError, match="binance sends one trade a frame"):
+        ExchangeSimulator(PROTOCOLS["binance"], [SimSeries("BTC-USDT", bars)], trades_per_frame=4)
+    with pytest.raises(ValueError, match="must be >= 1"):
+        ExchangeSimulator(PROTOCOLS["kraken"], [SimSeries("BTC-USDT", bars)], trades_per_frame=0)
+    for protocol, n, reason in [("coinbase", "3", "coinbase sends one trade a frame"), ("kraken", "0", ">= 1")]:
+        r = barcast(capsys, "exchange-sim", "--protocol", protocol, "--trades-per-frame", n)
+        assert r.code != 0 and "--trades-per-frame" in r.err and reason in r.err, r
