@@ -522,9 +522,9 @@ class FeedSession:
         # quiet runs are found and counted in C
         codes = bytes([0 if r is OTHER else 1 if r is HEARTBEAT else 2 if r is ack else 3 for r, _ in parsed])
         message = self.message
+        n = len(texts)
         i = 0
-        for run in _QUIET_RUN.finditer(codes):
-            j, k = run.span()
+        for j, k in [*(run.span() for run in _QUIET_RUN.finditer(codes)), (n, n)]:
             while i < j:  # frames with something to decide, and lone quiet ones, one by one
                 acts = message(texts[i], received[i], mono, parsed[i])
                 i += 1
@@ -532,6 +532,8 @@ class FeedSession:
                     out.extend(acts)
                     if self._outstanding:
                         return i
+            if j == k:  # the end
+                break
             # a quiet run [j, k): counted at once when the clock reaches nothing due in it
             now = int(max(received[j:k]) * US_PER_S) if self.wall_clock else self._feed_time_us
             due = self._next_due_us
@@ -545,14 +547,6 @@ class FeedSession:
                 self._last_frame = received[k - 1]
                 self._last_frame_mono = self.last_message_mono = mono
                 i = k
-        n = len(texts)
-        while i < n:
-            acts = message(texts[i], received[i], mono, parsed[i])
-            i += 1
-            if acts:
-                out.extend(acts)
-                if self._outstanding:
-                    return i
         return n
 
     def _take(self, block: Block, received: Sequence[float], i: int, mono: float, single: bool) -> tuple[int, bool]:
