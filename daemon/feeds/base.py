@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from itertools import accumulate
@@ -222,19 +222,26 @@ class ExchangeProtocol(ABC):
         """The trades of frames that are all plain trade frames, in time order, as columns: what
         `fast_scan` of each would return, concatenated, or None (or any exception) when any frame
         is anything else. Frames of several trades (busy markets, where the exchange batches
-        them) say where each begins (`Block.starts`, from `block_starts`). Checks run per column
+        them) say where each begins (`Block.starts`, from `block_rows`). Checks run per column
         (`fields.hot_columns`, bounds of times and ids), so it accepts a subset of what
         `fast_scan` accepts. Exchanges without it answer None: frame by frame."""
         return None
 
-    def block_starts(self, counts: list[int]) -> list[int] | None:
-        """`Block.starts` of frames of `counts` trades each: None when each has one. Raises
-        ValueError where a frame has none or more than `max_trades` (`fast_scan` refuses those)."""
+    def block_rows(self, frames: Iterable[list[Any]]) -> tuple[list[Any], list[int] | None]:
+        """The trades of frames (each frame's list of them), one after the other, and
+        `Block.starts` (None when each frame has one). Raises ValueError where a frame has none
+        or more than `max_trades` (`fast_scan` refuses those). Each frame's list is dropped as
+        soon as it is read: decoded frames are objects the garbage collector would walk."""
+        rows: list[Any] = []
+        counts: list[int] = []
+        for trades in frames:
+            rows.extend(trades)
+            counts.append(len(trades))
         if counts.count(1) == len(counts):
-            return None
+            return rows, None
         if min(counts) < 1 or max(counts) > self.max_trades:
             raise ValueError("not a block of trade frames")
-        return list(accumulate(counts, initial=0))
+        return rows, list(accumulate(counts, initial=0))
 
     def scan_block(self, texts: Sequence[str | bytes]) -> Block | None:
         """`fast_block` of frames that `scan_hot` would give to `fast_scan` (text within

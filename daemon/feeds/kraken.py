@@ -184,13 +184,7 @@ class Kraken(ExchangeProtocol):
     def fast_block(self, texts: Sequence[str]) -> Block | None:
         if texts[0].startswith("["):
             return self._v1_block(texts)
-        rows: list[_V2Row] = []
-        counts = []
-        for m in map(_DECODE_V2_TRADE, texts):  # any other frame raises
-            data = m.data  # (the frame itself not kept: fewer objects for the collector)
-            rows.extend(data)
-            counts.append(len(data))
-        starts = self.block_starts(counts)
+        rows, starts = self.block_rows(m.data for m in map(_DECODE_V2_TRADE, texts))  # any other frame raises
         n = len(rows)
         # the numbers' raw JSON text, joined and split in C (a quoted number fails the checks)
         ps = str(b"\x00".join([d.price for d in rows]), "ascii").split("\x00")
@@ -212,16 +206,11 @@ class Kraken(ExchangeProtocol):
         return Block([d.symbol for d in rows], ids, ts, ISO, ps, keys, qs, starts)
 
     def _v1_block(self, texts: Sequence[str]) -> Block | None:
-        natives = []
-        rows = []
-        counts = []
-        for _channel, trades, name, native in map(_DECODE_V1_TRADES, texts):
-            if name != "trade":
-                return None
-            rows.extend(trades)
-            natives.extend([native] * len(trades))
-            counts.append(len(trades))
-        starts = self.block_starts(counts)
+        frames = list(map(_DECODE_V1_TRADES, texts))  # any other frame raises
+        if any(name != "trade" for _channel, _rows, name, _native in frames):
+            return None
+        rows, starts = self.block_rows(trades for _channel, trades, _name, _native in frames)
+        natives = [native for _channel, trades, _name, native in frames for _ in trades]
         ps = [r[0] for r in rows]
         qs = [r[1] for r in rows]
         keys = hot_columns(ps, qs)
