@@ -127,8 +127,11 @@ class Bitstamp(ExchangeProtocol):
         return TRADES, [(channel[len(_PREFIX) :], d.id, t, p, pf, q, _SIDE[side])]
 
     def fast_block(self, texts: Sequence[str]) -> Block | None:
-        msgs = list(map(_DECODE_TRADE, texts))  # any other frame raises
-        rows = [m.data for m in msgs]
+        channels: list[str] = []
+        rows = []
+        for m in map(_DECODE_TRADE, texts):  # any other frame raises
+            channels.append(m.channel)  # each frame dropped once read (see `block_rows`)
+            rows.append(m.data)
         ps = [d.price_str for d in rows]
         qs = [d.amount_str for d in rows]
         keys = hot_columns(ps, qs)
@@ -139,7 +142,6 @@ class Bitstamp(ExchangeProtocol):
         ids = [d.id for d in rows]
         if clock is None or not trade_ids_ok(ids):
             return None
-        channels = [m.channel for m in msgs]
         natives = {c: c[len(_PREFIX) :] for c in set(channels) if c.startswith(_PREFIX)}
         return Block(list(map(natives.__getitem__, channels)), ids, ts, clock, ps, keys, qs)
 
