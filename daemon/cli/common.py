@@ -68,10 +68,16 @@ def pass_app(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+#: Formats read by people; the others (csv, json) are for programs.
+_FOR_PEOPLE = ("table", "pretty")
+
+
 def format_option(default: str = "table", choices: Sequence[str] = FORMATS) -> Callable[[F], F]:
+    people = "/".join(c for c in choices if c in _FOR_PEOPLE)
+    programs = "/".join(c for c in choices if c not in _FOR_PEOPLE)
     return click.option(
         "--format", "fmt", type=click.Choice(list(choices)), default=default, show_default=True,
-        help="Output format: table for people, csv/json for programs.",
+        help=f"Output format: {people} for people, {programs} for programs.",
     )
 
 

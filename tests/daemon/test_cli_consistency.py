@@ -52,6 +52,20 @@ def test_one_series_selector() -> None:
                 assert path in tools or alias, f"{path}: {p.opts} is not --series"
 
 
+def test_format_help_names_only_its_choices() -> None:
+    seen = 0
+    for path, cmd in COMMANDS:
+        for p in cmd.params:
+            if isinstance(p, click.Option) and "--format" in p.opts:
+                assert isinstance(p.type, click.Choice), path
+                named = set(re.findall(r"\b(table|pretty|csv|jsonl|json)\b", p.help or ""))
+                assert named <= set(p.type.choices), (path, p.help, p.type.choices)  # no format it lacks
+                if (p.help or "").startswith("Output format:"):
+                    assert named == set(p.type.choices), (path, p.help, p.type.choices)
+                    seen += 1
+    assert seen >= 10
+
+
 def _hints() -> list[tuple[str, str]]:
     """Every `barcast …` in backticks in the sources and the README."""
     found = []
