@@ -254,6 +254,9 @@ class DemoRun:
     ws_url: str = ""
     api_url: str = ""
     history_stored: int = 0
+    #: Bars an earlier demo left in the database, and the model serving at the start (a rerun).
+    stored_before: int = 0
+    serving_before: str | None = None
     bar_kinds: Counter[str] = field(default_factory=Counter)
     forecasts: Counter[str] = field(default_factory=Counter)
 
@@ -361,6 +364,15 @@ def demo_config(base: Config, settings: DemoSettings, sim: ExchangeSimulator, di
     )
 
 
+def _previous(database: Database, key: SeriesKey) -> tuple[int, str | None]:
+    """What an earlier demo left: its bars, and the model it served (None: persistence or none)."""
+    from db import registry
+    from db.bars import count_bars
+
+    champ = registry.champion(database, key)
+    return count_bars(database, key), (champ.id if champ is not None and champ.arch != "persistence" else None)
+
+
 def _history(database: Database, key: SeriesKey, settings: DemoSettings) -> tuple[list[Bar], int]:
     """The walk: stored history continues the previous demo's (same price, no overlap), then the
     live part. Returns the bars and the index of the first live bar."""
@@ -406,6 +418,7 @@ async def demo_daemon(
     key = SeriesKey(settings.protocol, DEMO_SYMBOL, "5m")
     database = await asyncio.to_thread(open_database, db_url, upgrade=settings.db_url is None)
     try:
+        stored_before, serving_before = await asyncio.to_thread(_previous, database, key)
         bars, history = await asyncio.to_thread(_history, database, key, settings)
         await asyncio.to_thread(upsert_bars, database, bars[:history])
         sim_bars = tuple(replace(b, exchange="sim", source="live") for b in bars)
@@ -419,7 +432,8 @@ async def demo_daemon(
         port = _port_or_free(DEMO_API_PORT) if settings.api_port is None else settings.api_port
         async with sim:
             config = demo_config(base, settings, sim, directory, db_url, port)
-            run = DemoRun(db_url, directory, config.forecast_log, key, ws_url=sim.ws_url, history_stored=history)
+            run = DemoRun(db_url, directory, config.forecast_log, key, ws_url=sim.ws_url, history_stored=history,
+                          stored_before=stored_before, serving_before=serving_before)
 
             def started(svc: Service) -> None:
                 run.api_url = svc.api.url if svc.api is not None else ""

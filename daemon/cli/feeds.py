@@ -510,10 +510,17 @@ def demo(
         click.echo(text, err=to_err)
 
     def on_start(run: DemoRun) -> None:
-        say(f"demo: {protocol} simulator at {speed:g}x ({run.ws_url}), {run.history_stored} bars of history stored")
+        stored = f"{run.history_stored} bars of history stored"
+        if run.stored_before:
+            stored += f", continuing after the {run.stored_before} bars of the previous run"
+        say(f"demo: {protocol} simulator at {speed:g}x ({run.ws_url}), {stored}")
         say(f"  database  {run.db_url}")
         say(f"  API       {run.api_url}  (docs: {run.api_url}/docs)")
-        say(f"  model     {DEMO_ARCH}, trained in the background while persistence serves; Ctrl-C stops")
+        if run.serving_before:
+            say(f"  model     {run.serving_before} serves (from the previous run); {DEMO_ARCH} retrains in the"
+                " background; Ctrl-C stops")
+        else:
+            say(f"  model     {DEMO_ARCH}, trained in the background while persistence serves; Ctrl-C stops")
         say("in another terminal, try:")
         for cmd in run.commands():
             say(f"  {cmd}")

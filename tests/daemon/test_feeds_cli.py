@@ -141,6 +141,13 @@ def test_demo_shows_bars_offline(
     again = json.loads(r.out)
     assert again["bars"]["stored"] > summary["bars"]["stored"]
     assert again["bars"]["history_stored"] < 1200
+    # and says so: the bars it continues after, and the model that serves from the start
+    assert f"continuing after the {summary['bars']['stored']} bars of the previous run" in r.err
+    first_model = summary["model"]["serving"]
+    if first_model and first_model != "persistence":
+        assert f"  model     {first_model} serves (from the previous run)" in r.err
+    else:
+        assert "trained in the background while persistence serves" in r.err
     # --fresh starts over
     r = barcast(capsys, *argv, "--fresh")
     assert r.code == 0, r.err
