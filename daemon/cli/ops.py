@@ -242,11 +242,15 @@ STATUS_COLUMNS = ["series", "last_bar", "last_bar_age_s", "feed", "champion", "c
 
 
 def _age(seconds: Any) -> str | None:
+    """An age for people; a negative one (a bar ending after this machine's now: a skewed clock,
+    or the demo's sped-up exchange) reads as how far ahead it is."""
     if seconds is None:
         return None
     s = float(seconds)
+    if s < 0:
+        return f"{_age(-s)} ahead"
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if abs(s) >= size:
+        if s >= size:
             return f"{s / size:.1f}{unit}"
     return f"{s:.0f}s"
 

@@ -249,3 +249,14 @@ def test_plots_are_non_trivial_pngs(db_url: str, capsys: pytest.CaptureFixture[s
     assert res.code == 2 and "no such series" in res.err and str(BTC) in res.err
     res = barcast(capsys, "--db", db_url, "plot", "--series", str(BTC), "--model", "nosuch", "--out", str(out))
     assert res.code == 2 and "no such model" in res.err
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [(None, None), (0, "0s"), (59.4, "59s"), (90, "1.5m"), (5400, "1.5h"), (172800, "2.0d"),
+     (-6120, "1.7h ahead"), (-30, "30s ahead")],
+)
+def test_status_ages_read_for_people(seconds: float | None, shown: str | None) -> None:
+    from daemon.cli.ops import _age
+
+    assert _age(seconds) == shown
