@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 from decimal import Context, Decimal, InvalidOperation
+from itertools import repeat
 from typing import Any, Final
 
 #: Microseconds per second / millisecond, nanoseconds per microsecond.
@@ -165,7 +166,10 @@ def hot_columns(ps: list[Any], qs: list[Any]) -> list[Any] | None:
     digit) whose extremes are in the float bounds. The keys order the prices as their values do:
     - the texts themselves when that is so and different texts are different values: all of
       one length with the point at one place (`_uniform`), or all with as many integer digits
-      and no trailing zero (`_price_shape`) - so no float per trade;
+      and no trailing zero (`_same_shape`) - so no float per trade;
+    - the texts padded with zeros to one width when all have as many integer digits and a
+      point (`_padded`: exchanges that strip trailing zeros); equal keys are then equal values,
+      which `Aggregator.add_block` settles as Decimals where the texts differ;
     - else `float(p)` per price (equal floats may then be different texts; see `_tie`).
     """
     try:
@@ -181,10 +185,11 @@ def hot_columns(ps: list[Any], qs: list[Any]) -> list[Any] | None:
             return None
         if _uniform(ps, jp):
             keys = ps
-        elif max(map(len, ps)) > MAX_TEXT:
-            return None
         else:
-            keys = ps if _same_shape(ps) else list(map(float, ps))
+            width = max(map(len, ps))
+            if width > MAX_TEXT:
+                return None
+            keys = ps if _same_shape(ps) else _padded(ps, width) or list(map(float, ps))
         lo = float(min(keys))
         hi = float(max(keys))
     except (ValueError, TypeError):
@@ -215,6 +220,19 @@ def _same_shape(ps: list[str]) -> bool:
     return pattern is not None and pattern.fullmatch("\x00".join(ps)) is not None
 
 
+def _padded(ps: list[str], width: int) -> list[str] | None:
+    """All texts with as many integer digits (no leading zero but a lone '0'), a point and
+    fraction digits (trailing zeros or not): each right-padded with zeros to `width` (the
+    longest), so their order is their values' order and equal keys are equal values. None when
+    the texts are not all of that form."""
+    whole = ps[0].find(".")
+    pattern = _POINTED.get(whole)
+    if pattern is None or pattern.fullmatch("\x00".join(ps)) is None:
+        return None
+    n = len(ps)
+    return list(map(str.ljust, ps, repeat(width, n), repeat("0", n)))
+
+
 def _shape(digits: int) -> re.Pattern[str]:
     one = (r"(?:0|[1-9])" if digits == 1 else rf"[1-9][0-9]{{{digits - 1}}}") + r"(?:\.[0-9]*[1-9])?"
     return re.compile(rf"{one}(?:\x00{one})*", re.ASCII)
@@ -222,6 +240,15 @@ def _shape(digits: int) -> re.Pattern[str]:
 
 #: `_same_shape`'s pattern per number of integer digits.
 _SHAPES: Final = {d: _shape(d) for d in range(1, 16)}
+
+
+def _pointed(digits: int) -> re.Pattern[str]:
+    one = (r"(?:0|[1-9])" if digits == 1 else rf"[1-9][0-9]{{{digits - 1}}}") + r"\.[0-9]+"
+    return re.compile(rf"{one}(?:\x00{one})*", re.ASCII)
+
+
+#: `_padded`'s pattern per number of integer digits.
+_POINTED: Final = {d: _pointed(d) for d in range(1, 16)}
 
 _DIGITS: Final = re.compile(r"[0-9]*", re.ASCII)
 _DIGITS_POINTS: Final = re.compile(r"[0-9.]*", re.ASCII)

@@ -382,7 +382,34 @@ def test_hot_columns_accepts_only_what_hot_numbers_accepts(pairs: list[tuple[str
             if keys[i] < keys[j]:
                 assert values[i] < values[j]
             elif keys[i] == keys[j] and ps[i] != ps[j]:
-                assert type(keys[i]) is float  # text keys: different texts are different values
+                # text keys: equal keys are equal values ("100.5" and "100.50" padded alike);
+                # equal floats may be different values
+                assert type(keys[i]) is float or values[i] == values[j]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(1, 6).flatmap(
+        lambda d: st.lists(
+            st.tuples(
+                st.integers(10 ** (d - 1) if d > 1 else 0, 10**d - 1), st.text("0123456789", min_size=1, max_size=8)
+            ),
+            min_size=2, max_size=12,
+        )
+    )
+)
+def test_prices_with_trailing_zeros_order_as_padded_texts(parts: list[tuple[int, str]]) -> None:
+    """Prices as exchanges that strip trailing zeros send them ("19720.5", "19695.87"): one
+    number of integer digits, a point, fraction digits of any length - text keys, no floats."""
+    ps = [f"{whole}.{fraction}" for whole, fraction in parts]
+    keys = hot_columns(ps, ["1"] * len(ps))
+    if keys is None:  # only the float bounds refuse these
+        assert min(Decimal(p) for p in ps) <= Decimal("1e-29")
+        return
+    assert all(type(k) is str for k in keys), keys
+    values = [Decimal(p) for p in ps]
+    assert sorted(range(len(ps)), key=keys.__getitem__) == sorted(range(len(ps)), key=values.__getitem__)
+    assert all((keys[i] == keys[j]) == (values[i] == values[j]) for i in range(len(ps)) for j in range(len(ps)))
 
 
 _PRICE = st.sampled_from(
