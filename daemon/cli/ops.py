@@ -385,6 +385,8 @@ def plot_group(ctx: click.Context, series: SeriesKey | None, last: str, model_id
     summary = price_plot(database, key, since=since, out=out, model_id=model_id)
     click.echo(f"wrote {summary.path} ({summary.bars} bars, {summary.forecasts} forecasts, "
                f"latest issued {summary.latest or 'never'})")
+    for band in summary.bands:
+        click.echo(f"  band {band}")
 
 
 @plot_group.command("accuracy")

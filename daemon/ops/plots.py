@@ -37,6 +37,18 @@ class PlotSummary:
     bars: int
     forecasts: int
     latest: str | None
+    #: What the latest forecasts' bands show, per model ("q10–q90 fan", "± live MAE per step").
+    bands: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Band:
+    """A shaded band around a forecast: per step low and high, its legend text, and how dark."""
+
+    low: list[float]
+    high: list[float]
+    label: str
+    alpha: float = 0.18
 
 
 def _quote(series: SeriesKey) -> str:
@@ -86,16 +98,22 @@ def price_plot(
             ax.plot(mdates.date2num([p[0] for p in pts]), [p[1] for p in pts], color=colour, linewidth=0.8,
                     alpha=0.75, marker=".", markersize=2, label=f"{shown}: past forecasts {minutes} min ahead")
 
+    drawn: list[str] = []
     for f, colour in zip(latest_set, ("tab:red", "tab:purple", "tab:green", "tab:brown"), strict=False):
         anchor_t, anchor_c = f.issued_at, float(f.last_close) if f.last_close is not None else f.closes[0]
         xs = mdates.date2num([anchor_t, *f.target_times])
         ys = [anchor_c, *f.closes]
         ax.plot(xs, ys, color=colour, linewidth=2,
                 label=f"latest forecast ({f.model_id}, issued {reports.iso(f.issued_at)})")
-        band = _band(database, series, f)
-        if band is not None:
-            lo, hi, what = band
-            ax.fill_between(xs, [anchor_c, *lo], [anchor_c, *hi], color=colour, alpha=0.18, label=what)
+        bands = bands_of(database, series, f)
+        for band in bands:
+            ax.fill_between(xs, [anchor_c, *band.low], [anchor_c, *band.high], color=colour, alpha=band.alpha,
+                            linewidth=0, label=band.label)
+        median = median_of(f)
+        if median is not None:
+            ax.plot(xs, [anchor_c, *median], color=colour, linewidth=1, linestyle="--", label="median (q50)")
+        if bands:
+            drawn.append(f"{f.model_id}: {bands[0].label}")
     ax.axvline(frame.index[-1], color="grey", linestyle=":", linewidth=1)
 
     _utc_axis(ax)
@@ -109,19 +127,41 @@ def price_plot(
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
     _save(fig, out)
-    return PlotSummary(out, len(frame), len(past), reports.iso(latest.issued_at) if latest else None)
+    return PlotSummary(out, len(frame), len(past), reports.iso(latest.issued_at) if latest else None, tuple(drawn))
 
 
-def _band(database: Database, series: SeriesKey, f: Any) -> tuple[list[float], list[float], str] | None:
-    """The model's own interval if it gave one, else ± its live MAE per step (from online scores)."""
+def _level(q: float) -> str:
+    return f"q{round(q * 100):02d}"
+
+
+def bands_of(database: Database, series: SeriesKey, f: Any) -> list[Band]:
+    """The fan a forecast was served with: one band per pair of levels around the median, the
+    outermost (e.g. q10–q90) lightest. A point-only forecast (stored before quantiles) shows
+    its interval if it has one, else ± the model's live MAE per step (from online scores)."""
+    if f.quantiles is not None and f.levels is not None and len(f.levels) >= 2:
+        levels = list(f.levels)
+        pairs = [(i, len(levels) - 1 - i) for i in range(len(levels) // 2)]
+        return [
+            Band([q[lo] for q in f.quantiles], [q[hi] for q in f.quantiles],
+                 f"{_level(levels[lo])}–{_level(levels[hi])} fan", 0.15 + 0.1 * depth)
+            for depth, (lo, hi) in enumerate(pairs)
+        ]
     if f.lower is not None and f.upper is not None:
-        return list(f.lower), list(f.upper), "forecast interval"
+        return [Band(list(f.lower), list(f.upper), "forecast interval")]
     mae = {a.step: a.mae for a in scores.accuracy(database, series=series, model_id=f.model_id)}
     if len(mae) < len(f.closes):
-        return None
+        return []
     lo = [c - mae[i + 1] for i, c in enumerate(f.closes)]
     hi = [c + mae[i + 1] for i, c in enumerate(f.closes)]
-    return lo, hi, "± live MAE per step"
+    return [Band(lo, hi, "± live MAE per step")]
+
+
+def median_of(f: Any) -> list[float] | None:
+    """The served median per step, where the forecast has the 0.5 level."""
+    if f.quantiles is None or f.levels is None or 0.5 not in f.levels:
+        return None
+    at = list(f.levels).index(0.5)
+    return [q[at] for q in f.quantiles]
 
 
 def accuracy_plot(

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -240,6 +241,8 @@ def test_plots_are_non_trivial_pngs(db_url: str, capsys: pytest.CaptureFixture[s
     res = barcast(capsys, "--db", db_url, "plot", "--series", "binance:BTC-USDT", "--last", "1d", "--out", str(out))
     assert res.code == 0, res.err
     assert "288 bars" in res.out and "latest issued 2021-07-17T21:05:00Z" in res.out
+    # the served fan where the forecast has quantiles; a point-only model shows its live error
+    assert "  band persistence: q10–q90 fan" in res.out and "  band drift-16: ± live MAE per step" in res.out
     _check_png(out)
     acc = tmp_path / "accuracy.png"
     res = barcast(capsys, "--db", db_url, "plot", "accuracy", "--window", "all", "--out", str(acc))
@@ -260,3 +263,20 @@ def test_status_ages_read_for_people(seconds: float | None, shown: str | None) -
     from daemon.cli.ops import _age
 
     assert _age(seconds) == shown
+
+
+def test_the_fan_is_drawn_from_the_served_quantiles() -> None:
+    from daemon.ops.plots import bands_of, median_of
+    from db.records import Forecast, SeriesKey
+
+    t0 = datetime(2021, 7, 1, tzinfo=UTC)
+    targets = tuple(t0 + timedelta(minutes=5 * k) for k in range(1, 3))
+    f = Forecast(SeriesKey("binance", "BTC-USDT", "5m"), t0, "m", targets, (100.0, 101.0),
+                 levels=(0.05, 0.25, 0.5, 0.75, 0.95), quantiles=((90, 95, 100, 105, 110), (89, 96, 101, 106, 112)))
+    outer, inner = bands_of(None, f.series, f)  # type: ignore[arg-type]  # quantiles need no database
+    assert (outer.label, outer.low, outer.high) == ("q05–q95 fan", [90, 89], [110, 112])
+    assert (inner.label, inner.low, inner.high) == ("q25–q75 fan", [95, 96], [105, 106])
+    assert inner.alpha > outer.alpha  # the inner band darker
+    assert median_of(f) == [100, 101]
+    assert median_of(Forecast(f.series, t0, "m", targets, (100.0, 101.0), levels=(0.1, 0.9),
+                              quantiles=((90, 110), (89, 112)))) is None
