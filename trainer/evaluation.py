@@ -308,6 +308,18 @@ def prediction_rows(backtest: Backtest) -> tuple[list[str], list[list[Any]]]:
     return header, rows
 
 
+def _model_colours(names: list[str]) -> dict[str, str]:
+    """A colour per model, the same in every panel: the references black (persistence) and grey
+    (climatology), the others from matplotlib's qualitative cycle in order of appearance."""
+    cycle = iter(["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
+                  "tab:olive", "tab:cyan"] * 4)
+    out = {PERSISTENCE: "black", CLIMATOLOGY: "grey"}
+    for name in names:
+        if name not in out:
+            out[name] = next(cycle)
+    return out
+
+
 def plot_backtest(
     backtest: Backtest,
     bars: BarArray,
@@ -336,9 +348,9 @@ def plot_backtest(
     fig, axes = plt.subplots(3 + fans, 1, figsize=(10, 3.0 * (3 + fans)))
     steps = np.arange(1, backtest.actual.shape[1] + 1)
     ax0, ax1, ax2 = axes[0], axes[1], axes[2]
+    colour = _model_colours([*backtest.metrics, *backtest.predictions])  # one per model, in every panel
     for name, m in backtest.metrics.items():
-        style = "k--" if name == PERSISTENCE else "-"
-        ax0.plot(steps, m.mae, style, marker=".", label=name)
+        ax0.plot(steps, m.mae, "--" if name == PERSISTENCE else "-", color=colour[name], marker=".", label=name)
     ax0.set_xlabel("horizon step (bars)")
     ax0.set_ylabel("MAE (price units)")
     ax0.set_title(f"walk-forward MAE by horizon, {backtest.n} origins")
@@ -347,9 +359,9 @@ def plot_backtest(
     for name, m in probabilistic.items():
         assert m.coverage is not None and m.levels is not None
         nominal = m.levels[-1] - m.levels[0]
-        ax1.plot(steps, np.asarray(m.coverage) * 100, "-", marker=".", label=name)
+        ax1.plot(steps, np.asarray(m.coverage) * 100, "-", color=colour[name], marker=".", label=name)
         if m.prob_skill is not None and name != CLIMATOLOGY:
-            ax2.plot(steps, np.asarray(m.prob_skill) * 100, "-", marker=".", label=name)
+            ax2.plot(steps, np.asarray(m.prob_skill) * 100, "-", color=colour[name], marker=".", label=name)
     if nominal is not None:
         ax1.axhline(nominal * 100, color="k", lw=0.8, ls="--", label=f"nominal {nominal:.0%}")
     ax1.set_xlabel("horizon step (bars)")
@@ -379,14 +391,14 @@ def plot_backtest(
                 q[:, 0],
                 q[:, -1],
                 alpha=0.25,
-                color="tab:blue",
+                color=colour[fan_model],
                 label=f"{fan_model} {level_name(fp.levels[0])}–{level_name(fp.levels[-1])}",
             )
             if 0.5 in fp.levels:
-                ax.plot(fut_x, q[:, fp.levels.index(0.5)], "--", color="tab:blue", label=f"{fan_model} median")
+                ax.plot(fut_x, q[:, fp.levels.index(0.5)], "--", color=colour[fan_model], label=f"{fan_model} median")
         for name, p in backtest.predictions.items():
             if name not in (PERSISTENCE, CLIMATOLOGY, fan_model):
-                ax.plot(fut_x, p.point[i], "-", alpha=0.8, label=name)
+                ax.plot(fut_x, p.point[i], "-", color=colour[name], alpha=0.8, label=f"{name} point")
         ax.axvline(0, color="grey", lw=0.5)
         ax.set_xlabel("bars from the forecast origin (0 = last observed bar)")
         ax.set_ylabel("close (price units)")

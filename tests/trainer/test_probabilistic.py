@@ -120,5 +120,25 @@ def test_evaluation_plot_has_coverage_and_skill_panels(btc_frame: pd.DataFrame, 
     models = {a: fit_on_splits(a, splits, data=data)[0] for a in ("har", "climatology")}
     ev = evaluate_splits(models, splits)
     assert ev.validation is not None and ev.selected in models
-    png = plot_backtest(ev.test, bars, tmp_path / "e.png", fan_model="har")
+    import matplotlib.colors as mcolors
+    import matplotlib.pyplot as plt
+
+    figures = []
+    close = plt.close
+    plt.close = lambda fig=None: (figures.append(fig), close(fig))  # type: ignore[assignment,misc]
+    try:
+        png = plot_backtest(ev.test, bars, tmp_path / "e.png", fan_model="har")
+    finally:
+        plt.close = close
     assert png.stat().st_size > 20_000
+    # one colour per model in every panel, the fan in its model's colour
+    (fig,) = figures
+    seen: dict[str, tuple[float, ...]] = {}
+    for ax in fig.axes[:3]:
+        for line in ax.get_lines():
+            if line.get_label() in models or line.get_label() == "persistence":
+                rgba = mcolors.to_rgba(line.get_color())
+                assert seen.setdefault(str(line.get_label()), rgba) == rgba, line.get_label()
+    assert {"har", "climatology", "persistence"} <= seen.keys() and len(set(seen.values())) == len(seen)
+    band = fig.axes[3].collections[0]
+    assert tuple(band.get_facecolor()[0][:3]) == seen["har"][:3]
