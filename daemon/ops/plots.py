@@ -27,6 +27,7 @@ from db import registry, scores
 from db.engine import Database
 from db.errors import InputError
 from db.records import SeriesKey
+from trainer.retrain_job import BASELINE_ID
 
 PAST_STEPS = (1, 16)
 
@@ -168,7 +169,9 @@ def accuracy_plot(
     database: Database, *, out: Path, series: SeriesKey | None = None, model_id: str | None = None,
     since: datetime | None = None,
 ) -> PlotSummary:
-    """Live MAE by horizon per (series, model) beside persistence's on the same bars, and skill."""
+    """Live MAE by horizon per (series, model) beside persistence's on the same bars, and skill;
+    for served fans also the central interval's coverage beside its nominal value, and the
+    probabilistic skill against climatology (what a fan adds where the point cannot)."""
     docs = reports.accuracy_docs(database, series=series, model_id=model_id, since=since)
     if not docs:
         raise InputError("no scored forecasts for that selection: nothing to plot (see `barcast accuracy`)")
@@ -178,18 +181,49 @@ def accuracy_plot(
     quotes = {SeriesKey.parse(s).symbol.split("-")[-1] for s, _ in groups}
     unit = quotes.pop() if len(quotes) == 1 else "quote currency"
 
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 5.5), layout="constrained", width_ratios=(3, 2))
+    fans = any(d["n_quantile"] for d in docs)
+    fig, axes = plt.subplots(2 if fans else 1, 2, figsize=(13, 10 if fans else 5.5), layout="constrained",
+                             width_ratios=(3, 2), squeeze=False)
+    (ax, ax2), probabilistic = axes[0], (axes[1] if fans else None)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     n_total = 0
+    nominal: set[float] = set()
     for i, ((s, m), rows) in enumerate(sorted(groups.items())):
         c = colours[i % len(colours)]
         rows.sort(key=lambda d: d["step"])
         x = [d["horizon_minutes"] for d in rows]
         n_total += sum(d["n"] for d in rows)
-        ax.plot(x, [d["mae"] for d in rows], color=c, marker="o", label=f"{m} on {s}")
-        ax.plot(x, [d["persistence_mae"] for d in rows], color=c, linestyle="--", alpha=0.8,
-                label=f"persistence on the same bars ({s})")
+        n = max(d["n"] for d in rows)
+        ax.plot(x, [d["mae"] for d in rows], color=c, marker="o", label=f"{m} on {s} ({n} forecasts)")
+        if m != BASELINE_ID:  # persistence's own line is its reference
+            ax.plot(x, [d["persistence_mae"] for d in rows], color=c, linestyle="--", alpha=0.8,
+                    label=f"persistence on the same bars ({s})")
         ax2.plot(x, [100 * (d["skill"] or 0.0) for d in rows], color=c, marker="o", label=f"{m} on {s}")
+        coverage = [(d["horizon_minutes"], d["coverage"], d["nominal_coverage"]) for d in rows if d["n_quantile"]]
+        if probabilistic is not None and coverage:
+            probabilistic[0].plot([h for h, v, _ in coverage if v is not None],
+                                  [100 * v for _, v, _ in coverage if v is not None], color=c, marker="o",
+                                  label=f"{m} on {s}")
+            nominal.update(level for _, _, level in coverage if level is not None)
+            skill = [(d["horizon_minutes"], d["prob_skill"]) for d in rows if d["n_quantile"]]
+            probabilistic[1].plot([h for h, v in skill if v is not None], [100 * v for _, v in skill if v is not None],
+                                  color=c, marker="o", label=f"{m} on {s}")
+    if probabilistic is not None:
+        cov, psk = probabilistic
+        for level in sorted(nominal):
+            cov.axhline(100 * level, color="black", linestyle="--", linewidth=0.8, label=f"nominal {level:.0%}")
+        cov.set_xlabel("horizon (minutes ahead)")
+        cov.set_ylabel("outcomes inside the central interval (%)")
+        cov.set_title("Live coverage of the served fan (closer to nominal is better)")
+        cov.yaxis.set_major_formatter(PercentFormatter(xmax=100, decimals=None))
+        cov.grid(True, alpha=0.3)
+        cov.legend(fontsize=8)
+        psk.axhline(0, color="black", linewidth=0.8)
+        psk.set_xlabel("horizon (minutes ahead)")
+        psk.set_ylabel("pinball skill vs climatology (above 0 % is better)")
+        psk.yaxis.set_major_formatter(PercentFormatter(xmax=100, decimals=None))
+        psk.set_title("Probabilistic skill: 1 - pinball / pinball(climatology)")
+        psk.grid(True, alpha=0.3)
     ax.set_xlabel("horizon (minutes ahead)")
     ax.set_ylabel(f"mean absolute error ({unit})")
     ax.set_title("Live forecast error by horizon vs persistence")

@@ -280,3 +280,26 @@ def test_the_fan_is_drawn_from_the_served_quantiles() -> None:
     assert median_of(f) == [100, 101]
     assert median_of(Forecast(f.series, t0, "m", targets, (100.0, 101.0), levels=(0.1, 0.9),
                               quantiles=((90, 110), (89, 112)))) is None
+
+
+def test_accuracy_plot_shows_the_fan_coverage_and_probabilistic_skill(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from daemon.ops import plots
+
+    figures = []
+    close = plots.plt.close
+    monkeypatch.setattr(plots.plt, "close", lambda fig: (figures.append(fig), close(fig)))
+    plots.accuracy_plot(open_database(db_url), out=tmp_path / "acc.png")
+    (fig,) = figures
+    titles = [ax.get_title() for ax in fig.axes]
+    assert len(titles) == 4 and "coverage" in titles[2] and "Probabilistic skill" in titles[3], titles
+    cov, skill = fig.axes[2], fig.axes[3]
+    fans = [line for line in cov.get_lines() if line.get_label().startswith("persistence on ")]
+    assert fans and all(0 <= y <= 100 for y in fans[0].get_ydata())  # the fan model, in percent
+    assert any(line.get_label() == "nominal 80%" for line in cov.get_lines())
+    assert [line.get_label() for line in skill.get_lines() if "drift" in str(line.get_label())] == []  # no fan
+    # persistence's own MAE line is its reference: no dashed copy beside it; the others have one
+    dashed = [line for line in fig.axes[0].get_lines() if line.get_linestyle() == "--"]
+    others = {str(line.get_label()) for line in fig.axes[0].get_lines()} - {str(d.get_label()) for d in dashed}
+    assert len(dashed) == len([o for o in others if not o.startswith("persistence on ")])
