@@ -101,6 +101,5 @@ def decide(
             p,
         )
     against = "no champion" if ch is None else f"champion {ch:.6g}"
-    return Decision(
-        True, f"challenger {metric} {c:.6g} beats {against} and persistence {p}", metric, c, ch, p
-    )
+    persistence_text = "persistence (no score)" if p is None else f"persistence {p:.6g}"
+    return Decision(True, f"challenger {metric} {c:.6g} beats {against} and {persistence_text}", metric, c, ch, p)

@@ -81,8 +81,6 @@ def format_option(default: str = "table", choices: Sequence[str] = FORMATS) -> C
     )
 
 
-
-
 def _plain(v: Any) -> Any:
     if isinstance(v, datetime):
         return iso(v)
@@ -110,8 +108,18 @@ def emit_rows(rows: Iterable[dict[str, Any]], columns: Sequence[str], fmt: str, 
         for c in columns:
             table.add_column(c)
         for r in rows:
-            table.add_row(*("" if r[c] is None else str(r[c]) for c in columns))
+            table.add_row(*(_cell(r[c]) for c in columns))
         out_console().print(table)
+
+
+def _cell(v: Any) -> str:
+    """A table cell for people: floats (model outputs and scores, never money from an exchange,
+    which is Decimal) to six significant digits; csv and json keep every digit."""
+    if v is None:
+        return ""
+    if type(v) is float:
+        return f"{v:.6g}" if abs(v) < 1e6 else f"{v:.0f}"
+    return str(v)
 
 
 def colour_allowed(stream: Any) -> bool:

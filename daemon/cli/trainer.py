@@ -419,12 +419,17 @@ MODEL_COLUMNS = [
     "train_end",
     "test_mae",
     "persistence_mae",
+    "test_pinball",
+    "persistence_pinball",
+    "test_coverage",
     "created_at",
 ]
 
 
 def _model_row(info: Any) -> dict[str, Any]:
     metrics = info.metrics or {}
+    test = (metrics.get("test") or {}).get("mean") or {}
+    persistence = (metrics.get("persistence") or {}).get("mean") or {}
     return {
         "id": info.id,
         "arch": info.arch,
@@ -432,8 +437,12 @@ def _model_row(info: Any) -> dict[str, Any]:
         "series": ",".join(str(s) for s in info.series),
         "train_start": info.train_start,
         "train_end": info.train_end,
-        "test_mae": ((metrics.get("test") or {}).get("mean") or {}).get("mae"),
-        "persistence_mae": ((metrics.get("persistence") or {}).get("mean") or {}).get("mae"),
+        "test_mae": test.get("mae"),
+        "persistence_mae": persistence.get("mae"),
+        # what promotion judges: mean pinball over the levels, and the central interval's coverage
+        "test_pinball": test.get("pinball"),
+        "persistence_pinball": persistence.get("pinball"),
+        "test_coverage": test.get("coverage"),
         "created_at": info.created_at,
         "artifact_path": info.artifact_path,
     }

@@ -150,3 +150,19 @@ def test_bad_names_exit_2_listing_valid_choices(
         assert text in r.err, f"{text!r} not in {r.err!r}"
     assert "Traceback" not in r.err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_tables_round_floats_for_people_and_machines_keep_every_digit(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+    from decimal import Decimal
+
+    from daemon.cli.common import emit_rows
+
+    rows = [{"model": "m", "mae": 323.5782749224003, "big": 12345678.9, "price": Decimal("32884.63000"), "n": None}]
+    columns = ["model", "mae", "big", "price", "n"]
+    emit_rows(rows, columns, "table")
+    table = capsys.readouterr().out
+    assert "323.578 " in table and "12345679" in table and "32884.63000" in table
+    assert "323.5782749224003" not in table
+    emit_rows(rows, columns, "json")
+    assert json.loads(capsys.readouterr().out)[0]["mae"] == 323.5782749224003

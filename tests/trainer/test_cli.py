@@ -49,6 +49,9 @@ def test_train_register_promote_retire(small_frame: pd.DataFrame, tmp_path: Path
     assert row["registered"] and Path(row["artifact"]).is_dir() and row["test_mae"] > 0
     listed = json.loads(_run([*db, "models", "list", "--format", "json"]))
     assert [m["id"] for m in listed] == [row["id"]] and listed[0]["status"] == "candidate"
+    # what promotion judges is listed beside the point error
+    assert listed[0]["test_pinball"] > 0 and listed[0]["persistence_pinball"] > 0
+    assert 0 <= listed[0]["test_coverage"] <= 1
     shown = json.loads(_run([*db, "models", "show", row["id"]]))
     assert shown["params"]["data"]["window"] == 64 and shown["manifest"]["format"] == "barcast-model/2"
     _run([*db, "models", "promote", row["id"]])

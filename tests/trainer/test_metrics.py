@@ -55,7 +55,7 @@ def test_challenger_decision() -> None:
     worse = decide(_m(10.5), None, persistence, metric="mae")
     assert not worse.promote and "persistence" in worse.reason
     first = decide(_m(9.0), None, persistence, metric="mae")
-    assert first.promote and "no champion" in first.reason
+    assert first.promote and first.reason == "challenger mae 9 beats no champion and persistence 10"
     with pytest.raises(ValueError, match="same bars"):
         decide(_m(9.0, n=5), _m(9.5), persistence)
     assert not decide(_m(9.0), _m(9.5), persistence, metric="directional").promote  # 0.5 vs 0.5
