@@ -131,6 +131,22 @@ def price_plot(
     return PlotSummary(out, len(frame), len(past), reports.iso(latest.issued_at) if latest else None, tuple(drawn))
 
 
+def _horizon_axis(
+    ax: Any, ylabel: str, title: str, *, zero: bool = False, percent: bool = False, legend: bool = False
+) -> None:
+    """A by-horizon panel of the accuracy plot; `zero`: a percent axis with its zero line."""
+    if zero:
+        ax.axhline(0, color="black", linewidth=0.8)
+    if zero or percent:
+        ax.yaxis.set_major_formatter(PercentFormatter(xmax=100, decimals=None))
+    ax.set_xlabel("horizon (minutes ahead)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    if legend:
+        ax.legend(fontsize=8)
+
+
 def _level(q: float) -> str:
     return f"q{round(q * 100):02d}"
 
@@ -199,42 +215,26 @@ def accuracy_plot(
             ax.plot(x, [d["persistence_mae"] for d in rows], color=c, linestyle="--", alpha=0.8,
                     label=f"persistence on the same bars ({s})")
         ax2.plot(x, [100 * (d["skill"] or 0.0) for d in rows], color=c, marker="o", label=f"{m} on {s}")
-        coverage = [(d["horizon_minutes"], d["coverage"], d["nominal_coverage"]) for d in rows if d["n_quantile"]]
-        if probabilistic is not None and coverage:
-            probabilistic[0].plot([h for h, v, _ in coverage if v is not None],
-                                  [100 * v for _, v, _ in coverage if v is not None], color=c, marker="o",
-                                  label=f"{m} on {s}")
-            nominal.update(level for _, _, level in coverage if level is not None)
-            skill = [(d["horizon_minutes"], d["prob_skill"]) for d in rows if d["n_quantile"]]
-            probabilistic[1].plot([h for h, v in skill if v is not None], [100 * v for _, v in skill if v is not None],
-                                  color=c, marker="o", label=f"{m} on {s}")
+        if probabilistic is not None:
+            fan = [d for d in rows if d["n_quantile"]]
+            nominal.update(d["nominal_coverage"] for d in fan if d["nominal_coverage"] is not None)
+            series_of = ([(d["horizon_minutes"], d["coverage"]) for d in fan],
+                         [(d["horizon_minutes"], d["prob_skill"]) for d in fan])
+            for panel, values in zip(probabilistic, series_of, strict=True):
+                pts = [(h, v) for h, v in values if v is not None]
+                if pts:
+                    panel.plot([h for h, _ in pts], [100 * v for _, v in pts], color=c, marker="o",
+                               label=f"{m} on {s}")
+    _horizon_axis(ax, f"mean absolute error ({unit})", "Live forecast error by horizon vs persistence", legend=True)
+    _horizon_axis(ax2, "skill vs persistence (above 0 % is better)", "Skill: 1 - MAE / persistence MAE", zero=True)
     if probabilistic is not None:
         cov, psk = probabilistic
         for level in sorted(nominal):
             cov.axhline(100 * level, color="black", linestyle="--", linewidth=0.8, label=f"nominal {level:.0%}")
-        cov.set_xlabel("horizon (minutes ahead)")
-        cov.set_ylabel("outcomes inside the central interval (%)")
-        cov.set_title("Live coverage of the served fan (closer to nominal is better)")
-        cov.yaxis.set_major_formatter(PercentFormatter(xmax=100, decimals=None))
-        cov.grid(True, alpha=0.3)
-        cov.legend(fontsize=8)
-        psk.axhline(0, color="black", linewidth=0.8)
-        psk.set_xlabel("horizon (minutes ahead)")
-        psk.set_ylabel("pinball skill vs climatology (above 0 % is better)")
-        psk.yaxis.set_major_formatter(PercentFormatter(xmax=100, decimals=None))
-        psk.set_title("Probabilistic skill: 1 - pinball / pinball(climatology)")
-        psk.grid(True, alpha=0.3)
-    ax.set_xlabel("horizon (minutes ahead)")
-    ax.set_ylabel(f"mean absolute error ({unit})")
-    ax.set_title("Live forecast error by horizon vs persistence")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    ax2.axhline(0, color="black", linewidth=0.8)
-    ax2.set_xlabel("horizon (minutes ahead)")
-    ax2.set_ylabel("skill vs persistence (above 0 % is better)")
-    ax2.yaxis.set_major_formatter(PercentFormatter(xmax=100, decimals=None))
-    ax2.set_title("Skill: 1 - MAE / persistence MAE")
-    ax2.grid(True, alpha=0.3)
+        _horizon_axis(cov, "outcomes inside the central interval (%)",
+                      "Live coverage of the served fan (closer to nominal is better)", percent=True, legend=True)
+        _horizon_axis(psk, "pinball skill vs climatology (above 0 % is better)",
+                      "Probabilistic skill: 1 - pinball / pinball(climatology)", zero=True)
     window = f"since {reports.iso(since)}" if since else "all scored forecasts"
     fig.suptitle(f"barcast accuracy, {window} ({n_total} scored steps)", fontsize=11)
     _save(fig, out)
