@@ -18,6 +18,8 @@ from db.schema import champion_history, models, series_in, series_is
 PROMOTIONS_CHANNEL = "barcast_promotions"
 
 STATUSES: tuple[ModelStatus, ...] = ("candidate", "champion", "retired")
+#: Key of the PostgreSQL advisory lock serialising `ensure_default` (daemons starting together).
+DEFAULT_LOCK = 0x62617264  # "bard"
 
 
 def _info(row: Any) -> ModelInfo:
@@ -35,11 +37,10 @@ def _info(row: Any) -> ModelInfo:
     )
 
 
-def register_model(database: Database, info: ModelInfo) -> None:
-    """Add a model (as given; normally a candidate). Re-registering the same id replaces it."""
+def _row(info: ModelInfo) -> dict[str, Any]:
     if info.status not in STATUSES:
         raise InputError(f"bad model status {info.status!r}; valid: {', '.join(STATUSES)}")
-    row = {
+    return {
         "id": info.id,
         "arch": info.arch,
         "series": [str(s) for s in info.series],
@@ -51,9 +52,34 @@ def register_model(database: Database, info: ModelInfo) -> None:
         "status": info.status,
         "created_at": info.created_at,
     }
+
+
+def register_model(database: Database, info: ModelInfo) -> None:
+    """Add a model (as given; normally a candidate). Re-registering the same id replaces it."""
+    row = _row(info)
     with database.begin() as conn:
         conn.execute(delete(models).where(models.c.id == info.id))
         conn.execute(models.insert().values(**row))
+
+
+def ensure_default(database: Database, info: ModelInfo, series: Sequence[SeriesKey], *, reason: str) -> None:
+    """Register `info` unless its id is registered, and make it champion of each of `series`
+    that has none - in one transaction, so daemons starting together on a fresh database do it
+    once between them: never a failed start on the other's row, never two champion terms of one
+    series (PostgreSQL: under an advisory transaction lock; SQLite: `Database.begin` takes the
+    write lock before the first read)."""
+    row = _row(info)
+    with database.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": DEFAULT_LOCK})
+        if conn.execute(select(models.c.id).where(models.c.id == info.id)).first() is None:
+            conn.execute(models.insert().values(**row))
+        now = datetime.now(UTC)
+        for key in series:
+            term = conn.execute(select(champion_history.c.id).where(
+                and_(series_is(champion_history, key), champion_history.c.ended_at.is_(None)))).first()
+            if term is None:
+                _promote_one(conn, info.id, key, now, reason)
 
 
 def get_model(database: Database, model_id: str) -> ModelInfo:

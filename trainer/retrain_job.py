@@ -79,15 +79,10 @@ class RetrainOutcome:
 
 
 def ensure_baseline(database: Database, series: list[SeriesKey]) -> ModelInfo:
-    """Register the persistence baseline and make it champion of every series that has none."""
-    try:
-        registry.get_model(database, BASELINE_ID)
-    except InputError:
-        info = ModelInfo(BASELINE_ID, "persistence", tuple(series), None, None, {}, {}, None, status="candidate")
-        registry.register_model(database, info)
-    for s in series:
-        if registry.champion(database, s) is None:
-            registry.promote(database, BASELINE_ID, s, reason="baseline until a trained model beats it")
+    """Register the persistence baseline and make it champion of every series that has none
+    (once, whichever daemons sharing the database start at the same time)."""
+    info = ModelInfo(BASELINE_ID, "persistence", tuple(series), None, None, {}, {}, None, status="candidate")
+    registry.ensure_default(database, info, series, reason="baseline until a trained model beats it")
     return registry.get_model(database, BASELINE_ID)
 
 
