@@ -112,7 +112,9 @@ def price_plot(
                             linewidth=0, label=band.label)
         median = median_of(f)
         if median is not None:
-            ax.plot(xs, [anchor_c, *median], color=colour, linewidth=1, linestyle="--", label="median (q50)")
+            medians = not any(str(line.get_label()).startswith("median") for line in ax.get_lines())
+            ax.plot(xs, [anchor_c, *median], color=colour, linewidth=1, linestyle="--",
+                    label="median (q50), dashed in each model's colour" if medians else None)
         if bands:
             drawn.append(f"{f.model_id}: {bands[0].label}")
     ax.axvline(frame.index[-1], color="grey", linestyle=":", linewidth=1)
