@@ -27,6 +27,7 @@ from db import registry, scores
 from db.engine import Database
 from db.errors import InputError
 from db.records import SeriesKey
+from trainer.quantiles import level_name
 from trainer.retrain_job import BASELINE_ID
 
 PAST_STEPS = (1, 16)
@@ -100,6 +101,7 @@ def price_plot(
                     alpha=0.75, marker=".", markersize=2, label=f"{shown}: past forecasts {minutes} min ahead")
 
     drawn: list[str] = []
+    median_named = False  # one legend entry for the medians: dashed, each in its model's colour
     for f, colour in zip(latest_set, ("tab:red", "tab:purple", "tab:green", "tab:brown"), strict=False):
         anchor_t, anchor_c = f.issued_at, float(f.last_close) if f.last_close is not None else f.closes[0]
         xs = mdates.date2num([anchor_t, *f.target_times])
@@ -112,9 +114,9 @@ def price_plot(
                             linewidth=0, label=band.label)
         median = median_of(f)
         if median is not None:
-            medians = not any(str(line.get_label()).startswith("median") for line in ax.get_lines())
             ax.plot(xs, [anchor_c, *median], color=colour, linewidth=1, linestyle="--",
-                    label="median (q50), dashed in each model's colour" if medians else None)
+                    label=None if median_named else "median (q50), dashed in each model's colour")
+            median_named = True
         if bands:
             drawn.append(f"{f.model_id}: {bands[0].label}")
     ax.axvline(frame.index[-1], color="grey", linestyle=":", linewidth=1)
@@ -149,10 +151,6 @@ def _horizon_axis(
         ax.legend(fontsize=8)
 
 
-def _level(q: float) -> str:
-    return f"q{round(q * 100):02d}"
-
-
 def bands_of(database: Database, series: SeriesKey, f: Any) -> list[Band]:
     """The fan a forecast was served with: one band per pair of levels around the median, the
     outermost (e.g. q10–q90) lightest. A point-only forecast (stored before quantiles) shows
@@ -162,7 +160,7 @@ def bands_of(database: Database, series: SeriesKey, f: Any) -> list[Band]:
         pairs = [(i, len(levels) - 1 - i) for i in range(len(levels) // 2)]
         return [
             Band([q[lo] for q in f.quantiles], [q[hi] for q in f.quantiles],
-                 f"{_level(levels[lo])}–{_level(levels[hi])} fan", 0.15 + 0.1 * depth)
+                 f"{level_name(levels[lo])}–{level_name(levels[hi])} fan", 0.15 + 0.1 * depth)
             for depth, (lo, hi) in enumerate(pairs)
         ]
     if f.lower is not None and f.upper is not None:

@@ -274,7 +274,7 @@ def test_the_fan_is_drawn_from_the_served_quantiles() -> None:
     f = Forecast(SeriesKey("binance", "BTC-USDT", "5m"), t0, "m", targets, (100.0, 101.0),
                  levels=(0.05, 0.25, 0.5, 0.75, 0.95), quantiles=((90, 95, 100, 105, 110), (89, 96, 101, 106, 112)))
     outer, inner = bands_of(None, f.series, f)  # type: ignore[arg-type]  # quantiles need no database
-    assert (outer.label, outer.low, outer.high) == ("q05–q95 fan", [90, 89], [110, 112])
+    assert (outer.label, outer.low, outer.high) == ("q5–q95 fan", [90, 89], [110, 112])
     assert (inner.label, inner.low, inner.high) == ("q25–q75 fan", [95, 96], [105, 106])
     assert inner.alpha > outer.alpha  # the inner band darker
     assert median_of(f) == [100, 101]
