@@ -368,9 +368,10 @@ def _previous(database: Database, key: SeriesKey) -> tuple[int, str | None]:
     """What an earlier demo left: its bars, and the model it served (None: persistence or none)."""
     from db import registry
     from db.bars import count_bars
+    from trainer.retrain_job import BASELINE_ID
 
     champ = registry.champion(database, key)
-    return count_bars(database, key), (champ.id if champ is not None and champ.arch != "persistence" else None)
+    return count_bars(database, key), (champ.id if champ is not None and champ.id != BASELINE_ID else None)
 
 
 def _history(database: Database, key: SeriesKey, settings: DemoSettings) -> tuple[list[Bar], int]:

@@ -311,12 +311,14 @@ def prediction_rows(backtest: Backtest) -> tuple[list[str], list[list[Any]]]:
 def _model_colours(names: list[str]) -> dict[str, str]:
     """A colour per model, the same in every panel: the references black (persistence) and grey
     (climatology), the others from matplotlib's qualitative cycle in order of appearance."""
-    cycle = iter(["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
-                  "tab:olive", "tab:cyan"] * 4)
+    from itertools import cycle
+
+    palette = cycle(["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
+                     "tab:olive", "tab:cyan"])
     out = {PERSISTENCE: "black", CLIMATOLOGY: "grey"}
     for name in names:
         if name not in out:
-            out[name] = next(cycle)
+            out[name] = next(palette)
     return out
 
 
