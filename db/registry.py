@@ -18,8 +18,10 @@ from db.schema import champion_history, models, series_in, series_is
 PROMOTIONS_CHANNEL = "barcast_promotions"
 
 STATUSES: tuple[ModelStatus, ...] = ("candidate", "champion", "retired")
-#: Key of the PostgreSQL advisory lock serialising `ensure_default` (daemons starting together).
-DEFAULT_LOCK = 0x62617264  # "bard"
+#: Key of the PostgreSQL advisory lock serialising every change of champion (`promote`,
+#: `ensure_default`): each reads the open terms and replaces them, so two at once would each
+#: leave a term open. SQLite needs none: `Database.begin` takes its write lock first.
+CHAMPION_LOCK = 0x62617264  # "bard"
 
 
 def _info(row: Any) -> ModelInfo:
@@ -66,12 +68,10 @@ def ensure_default(database: Database, info: ModelInfo, series: Sequence[SeriesK
     """Register `info` unless its id is registered, and make it champion of each of `series`
     that has none - in one transaction, so daemons starting together on a fresh database do it
     once between them: never a failed start on the other's row, never two champion terms of one
-    series (PostgreSQL: under an advisory transaction lock; SQLite: `Database.begin` takes the
-    write lock before the first read)."""
+    series (`CHAMPION_LOCK`)."""
     row = _row(info)
     with database.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": DEFAULT_LOCK})
+        _lock_champions(conn)
         if conn.execute(select(models.c.id).where(models.c.id == info.id)).first() is None:
             conn.execute(models.insert().values(**row))
         now = datetime.now(UTC)
@@ -145,6 +145,7 @@ def promote(database: Database, model_id: str, series: SeriesKey | Sequence[Seri
     get_model(database, model_id)
     now = datetime.now(UTC)
     with database.begin() as conn:
+        _lock_champions(conn)
         if fence is not None:
             on = fence_on or keys[0]
             if on not in fenced(conn, fence, {on}, "promotions"):
@@ -153,6 +154,12 @@ def promote(database: Database, model_id: str, series: SeriesKey | Sequence[Seri
                                 f"{fence.owner} with token {fence.tokens.get(on)}")
         for key in keys:
             _promote_one(conn, model_id, key, now, reason)
+
+
+def _lock_champions(conn: Connection) -> None:
+    """`CHAMPION_LOCK` for the rest of this transaction (PostgreSQL)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": CHAMPION_LOCK})
 
 
 def _promote_one(conn: Connection, model_id: str, series: SeriesKey, now: datetime, reason: str | None) -> None:
