@@ -104,12 +104,7 @@ class Har(Forecaster):
         deseasonalised = v / prof_v[keys]
         comps = np.log(_spans(deseasonalised, VARIANCE_SPANS) + _EPS)
         vcomps = np.log(_spans(vol / prof_vol[keys], VOLUME_SPANS) + 1e-6)
-        spans = self.quarticity_spans
-        qcomps = (
-            np.log(_spans(deseasonalised**2, spans) / (_spans(deseasonalised, spans) ** 2 + _EPS**2) + _EPS)
-            if spans
-            else np.empty((n, 0))
-        )
+        qcomps = self._quarticity(deseasonalised)
         future = times[:, None] + self.step_s * np.arange(1, self.horizon + 1)[None, :]
         seas = np.log(np.cumsum(prof_v[self._keys(future)], axis=1) / np.arange(1, self.horizon + 1))
         same = np.concatenate([np.ones((n, 1)), comps, vcomps, qcomps], axis=1)
@@ -117,6 +112,21 @@ class Har(Forecaster):
         x[:, :, :-1] = same[:, None, :]
         x[:, :, -1] = seas
         return x
+
+    def _quarticity(self, v: np.ndarray) -> np.ndarray:
+        """log mean(v²)/mean(v)² per span: 0 when the variance is spread evenly, log(span) when one
+        bar holds it all; 0 too for a span of flat bars (no trades), so an illiquid market's
+        quiet hour is not an outlier of the fit."""
+        out = np.zeros((v.shape[0], len(self.quarticity_spans)))
+        m = v.shape[1]
+        for j, span in enumerate(self.quarticity_spans):
+            tail = v[:, m - (span or m) :]
+            top = tail.max(axis=1, keepdims=True)
+            u = tail / np.where(top > 0, top, 1.0)  # in [0, 1] with a 1: no under- or overflow
+            mean = u.mean(axis=1)
+            ratio = (u**2).mean(axis=1) / np.where(mean > 0, mean, 1.0) ** 2
+            out[:, j] = np.log(np.where(mean > 0, np.maximum(ratio, 1.0), 1.0))
+        return out
 
     @property
     def _width(self) -> int:
