@@ -136,7 +136,7 @@ def _series(text_: str | None) -> SeriesKey | None:
     return None if text_ is None else SeriesKey.parse(text_)
 
 
-EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+EARLIEST = reports.EARLIEST
 LATEST = datetime(9998, 12, 31, tzinfo=UTC)
 
 

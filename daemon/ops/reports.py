@@ -25,6 +25,9 @@ from db.stats import database_size_bytes
 from trainer.quantiles import level_name
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+#: The earliest time a query means: anything before it (an age reaching back past 1970, a year-1
+#: timestamp) is "from the beginning", as the HTTP API documents.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _dec(v: Any) -> str | None:
@@ -40,7 +43,10 @@ def window_since(database: Database, span: timedelta | None, *, series: SeriesKe
     if span is None:
         return None
     newest = scores.latest_scored_target(database, series=series, model_id=model_id)
-    return (newest or datetime.now(UTC)) - span
+    try:
+        return max((newest or datetime.now(UTC)) - span, EARLIEST)
+    except OverflowError:  # a span reaching before year 1: from the beginning, like any before 1970
+        return EARLIEST
 
 
 def parse_window(text: str, name: str = "window") -> timedelta | None:
@@ -49,7 +55,10 @@ def parse_window(text: str, name: str = "window") -> timedelta | None:
     if t == "all":
         return None
     if len(t) > 1 and t[-1] in _UNITS and t[:-1].isdigit() and len(t) <= 12:
-        return timedelta(seconds=int(t[:-1]) * _UNITS[t[-1]])
+        try:
+            return timedelta(seconds=int(t[:-1]) * _UNITS[t[-1]])
+        except OverflowError:  # more days than a timedelta holds: longer than any history
+            return timedelta.max
     raise InputError(f"{name}: {text!r} is not a window like 30m, 12h, 7d or 'all'")
 
 

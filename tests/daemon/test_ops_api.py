@@ -148,6 +148,16 @@ def test_bad_input_is_4xx_json(server: Running, database: Database, path: str, p
     assert len(read_bars(database, BTC, limit=1)) == 1  # nothing was dropped
 
 
+@pytest.mark.parametrize("window", ["999999d", "99999999999d", "99999999999w"])
+def test_an_accuracy_window_longer_than_history_is_all_of_it(server: Running, window: str) -> None:
+    """A window reaching back past 1970 (or past what a timedelta holds) means from the beginning;
+    it used to overflow into a 500."""
+    r = httpx.get(server.url + "/accuracy", params={"window": window}, timeout=10)
+    assert r.status_code == 200, r.text
+    everything = httpx.get(server.url + "/accuracy", params={"window": "all"}, timeout=10).json()["accuracy"]
+    assert r.json()["since"] == "1970-01-01T00:00:00Z" and r.json()["accuracy"] == everything != []
+
+
 def test_injection_string_as_a_model_id_is_just_data(server: Running) -> None:
     r = httpx.get(server.url + "/forecasts", params={"model": "x' OR 1=1; DROP TABLE forecasts; --"}, timeout=10)
     assert r.status_code == 200 and r.json()["count"] == 0

@@ -186,6 +186,14 @@ def test_bad_input_is_one_line_exit_2(db_url: str, capsys: pytest.CaptureFixture
     assert "Traceback" not in res.err and res.err.strip()
 
 
+def test_an_accuracy_window_longer_than_history_is_all_of_it(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    everything = barcast(capsys, "--db", db_url, "accuracy", "--window", "all", "--format", "json")
+    for window in ("999999d", "99999999999d"):
+        res = barcast(capsys, "--db", db_url, "accuracy", "--window", window, "--format", "json")
+        assert res.code == 0 and "Traceback" not in res.err, res.err
+        assert json.loads(res.out) == json.loads(everything.out) != []
+
+
 def test_accuracy_formats(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     res = barcast(capsys, "--db", db_url, "accuracy", "--window", "all", "--format", "json")
     docs = json.loads(res.out)
