@@ -161,22 +161,31 @@ def parse_time(text: str | None, name: str) -> datetime | None:
         return None
     t = text.strip()
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-    if len(t) > 1 and t[-1] in units and t[:-1].isdigit():
-        return datetime.now(UTC) - timedelta(seconds=int(t[:-1]) * units[t[-1]])
-    if t.isdigit():
-        return datetime.fromtimestamp(int(t), UTC)
+    try:
+        if len(t) > 1 and t[-1] in units and t[:-1].isdigit():
+            return datetime.now(UTC) - timedelta(seconds=int(t[:-1]) * units[t[-1]])
+        if t.isdigit():
+            return datetime.fromtimestamp(int(t), UTC)
+    except (OverflowError, OSError, ValueError):  # beyond what a datetime holds (years 1..9999)
+        raise InputError(f"{name}: {text!r} is out of range (years 1 to 9999)") from None
     try:
         parsed = datetime.fromisoformat(t.replace("Z", "+00:00"))
     except ValueError:
         raise InputError(f"{name}: {text!r} is not a time (ISO-8601, Unix seconds, or an age like 3d)") from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    try:
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except OverflowError:  # year 1 or 9999 shifted by its offset beyond what a datetime holds
+        raise InputError(f"{name}: {text!r} is out of range (years 1 to 9999)") from None
 
 
 def parse_duration(text: str, name: str) -> timedelta:
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
     t = text.strip()
     if len(t) > 1 and t[-1] in units and t[:-1].isdigit():
-        return timedelta(seconds=int(t[:-1]) * units[t[-1]])
+        try:
+            return timedelta(seconds=int(t[:-1]) * units[t[-1]])
+        except OverflowError:
+            raise InputError(f"{name}: {text!r} is longer than a duration can be") from None
     raise InputError(f"{name}: {text!r} is not a duration like 90s, 30m, 12h, 7d")
 
 

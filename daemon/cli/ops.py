@@ -379,7 +379,7 @@ def plot_group(ctx: click.Context, series: SeriesKey | None, last: str, model_id
         raise InputError(f"no bars stored for {key}: nothing to plot")
     # The span counts back from the newest stored bar, so a plot of imported history works too.
     end = newest.open_time + key.step
-    since = end - parse_duration(last, "--last")
+    since = reports.back_from(end, parse_duration(last, "--last"))
     from daemon.ops.plots import price_plot
 
     summary = price_plot(database, key, since=since, out=out, model_id=model_id)

@@ -43,9 +43,14 @@ def window_since(database: Database, span: timedelta | None, *, series: SeriesKe
     if span is None:
         return None
     newest = scores.latest_scored_target(database, series=series, model_id=model_id)
+    return back_from(newest or datetime.now(UTC), span)
+
+
+def back_from(end: datetime, span: timedelta) -> datetime:
+    """`end - span`, from the beginning (EARLIEST) when that reaches before 1970 or before year 1."""
     try:
-        return max((newest or datetime.now(UTC)) - span, EARLIEST)
-    except OverflowError:  # a span reaching before year 1: from the beginning, like any before 1970
+        return max(end - span, EARLIEST)
+    except OverflowError:
         return EARLIEST
 
 

@@ -178,6 +178,12 @@ def test_forecasts_latest_and_time_range(db_url: str, capsys: pytest.CaptureFixt
         ["forecasts", "--series", "x'; DROP TABLE forecasts; --:BTC-USD"],
         ["accuracy", "--window", "forever"],
         ["forecasts", "--latest", "--last", "3"],
+        # times beyond what a datetime holds: named, not an OverflowError traceback
+        ["forecasts", "--since", "99999999d"],
+        ["forecasts", "--since", "99999999999999999999"],
+        ["forecasts", "--until", "9999-12-31T23:00:00-05:00"],
+        ["bars", "--series", "binance:BTC-USDT", "--since", "0001-01-01T00:00:00+05:00"],
+        ["plot", "--series", "binance:BTC-USDT", "--last", "99999999999d", "--out", "never.png"],
     ],
 )
 def test_bad_input_is_one_line_exit_2(db_url: str, capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
@@ -252,6 +258,12 @@ def test_plots_are_non_trivial_pngs(db_url: str, capsys: pytest.CaptureFixture[s
     # the served fan where the forecast has quantiles; a point-only model shows its live error
     assert "  band persistence: q10–q90 fan" in res.out and "  band drift-16: ± live MAE per step" in res.out
     _check_png(out)
+    everything = tmp_path / "all.png"  # a span reaching before 1970 plots every stored bar
+    res = barcast(capsys, "--db", db_url, "plot", "--series", str(BTC), "--last", "99999999d", "--out", str(everything))
+    database = open_database(db_url)
+    stored = len(read_bars(database, BTC))
+    database.close()
+    assert res.code == 0 and f"({stored} bars" in res.out, res.err
     acc = tmp_path / "accuracy.png"
     res = barcast(capsys, "--db", db_url, "plot", "accuracy", "--window", "all", "--out", str(acc))
     assert res.code == 0, res.err
