@@ -31,6 +31,7 @@ from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from typing_extensions import TypedDict
 
 from daemon import metrics
@@ -233,8 +234,10 @@ def create_app(
         where = ", ".join(f"{'.'.join(e['loc'][1:] or e['loc'])}: {e['msg']}" for e in errors)
         return _json({"error": f"invalid request: {where}", "detail": errors}, 422)
 
-    @app.exception_handler(HTTPException)
-    async def _http_error(_: Request, exc: HTTPException) -> Response:
+    # Starlette's class, not FastAPI's subclass: the router's own 404 and 405 are Starlette's, and
+    # they too answer {"error": …} rather than {"detail": …}.
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
         return JSONResponse({"error": str(exc.detail)}, exc.status_code, headers=exc.headers)
 
     def database_reasons() -> list[str]:

@@ -158,6 +158,14 @@ def test_an_accuracy_window_longer_than_history_is_all_of_it(server: Running, wi
     assert r.json()["since"] == "1970-01-01T00:00:00Z" and r.json()["accuracy"] == everything != []
 
 
+def test_unknown_path_and_wrong_method_answer_the_error_shape(server: Running) -> None:
+    """The router's own 404 and 405 are `{"error": …}` like every other error, not `{"detail": …}`."""
+    r = httpx.get(server.url + "/forecast", timeout=10)
+    assert r.status_code == 404 and r.json() == {"error": "Not Found"}
+    r = httpx.delete(server.url + "/bars", timeout=10)
+    assert r.status_code == 405 and r.json() == {"error": "Method Not Allowed"} and r.headers["allow"] == "GET"
+
+
 def test_injection_string_as_a_model_id_is_just_data(server: Running) -> None:
     r = httpx.get(server.url + "/forecasts", params={"model": "x' OR 1=1; DROP TABLE forecasts; --"}, timeout=10)
     assert r.status_code == 200 and r.json()["count"] == 0
