@@ -36,6 +36,7 @@ from typing_extensions import TypedDict
 
 from daemon import metrics
 from daemon.config import ApiConfig
+from daemon.feeds import series_key
 from daemon.ops import reports
 from db import bars as db_bars
 from db.engine import Database
@@ -134,7 +135,7 @@ def _json(data: Any, status_code: int = 200) -> Response:
 
 
 def _series(text_: str | None) -> SeriesKey | None:
-    return None if text_ is None else SeriesKey.parse(text_)
+    return None if text_ is None else series_key(text_)
 
 
 EARLIEST = reports.EARLIEST
@@ -304,7 +305,7 @@ def create_app(
         since: SinceParam = None, until: UntilParam = None, limit: LimitParam = 288,
     ) -> dict[str, Any]:
         """Stored bars of one series; the newest `limit` unless `since` is given (then oldest first from it)."""
-        key = SeriesKey.parse(series)
+        key = series_key(series)
         s, u = _range(since, until)
         lim = capped(limit)
         if s is None:

@@ -139,6 +139,12 @@ def test_happy_paths(server: Running) -> None:
         ("/bars", {"series": "x" * 500}),
         ("/accuracy", {"window": "1 OR 1=1"}),
         ("/models", {"status": "champion' OR '1'='1"}),
+        # an exchange barcast does not speak is a typo, as in the CLI (it answered an empty 200)
+        ("/forecasts", {"series": "coinbse:BTC-USD"}),
+        ("/forecasts/latest", {"series": "coinbse:BTC-USD"}),
+        ("/bars", {"series": "coinbse:BTC-USD"}),
+        ("/accuracy", {"series": "coinbse:BTC-USD"}),
+        ("/models", {"series": "coinbse:BTC-USD"}),
     ],
 )
 def test_bad_input_is_4xx_json(server: Running, database: Database, path: str, params: dict[str, Any]) -> None:
@@ -256,6 +262,10 @@ def test_live_status_health_and_stream(database: Database, capsys: pytest.Captur
         monkeypatch.setenv("BARCAST_API__PORT", str(r.api.port))
         res = barcast(capsys, "--db", database.url, "status", "--format", "json")
         assert json.loads(res.out)["source"] == "daemon"
+        # A stream of an exchange barcast does not speak would never carry an event: refused at once.
+        bad = httpx.get(r.url + "/forecasts/stream", params={"series": "coinbse:BTC-USD"}, timeout=10)
+        assert bad.status_code == 400 and "unknown exchange 'coinbse'" in bad.json()["error"]
+        assert "coinbase" in bad.json()["error"]
 
         objs = [{"series": str(k), "exchange": k.exchange, "symbol": k.symbol, "interval": k.interval,
                  "issued_at": f"2021-07-17T21:{i:02d}:00Z"} for i in range(3) for k in (BTC, ETH)]
