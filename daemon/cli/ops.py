@@ -319,17 +319,16 @@ def tail_cmd(app: AppContext, follow: bool, lines: int, series: tuple[list[Serie
     if not follow and not log_path.exists():
         raise BarcastError(f"no forecast log at {log_path} (is `barcast run` running? see --file)")
 
-    def emit(raw: bytes) -> None:
+    def selected(raw: bytes) -> dict[str, Any] | None:
         obj = tail.parse(raw)
-        if obj is None or not (not keys or any(tail.matches(obj, k) for k in keys)):
-            return
-        sys.stdout.write((raw.decode() if fmt == "json" else tail.pretty(obj)) + "\n")
+        return obj if obj is not None and (not keys or any(tail.matches(obj, k) for k in keys)) else None
+
+    def emit(raw: bytes) -> None:
+        if (obj := selected(raw)) is not None:
+            sys.stdout.write((raw.decode() if fmt == "json" else tail.pretty(obj)) + "\n")
 
     try:
-        recent = tail.recent_lines(log_path, lines * 50 if keys else lines) if lines else []
-        if keys:
-            recent = [ln for ln in recent
-                      if (o := tail.parse(ln)) is not None and any(tail.matches(o, k) for k in keys)][-lines:]
+        recent = tail.recent_lines(log_path, lines, lambda raw: selected(raw) is not None)
         follower = tail.Follower(log_path, from_end=True) if follow else None
         for raw in recent:
             emit(raw)

@@ -9,6 +9,7 @@ position was truncated: reading restarts at its start. A partial last line waits
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -23,38 +24,50 @@ from trainer.quantiles import level_name
 PRETTY_STEPS = (1, 4, 8, 16)
 
 
-def last_lines(path: Path, n: int, *, block: int = 65536) -> list[bytes]:
-    """The last `n` complete lines of a file, read backwards (a log may be large)."""
-    if n <= 0:
-        return []
+def backwards(path: Path, *, block: int = 65536) -> Iterator[bytes]:
+    """The complete, non-blank lines of a file from the last to the first, read backwards in
+    blocks (a log may be large); the part after the last newline is a write in progress, not a line."""
     try:
         fh = path.open("rb")
     except FileNotFoundError:
-        return []
+        return
     with fh:
-        end = fh.seek(0, os.SEEK_END)
-        data = b""
-        pos = end
-        while pos > 0 and data.count(b"\n") <= n:
+        pos = fh.seek(0, os.SEEK_END)
+        rest = b""  # the piece before the first newline seen so far: it may start mid-line
+        seen_newline = False
+        while pos > 0:
             step = min(block, pos)
             pos -= step
             fh.seek(pos)
-            data = fh.read(step) + data
-    lines = data.split(b"\n")
-    lines = lines[:-1]  # the part after the last newline is incomplete (or empty)
-    if pos > 0:
-        lines = lines[1:]  # the first piece may start mid-line
-    return [ln for ln in lines if ln.strip()][-n:]
+            pieces = (fh.read(step) + rest).split(b"\n")
+            if not seen_newline:
+                if len(pieces) == 1:
+                    rest = pieces[0]
+                    continue
+                pieces.pop()  # after the last newline: incomplete (or empty)
+                seen_newline = True
+            rest = pieces[0]
+            yield from (ln for ln in reversed(pieces[1:]) if ln.strip())
+        if seen_newline and rest.strip():
+            yield rest
 
 
-def recent_lines(path: Path, n: int) -> list[bytes]:
-    """The last `n` lines of the log, reaching into rotated files (`.1`, `.2`…) if the live one is short."""
-    got = last_lines(path, n)
-    i = 1
-    while len(got) < n and (older := path.with_name(f"{path.name}.{i}")).exists():
-        got = last_lines(older, n - len(got)) + got
+def last_lines(path: Path, n: int, *, block: int = 65536) -> list[bytes]:
+    """The last `n` complete lines of a file."""
+    return list(reversed(list(itertools.islice(backwards(path, block=block), max(n, 0)))))
+
+
+def recent_lines(path: Path, n: int, keep: Callable[[bytes], bool] = lambda line: True) -> list[bytes]:
+    """The last `n` lines of the log that `keep` accepts, oldest first, reaching into rotated files
+    (`.1`, `.2`…) until there are `n`: `tail -n 10 --series X` finds X's ten however many other
+    series share the log."""
+    got: list[bytes] = []
+    older, i = path, 0
+    while len(got) < n and (i == 0 or older.exists()):
+        got += itertools.islice(filter(keep, backwards(older)), n - len(got))
         i += 1
-    return got
+        older = path.with_name(f"{path.name}.{i}")
+    return got[::-1]
 
 
 class Follower:

@@ -121,6 +121,46 @@ def test_tail_cli_formats_and_series_filter(
     assert res.code == 1 and "no forecast log" in res.err
 
 
+@pytest.mark.parametrize("content", [b"", b"no newline yet", b"a\n", b"a\nbb\n\nccc\n  \ndddd", b"\n\nx\nyy\n"])
+@pytest.mark.parametrize("block", [1, 2, 3, 5, 64])
+def test_backwards_reads_the_complete_lines_whatever_the_block(tmp_path: Path, content: bytes, block: int) -> None:
+    path = tmp_path / "log"
+    path.write_bytes(content)
+    complete = [ln for ln in content.split(b"\n")[:-1] if ln.strip()]  # after the last newline: in progress
+    assert list(tail.backwards(path, block=block)) == complete[::-1]
+    assert tail.last_lines(path, 2, block=block) == complete[-2:]
+
+
+def test_tail_n_of_one_series_among_many_finds_n_lines(
+    tmp_path: Path, forecasts: list[Forecast], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`tail -n 3 --series X` prints X's last 3 forecasts however many other series write to the log,
+    reaching into the rotated file; it used to look at only the last 50 × n lines, so with more
+    than 50 series (one line each per bar) it printed fewer, or none."""
+    path = tmp_path / "forecasts.jsonl"
+    eth = [f for f in forecasts if f.series == ETH][:4]
+    rotated = path.with_name("forecasts.jsonl.1")
+    noise = [json.dumps({"series": f"binance:S{i}-USDT:5m", "exchange": "binance", "symbol": f"S{i}-USDT",
+                         "interval": "5m", "issued_at": "2021-07-17T21:00:00Z"}) for i in range(200)]
+    log = ForecastLog(rotated)
+    log.write(eth[:2])  # the older two are in the rotated file, behind 200 lines of other series
+    log.close()
+    with rotated.open("a") as fh:
+        fh.write("\n".join(noise) + "\n")
+    log = ForecastLog(path)
+    log.write(eth[2:])
+    log.close()
+    with path.open("a") as fh:
+        fh.write("\n".join(noise) + "\n" + '{"series": "torn')  # a partial last line is not a line
+    res = barcast(capsys, "tail", "--file", str(path), "-n", "3", "--series", str(ETH), "--format", "json")
+    assert res.code == 0, res.err
+    assert [json.loads(x)["issued_at"] for x in res.out.splitlines()] == [
+        f.issued_at.strftime("%Y-%m-%dT%H:%M:%SZ") for f in eth[1:]
+    ]
+    assert len(tail.recent_lines(path, 1000)) == 2 * len(noise) + 4
+    assert tail.last_lines(path, 1) == [noise[-1].encode()]
+
+
 def test_tail_follow_process_across_rotation(tmp_path: Path, forecasts: list[Forecast]) -> None:
     """The real `barcast tail -f` process keeps printing while the daemon's writer rotates the log."""
     path = tmp_path / "forecasts.jsonl"
