@@ -270,7 +270,7 @@ class ApiConfig:
     #: Address to bind. Anything beyond loopback needs `token` (or `allow_insecure_remote`).
     host: str = "127.0.0.1"
     port: int = 8787
-    #: Bearer token required on every endpoint but /health. Empty: no token.
+    #: Bearer token required on every endpoint but /health and the docs (/openapi.json, /docs, /redoc). Empty: no token.
     token: str = ""
     #: Allow a non-loopback bind without a token (only behind a trusted proxy or firewall).
     allow_insecure_remote: bool = False

@@ -191,7 +191,8 @@ def create_app(
 ) -> FastAPI:
     """The API over `database`; with `live`, also the daemon's status, readiness and forecast stream.
 
-    `token`: when set, every endpoint but /health needs `Authorization: Bearer <token>`.
+    `token`: when set, every endpoint but /health needs `Authorization: Bearer <token>`; the API's
+    description (/openapi.json, /docs, /redoc), which holds no data, stays open.
     `series`: the configured series, listed first by /status and /forecasts/latest.
     """
     # Swagger UI and ReDoc assets come from the fastapi-offline wheel (served under

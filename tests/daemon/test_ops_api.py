@@ -239,6 +239,8 @@ def test_token_and_bind_rules(database: Database) -> None:
         assert httpx.get(r.url + "/status").status_code == 401
         assert httpx.get(r.url + "/metrics", headers={"Authorization": "Bearer nope"}).status_code == 401
         assert httpx.get(r.url + "/status", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        for open_path in ("/openapi.json", "/docs", "/redoc"):  # no data; the README says they stay open
+            assert httpx.get(r.url + open_path).status_code == 200
     finally:
         r.stop()
     with pytest.raises(ConfigError, match=r"api\.host"):
