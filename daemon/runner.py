@@ -311,8 +311,22 @@ class DemoRun:
         }
 
 
-def demo_dir(base: Config) -> Path:
-    return base.data_dir / "demo"
+def demo_dir(base: Config, db_url: str | None = None) -> Path:
+    """Where a demo keeps its models, forecast log and control socket: `<data dir>/demo` with its
+    default database, else one directory per database (`<file>.demo/` beside a SQLite file), so
+    demos on different databases neither mix their logs, share a control socket, nor `--fresh`
+    away each other's models."""
+    default = base.data_dir / "demo"
+    if db_url is None:
+        return default
+    path = _sqlite_path(db_url)
+    if path is None:
+        import hashlib
+
+        return base.data_dir / f"demo-{hashlib.sha256(db_url.encode()).hexdigest()[:12]}"
+    if path.resolve() == (default / "demo.db").resolve():
+        return default
+    return path.with_name(f"{path.name}.demo")
 
 
 def _port_or_free(port: int, host: str = "127.0.0.1") -> int:
@@ -411,7 +425,7 @@ async def demo_daemon(
     trains at once while persistence serves."""
     from db.bars import upsert_bars
 
-    directory = demo_dir(base)
+    directory = demo_dir(base, settings.db_url)
     directory.mkdir(parents=True, exist_ok=True)
     db_url = settings.db_url or f"sqlite:///{directory / 'demo.db'}"
     if settings.fresh:

@@ -470,7 +470,8 @@ def ingest_cmd(
     "db_opt",
     metavar="PATH|URL",
     default=None,
-    help="Demo database (default: the global --db, else demo/demo.db in the data directory; kept between runs).",
+    help="Demo database (default: the global --db, else demo/demo.db in the data directory; kept between runs). "
+    "Another SQLite file keeps its models and forecast log in FILE.demo/ beside it.",
 )
 @click.option("--fresh", is_flag=True, help="Start over: delete the demo's database, models and forecast log first.")
 @click.option(

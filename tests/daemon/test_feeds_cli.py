@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -152,3 +153,35 @@ def test_demo_shows_bars_offline(
     r = barcast(capsys, *argv, "--fresh")
     assert r.code == 0, r.err
     assert json.loads(r.out)["bars"]["history_stored"] == 1200
+
+
+def test_demos_on_different_databases_keep_their_own_models_and_logs(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from daemon.config import load_config
+    from daemon.runner import demo_dir
+
+    monkeypatch.setenv("BARCAST_PATHS__DATA_DIR", str(tmp_path / "data"))
+    base = load_config(None)
+    default = tmp_path / "data" / "demo"
+    assert demo_dir(base) == demo_dir(base, f"sqlite:///{default / 'demo.db'}") == default
+    pg = demo_dir(base, "postgresql://u@h/a")
+    assert pg.parent == tmp_path / "data" and pg != default and pg != demo_dir(base, "postgresql://u@h/b")
+
+    argv = ("demo", "--speed", "3000", "--duration", "5s", "--api-port", "0", "--format", "json")
+    a, b = tmp_path / "a" / "one.db", tmp_path / "b" / "two.db"
+    a.parent.mkdir()
+    b.parent.mkdir()
+    summaries = {}
+    for db in (a, b):
+        r = barcast(capsys, *argv, "--db", str(db))
+        assert r.code == 0, r.err
+        summaries[db] = json.loads(r.out)
+        assert summaries[db]["forecast_log"].startswith(f"{db}.demo{os.sep}")
+        assert Path(summaries[db]["forecast_log"]).is_file()
+    assert not default.exists()  # neither touched the default demo's files
+    kept = sorted(p.name for p in (Path(f"{a}.demo") / "models").iterdir())
+    r = barcast(capsys, *argv, "--db", str(b), "--fresh")
+    assert r.code == 0, r.err
+    assert sorted(p.name for p in (Path(f"{a}.demo") / "models").iterdir()) == kept  # b's --fresh left a's
+    assert Path(summaries[a]["forecast_log"]).is_file()
