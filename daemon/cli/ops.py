@@ -231,7 +231,7 @@ def _daemon_status(app: AppContext, timeout: float, api: str | None) -> dict[str
     base = api_base(cfg, api)
     if base is None:
         return None
-    doc, why = daemon_status(base, token=cfg.token, timeout=timeout)
+    doc, why = daemon_status(base, token=cfg.token, timeout=timeout, quiet_unreachable=api is None)
     if why:
         app.console.print(f"[yellow]{why}; reading the database[/]")
     return doc

@@ -27,8 +27,14 @@ def api_base(cfg: ApiConfig, api: str | None = None) -> str | None:
     return f"http://{host}:{cfg.port}"
 
 
-def daemon_status(base: str, *, token: str = "", timeout: float = 2.0) -> tuple[dict[str, Any] | None, str | None]:
-    """(the daemon's /status, None) or (None, why not) when no daemon answers usefully at `base`."""
+def daemon_status(
+    base: str, *, token: str = "", timeout: float = 2.0, quiet_unreachable: bool = True
+) -> tuple[dict[str, Any] | None, str | None]:
+    """(the daemon's /status, None) or (None, why not) when no daemon answers usefully at `base`.
+
+    Nothing listening is no news at the configured address (no daemon runs), but it is worth a
+    word at an address the operator named (`quiet_unreachable=False`): a typo must not pass for
+    "the daemon has nothing to add"."""
     req = urllib.request.Request(f"{base}/status", headers={"Accept": "application/json"})
     if token:
         req.add_header("Authorization", f"Bearer {token}")
@@ -37,6 +43,9 @@ def daemon_status(base: str, *, token: str = "", timeout: float = 2.0) -> tuple[
             doc = orjson.loads(resp.read())
     except urllib.error.HTTPError as exc:
         return None, f"daemon at {base} answered {exc.code}"
-    except (OSError, ValueError):
-        return None, None
+    except ValueError:
+        return None, f"{base}/status answered something that is not JSON (is it barcast's API?)"
+    except OSError as exc:
+        reason = getattr(exc, "reason", None) or exc
+        return None, None if quiet_unreachable else f"no daemon answered at {base} ({reason})"
     return (doc, None) if isinstance(doc, dict) else (None, f"daemon at {base} answered no status object")

@@ -232,6 +232,7 @@ def test_status_from_the_database(db_url: str, capsys: pytest.CaptureFixture[str
     assert res.code == 0, res.err
     doc = json.loads(res.out)
     assert doc["source"] == "database" and doc["database"]["size_bytes"] > 0
+    assert res.err == ""  # nothing at the configured address: no daemon runs, no news
     rows = {r["series"]: r for r in doc["series"]}
     btc = rows[str(BTC)]
     assert btc["bars"] == 65741 and btc["last_bar"] == "2021-07-17T21:05:00Z"
@@ -240,6 +241,42 @@ def test_status_from_the_database(db_url: str, capsys: pytest.CaptureFixture[str
     assert rows["coinbase:BTC-USD:5m"]["configured"] is True and rows["coinbase:BTC-USD:5m"]["bars"] == 0
     res = barcast(capsys, "--db", db_url, "status", "--offline")
     assert res.code == 0 and "drift-16-btc-usdt" in res.out and "next retrain" in res.out
+
+
+def test_status_says_why_a_named_api_did_not_answer(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    res = barcast(capsys, "--db", db_url, "status", "--api", "http://127.0.0.1:1", "--format", "json")
+    assert res.code == 0 and json.loads(res.out)["source"] == "database"
+    assert "no daemon answered at http://127.0.0.1:1" in res.err and "reading the database" in res.err
+
+    class NotBarcast(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"<html>a web server, not barcast</html>"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NotBarcast)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        for named in (("--api", url), ()):
+            env = {} if named else {"BARCAST_API__PORT": str(server.server_address[1])}
+            with pytest.MonkeyPatch.context() as mp:
+                for k, v in env.items():
+                    mp.setenv(k, v)
+                res = barcast(capsys, "--db", db_url, "status", *named, "--format", "json")
+            assert res.code == 0 and json.loads(res.out)["source"] == "database"
+            assert "answered something that is not JSON" in res.err  # named or configured alike
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def _check_png(path: Path) -> None:
