@@ -19,7 +19,7 @@ from typing import Any, Literal
 import platformdirs
 
 from daemon.configtree import build, to_plain
-from db.errors import ConfigError
+from db.errors import ConfigError, InputError
 from db.records import INTERVALS, SeriesKey
 from trainer.params import DataParams, ModelParams, TrainParams
 
@@ -57,7 +57,16 @@ class SeriesConfig:
     model_group: str = ""
 
     def __post_init__(self) -> None:
+        from daemon.feeds import PROTOCOLS
+
         _check(self.interval in INTERVALS, f"interval: {self.interval!r} is not one of {', '.join(INTERVALS)}")
+        # checked here, not first when a feed starts: `config check` must refuse what `run` would
+        _check(self.exchange.lower() in PROTOCOLS,
+               f"exchange: {self.exchange!r} is not one of {', '.join(sorted(PROTOCOLS))}")
+        try:
+            SeriesKey(self.exchange.lower(), self.symbol.upper(), self.interval)
+        except InputError as exc:
+            raise ValueError(f"symbol: {exc}") from None
 
     @property
     def key(self) -> SeriesKey:
@@ -70,6 +79,12 @@ class ExchangeConfig:
     ws_url: str = ""
     #: Override the exchange's REST base URL used for backfill.
     rest_url: str = ""
+
+    def __post_init__(self) -> None:
+        _check(not self.ws_url or self.ws_url.startswith(("ws://", "wss://")),
+               f"ws_url: {self.ws_url!r} is not a ws:// or wss:// URL")
+        _check(not self.rest_url or self.rest_url.startswith(("http://", "https://")),
+               f"rest_url: {self.rest_url!r} is not an http:// or https:// URL")
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,6 +328,11 @@ class Config:
     def __post_init__(self) -> None:
         keys = [s.key for s in self.series]
         _check(len(keys) == len(set(keys)), "series: the same series is listed twice")
+        from daemon.feeds import PROTOCOLS
+
+        for name in self.exchanges:  # a misspelt [exchanges.X] table would be ignored silently
+            _check(name in PROTOCOLS, f"exchanges.{name}: not an exchange barcast knows "
+                                      f"(valid: {', '.join(sorted(PROTOCOLS))})")
 
     # Resolved paths -------------------------------------------------------------------------
     @property
@@ -398,7 +418,7 @@ def find_config_file(explicit: str | Path | None, env: Mapping[str, str]) -> Pat
     if explicit:
         path = Path(explicit).expanduser()
         if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
+            raise ConfigError(f"config file {path} {'is not a file' if path.exists() else 'does not exist'}")
         return path
     if env.get("BARCAST_CONFIG"):
         return find_config_file(env["BARCAST_CONFIG"], {})
@@ -430,6 +450,29 @@ def env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
+#: The key a config error is about: its leading key (`config key api.port: …`, `unknown config
+#: key 'bogus' …`, `data.window = 0: …`).
+_LEADING_KEY = re.compile(r"(?:unknown config key '|config key |config table )?([a-z_][\w.\[\]]*)")
+
+
+def _env_names_in(msg: str, env: Mapping[str, str]) -> list[str]:
+    """The BARCAST_* variables a config error is about: one naming a key the message names, one
+    setting something inside the message's key (`BARCAST_API__PORT__X` for `api.port`,
+    `BARCAST_BOGUS__X` for `bogus`), or one setting the table that holds it."""
+    head = msg.split(" (valid keys here:")[0]  # the list of valid keys names keys nobody set
+    lead = _LEADING_KEY.match(head)
+    key = lead.group(1).rstrip(".") if lead else ""
+    out = []
+    for name in env:
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        path = name[len(ENV_PREFIX):].lower().replace("__", ".")
+        if (re.search(rf"(?<![\w.]){re.escape(path)}(?![\w.])", head)
+                or (key and (path.startswith(f"{key}.") or key.startswith(f"{path}.")))):
+            out.append(name)
+    return out
+
+
 def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in extra.items():
@@ -453,6 +496,8 @@ def load_config(
                 data = tomllib.load(fh)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {file}: not valid TOML: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {file}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
         except OSError as exc:
             raise ConfigError(f"config file {file}: {exc.strerror}") from None
     for key in _TOP_KEYS & data.keys():
@@ -462,11 +507,7 @@ def load_config(
         cfg: Config = build(Config, data)
     except ConfigError as exc:
         msg = str(exc)
-        from_env = [
-            name for name in env
-            if name.startswith(ENV_PREFIX) and "__" in name
-            and re.search(rf"(?<![\w.]){re.escape(name[len(ENV_PREFIX):].lower().replace('__', '.'))}(?![\w.])", msg)
-        ]
+        from_env = _env_names_in(msg, env)
         if from_env:
             raise ConfigError(f"{msg} (set by environment variable {from_env[0]})") from None
         where = f" (in {file})" if file else ""

@@ -1,0 +1,79 @@
+"""Bad input to the offline CLI and the config: one line naming what was wrong, exit 2, nothing
+stored, never a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from daemon.config import load_config
+from db.errors import ConfigError
+from tests.daemon.clirun import barcast
+
+# --- configuration -------------------------------------------------------------------------------
+
+BAD_CONFIGS = [
+    # `config check` used to say OK and `run` then failed on the unknown exchange, naming no key
+    ('[[series]]\nexchange = "kraken2"\nsymbol = "ETH-USD"\n', "series[0].exchange: 'kraken2' is not one of"),
+    # used to be "bad symbol 'ETHUSD'…" without the key or the file
+    ('[[series]]\nexchange = "kraken"\nsymbol = "ETHUSD"\n', "series[0].symbol: bad symbol 'ETHUSD'"),
+    # a misspelt exchange table was ignored: the daemon then connected to the real exchange
+    ('[exchanges.krakn]\nws_url = "ws://127.0.0.1:9000"\n', "exchanges.krakn: not an exchange barcast knows"),
+    ('[exchanges.kraken]\nws_url = "127.0.0.1:9000"\n', "exchanges.kraken.ws_url: '127.0.0.1:9000' is not a ws://"),
+    ('[exchanges.kraken]\nrest_url = "ws://x"\n', "exchanges.kraken.rest_url: 'ws://x' is not an http://"),
+]
+
+
+@pytest.mark.parametrize(("text", "why"), BAD_CONFIGS)
+def test_bad_config_names_key_and_file(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str,
+                                       why: str) -> None:
+    cfg = tmp_path / "barcast.toml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(cfg, env={})
+    assert why in str(info.value) and str(cfg) in str(info.value)
+    res = barcast(capsys, "--config", str(cfg), "config", "check")
+    assert res.code == 2 and why in res.err and "Traceback" not in res.err
+
+
+def test_good_exchange_overrides_pass(tmp_path: Path) -> None:
+    cfg = tmp_path / "barcast.toml"
+    cfg.write_text('[exchanges.kraken]\nws_url = "ws://127.0.0.1:9000"\nrest_url = "http://127.0.0.1:9001"\n'
+                   '[[series]]\nexchange = "Kraken"\nsymbol = "eth-usd"\n')
+    loaded = load_config(cfg, env={})
+    assert loaded.exchange("kraken").ws_url == "ws://127.0.0.1:9000"
+    assert [str(k) for k in loaded.series_keys] == ["kraken:ETH-USD:5m"]
+
+
+def test_config_file_not_utf8_or_a_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "barcast.toml"
+    cfg.write_bytes(b"\xff\xfe[api]\nport = 1\n")  # a UTF-16 editor's file: used to be a traceback
+    res = barcast(capsys, "--config", str(cfg), "config", "check")
+    assert res.code == 2 and f"config file {cfg}: not UTF-8 text" in res.err and "Traceback" not in res.err
+    res = barcast(capsys, "--config", str(tmp_path), "config", "check")
+    assert res.code == 2 and f"config file {tmp_path} is not a file" in res.err
+
+
+@pytest.mark.parametrize(("env", "why"), [
+    ({"BARCAST_DATABSE__URL": "sqlite:////x.db"}, "unknown config key 'databse'"),
+    ({"BARCAST_API__PORT__X": "1"}, "config key api.port: expected an integer"),
+    ({"BARCAST_SERIES__EXCHANGE": "kraken"}, "config key series: expected list of table"),
+    ({"BARCAST_EXCHANGES__KRAKN__WS_URL": "ws://x"}, "exchanges.krakn: not an exchange"),
+])
+def test_env_error_names_the_variable(env: dict[str, str], why: str) -> None:
+    """The variable is named also when the error is about a key above the one it sets (these
+    used to name neither the variable nor any file)."""
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env={**env, "BARCAST_API__HOST": "127.0.0.1"})
+    msg = str(info.value)
+    assert why in msg and f"(set by environment variable {next(iter(env))})" in msg
+    assert "BARCAST_API__HOST" not in msg
+
+
+def test_file_error_does_not_blame_an_unrelated_variable(tmp_path: Path) -> None:
+    cfg = tmp_path / "barcast.toml"
+    cfg.write_text("foo = 1\n")  # the message lists `api` among the valid keys
+    with pytest.raises(ConfigError) as info:
+        load_config(cfg, env={"BARCAST_API__PORT": "8788"})
+    assert str(cfg) in str(info.value) and "BARCAST_API__PORT" not in str(info.value)
