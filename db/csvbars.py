@@ -9,24 +9,46 @@ from __future__ import annotations
 import csv
 import io
 import itertools
+import re
 from collections.abc import Callable, Iterable, Iterator
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import TextIO
 
 from db.errors import InputError
-from db.records import INTERVALS, Bar, BarSource, decimal_text, interval_seconds, to_unix, utc_from_unix
+from db.records import (
+    INTERVALS,
+    MAX_PRICE,
+    MAX_SIZE,
+    MIN_MAGNITUDE,
+    Bar,
+    BarSource,
+    decimal_text,
+    interval_seconds,
+    to_unix,
+    utc_from_unix,
+)
 
 HEADER = ("timestamp", "open", "high", "low", "close", "volume")
 
 
+#: A number as files write it: ASCII digits, a point, a sign, a short exponent (pandas writes
+#: 1e-05). `Decimal()` alone also takes `7_100` (as 7100), Arabic-Indic digits, NaN and Infinity.
+_NUMBER = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]{1,4})?", re.ASCII)
+_MAX_TEXT = 40
+
+
 def _decimal(text: str, name: str, where: str) -> Decimal:
-    try:
-        value = Decimal(text)
-    except InvalidOperation:
-        raise InputError(f"{where}: {name} {text!r} is not a decimal number") from None
-    if not value.is_finite():
+    """A checked price or volume: plain number text, within the bounds no market goes beyond."""
+    if text.lower().lstrip("+-") in ("nan", "snan", "inf", "infinity"):
         raise InputError(f"{where}: {name} {text!r} is not a finite number")
+    if len(text) > _MAX_TEXT or _NUMBER.fullmatch(text) is None:
+        raise InputError(f"{where}: {name} {text!r} is not a decimal number")
+    value = Decimal(text)
+    limit = MAX_SIZE if name == "volume" else MAX_PRICE
+    if value and not MIN_MAGNITUDE <= abs(value) < limit:
+        raise InputError(f"{where}: {name} {text!r} is out of range (non-zero magnitudes are "
+                         f"{MIN_MAGNITUDE:.0e} to {limit:.0e})")
     return value
 
 
@@ -60,9 +82,14 @@ def parse_rows(
         if len(row) != 6:
             raise InputError(f"{where}: expected 6 fields, got {len(row)}")
         ts_text = row[0].strip()
-        if not ts_text.isdigit():
+        if not (ts_text.isascii() and ts_text.isdigit()):  # isdigit() alone takes '²' and '٣'
             raise InputError(f"{where}: timestamp {ts_text!r} is not whole Unix seconds")
-        ts = int(ts_text)
+        try:
+            ts = int(ts_text)
+            open_time = utc_from_unix(ts)
+        except (OverflowError, OSError, ValueError):
+            raise InputError(f"{where}: timestamp {ts_text[:20]}{'…' if len(ts_text) > 20 else ''} "
+                             "is out of range (beyond year 9999)") from None
         if ts % step:
             raise InputError(f"{where}: timestamp {ts} is not aligned to the {interval} interval")
         if previous is not None and ts <= previous:
@@ -77,7 +104,7 @@ def parse_rows(
             raise InputError(f"{where}: open/close outside the high-low range")
         if v < 0:
             raise InputError(f"{where}: negative volume {v}")
-        yield Bar(exchange, symbol, interval, utc_from_unix(ts), o, h, lo, c, v, None, source)
+        yield Bar(exchange, symbol, interval, open_time, o, h, lo, c, v, None, source)
 
 
 def read_bars_csv(

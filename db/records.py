@@ -16,6 +16,12 @@ from typing import Any, Literal, overload
 
 from db.errors import InputError
 
+#: Prices must be below this, volumes and sizes below MAX_SIZE, and neither may be non-zero below
+#: MIN_MAGNITUDE: beyond them no market trades, so a number is a garbled field (feeds and files).
+MAX_PRICE = Decimal(10) ** 15
+MAX_SIZE = Decimal(10) ** 18
+MIN_MAGNITUDE = Decimal(1).scaleb(-30)
+
 #: Bar intervals barcast knows, in seconds. 5m is the default everywhere.
 INTERVALS: dict[str, int] = {"1m": 60, "5m": 300, "15m": 900, "1h": 3600}
 DEFAULT_INTERVAL = "5m"

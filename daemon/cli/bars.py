@@ -85,14 +85,13 @@ def import_bars(app: AppContext, file: Path, series: SeriesKey | None, exchange:
 
         bars = read_bars_csv(file, exchange=series.exchange, symbol=series.symbol, interval=interval,
                              on_line=on_line)
-        progress.update(task, completed=size, description=f"storing {len(bars):,} bars")
-        database = app.database(create=True)
         extra = []
         incomplete = 0
-        if resample_to:
+        if resample_to:  # before the database is opened: a bad --resample must create nothing
             result = resample(bars, resample_to)
             extra, incomplete = result.bars, result.incomplete
-        written = upsert_bars(database, [*bars, *extra])
+        progress.update(task, completed=size, description=f"storing {len(bars) + len(extra):,} bars")
+        written = upsert_bars(app.database(create=True), [*bars, *extra])
     msg = f"{file}: {len(bars):,} {interval} bars for {series.exchange}:{series.symbol}"
     if resample_to:
         msg += f", {len(extra):,} {resample_to} bars rolled up ({incomplete} incomplete buckets at gaps skipped)"

@@ -20,6 +20,8 @@ from decimal import Context, Decimal, InvalidOperation
 from itertools import repeat
 from typing import Any, Final
 
+from db.records import MAX_PRICE, MAX_SIZE, MIN_MAGNITUDE
+
 #: Microseconds per second / millisecond, nanoseconds per microsecond.
 US_PER_S: Final = 1_000_000
 US_PER_MS: Final = 1_000
@@ -27,12 +29,10 @@ NS_PER_US: Final = 1_000
 
 #: Longest number text accepted (digits, point, sign, exponent).
 MAX_TEXT: Final = 40
-#: Prices must be below this; sizes below MAX_SIZE. Beyond them no market trades: a garbled field.
-MAX_PRICE: Final = Decimal(10) ** 15
-MAX_SIZE: Final = Decimal(10) ** 18
-#: Smallest non-zero magnitude accepted (1e-30): below it a number is garbage, and unbounded
-#: exponents would make sums inexact.
-MIN_MAGNITUDE: Final = Decimal(1).scaleb(-30)
+# Prices below MAX_PRICE, sizes below MAX_SIZE, nothing non-zero below MIN_MAGNITUDE (1e-30: below
+# it a number is garbage, and unbounded exponents would make sums inexact): `db.records`, whose
+# bounds `import-bars` checks files by too.
+
 #: Context for aggregation arithmetic: with inputs bounded as above, sums never round.
 EXACT: Final = Context(prec=160)
 

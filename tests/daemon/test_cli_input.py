@@ -77,3 +77,57 @@ def test_file_error_does_not_blame_an_unrelated_variable(tmp_path: Path) -> None
     with pytest.raises(ConfigError) as info:
         load_config(cfg, env={"BARCAST_API__PORT": "8788"})
     assert str(cfg) in str(info.value) and "BARCAST_API__PORT" not in str(info.value)
+
+
+# --- import-bars -----------------------------------------------------------------------------------
+
+GOOD_ROWS = "".join(f"{1606780800 + 300 * i},1,2,1,1,1\n" for i in range(1, 4))
+
+#: Rows `Decimal()` or `datetime` took, or that escaped as tracebacks, before the file check knew them.
+BAD_NUMBERS = [
+    ("1606782000,1,2,1,1,7_100\n", "volume '7_100' is not a decimal number"),  # was stored as 7100
+    ("1606782000,1,2,1,1,\u0667\u0661\u0660\n", "volume '\u0667\u0661\u0660' is not a decimal"),  # was 710
+    ("1606782000,1e14,1e15,1,1,1\n", "high '1e15' is out of range"),  # no market trades there
+    ("1606782000,1,2,1,1,1e400\n", "volume '1e400' is out of range"),
+    ("1606782000,1,2,1,1,1e999999\n", "volume '1e999999' is not a decimal number"),  # a million digits out
+    ("1606782000,1,2,1e-40,1,1\n", "low '1e-40' is out of range"),
+    ("1606782000,1,2,1,1,-inf\n", "volume '-inf' is not a finite number"),
+    ("99999999999999999900,1,2,1,1,1\n", "is out of range (beyond year 9999)"),  # was OverflowError
+    ("253402300800,1,2,1,1,1\n", "is out of range (beyond year 9999)"),  # was ValueError
+    ("1" * 5000 + ",1,2,1,1,1\n", "is out of range"),  # int() refuses > 4300 digits
+    ("1606782000\u00b2,1,2,1,1,1\n", "is not whole Unix seconds"),  # '²'.isdigit() is True
+]
+
+
+@pytest.mark.parametrize(("bad", "why"), BAD_NUMBERS)
+def test_bad_number_or_time_names_line_and_stores_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], bad: str, why: str
+) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text("timestamp,open,high,low,close,volume\n" + GOOD_ROWS + bad, encoding="utf-8")
+    db = tmp_path / "b.db"
+    res = barcast(capsys, "--db", f"sqlite:///{db}", "import-bars", str(path), "--series", "binance:BTC-USDT")
+    assert res.code == 2, res.err
+    assert "bad.csv:5: " in res.err and why in res.err and "Traceback" not in res.err, res.err
+    assert not db.exists()
+
+
+def test_number_forms_files_write_are_still_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "ok.csv"
+    path.write_text("timestamp,open,high,low,close,volume\n" + GOOD_ROWS
+                    + '1606782000,+1,2.50,.5,1,1e-05\n1606782300,1,2,1,1,"0"\n')
+    db = f"sqlite:///{tmp_path / 'ok.db'}"
+    res = barcast(capsys, "--db", db, "import-bars", str(path), "--series", "binance:BTC-USDT")
+    assert res.code == 0, res.err
+    out = barcast(capsys, "--db", db, "bars", "--series", "binance:BTC-USDT", "--format", "csv").out
+    assert out.splitlines()[-2:] == ["1606782000,1,2.50,0.5,1,0.00001", "1606782300,1,2,1,1,0"]
+
+
+def test_bad_resample_creates_no_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "ok.csv"
+    path.write_text("timestamp,open,high,low,close,volume\n" + GOOD_ROWS)
+    db = tmp_path / "b.db"
+    res = barcast(capsys, "--db", f"sqlite:///{db}", "import-bars", str(path), "--series", "binance:BTC-USDT",
+                  "--resample", "1m")
+    assert res.code == 2 and "cannot resample 5m bars to 1m" in res.err
+    assert not db.exists()  # used to be left behind, empty
