@@ -63,12 +63,12 @@ def read_csv_frame(path: str | Path) -> pd.DataFrame:
     for col in (*CSV_COLUMNS, "trade_count"):
         if col not in raw.columns:
             continue
-        numeric = pd.to_numeric(raw[col], errors="coerce")
-        bad = np.flatnonzero(numeric.isna().to_numpy())
+        values = pd.to_numeric(raw[col], errors="coerce").to_numpy(dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(values))  # 'inf' parses, and reached the models
         if bad.size and not (col == "trade_count" and (raw[col].iloc[bad] == "").all()):
             row = int(bad[0])
-            raise InputError(f"{path}:{row + 2}: {col} {raw[col].iloc[row]!r} is not a number")
-        data[col] = numeric.to_numpy(dtype=np.float64)
+            raise InputError(f"{path}:{row + 2}: {col} {raw[col].iloc[row]!r} is not a finite number")
+        data[col] = values
     ts = data.pop("timestamp")
     if np.any(ts != np.floor(ts)):
         row = int(np.argmax(ts != np.floor(ts)))

@@ -87,6 +87,11 @@ def test_csv_reader_names_the_bad_line(tmp_path, btc_csv) -> None:
     bad.write_text("\n".join(lines) + "\n")
     with pytest.raises(InputError, match=r"bad.csv:4: close 'abc'"):
         read_csv_frame(bad)
+    for text in ("inf", "-Infinity", "1e999"):  # parsed as floats, they reached the models (a traceback)
+        inf = tmp_path / "inf.csv"
+        inf.write_text("\n".join([*lines[:3], lines[3].replace(lines[3].split(",")[4], text, 1)]) + "\n")
+        with pytest.raises(InputError, match=rf"inf.csv:4: close '{text}' is not a finite number"):
+            read_csv_frame(inf)
     order = tmp_path / "order.csv"
     order.write_text("\n".join([lines[0], lines[2], lines[1]]) + "\n")
     with pytest.raises(InputError, match=r"order.csv:3: timestamp .* does not ascend"):
