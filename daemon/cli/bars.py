@@ -13,7 +13,7 @@ from daemon.cli.common import (
     SeriesParam,
     emit_rows,
     format_option,
-    parse_time,
+    parse_range,
     pass_app,
     progress_bar,
     require_known_series,
@@ -109,9 +109,9 @@ def bars_cmd(app: AppContext, series: SeriesKey | None, exchange: str | None, sy
              interval: str | None, since: str | None, until: str | None, limit: int | None, fmt: str) -> None:
     """Stored bars of one series, oldest first. `--format csv` is the import format."""
     series = _one_series(series, exchange, symbol, interval)
+    t0, t1 = parse_range(since, until)
     require_known_series(app, [series])
-    rows = read_bars(app.database(), series, since=parse_time(since, "--since"), until=parse_time(until, "--until"),
-                     limit=limit, newest_first=limit is not None)
+    rows = read_bars(app.database(), series, since=t0, until=t1, limit=limit, newest_first=limit is not None)
     if limit is not None:
         rows.reverse()
     if fmt == "csv":

@@ -155,38 +155,57 @@ def out_console() -> Console:
     return Console(width=100_000, no_color=True, color_system=None, highlight=False)
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+#: Longest duration or age taken (100 years): beyond it times leave what datetime can hold.
+_MAX_SECONDS = 100 * 366 * 86400
+
+
+def _seconds(t: str) -> int | None:
+    """Seconds of `90s`, `30m`, `12h`, `7d`, `2w` (ASCII digits), else None."""
+    if len(t) > 1 and t[-1] in _UNITS and t[:-1].isascii() and t[:-1].isdigit():
+        return int(t[:-1]) * _UNITS[t[-1]]
+    return None
+
+
 def parse_time(text: str | None, name: str) -> datetime | None:
     """ISO-8601 (naive means UTC), Unix seconds, or a relative age like `3d`, `12h`, `30m` ago."""
     if text is None:
         return None
     t = text.strip()
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    age = _seconds(t)
+    if age is not None:
+        if age > _MAX_SECONDS:
+            raise InputError(f"{name}: {text!r} is more than 100 years ago")
+        return datetime.now(UTC) - timedelta(seconds=age)
     try:
-        if len(t) > 1 and t[-1] in units and t[:-1].isdigit():
-            return datetime.now(UTC) - timedelta(seconds=int(t[:-1]) * units[t[-1]])
-        if t.isdigit():
+        if t.isascii() and t.isdigit():
             return datetime.fromtimestamp(int(t), UTC)
-    except (OverflowError, OSError, ValueError):  # beyond what a datetime holds (years 1..9999)
-        raise InputError(f"{name}: {text!r} is out of range (years 1 to 9999)") from None
-    try:
         parsed = datetime.fromisoformat(t.replace("Z", "+00:00"))
-    except ValueError:
-        raise InputError(f"{name}: {text!r} is not a time (ISO-8601, Unix seconds, or an age like 3d)") from None
-    try:
         return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-    except OverflowError:  # year 1 or 9999 shifted by its offset beyond what a datetime holds
+    except (OverflowError, OSError):  # Unix seconds beyond year 9999, or its offset pushing it past
         raise InputError(f"{name}: {text!r} is out of range (years 1 to 9999)") from None
+    except ValueError as exc:
+        if "out of range" in str(exc):  # year 10000 and on, from fromtimestamp
+            raise InputError(f"{name}: {text!r} is out of range (years 1 to 9999)") from None
+        raise InputError(f"{name}: {text!r} is not a time (ISO-8601, Unix seconds, or an age like 3d)") from None
+
+
+def parse_range(since: str | None, until: str | None) -> tuple[datetime | None, datetime | None]:
+    """`--since` and `--until` parsed; a range that ends before it starts is a mistake, not an
+    empty answer (as in `forecasts` and the API)."""
+    t0, t1 = parse_time(since, "--since"), parse_time(until, "--until")
+    if t0 is not None and t1 is not None and t0 >= t1:
+        raise InputError(f"--since {since} is not before --until {until}")
+    return t0, t1
 
 
 def parse_duration(text: str, name: str) -> timedelta:
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-    t = text.strip()
-    if len(t) > 1 and t[-1] in units and t[:-1].isdigit():
-        try:
-            return timedelta(seconds=int(t[:-1]) * units[t[-1]])
-        except OverflowError:
-            raise InputError(f"{name}: {text!r} is longer than a duration can be") from None
-    raise InputError(f"{name}: {text!r} is not a duration like 90s, 30m, 12h, 7d")
+    seconds = _seconds(text.strip())
+    if seconds is None:
+        raise InputError(f"{name}: {text!r} is not a duration like 90s, 30m, 12h, 7d")
+    if seconds > _MAX_SECONDS:
+        raise InputError(f"{name}: {text!r} is longer than 100 years")
+    return timedelta(seconds=seconds)
 
 
 def not_implemented(name: str, issue: str) -> click.Command:

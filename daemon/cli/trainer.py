@@ -22,7 +22,7 @@ from daemon.cli.common import (
     format_option,
     iso,
     out_console,
-    parse_time,
+    parse_range,
     pass_app,
     progress_bar,
     require_known_series,
@@ -79,11 +79,11 @@ def _load_frame(
     """(bars frame, name for messages, series key) from --csv or --series."""
     if not csv_path and not series:
         raise InputError("give a data source: --csv FILE or --series EXCHANGE:SYMBOL (with --csv, --series names it)")
+    t0, t1 = parse_range(since, until)
     if csv_path:
         from trainer.datasets import read_csv_frame
 
         frame = read_csv_frame(csv_path)
-        t0, t1 = parse_time(since, "--since"), parse_time(until, "--until")
         if t0 is not None:
             frame = frame[frame.index >= t0]
         if t1 is not None:
@@ -93,7 +93,7 @@ def _load_frame(
 
     assert series is not None
     require_known_series(app, [series])
-    frame = bars_frame(app.database(), series, parse_time(since, "--since"), parse_time(until, "--until"))
+    frame = bars_frame(app.database(), series, t0, t1)
     if frame.empty:
         raise InputError(f"no stored bars for {series} in that range (see `barcast db stats`)")
     return frame, str(series), series

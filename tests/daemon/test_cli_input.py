@@ -131,3 +131,44 @@ def test_bad_resample_creates_no_database(tmp_path: Path, capsys: pytest.Capture
                   "--resample", "1m")
     assert res.code == 2 and "cannot resample 5m bars to 1m" in res.err
     assert not db.exists()  # used to be left behind, empty
+
+
+# --- times and durations -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def bars_db(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    path = tmp_path / "ok.csv"
+    path.write_text("timestamp,open,high,low,close,volume\n" + GOOD_ROWS)
+    db = f"sqlite:///{tmp_path / 'ok.db'}"
+    assert barcast(capsys, "--db", db, "import-bars", str(path), "--series", "binance:BTC-USDT").code == 0
+    return db
+
+
+@pytest.mark.parametrize(("args", "why"), [
+    (["--since", "99999999999999"], "--since: '99999999999999' is out of range"),  # was OverflowError
+    (["--since", "253402300800"], "--since: '253402300800' is out of range"),  # was ValueError (year 10000)
+    (["--until", "9999-12-31T23:00:00-05:00"], "is out of range"),  # past 9999 in UTC: OverflowError
+    (["--since", "9999999999999d"], "--since: '9999999999999d' is more than 100 years ago"),  # timedelta
+    (["--since", "2020-12-02", "--until", "2020-12-01"], "--since 2020-12-02 is not before --until 2020-12-01"),
+])
+def test_bad_time_range_is_one_line(bars_db: str, capsys: pytest.CaptureFixture[str], args: list[str],
+                                    why: str) -> None:
+    res = barcast(capsys, "--db", bars_db, "bars", "--series", "binance:BTC-USDT", *args)
+    assert res.code == 2 and why in res.err and "Traceback" not in res.err, res.err
+    res = barcast(capsys, "--db", bars_db, "evaluate", "--series", "binance:BTC-USDT", "--models", "persistence",
+                  *args)
+    assert res.code == 2 and why in res.err, res.err
+
+
+def test_time_forms_still_read(bars_db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    for since in ("1606781400", "2020-12-01T00:10:00Z", "2020-12-01T01:10:00+01:00", "2020-12-01 00:10"):
+        res = barcast(capsys, "--db", bars_db, "bars", "--series", "binance:BTC-USDT", "--since", since,
+                      "--until", "1606782000", "--format", "csv")
+        assert res.out.splitlines()[1:] == ["1606781400,1,2,1,1,1", "1606781700,1,2,1,1,1"], since
+
+
+def test_bad_duration_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    res = barcast(capsys, "record", "--exchange", "binance", "--symbols", "BTC-USDT", "--url", "ws://127.0.0.1:9",
+                  "--out", str(tmp_path / "c.txt"), "--duration", "99999999999999d")
+    assert res.code == 2 and "--duration: '99999999999999d' is longer than 100 years" in res.err, res.err
