@@ -4,9 +4,11 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from click.testing import CliRunner
 
 from daemon.cli import main
+from tests.daemon.clirun import barcast
 
 
 def _csv(frame: pd.DataFrame, path: Path) -> Path:
@@ -74,3 +76,25 @@ def test_bad_input_is_a_clean_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["--db", f"sqlite:///{tmp_path / 'x.db'}", "evaluate", "--models", "nope",
                                        "--csv", str(tmp_path / "missing.csv")])
     assert result.exit_code != 0
+
+
+def test_every_arch_trains_from_the_cli_and_promote_checks_series(
+    small_frame: pd.DataFrame, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`har` (the live default, `forecast.arch`) was missing from `train --arch` and from
+    evaluate's default models; `models promote --series` took any typo as a champion's series."""
+    from daemon.cli.trainer import ALL_MODELS
+    from trainer.models import ARCHS, CLIMATOLOGY
+
+    assert set(ALL_MODELS.split(",")) == set(ARCHS) - {CLIMATOLOGY}
+    csv = _csv(small_frame, tmp_path / "btc.csv")
+    db = ["--db", f"sqlite:///{tmp_path / 'r.db'}"]
+    res = barcast(capsys, *db, "train", "--csv", str(csv), "--series", "binance:BTC-USDT", "--arch", "har",
+                  "--artifacts", str(tmp_path / "art"), "--format", "json")
+    assert res.code == 0, res.err
+    model_id = json.loads(res.out)[0]["id"]
+    res = barcast(capsys, *db, "models", "promote", model_id, "--series", "binance:BTC-USDTT")
+    assert res.code == 2 and "--series binance:BTC-USDTT:5m: no such series" in res.err, res.err
+    assert json.loads(barcast(capsys, *db, "models", "list", "--format", "json").out)[0]["status"] == "candidate"
+    res = barcast(capsys, *db, "models", "promote", model_id, "--series", "binance:BTC-USDT")  # its own
+    assert res.code == 0 and "is now champion of binance:BTC-USDT:5m" in res.out, res.err
