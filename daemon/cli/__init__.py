@@ -65,5 +65,11 @@ def run(argv: list[str] | None = None) -> Any:
     except BarcastError as exc:
         click.echo(f"barcast: error: {exc}", err=True)
         sys.exit(exc.exit_code)
+    except OSError as exc:  # a file the command writes or reads (--out, --artifacts, --plot …): name it
+        if isinstance(exc, BrokenPipeError):
+            sys.exit(1)
+        where = "".join(f"{f}: " for f in (exc.filename, exc.filename2) if f)
+        click.echo(f"barcast: error: {where}{exc.strerror or exc}", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

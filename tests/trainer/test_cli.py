@@ -98,3 +98,18 @@ def test_every_arch_trains_from_the_cli_and_promote_checks_series(
     assert json.loads(barcast(capsys, *db, "models", "list", "--format", "json").out)[0]["status"] == "candidate"
     res = barcast(capsys, *db, "models", "promote", model_id, "--series", "binance:BTC-USDT")  # its own
     assert res.code == 0 and "is now champion of binance:BTC-USDT:5m" in res.out, res.err
+
+
+def test_unwritable_output_is_one_line(small_frame: pd.DataFrame, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """An output path that cannot be written (here: below a plain file) used to end in a traceback."""
+    csv = _csv(small_frame, tmp_path / "btc.csv")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    db = ["--db", f"sqlite:///{tmp_path / 'r.db'}"]
+    res = barcast(capsys, *db, "train", "--csv", str(csv), "--arch", "persistence", "--window", "64",
+                  "--artifacts", str(blocker / "art"))
+    assert res.code == 1 and f"barcast: error: {blocker / 'art'}" in res.err and "Traceback" not in res.err, res.err
+    res = barcast(capsys, *db, "evaluate", "--csv", str(csv), "--models", "persistence", "--window", "64",
+                  "--predictions", str(blocker / "p.csv"))
+    assert res.code == 1 and f"barcast: error: {blocker / 'p.csv'}: Not a directory" in res.err, res.err
