@@ -193,6 +193,9 @@ def train(
     data = _data_params(app, **kw)
     series: SeriesKey | None = series_text
     progress = fmt == "table"
+    ignored = [name for name, value in (("--csv", csv_path), ("--since", since), ("--until", until)) if value]
+    if h5_path and ignored:  # the export's windows are fixed: these would be silently ignored
+        raise InputError(f"--h5 takes its windows from the file: give it without {', '.join(ignored)}")
     if h5_path:
         result = train_from_h5(
             h5_path,

@@ -69,6 +69,10 @@ def test_train_register_promote_retire(small_frame: pd.DataFrame, tmp_path: Path
               str(tmp_path / "art"), "--format", "json"])
     )[0]
     assert not from_h5["registered"] and Path(from_h5["artifact"]).is_dir() and from_h5["test_mae"] > 0
+    # a second source beside --h5 was silently ignored
+    res = CliRunner().invoke(main, [*db, "train", "--h5", str(h5), "--csv", str(csv), "--since", "3d",
+                                    "--arch", "linear", "--no-register"])
+    assert "give it without --csv, --since" in str(res.exception) and res.exception.exit_code == 2  # type: ignore[union-attr]
     assert len(json.loads(_run([*db, "models", "list", "--format", "json"]))) == 1
 
 
