@@ -37,6 +37,15 @@ class DatabaseConfig:
     #: SQLAlchemy URL. Empty: SQLite file `barcast.db` in `paths.data_dir`.
     url: str = ""
 
+    def __post_init__(self) -> None:
+        if self.url:  # `config check` must refuse what every command would (mysql://, a bad URL)
+            from db.engine import normalise_url
+
+            try:
+                normalise_url(self.url)
+            except InputError as exc:
+                raise ValueError(f"url: {exc}") from None
+
 
 @dataclass(frozen=True, slots=True)
 class PathsConfig:
@@ -514,8 +523,23 @@ def load_config(
         raise ConfigError(f"{msg}{where}") from None
     cfg = replace(cfg, source=str(file) if file else "(defaults)")
     if db_url:
-        cfg = replace(cfg, database=replace(cfg.database, url=db_url))
+        try:
+            cfg = replace(cfg, database=replace(cfg.database, url=db_url))
+        except ValueError as exc:
+            raise InputError(f"--db: {str(exc).removeprefix('url: ')}") from None
     return cfg
+
+
+def _hide_password(url: str) -> str:
+    """The URL as every other output shows it: the password as `***`."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return url
+    return parsed.render_as_string(hide_password=True) if parsed.password else url
 
 
 def config_as_toml(cfg: Config) -> str:
@@ -523,8 +547,11 @@ def config_as_toml(cfg: Config) -> str:
 
     plain = to_plain(cfg)
     plain.pop("source", None)
-    plain.setdefault("database", {})["url"] = cfg.database_url
+    plain.setdefault("database", {})["url"] = _hide_password(cfg.database_url)
+    if cfg.api.token:  # secrets live in an EnvironmentFile so that they are not shown about
+        plain["api"]["token"] = "***"
     plain.setdefault("paths", {}).update(
         data_dir=str(cfg.data_dir), log_dir=str(cfg.log_dir), artifacts_dir=str(cfg.artifacts_dir)
     )
-    return f"# effective config; loaded from {cfg.source}\n" + tomli_w.dumps(plain)
+    return (f"# effective config; loaded from {cfg.source} (the database password and api.token shown as ***)\n"
+            + tomli_w.dumps(plain))

@@ -22,6 +22,9 @@ BAD_CONFIGS = [
     ('[exchanges.krakn]\nws_url = "ws://127.0.0.1:9000"\n', "exchanges.krakn: not an exchange barcast knows"),
     ('[exchanges.kraken]\nws_url = "127.0.0.1:9000"\n', "exchanges.kraken.ws_url: '127.0.0.1:9000' is not a ws://"),
     ('[exchanges.kraken]\nrest_url = "ws://x"\n', "exchanges.kraken.rest_url: 'ws://x' is not an http://"),
+    # `config check` said OK, and every command then refused the database
+    ('[database]\nurl = "mysql://u@h/db"\n', "database.url: unsupported database URL 'mysql://u@h/db'"),
+    ('[database]\nurl = "postgresql://u@h:pg/db"\n', "database.url: bad database URL"),
 ]
 
 
@@ -35,6 +38,24 @@ def test_bad_config_names_key_and_file(tmp_path: Path, capsys: pytest.CaptureFix
     assert why in str(info.value) and str(cfg) in str(info.value)
     res = barcast(capsys, "--config", str(cfg), "config", "check")
     assert res.code == 2 and why in res.err and "Traceback" not in res.err
+
+
+def test_bad_db_flag_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    res = barcast(capsys, "--db", "postgresql://u@h:pg/db", "db", "stats")  # was a ValueError traceback
+    assert res.code == 2 and "--db: bad database URL 'postgresql://u@h:pg/db'" in res.err, res.err
+
+
+def test_config_show_hides_secrets(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Secrets go in an EnvironmentFile (README, systemd); `config show` printed them in clear, while
+    every other output (status, errors) hides the database password."""
+    monkeypatch.setenv("BARCAST_API__TOKEN", "t0ken-s3cret")
+    monkeypatch.setenv("BARCAST_DATABASE__URL", "postgresql://barcast:pw-s3cret@db.example/barcast")
+    cfg = tmp_path / "barcast.toml"
+    cfg.write_text('[logging]\nlevel = "info"\n')
+    res = barcast(capsys, "--config", str(cfg), "config", "show")
+    assert res.code == 0 and "s3cret" not in res.out, res.out
+    assert 'url = "postgresql://barcast:***@db.example/barcast"' in res.out and 'token = "***"' in res.out
 
 
 def test_good_exchange_overrides_pass(tmp_path: Path) -> None:
