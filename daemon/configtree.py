@@ -8,6 +8,7 @@ A section may check values in `__post_init__` by raising ValueError("key: reason
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, Literal, get_args, get_origin, get_type_hints
@@ -79,6 +80,8 @@ def convert(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"config key {key}: expected a number, got {value!r}")
+        if not math.isfinite(value):  # TOML has inf and nan; no option means either
+            raise ConfigError(f"config key {key}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

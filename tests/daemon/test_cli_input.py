@@ -81,6 +81,9 @@ def test_config_file_not_utf8_or_a_directory(tmp_path: Path, capsys: pytest.Capt
     ({"BARCAST_API__PORT__X": "1"}, "config key api.port: expected an integer"),
     ({"BARCAST_SERIES__EXCHANGE": "kraken"}, "config key series: expected list of table"),
     ({"BARCAST_EXCHANGES__KRAKN__WS_URL": "ws://x"}, "exchanges.krakn: not an exchange"),
+    # TOML's inf passed every `> 0` check: the daemon then failed on timedelta(days=inf)
+    ({"BARCAST_FEEDS__BACKFILL_DAYS": "inf"}, "config key feeds.backfill_days: expected a finite number, got inf"),
+    ({"BARCAST_RETRAIN__EVERY_HOURS": "+inf"}, "retrain.every_hours: expected a finite number"),
 ])
 def test_env_error_names_the_variable(env: dict[str, str], why: str) -> None:
     """The variable is named also when the error is about a key above the one it sets (these
