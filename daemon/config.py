@@ -134,6 +134,11 @@ class FeedsConfig:
         _check(0 < self.backoff_initial_s <= self.backoff_max_s, "backoff_initial_s: must be > 0 and <= backoff_max_s")
         _check(self.queue_size >= 10, "queue_size: must be >= 10")
         _check(self.backfill_days >= 0, "backfill_days: must be >= 0")
+        _check(self.backoff_reset_after_s >= 0, "backoff_reset_after_s: must be >= 0")
+        _check(self.ping_interval_s > 0, "ping_interval_s: must be > 0")
+        _check(self.ping_timeout_s > 0, "ping_timeout_s: must be > 0")
+        _check(self.rest_timeout_s > 0, "rest_timeout_s: must be > 0")
+        _check(self.max_future_s >= 0, "max_future_s: must be >= 0 (below 0 every live trade is 'future')")
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +169,7 @@ class ForecastConfig:
         _check(self.coalesce_ms >= 0, "coalesce_ms: must be >= 0")
         _check(self.backfill_forecast_bars >= 0, "backfill_forecast_bars: must be >= 0")
         _check(self.log_max_bytes >= 0, "log_max_bytes: must be >= 0 (0: no size limit)")
+        _check(self.log_max_age_hours >= 0, "log_max_age_hours: must be >= 0 (0: no age limit)")
         _check(self.log_backups >= 0, "log_backups: must be >= 0")
 
 

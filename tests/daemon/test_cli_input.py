@@ -84,6 +84,12 @@ def test_config_file_not_utf8_or_a_directory(tmp_path: Path, capsys: pytest.Capt
     # TOML's inf passed every `> 0` check: the daemon then failed on timedelta(days=inf)
     ({"BARCAST_FEEDS__BACKFILL_DAYS": "inf"}, "config key feeds.backfill_days: expected a finite number, got inf"),
     ({"BARCAST_RETRAIN__EVERY_HOURS": "+inf"}, "retrain.every_hours: expected a finite number"),
+    # unchecked before: a negative age rotated the forecast log at every line (older lines past
+    # log_backups files lost), a negative max_future_s dropped every live trade as "future"
+    ({"BARCAST_FORECAST__LOG_MAX_AGE_HOURS": "-1"}, "forecast.log_max_age_hours: must be >= 0"),
+    ({"BARCAST_FEEDS__MAX_FUTURE_S": "-5"}, "feeds.max_future_s: must be >= 0"),
+    ({"BARCAST_FEEDS__REST_TIMEOUT_S": "0"}, "feeds.rest_timeout_s: must be > 0"),
+    ({"BARCAST_FEEDS__PING_INTERVAL_S": "0"}, "feeds.ping_interval_s: must be > 0"),
 ])
 def test_env_error_names_the_variable(env: dict[str, str], why: str) -> None:
     """The variable is named also when the error is about a key above the one it sets (these
