@@ -296,7 +296,7 @@ def test_plots_are_non_trivial_pngs(db_url: str, capsys: pytest.CaptureFixture[s
     assert "  band persistence: q10–q90 fan" in res.out and "  band drift-16: ± live MAE per step" in res.out
     _check_png(out)
     everything = tmp_path / "all.png"  # a span reaching before 1970 plots every stored bar
-    res = barcast(capsys, "--db", db_url, "plot", "--series", str(BTC), "--last", "99999999d", "--out", str(everything))
+    res = barcast(capsys, "--db", db_url, "plot", "--series", str(BTC), "--last", "36500d", "--out", str(everything))
     database = open_database(db_url)
     stored = len(read_bars(database, BTC))
     database.close()
