@@ -117,7 +117,8 @@ def read_bars_csv(
 ) -> list[Bar]:
     """All bars of a CSV file; the whole file is checked before anything is returned."""
     try:
-        with path.open(newline="", encoding="utf-8") as fh:
+        # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the header
+        with path.open(newline="", encoding="utf-8-sig") as fh:
             bars = list(
                 parse_rows(fh, exchange=exchange, symbol=symbol, interval=interval, name=str(path), on_line=on_line)
             )

@@ -153,6 +153,22 @@ def test_number_forms_files_write_are_still_read(tmp_path: Path, capsys: pytest.
     assert out.splitlines()[-2:] == ["1606782000,1,2.50,0.5,1,0.00001", "1606782300,1,2,1,1,0"]
 
 
+def test_a_byte_order_mark_is_not_part_of_the_header(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], shared_dir: Path
+) -> None:
+    """Excel saves "CSV UTF-8" with a BOM; the same real rows import with it or without."""
+    rows = (shared_dir / "data" / "btcusdt_binance_5m_2020-12_2021-07.csv").read_text().splitlines(keepends=True)[:50]
+    out = {}
+    for name, prefix in (("plain", ""), ("bom", "\ufeff")):
+        path = tmp_path / f"{name}.csv"
+        path.write_text(prefix + "".join(rows).replace("\n", "\r\n"), encoding="utf-8", newline="")
+        db = f"sqlite:///{tmp_path / name}.db"
+        res = barcast(capsys, "--db", db, "import-bars", str(path), "--series", "binance:BTC-USDT")
+        assert res.code == 0, res.err
+        out[name] = barcast(capsys, "--db", db, "bars", "--series", "binance:BTC-USDT", "--format", "csv").out
+    assert out["bom"] == out["plain"] == "".join(rows)  # byte for byte the file's rows, no BOM
+
+
 def test_bad_resample_creates_no_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "ok.csv"
     path.write_text("timestamp,open,high,low,close,volume\n" + GOOD_ROWS)
