@@ -232,6 +232,35 @@ def existing_file(path: str) -> Path:
 SERIES_METAVAR = "E:S[:I]"
 
 
+class OutputPath(click.ParamType):
+    """A file (or, `directory=True`, a directory) a command will write, checked before it starts:
+    an evaluation or a training run must not spend minutes and then fail on where to put its
+    result. Missing parent directories are fine (they are created); the nearest existing one must
+    be a directory this process can write in, and an existing path of the wrong kind is refused."""
+
+    name = "path"
+
+    def __init__(self, *, directory: bool = False) -> None:
+        self.directory = directory
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path:
+        path = Path(value).expanduser()
+        if path.exists():
+            if path.is_dir() != self.directory:
+                self.fail(f"{path} is {'not ' if self.directory else ''}a directory", param, ctx)
+            if not os.access(path, os.W_OK):
+                self.fail(f"{path} is not writable", param, ctx)
+            return path
+        probe = path.absolute().parent
+        while not probe.exists():
+            probe = probe.parent
+        if not probe.is_dir():
+            self.fail(f"{path}: {probe} is not a directory", param, ctx)
+        if not os.access(probe, os.W_OK | os.X_OK):
+            self.fail(f"{path}: cannot write in {probe}", param, ctx)
+        return path
+
+
 class SeriesParam(click.ParamType):
     """`--series EXCHANGE:SYMBOL[:INTERVAL]`: one, or (many=True) repeated or comma-separated.
 

@@ -17,6 +17,7 @@ import orjson
 
 from daemon.cli.common import (
     AppContext,
+    OutputPath,
     emit_rows,
     flat_series,
     format_option,
@@ -116,7 +117,7 @@ def dataset() -> None:
 
 @dataset.command("export")
 @data_options
-@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="HDF5 file to write.")
+@click.option("--out", "out", required=True, type=OutputPath(), help="HDF5 file to write.")
 @pass_app
 def dataset_export(
     app: AppContext,
@@ -124,7 +125,7 @@ def dataset_export(
     series_text: SeriesKey | None,
     since: str | None,
     until: str | None,
-    out: str,
+    out: Path,
     **kw: Any,
 ) -> None:
     """Write `inputs` (n, window, f) / `outputs` (n, horizon, f) windows and metadata to HDF5."""
@@ -157,8 +158,8 @@ def _train_params(app: AppContext, **kw: Any) -> Any:
 @click.option("--seed", type=int, help="Random seed [42].")
 @click.option("--units", type=int, help="Recurrent units [50].")
 @click.option("--holdout-bars", type=int, help="Test on the last N bars instead of the fractions.")
-@click.option("--log-csv", type=click.Path(dir_okay=False), help="CSV log of epochs.")
-@click.option("--artifacts", type=click.Path(file_okay=False), help="Artifact root [config paths.artifacts_dir].")
+@click.option("--log-csv", type=OutputPath(), help="CSV log of epochs.")
+@click.option("--artifacts", type=OutputPath(directory=True), help="Artifact root [config paths.artifacts_dir].")
 @click.option("--register/--no-register", default=True, show_default=True, help="Add to the models table.")
 @format_option()
 @pass_app
@@ -177,8 +178,8 @@ def train(
     seed: int | None,
     units: int | None,
     holdout_bars: int | None,
-    log_csv: str | None,
-    artifacts: str | None,
+    log_csv: Path | None,
+    artifacts: Path | None,
     register: bool,
     fmt: str,
     **kw: Any,
@@ -261,11 +262,11 @@ def train(
 @click.option("--test-stride", type=int, default=1, show_default=True, help="Forecast at every N-th test origin.")
 @click.option("--refit-every", type=int, help="Re-train the networks every K bars of the test period.")
 @click.option("--seed", type=int, default=42, show_default=True)
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG of errors and forecasts.")
+@click.option("--plot", "plot_path", type=OutputPath(), help="Write a PNG of errors and forecasts.")
 @click.option(
     "--predictions",
     "predictions_path",
-    type=click.Path(dir_okay=False),
+    type=OutputPath(),
     help="Write every test forecast of every model as CSV "
     "(model, origin_time, step, target_time, last_close, actual, point, q10, q50, q90).",
 )
@@ -285,8 +286,8 @@ def evaluate(
     test_stride: int,
     refit_every: int | None,
     seed: int,
-    plot_path: str | None,
-    predictions_path: str | None,
+    plot_path: Path | None,
+    predictions_path: Path | None,
     fmt: str,
     **kw: Any,
 ) -> None:
@@ -358,7 +359,8 @@ def evaluate(
         import csv
 
         header, csv_rows = prediction_rows(bt)
-        with open(predictions_path, "w", newline="") as fh:
+        predictions_path.parent.mkdir(parents=True, exist_ok=True)
+        with predictions_path.open("w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(header)
             w.writerows(csv_rows)

@@ -106,14 +106,23 @@ def test_every_arch_trains_from_the_cli_and_promote_checks_series(
 
 def test_unwritable_output_is_one_line(small_frame: pd.DataFrame, tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
-    """An output path that cannot be written (here: below a plain file) used to end in a traceback."""
+    """An output path that cannot be written (here: below a plain file, or a directory where a file
+    goes) used to end in a traceback after the whole run; it is refused before the run starts (a
+    usage error, exit 2, names the option), and missing directories are created."""
     csv = _csv(small_frame, tmp_path / "btc.csv")
     blocker = tmp_path / "file"
     blocker.write_text("")
     db = ["--db", f"sqlite:///{tmp_path / 'r.db'}"]
     res = barcast(capsys, *db, "train", "--csv", str(csv), "--arch", "persistence", "--window", "64",
                   "--artifacts", str(blocker / "art"))
-    assert res.code == 1 and f"barcast: error: {blocker / 'art'}" in res.err and "Traceback" not in res.err, res.err
-    res = barcast(capsys, *db, "evaluate", "--csv", str(csv), "--models", "persistence", "--window", "64",
-                  "--predictions", str(blocker / "p.csv"))
-    assert res.code == 1 and f"barcast: error: {blocker / 'p.csv'}: Not a directory" in res.err, res.err
+    assert res.code == 2 and "--artifacts" in res.err and f"{blocker} is not a directory" in res.err, res.err
+    assert not (tmp_path / "r.db").exists()  # nothing ran
+    evaluate = ("evaluate", "--csv", str(csv), "--models", "persistence", "--window", "64")
+    for option, path, why in (("--predictions", blocker / "p.csv", f"{blocker} is not a directory"),
+                              ("--plot", tmp_path, f"{tmp_path} is a directory"),
+                              ("--log-csv", blocker / "sub" / "e.csv", f"{blocker} is not a directory")):
+        cmd = evaluate if option != "--log-csv" else ("train", "--csv", str(csv), "--arch", "persistence")
+        res = barcast(capsys, *db, *cmd, option, str(path))
+        assert res.code == 2 and option in res.err and why in res.err and "Traceback" not in res.err, res.err
+    res = barcast(capsys, *db, *evaluate, "--predictions", str(tmp_path / "new" / "dir" / "p.csv"))
+    assert res.code == 0 and (tmp_path / "new" / "dir" / "p.csv").stat().st_size > 0, res.err
