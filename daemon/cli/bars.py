@@ -102,7 +102,8 @@ def import_bars(app: AppContext, file: Path, series: SeriesKey | None, exchange:
 @_series_options
 @click.option("--since", default=None, help="From this bar open time (ISO-8601 UTC, Unix seconds, or an age like 3d).")
 @click.option("--until", default=None, help="Before this bar open time (exclusive).")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many (the newest).")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="At most this many: the newest, or with --since the first from it (as the API's /bars).")
 @format_option()
 @pass_app
 def bars_cmd(app: AppContext, series: SeriesKey | None, exchange: str | None, symbol: str | None,
@@ -111,8 +112,10 @@ def bars_cmd(app: AppContext, series: SeriesKey | None, exchange: str | None, sy
     series = _one_series(series, exchange, symbol, interval)
     t0, t1 = parse_range(since, until)
     require_known_series(app, [series])
-    rows = read_bars(app.database(), series, since=t0, until=t1, limit=limit, newest_first=limit is not None)
-    if limit is not None:
+    # a page from --since reads forward from it; without it the newest are what one asks for
+    newest = limit is not None and t0 is None
+    rows = read_bars(app.database(), series, since=t0, until=t1, limit=limit, newest_first=newest)
+    if newest:
         rows.reverse()
     if fmt == "csv":
         write_bars_csv(rows, sys.stdout)

@@ -292,3 +292,18 @@ def test_live_status_health_and_stream(database: Database, capsys: pytest.Captur
     finally:
         r.stop()
     assert live.closed == 1 and not live.queues  # the subscription was closed when the client left
+
+
+def test_cli_bars_and_api_bars_answer_the_same_page(
+    server: Running, database: Database, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--limit` means the newest N, or with `--since` the first N from it, in both faces."""
+    url = str(database.engine.url)
+    with httpx.Client(base_url=server.url, timeout=10) as c:
+        for query in ({"limit": 3}, {"since": "2021-07-17T20:00:00Z", "limit": 4}):
+            api = [b["open_time"] for b in c.get("/bars", params={"series": str(BTC), **query}).json()["bars"]]
+            args = [f"--{k}={v}" for k, v in query.items()]
+            res = barcast(capsys, "--db", url, "bars", "--series", str(BTC), *args, "--format", "json")
+            assert res.code == 0, res.err
+            assert [b["open_time"] for b in json.loads(res.out)] == api and len(api) == query["limit"]
+    assert api[0] == "2021-07-17T20:00:00Z"  # the page starts where --since says
