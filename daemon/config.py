@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import platformdirs
 
@@ -90,10 +91,23 @@ class ExchangeConfig:
     rest_url: str = ""
 
     def __post_init__(self) -> None:
-        _check(not self.ws_url or self.ws_url.startswith(("ws://", "wss://")),
-               f"ws_url: {self.ws_url!r} is not a ws:// or wss:// URL")
-        _check(not self.rest_url or self.rest_url.startswith(("http://", "https://")),
-               f"rest_url: {self.rest_url!r} is not an http:// or https:// URL")
+        # a URL the feed cannot use would only show as a reconnect (or backfill) failing forever
+        _check(_url_ok(self.ws_url, ("ws", "wss")), f"ws_url: {self.ws_url!r} is not a valid ws:// or wss:// URL")
+        _check(
+            _url_ok(self.rest_url, ("http", "https")),
+            f"rest_url: {self.rest_url!r} is not a valid http:// or https:// URL",
+        )
+
+
+def _url_ok(url: str, schemes: tuple[str, ...]) -> bool:
+    """Empty (the exchange's own URL) or SCHEME://HOST… with one of `schemes`."""
+    if not url:
+        return True
+    try:
+        parts = urlsplit(url)
+        return parts.scheme in schemes and bool(parts.hostname) and (parts.port is None or parts.port > 0)
+    except ValueError:  # a port that is not a number or out of range
+        return False
 
 
 @dataclass(frozen=True, slots=True)

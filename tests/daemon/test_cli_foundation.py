@@ -136,6 +136,34 @@ def test_config_file_env_and_errors(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert res.code == 0 and 'format = "json"' in res.out and str(cfg) in res.out
 
 
+def test_exchange_names_and_urls_are_checked_at_start(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A misspelt exchange or a URL the feed cannot use stops the program naming the key (exit 2),
+    in `config check` too; before, `ingest` reconnected forever to `ws_url = "notaurl"` (an
+    error line per attempt, exit 0), a misspelt `[exchanges.binanace]` was ignored (the real
+    exchange was used) and `config check` passed a series on an unknown exchange."""
+    cfg = tmp_path / "barcast.toml"
+    cases = [
+        ('[[series]]\nexchange = "binanace"\nsymbol = "BTC-USDT"\n', "series[0].exchange: 'binanace' is not one of"),
+        ('[exchanges.binanace]\nws_url = "ws://127.0.0.1:9/ws"\n', "exchanges.binanace: not an exchange"),
+        ('[exchanges.binance]\nws_url = "notaurl"\n', "exchanges.binance.ws_url: 'notaurl' is not a valid ws://"),
+        ('[exchanges.binance]\nws_url = "http://127.0.0.1:9/ws"\n', "exchanges.binance.ws_url"),
+        ('[exchanges.kraken]\nrest_url = "127.0.0.1:8080"\n', "exchanges.kraken.rest_url: '127.0.0.1:8080' is not"),
+        ('[exchanges.kraken]\nrest_url = "http://127.0.0.1:99999"\n', "exchanges.kraken.rest_url"),
+    ]
+    for text, why in cases:
+        cfg.write_text(text)
+        res = barcast(capsys, "--config", str(cfg), "config", "check")
+        assert res.code == 2 and why in res.err, (text, res.err)
+    db = tmp_path / "x.db"
+    cfg.write_text('[exchanges.binance]\nws_url = "notaurl"\n')
+    res = barcast(capsys, "--config", str(cfg), "--db", str(db), "ingest", "--series", "binance:BTC-USDT",
+                  "--duration", "1s")
+    assert res.code == 2 and "exchanges.binance.ws_url" in res.err and not db.exists()
+    cfg.write_text('[exchanges.binance]\nws_url = "wss://127.0.0.1:9443/ws"\nrest_url = "http://127.0.0.1:8080"\n'
+                   '[exchanges.kraken]\nws_url = ""\n')
+    assert barcast(capsys, "--config", str(cfg), "config", "check").code == 0
+
+
 def test_placeholder_commands_say_so_and_fail(capsys: pytest.CaptureFixture[str]) -> None:
     from daemon.cli import main
 
