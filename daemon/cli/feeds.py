@@ -207,7 +207,8 @@ def parse(file: str, exchange: str, fmt: str, summary: bool) -> None:
     help="Interval of the bars (default: CSVs: guessed from their first rows; random walks: 5m).",
 )
 @click.option("--speed", type=float, default=1.0, show_default=True, help="Simulated seconds per real second.")
-@click.option("--port", type=int, default=0, show_default=True, help="TCP port on 127.0.0.1 (0: a free one).")
+@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True,
+              help="TCP port on 127.0.0.1 (0: a free one).")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option(
     "--start",
@@ -217,16 +218,22 @@ def parse(file: str, exchange: str, fmt: str, summary: bool) -> None:
 )
 @click.option(
     "--heartbeat",
-    type=float,
+    type=click.FloatRange(min=0, min_open=True),
     default=1.0,
     show_default=True,
     help="Seconds between server heartbeats (where the protocol has them).",
 )
-@click.option("--drop-every", type=float, default=None, help="Fault: close each connection after K seconds.")
-@click.option("--refuse", type=int, default=0, help="Fault: refuse the first N connection attempts (HTTP 503).")
-@click.option("--malformed-every", type=int, default=None, help="Fault: a malformed message every N trades.")
+# a fault's value outside its range used to be taken silently (0: no fault, < 0: every connection
+# dropped or stalled at once, a malformed message every |N| trades)
+@click.option("--drop-every", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Fault: close each connection after K seconds.")
+@click.option("--refuse", type=click.IntRange(min=0), default=0,
+              help="Fault: refuse the first N connection attempts (HTTP 503).")
+@click.option("--malformed-every", type=click.IntRange(min=1), default=None,
+              help="Fault: a malformed message every N trades.")
 @click.option(
-    "--stall-after", type=float, default=None, help="Fault: stop sending on each connection S seconds after it opened."
+    "--stall-after", type=click.FloatRange(min=0), default=None,
+    help="Fault: stop sending on each connection S seconds after it opened.",
 )
 @click.option(
     "--trades-per-frame",

@@ -55,6 +55,7 @@ from websockets.http11 import Request, Response
 
 from daemon.feeds.base import Candle, ExchangeProtocol, SimState, Trade
 from daemon.feeds.fields import US_PER_S, us, us_from_clock
+from db.errors import BarcastError
 from db.records import Bar, interval_seconds, to_unix
 
 log = logging.getLogger("barcast.sim")
@@ -282,16 +283,21 @@ class ExchangeSimulator:
         return max(to_unix(s.bars[-1].open_time) for s in self.series) + self.interval_s
 
     async def start(self) -> None:
-        self._server = await serve(
-            self._handler,
-            self.host,
-            self.port,
-            process_request=self._process_request,
-            ping_interval=20,
-            ping_timeout=20,
-            compression=None,
-            max_queue=None,
-        )
+        try:
+            self._server = await serve(
+                self._handler,
+                self.host,
+                self.port,
+                process_request=self._process_request,
+                ping_interval=20,
+                ping_timeout=20,
+                compression=None,
+                max_queue=None,
+            )
+        except OSError as exc:  # the port is taken, the host is not this machine's
+            raise BarcastError(
+                f"exchange simulator: cannot listen on {self.host}:{self.port}: {exc.strerror or exc}"
+            ) from None
         sock = next(iter(self._server.sockets))
         self.port = sock.getsockname()[1]
         self.clock.reset()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -185,3 +187,44 @@ def test_demos_on_different_databases_keep_their_own_models_and_logs(
     assert r.code == 0, r.err
     assert sorted(p.name for p in (Path(f"{a}.demo") / "models").iterdir()) == kept  # b's --fresh left a's
     assert Path(summaries[a]["forecast_log"]).is_file()
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--port", "70000"), ("--heartbeat", "0"), ("--heartbeat", "-1"), ("--drop-every", "0"),
+     ("--drop-every", "-2"), ("--refuse", "-1"), ("--malformed-every", "0"), ("--malformed-every", "-3"),
+     ("--stall-after", "-1")],
+)
+def test_exchange_sim_refuses_fault_and_port_values_out_of_range(tmp_path: Path, option: str, value: str) -> None:
+    """Before, these started a simulator anyway: port 70000 a traceback, heartbeat 0 a busy loop
+    broadcasting heartbeats, drop-every 0 no drops and -2 every connection closed at once,
+    malformed-every -3 every 3rd trade. Now: exit 2 naming the option, before anything listens."""
+    csv = tmp_path / "bars.csv"
+    csv.write_text("timestamp,open,high,low,close,volume\n1608897600,1,2,1,2,3\n1608897900,2,2,1,1,3\n")
+    # a process of its own: a simulator that starts serves until a signal (a failure, not a hang)
+    try:
+        r = subprocess.run(
+            [sys.executable, "-m", "daemon", "exchange-sim", "--protocol", "binance", "--bars", str(csv),
+             "--symbol", "BTC-USDT", option, value],
+            capture_output=True, text=True, timeout=60,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"exchange-sim {option} {value} started serving")
+    assert r.returncode == 2 and option in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_exchange_sim_on_a_taken_port_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A port in use was a traceback (OSError from the event loop); now one line, exit 1."""
+    import socket
+
+    csv = tmp_path / "bars.csv"
+    csv.write_text("timestamp,open,high,low,close,volume\n1608897600,1,2,1,2,3\n1608897900,2,2,1,1,3\n")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = barcast(capsys, "exchange-sim", "--protocol", "binance", "--bars", str(csv), "--symbol", "BTC-USDT",
+                    "--port", str(port))
+    assert r.code == 1, r.err
+    assert f"exchange simulator: cannot listen on 127.0.0.1:{port}" in r.err and "Traceback" not in r.err
