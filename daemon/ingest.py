@@ -49,7 +49,7 @@ from daemon.live.dbretry import retrying
 from db.bars import latest_bars, upsert_bars
 from db.cluster import Fence
 from db.engine import Database
-from db.records import SeriesKey
+from db.records import Bar, SeriesKey, interval_seconds, utc_from_unix
 
 __all__ = ["MIN_HISTORY_BARS", "FeedSpec", "FeedStats", "Ingest", "specs_from_config"]
 
@@ -231,15 +231,40 @@ class _Feed:
                 self.connection.reconnect()
 
     async def _backfill(self, req: Backfill) -> None:
-        """Fetch `req` page by page; each page is stored before the next is fetched."""
+        """Fetch `req` page by page; each page is stored before the next is fetched. One log line
+        per range once it is stored (a line per page flooded the log: 144 for 30 days of 1m
+        Coinbase), and one before a range of several pages, which can take a while."""
         session = self.session
-        pages = backfill_pages(self.rest, req.series, req.native, seconds(req.start_us), seconds(req.end_us))
+        start, end = seconds(req.start_us), seconds(req.end_us)
+        pages = backfill_pages(self.rest, req.series, req.native, start, end)
+        n_pages = -(-(end - start) // (self.protocol.max_candles * interval_seconds(req.series.interval)))
+        if n_pages > 1 and not req.open_ended:
+            log.info(
+                "backfilling",
+                extra={"series": str(req.series), "start": utc_from_unix(start).isoformat(),
+                       "end": utc_from_unix(end).isoformat(), "pages": n_pages},
+            )
+        stored: list[Bar] = []  # first and last stored bar
+        count = 0
         try:
             async for page_end, bars, last in pages:
                 await self._execute(session.backfilled(req, page_end, bars, last=last))
+                if bars:
+                    stored = [stored[0] if stored else bars[0], bars[-1]]
+                    count += len(bars)
         except BackfillError as exc:
-            log.warning("backfill failed; will retry", extra={"series": str(req.series), "error": str(exc)})
+            log.warning(
+                "backfill failed; will retry",
+                extra={"series": str(req.series), "error": str(exc), "stored_bars": count},
+            )
             await self._execute(session.backfill_failed(req, time.monotonic()))
+            return
+        if stored:
+            log.info(
+                "backfilled",
+                extra={"series": str(req.series), "start": stored[0].open_time.isoformat(),
+                       "end": stored[-1].open_time.isoformat(), "bars": count},
+            )
 
     def _count_bars(self, updates: list[BarUpdate]) -> None:
         for u in updates:

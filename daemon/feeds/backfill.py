@@ -146,9 +146,9 @@ async def backfill_pages(
     async for page_end, candles in candle_pages(client, native, step, start, end):
         bars = [candle_bar(series, c) for c in candles]
         metrics.BACKFILLED.labels(series.exchange, series.symbol).inc(len(bars))
-        if bars:
-            log.info(
-                "backfilled",
+        if bars:  # the caller logs the whole range once it is stored
+            log.debug(
+                "backfilled page",
                 extra={"series": str(series), "start": bars[0].open_time.isoformat(),
                        "end": bars[-1].open_time.isoformat(), "bars": len(bars)},
             )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from collections import Counter
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -78,12 +79,13 @@ async def run_sim_ingest(
     options: FeedsConfig = FAST,
     tick_s: float = 0.02,
     trades_per_frame: int = 1,
+    sim_start: datetime = SIM_START,
 ) -> Ingest:
     sim = ExchangeSimulator(
         PROTOCOLS[protocol],
         [SimSeries(series.symbol, tuple(bars))],
         speed=SPEED,
-        start=SIM_START.timestamp() if bars[0].open_time < SIM_START else None,
+        start=sim_start.timestamp() if bars[0].open_time < sim_start else None,
         heartbeat_s=0.05,
         faults=faults,
         trades_per_bar=trades_per_bar,
@@ -233,3 +235,50 @@ def test_every_protocol_end_to_end(tmp_db: Database, csv_bars: list[Bar], protoc
     ]
     asyncio.run(run_sim_ingest(tmp_db, bars, Faults(drop_every_s=0.4), protocol=protocol, series=series))
     assert values(read_bars(tmp_db, series)) == values(bars)
+
+
+def test_a_backfill_of_several_pages_is_logged_once_stored(tmp_db: Database, csv_bars: list[Bar]) -> None:
+    """Coinbase serves 300 candles a page: 28 hours of 5m history is two pages. The log says
+    once that the backfill starts (with its page count) and once what was stored, the whole
+    range; before, every page was a line of its own (144 for 30 days of 1m bars), written
+    before the page was stored."""
+    series = SeriesKey("coinbase", "BTC-USDT", "5m")
+    start = datetime(2020, 12, 21, 4, 0, tzinfo=UTC)
+    bars = [
+        Bar("coinbase", "BTC-USDT", "5m", b.open_time, b.open, b.high, b.low, b.close, b.volume)
+        for b in csv_bars
+        if b.open_time < datetime(2020, 12, 21, 12, 0, tzinfo=UTC)
+    ]
+    history = sum(b.open_time < start for b in bars)
+    assert history > 300  # more than one page
+
+    class Seen(logging.Handler):
+        """Each record with the bars stored when it was written."""
+
+        def __init__(self) -> None:
+            super().__init__(logging.DEBUG)
+            self.records: list[tuple[logging.LogRecord, int]] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("backfill"):
+                self.records.append((record, len(read_bars(tmp_db, series))))
+
+    seen = Seen()
+    logger = logging.getLogger("barcast")
+    level = logger.level
+    logger.addHandler(seen)
+    logger.setLevel(logging.DEBUG)
+    try:
+        asyncio.run(run_sim_ingest(tmp_db, bars, None, "coinbase", series, options=replace(FAST, backfill_days=3.0),
+                                   sim_start=start))
+    finally:
+        logger.removeHandler(seen)
+        logger.setLevel(level)
+    assert values(read_bars(tmp_db, series)) == values(bars)
+    info = [(r, n) for r, n in seen.records if r.levelno >= logging.INFO]
+    assert info[0][0].getMessage() == "backfilling" and info[0][0].pages >= 2, info  # type: ignore[attr-defined]
+    done, stored = info[1]
+    assert done.getMessage() == "backfilled", info
+    assert done.start == bars[0].open_time.isoformat() and done.bars >= history, info  # type: ignore[attr-defined]
+    assert stored >= done.bars  # type: ignore[attr-defined]  # written once the range is stored
+    assert sum(r.getMessage() == "backfilled page" for r, _ in seen.records) >= 2  # pages: debug only
