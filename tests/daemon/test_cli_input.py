@@ -20,8 +20,8 @@ BAD_CONFIGS = [
     ('[[series]]\nexchange = "kraken"\nsymbol = "ETHUSD"\n', "series[0].symbol: bad symbol 'ETHUSD'"),
     # a misspelt exchange table was ignored: the daemon then connected to the real exchange
     ('[exchanges.krakn]\nws_url = "ws://127.0.0.1:9000"\n', "exchanges.krakn: not an exchange barcast knows"),
-    ('[exchanges.kraken]\nws_url = "127.0.0.1:9000"\n', "exchanges.kraken.ws_url: '127.0.0.1:9000' is not a ws://"),
-    ('[exchanges.kraken]\nrest_url = "ws://x"\n', "exchanges.kraken.rest_url: 'ws://x' is not an http://"),
+    ('[exchanges.kraken]\nws_url = "127.0.0.1:9000"\n', "exchanges.kraken.ws_url: '127.0.0.1:9000' is not a valid ws://"),
+    ('[exchanges.kraken]\nrest_url = "ws://x"\n', "exchanges.kraken.rest_url: 'ws://x' is not a valid http://"),
     # `config check` said OK, and every command then refused the database
     ('[database]\nurl = "mysql://u@h/db"\n', "database.url: unsupported database URL 'mysql://u@h/db'"),
     ('[database]\nurl = "postgresql://u@h:pg/db"\n', "database.url: bad database URL"),
