@@ -4,8 +4,9 @@ In the style of python-websockets' `protocol.py`: `FeedSession` owns everything 
 *decides* - subscription acknowledgements, the series' bar aggregators, what is stored and what
 must be backfilled, when the stream is stale, what a malformed frame counts as - and does no I/O.
 No sockets, no database, no asyncio: the ingest shell moves bytes and executes the actions
-(`Publish` bars, fetch a `Backfill` range, `Reconnect`, log a `Rejected` frame) and reports their
-outcome back (`backfilled`, `backfill_failed`).
+(`Publish` bars, fetch a `Backfill` range, `Reconnect`, log a `Rejected` frame, record a
+`GapDetected` and later its `GapFilled`) and reports their outcome back (`backfilled`,
+`backfill_failed`).
 
 States: CONNECTING (no socket) -> SUBSCRIBING (socket up, acknowledgements outstanding) -> LIVE
 (bars built from trades) or BACKFILLING (live, with REST ranges still to fetch); STALE (no frame
@@ -23,6 +24,12 @@ What is known and what is backfilled, per series:
   REST every `rest_poll_s`: with the wall clock up to now; with the feed clock (simulators,
   replays) whatever closed candles the exchange serves - so the final bars of a run that ends are
   stored too.
+- A gap is what a reconnect cost the live stream: when a series that was live resumes, the bars
+  opening in [first bar not proven complete at the disconnect (no earlier than the previous live
+  start), new live start) were not built from trades (`GapDetected`, before the backfills that
+  cover it). Once a backfill request overlapping it has brought `next_needed` to its end, it is
+  `GapFilled` (the shell counts what was stored). The first connection's backfill is history,
+  not a gap; a failed backfill leaves its gap open until a retry completes it.
 
 A backfill needed in the middle of a frame suspends the frame: its remaining trades are applied
 after the shell reports the backfill's outcome, so backfilled bars (and their close, which seeds
@@ -150,7 +157,26 @@ class Rejected:
     text: str | bytes
 
 
-Action = Publish | Backfill | Reconnect | Rejected
+@dataclass(frozen=True, slots=True)
+class GapDetected:
+    """After a reconnect, the live stream missed the bars of `series` opening in [start_us, end_us):
+    record the gap (the backfills that fill it follow)."""
+
+    series: SeriesKey
+    start_us: int
+    end_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class GapFilled:
+    """The backfill covering the gap [start_us, end_us) of `series` is stored: count what it holds."""
+
+    series: SeriesKey
+    start_us: int
+    end_us: int
+
+
+Action = Publish | Backfill | Reconnect | Rejected | GapDetected | GapFilled
 NO_ACTIONS: list[Action] = []
 
 
@@ -198,6 +224,12 @@ class SeriesState:
     #: [next_needed, live_from) still to fetch; live_from is the first bar built from trades.
     pending_until_us: int | None = None
     retry_at: float = 0.0
+    #: first bar built from trades on the latest subscription (None: never live)
+    live_from_us: int | None = None
+    #: first bar the live stream missed since it went down (None: nothing missed, or never live)
+    missed_from_us: int | None = None
+    #: gaps [start, end) detected and not filled yet, oldest first
+    gaps: list[tuple[int, int]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,6 +333,10 @@ class FeedSession:
         for s in self.series:
             if last is not None and s.next_needed_us is not None:
                 s.next_needed_us = min(s.next_needed_us, s.agg.floor(last - self._grace_us))
+            if not s.agg.suspended and s.live_from_us is not None and s.next_needed_us is not None:
+                # live until now: what is not proven complete is missed (what precedes the live
+                # start is history, or an earlier gap of its own)
+                s.missed_from_us = max(s.next_needed_us, s.live_from_us)
             s.agg.interrupt()
         self.state = State.CONNECTING
         self._next_poll = mono + self.options.rest_poll_s
@@ -815,6 +851,9 @@ class FeedSession:
             live_from = s.agg.cursor_us
             assert live_from is not None
             self._ensure_start(s, observed_us)
+            if s.missed_from_us is not None:
+                self._gap(s, live_from, out)
+            s.live_from_us = live_from
             s.pending_until_us = live_from
             s.retry_at = 0.0
             # what has closed already can be fetched now; the partial interval once it is over
@@ -825,6 +864,27 @@ class FeedSession:
             return out
         out.extend(then())
         return out
+
+    def _gap(self, s: SeriesState, live_from: int, out: list[Action]) -> None:
+        """A series live before resumes at `live_from`: the bars missed since it went down are a gap."""
+        start, s.missed_from_us = s.missed_from_us, None
+        if start is None or start >= live_from:
+            return
+        out.append(GapDetected(s.key, start, live_from))
+        assert s.next_needed_us is not None
+        if s.next_needed_us >= live_from:  # REST polling while down stored all of it already
+            out.append(GapFilled(s.key, start, live_from))
+        else:
+            s.gaps.append((start, live_from))
+
+    def _gaps_filled(self, s: SeriesState, req: Backfill, out: list[Action]) -> None:
+        """Gaps that `req` (overlapping them) has brought `next_needed` past are filled; older
+        ones it cannot reach (a failed backfill skipped by live bars) are forgotten, unfilled."""
+        done = s.next_needed_us or 0
+        while s.gaps and s.gaps[0][1] <= done:
+            start, end = s.gaps.pop(0)
+            if req.start_us < end:
+                out.append(GapFilled(s.key, start, end))
 
     def _ensure_start(self, s: SeriesState, now_us: int) -> None:
         if s.next_needed_us is None:
@@ -871,6 +931,8 @@ class FeedSession:
         if bars:
             s.agg.set_last_close(bars[-1].close)
             out.append(Publish([BarUpdate(b, "backfilled") for b in bars]))
+        if s.gaps:
+            self._gaps_filled(s, req, out)
         if last:
             if req.final:
                 s.pending_until_us = None

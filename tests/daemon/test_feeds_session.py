@@ -8,7 +8,17 @@ import pytest
 
 from daemon.feeds import PROTOCOLS
 from daemon.feeds.fields import US_PER_S, iso_us
-from daemon.feeds.session import Backfill, FeedSession, Publish, Reconnect, Rejected, SessionOptions, State
+from daemon.feeds.session import (
+    Backfill,
+    FeedSession,
+    GapDetected,
+    GapFilled,
+    Publish,
+    Reconnect,
+    Rejected,
+    SessionOptions,
+    State,
+)
 from db.records import Bar, SeriesKey, utc_from_unix
 
 KEY = SeriesKey("coinbase", "BTC-USD", "5m")
@@ -130,3 +140,103 @@ def test_feed_clock_polls_open_ended_ranges_while_down() -> None:
     pub = s.backfilled(req, req.end_us, [last], last=True)
     assert isinstance(pub[0], Publish)
     assert s.series[0].next_needed_us == (T0 + 600) * US_PER_S  # after the last candle, not the window
+
+
+# --- gaps: what a reconnect cost the live stream ---------------------------------------------------
+
+BEAT = '{"type":"heartbeat"}'
+NO_GRACE = SessionOptions(grace_s=0.0, backfill_days=0.0, stall_timeout_s=5.0, rest_poll_s=10.0)
+#: live from T0+300, bar T0+300 closed by a trade at T0+610 (next needed: T0+600), last frame T0+700
+LIVE = [("up", 10), ("ack", 10), ("trade", 301), ("trade", 610), ("beat", 700)]
+
+
+def gaps_of(steps: list[tuple], opts: SessionOptions = OPTS) -> list[tuple[str, int, int]]:
+    """Run `steps` through a session, every backfill answered at once (no candles), and return the
+    gap actions in order as (kind, start, end) in seconds after T0."""
+    s = FeedSession(PROTOCOLS["coinbase"], [KEY], opts)
+    seen: list[tuple[str, int, int]] = []
+    mono = 0.0
+    tid = 0
+    for step in steps:
+        mono += 0.1
+        what, t = step[0], (T0 + step[1] if len(step) > 1 else None)
+        if what == "up":
+            acts = s.up(t, mono)
+        elif what == "ack":
+            acts = s.message(ACK, t, mono)
+        elif what == "trade":
+            tid += 1
+            acts = s.message(match(t, "10", tid), t, mono)
+        elif what == "beat":
+            acts = s.message(BEAT, t, mono)
+        elif what == "down":
+            acts = s.down(mono)
+        elif what == "poll":  # REST polling while down, once its interval has passed
+            mono += opts.rest_poll_s + 1
+            acts = s.tick(t, mono)
+        else:
+            assert what == "tick"
+            acts = s.tick(t, mono)
+        todo = list(acts)
+        while todo:
+            a = todo.pop(0)
+            if isinstance(a, GapDetected | GapFilled):
+                assert a.series == KEY
+                seen.append((type(a).__name__, a.start_us // US_PER_S - T0, a.end_us // US_PER_S - T0))
+            elif isinstance(a, Backfill):
+                todo[:0] = s.backfilled(a, a.end_us, [], last=True)
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("steps", "opts", "expect"),
+    [
+        pytest.param([*LIVE, ("tick", 1000)], OPTS, [], id="first-start-history-is-no-gap"),
+        pytest.param([("up", 10), ("down",), ("up", 500), ("ack", 500), ("tick", 602)], OPTS, [],
+                     id="down-before-ever-live-is-no-gap"),
+        pytest.param([*LIVE, ("down",), ("up", 1000), ("ack", 1000)], OPTS, [("GapDetected", 600, 1200)],
+                     id="resume-detects-missed-range"),
+        pytest.param([*LIVE, ("down",), ("up", 1000), ("ack", 1000), ("tick", 1202)], OPTS,
+                     [("GapDetected", 600, 1200), ("GapFilled", 600, 1200)], id="filled-once-backfill-covers-it"),
+        pytest.param([*LIVE[:4], ("beat", 650), ("down",), ("up", 651), ("ack", 651), ("tick", 902)], OPTS,
+                     [("GapDetected", 600, 900), ("GapFilled", 600, 900)], id="blip-loses-the-bar-in-progress"),
+        pytest.param([*LIVE, ("down",), ("up", 800), ("down",), ("up", 1000), ("ack", 1000), ("tick", 1202)], OPTS,
+                     [("GapDetected", 600, 1200), ("GapFilled", 600, 1200)],
+                     id="two-drops-before-resubscribing-one-gap"),
+        pytest.param([*LIVE, ("down",), ("up", 1000), ("ack", 1000), ("tick", 1202), ("trade", 1210),
+                      ("trade", 1510), ("beat", 1600), ("down",), ("up", 1700), ("ack", 1700), ("tick", 1802)], OPTS,
+                     [("GapDetected", 600, 1200), ("GapFilled", 600, 1200),
+                      ("GapDetected", 1500, 1800), ("GapFilled", 1500, 1800)], id="each-outage-its-own-gap"),
+        pytest.param([("up", 10), ("ack", 10), ("trade", 301), ("beat", 600), ("down",), ("up", 600), ("ack", 600),
+                      ("tick", 700)], NO_GRACE, [], id="resume-with-nothing-missed"),
+        pytest.param([("up", 10), ("ack", 10), ("trade", 301), ("beat", 600), ("beat", 700), ("down",),
+                      ("poll", 1200), ("up", 1200), ("ack", 1200)], NO_GRACE,
+                     [("GapDetected", 600, 1200), ("GapFilled", 600, 1200)], id="rest-polling-filled-it-while-down"),
+    ],
+)
+def test_a_reconnect_reports_the_bars_it_missed(steps: list[tuple], opts: SessionOptions, expect: list) -> None:
+    assert gaps_of(steps, opts) == expect
+
+
+def test_a_failed_backfill_leaves_the_gap_open_until_a_retry_fills_it() -> None:
+    s = live_session()
+    (history,) = s.message(ACK, T0 + 10, 0.1)
+    s.backfilled(history, history.end_us, [], last=True)
+    s.message(match(T0 + 301, "10", 1), T0 + 301, 0.2)  # the partial first interval is due: fetched
+    final = next(a for a in s.message(match(T0 + 610, "11", 2), T0 + 610, 0.3) if isinstance(a, Backfill))
+    s.backfilled(final, final.end_us, [], last=True)
+    s.message(BEAT, T0 + 700, 0.4)
+    s.down(0.5)
+    s.up(T0 + 1000, 0.6)
+    acts = s.message(ACK, T0 + 1000, 0.7)
+    assert [(type(a).__name__, a.start_us, a.end_us) for a in acts] == [
+        ("GapDetected", (T0 + 600) * US_PER_S, (T0 + 1200) * US_PER_S),
+        ("Backfill", (T0 + 600) * US_PER_S, (T0 + 900) * US_PER_S),
+    ]
+    s.backfill_failed(acts[1], 0.8)
+    assert not [a for a in s.tick(T0 + 1202, 1.0) if isinstance(a, GapFilled)]  # not retried yet
+    again = [a for a in s.tick(T0 + 1203, 31.0) if isinstance(a, Backfill)]
+    assert again and again[0].start_us == (T0 + 600) * US_PER_S and again[0].end_us == (T0 + 1200) * US_PER_S
+    after = s.backfilled(again[0], again[0].end_us, [], last=True)
+    filled = GapFilled(KEY, (T0 + 600) * US_PER_S, (T0 + 1200) * US_PER_S)
+    assert [a for a in after if isinstance(a, GapFilled)] == [filled]
