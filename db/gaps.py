@@ -1,0 +1,88 @@
+"""Feed gaps: ranges of bars a live feed missed across a reconnect, and whether REST filled them.
+
+The ingest records a gap when a series resumes after a disconnect, and marks it filled once the
+backfill covering it is stored, with the bars the database then holds in the range: a range the
+exchange had no candles for keeps fewer bars than it spans (information, not an error).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import func, insert, or_, select, update
+
+from db.engine import Database
+from db.records import SeriesKey, interval_seconds, to_unix
+from db.schema import bars as bars_t
+from db.schema import feed_gaps, series_is
+
+
+@dataclass(frozen=True, slots=True)
+class FeedGap:
+    id: int
+    series: SeriesKey
+    #: open times of the first missed bar and of the first bar after the gap (exclusive)
+    start: datetime
+    end: datetime
+    detected_at: datetime
+    #: bars stored in [start, end) once filled (0 until then)
+    bars_filled: int
+    filled_at: datetime | None
+
+    @property
+    def bars_missed(self) -> int:
+        """Bars the range spans."""
+        return (to_unix(self.end) - to_unix(self.start)) // interval_seconds(self.series.interval)
+
+
+def record_gap(database: Database, series: SeriesKey, start: datetime, end: datetime,
+               *, detected_at: datetime | None = None) -> int:
+    """Store a detected gap [start, end), not filled yet; returns its id."""
+    row = {
+        "exchange": series.exchange, "symbol": series.symbol, "interval": series.interval,
+        "gap_start": start, "gap_end": end, "detected_at": detected_at or datetime.now(UTC), "bars_filled": 0,
+    }
+    with database.begin() as conn:
+        return int(conn.execute(insert(feed_gaps).values(row).returning(feed_gaps.c.id)).scalar_one())
+
+
+def mark_gap_filled(database: Database, series: SeriesKey, start: datetime, end: datetime,
+                    *, filled_at: datetime | None = None) -> int:
+    """The backfill covering the unfilled gap(s) [start, end) of `series` is stored: record how many
+    bars the range now holds, and when. Returns that count."""
+    count = select(func.count()).where(
+        series_is(bars_t, series), bars_t.c.open_time >= start, bars_t.c.open_time < end
+    )
+    with database.begin() as conn:
+        n = int(conn.execute(count).scalar_one())
+        conn.execute(
+            update(feed_gaps)
+            .where(series_is(feed_gaps, series), feed_gaps.c.gap_start == start, feed_gaps.c.gap_end == end,
+                   feed_gaps.c.filled_at.is_(None))
+            .values(bars_filled=n, filled_at=filled_at or datetime.now(UTC))
+        )
+    return n
+
+
+def list_gaps(database: Database, series: Iterable[SeriesKey] = (), *, unfilled: bool = False,
+              limit: int | None = None) -> list[FeedGap]:
+    """Recorded gaps, newest first (by start; then by detection); `series`: only these (default: all);
+    `unfilled`: only those no backfill has filled yet; `limit`: the newest N."""
+    keys = list(series)
+    stmt = select(feed_gaps)
+    if keys:
+        stmt = stmt.where(or_(*(series_is(feed_gaps, k) for k in keys)))
+    if unfilled:
+        stmt = stmt.where(feed_gaps.c.filled_at.is_(None))
+    stmt = stmt.order_by(feed_gaps.c.gap_start.desc(), feed_gaps.c.detected_at.desc(), feed_gaps.c.id.desc())
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    with database.engine.connect() as conn:
+        return [
+            FeedGap(r.id, SeriesKey(r.exchange, r.symbol, r.interval), r.gap_start, r.gap_end, r.detected_at,
+                    r.bars_filled, r.filled_at)
+            for r in conn.execute(stmt)
+        ]
+
