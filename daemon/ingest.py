@@ -5,9 +5,9 @@ exchange connection, several symbols each; one processing task per connection; o
 writer. This module only moves frames from the socket into the session and executes what the
 session answers: store and publish bars, fetch REST ranges page by page (each page is stored in
 its own transaction, so a backfill interrupted by a full disk or a crash resumes after the last
-stored page), reconnect, log rejected frames. Every closed, amended or backfilled bar is upserted
-(idempotent) and then published, in order, to `on_bars` and to every `updates()` iterator: a
-consumer never sees a bar that is not stored.
+stored page), reconnect, log rejected frames, record feed gaps and mark them filled. Every
+closed, amended or backfilled bar is upserted (idempotent) and then published, in order, to
+`on_bars` and to every `updates()` iterator: a consumer never sees a bar that is not stored.
 
 Clock: `clock()` is the exchange clock in seconds (wall time live, the simulator's clock in
 tests). Each frame is stamped with it on receipt, and bars close by that stamp, so a backlog in
@@ -39,6 +39,8 @@ from daemon.feeds.session import (
     Backfill,
     FeedSession,
     FeedStats,
+    GapDetected,
+    GapFilled,
     Publish,
     Reconnect,
     Rejected,
@@ -49,6 +51,7 @@ from daemon.live.dbretry import retrying
 from db.bars import latest_bars, upsert_bars
 from db.cluster import Fence
 from db.engine import Database
+from db.gaps import mark_gap_filled, record_gap
 from db.records import Bar, SeriesKey, interval_seconds, utc_from_unix
 
 __all__ = ["MIN_HISTORY_BARS", "FeedSpec", "FeedStats", "Ingest", "specs_from_config"]
@@ -229,6 +232,30 @@ class _Feed:
             elif type(a) is Reconnect:
                 log.warning("reconnecting", extra={"exchange": self.spec.exchange, "reason": a.reason})
                 self.connection.reconnect()
+            elif type(a) is GapDetected:
+                await self._gap(a)
+            elif type(a) is GapFilled:
+                await self._gap_filled(a)
+
+    def _gap_fields(self, a: GapDetected | GapFilled) -> dict[str, Any]:
+        start, end = utc_from_unix(seconds(a.start_us)), utc_from_unix(seconds(a.end_us))
+        missed = (seconds(a.end_us) - seconds(a.start_us)) // interval_seconds(a.series.interval)
+        return {"series": str(a.series), "start": start.isoformat(), "end": end.isoformat(), "bars_missed": missed}
+
+    async def _gap(self, a: GapDetected) -> None:
+        """A reconnect cost the live stream these bars: say so once, count it, record it (before
+        the backfill that fills it runs)."""
+        log.warning("feed gap; backfilling the missed bars", extra=self._gap_fields(a))
+        metrics.FEED_GAPS.labels(a.series.exchange, a.series.symbol).inc()
+        start, end = utc_from_unix(seconds(a.start_us)), utc_from_unix(seconds(a.end_us))
+        await self.ingest.write_gap(a.series, functools.partial(record_gap, start=start, end=end), "gaps")
+
+    async def _gap_filled(self, a: GapFilled) -> None:
+        """The backfill covering a gap is stored: record how many bars the range holds now."""
+        start, end = utc_from_unix(seconds(a.start_us)), utc_from_unix(seconds(a.end_us))
+        n = await self.ingest.write_gap(a.series, functools.partial(mark_gap_filled, start=start, end=end), "gaps")
+        if n is not None:
+            log.info("feed gap filled", extra={**self._gap_fields(a), "bars_filled": n})
 
     async def _backfill(self, req: Backfill) -> None:
         """Fetch `req` page by page; each page is stored before the next is fetched. One log line
@@ -443,6 +470,18 @@ class Ingest:
         for q in self._subscribers:
             for u in updates:
                 await q.put(u)
+
+    async def write_gap(self, series: SeriesKey, call: Callable[..., Any], what: str) -> Any:
+        """`call(database, series)` off the loop, as bar stores are (same lock, same retries); None
+        without a database or for a series handed to another daemon (its gaps are that one's)."""
+        if self.database is None:
+            return None
+        database = self.database
+        async with self._write_lock:
+            fence = self.fence() if self.fence is not None else None
+            if fence is not None and series not in fence.tokens:
+                return None
+            return await retrying(lambda: self.db_call(call, database, series), what=what)
 
     async def run(self) -> None:
         await self._restore()

@@ -24,7 +24,8 @@ from daemon.ingest import BarsCallback, FeedSpec, Ingest
 from db.bars import read_bars
 from db.csvbars import read_bars_csv
 from db.engine import Database
-from db.records import Bar, SeriesKey, decimal_text, to_unix
+from db.gaps import list_gaps
+from db.records import Bar, SeriesKey, decimal_text, interval_seconds, to_unix
 
 pytestmark = pytest.mark.slow
 
@@ -141,6 +142,37 @@ def test_reconnects_every_few_tenths_are_healed_by_backfill(tmp_db: Database, cs
     assert stats["connects"] >= 5, stats
     assert sum(stats["malformed"].values()) > 0  # injected garbage was counted, not raised
     assert Counter(b.source for b in stored)["live"] > 100
+
+
+def test_dropped_connections_are_recorded_as_gaps_filled_by_backfill(any_db: Database, csv_bars: list[Bar]) -> None:
+    """Every reconnect records the bars the live stream missed in `feed_gaps` and, once REST
+    has filled the range, how many bars it holds: every backfilled bar after the stream first
+    went live lies in a recorded gap, each filled gap holds exactly the bars stored in its range,
+    and the stored bars are still the CSV's. On SQLite and PostgreSQL."""
+    ingest = asyncio.run(run_sim_ingest(any_db, csv_bars, Faults(drop_every_s=0.25)))
+    stored = read_bars(any_db, SERIES)
+    assert values(stored) == values(csv_bars)
+    connects = ingest.stats()["binance"]["connects"]
+    gaps = sorted(list_gaps(any_db, [SERIES]), key=lambda g: g.start)
+    assert 2 <= len(gaps) <= connects - 1, (len(gaps), connects)
+    step = interval_seconds(SERIES.interval)
+    for g, nxt in itertools.pairwise(gaps):
+        assert g.end <= nxt.start, (g, nxt)  # one outage, one gap
+    for g in gaps:
+        assert to_unix(g.start) % step == 0 and g.start < g.end and g.bars_missed >= 1, g
+    # the run stops as soon as the last bar is stored: only the newest gap may still be filling
+    for g in gaps[:-1]:
+        assert g.filled_at is not None, g
+    assert sum(g.bars_filled for g in gaps) >= len(gaps) - 1
+    for g in (g for g in gaps if g.filled_at is not None):
+        held = [b for b in stored if g.start <= b.open_time < g.end]
+        assert g.bars_filled == len(held) == sum(g.start <= b.open_time < g.end for b in csv_bars), g
+    # between the first and the last live bar, what REST stored was a reconnect's gap (after the
+    # last one, the feed may be down with no resumption to close the range: no gap yet)
+    live = [b.open_time for b in stored if b.source == "live"]
+    outside = [b.open_time for b in stored if b.source == "backfill" and min(live) <= b.open_time <= max(live)
+               and not any(g.start <= b.open_time < g.end for g in gaps)]
+    assert not outside, outside
 
 
 def test_dense_trades_store_the_csv_bars_text_for_text(tmp_db: Database, csv_bars: list[Bar]) -> None:
