@@ -1,4 +1,4 @@
-"""`barcast import-bars` and `barcast bars`."""
+"""`barcast import-bars`, `barcast bars` and `barcast gaps`."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from daemon.cli.common import (
     AppContext,
     SeriesParam,
     emit_rows,
+    flat_series,
     format_option,
     parse_range,
     pass_app,
@@ -22,6 +23,7 @@ from daemon.cli.common import (
 from db.bars import read_bars, upsert_bars
 from db.csvbars import read_bars_csv, write_bars_csv
 from db.errors import InputError
+from db.gaps import list_gaps
 from db.records import DEFAULT_INTERVAL, INTERVALS, SeriesKey
 from db.resample import resample
 
@@ -132,4 +134,35 @@ def bars_cmd(app: AppContext, series: SeriesKey | None, exchange: str | None, sy
     )
 
 
-commands = [import_bars, bars_cmd]
+GAP_COLUMNS = ["series", "gap_start", "gap_end", "bars_missed", "bars_filled", "filled_at", "detected_at"]
+
+
+@click.command("gaps")
+@series_option("Only these series (default: all).", many=True)
+@click.option("--unfilled", is_flag=True, help="Only gaps no backfill has filled yet.")
+@click.option("--last", "last", type=click.IntRange(min=1), metavar="N", help="The newest N gaps (default: all).")
+@format_option()
+@pass_app
+def gaps_cmd(app: AppContext, series: tuple[list[SeriesKey], ...], unfilled: bool, last: int | None, fmt: str) -> None:
+    """Ranges of bars a feed missed across a reconnect, newest first: when, how many bars, and how
+    many the REST backfill stored (fewer where the exchange had no candles; empty until filled)."""
+    keys = flat_series(series)
+    require_known_series(app, keys)
+    gaps = list_gaps(app.database(), keys, unfilled=unfilled, limit=last)
+    if not gaps and fmt == "table":
+        app.console.print("no feed gaps recorded for that selection")
+        return
+    emit_rows(
+        [
+            {"series": str(g.series), "gap_start": g.start, "gap_end": g.end, "bars_missed": g.bars_missed,
+             "bars_filled": g.bars_filled if g.filled_at is not None else None, "filled_at": g.filled_at,
+             "detected_at": g.detected_at}
+            for g in gaps
+        ],
+        GAP_COLUMNS,
+        fmt,
+        title="feed gaps, newest first ([gap_start, gap_end): bars the live stream missed)",
+    )
+
+
+commands = [import_bars, bars_cmd, gaps_cmd]

@@ -15,6 +15,7 @@ READ_COMMANDS = (
     ("db", "stats"),
     ("bars", "--series", "binance:BTC-USDT"),
     ("forecasts",),
+    ("gaps",),
     ("accuracy",),
     ("status", "--offline"),
     ("models", "list"),
