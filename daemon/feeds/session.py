@@ -929,13 +929,20 @@ class FeedSession:
             s.next_needed_us = max(s.next_needed_us or 0, page_end_us)
         out: list[Action] = []
         if bars:
-            s.agg.set_last_close(bars[-1].close)
+            closed = s.agg.closed_until_us
+            if closed is None or us_from_datetime(bars[-1].open_time) + s.step_us >= closed:
+                # not when live bars closed after these (a retried hole): flat bars continue from theirs
+                s.agg.set_last_close(bars[-1].close)
             out.append(Publish([BarUpdate(b, "backfilled") for b in bars]))
         if s.gaps:
             self._gaps_filled(s, req, out)
         if last:
             if req.final:
                 s.pending_until_us = None
+                # live bars that closed while this range was outstanding are stored already
+                closed = s.agg.closed_until_us
+                if closed is not None and s.next_needed_us is not None and closed > s.next_needed_us:
+                    s.next_needed_us = closed
                 self._update_due()
             self._finish_request(out)
         return out
@@ -966,7 +973,10 @@ class FeedSession:
         # one call's updates are all closed bars (in order) or all amendments
         if ups[0].kind == "closed":
             end = s.agg.closed_until_us
-            if end is not None and (s.next_needed_us is None or end > s.next_needed_us):
+            behind = s.pending_until_us is not None and (s.next_needed_us or 0) < s.pending_until_us
+            # a REST range before the live bars still to fetch (a failed backfill awaiting its
+            # retry) keeps `next_needed` at its start: moving past it would skip it for good
+            if end is not None and not behind and (s.next_needed_us is None or end > s.next_needed_us):
                 s.next_needed_us = end
         return ups
 

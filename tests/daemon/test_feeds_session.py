@@ -240,3 +240,36 @@ def test_a_failed_backfill_leaves_the_gap_open_until_a_retry_fills_it() -> None:
     after = s.backfilled(again[0], again[0].end_us, [], last=True)
     filled = GapFilled(KEY, (T0 + 600) * US_PER_S, (T0 + 1200) * US_PER_S)
     assert [a for a in after if isinstance(a, GapFilled)] == [filled]
+
+
+def test_a_failed_final_backfill_is_still_fetched_after_live_bars_close() -> None:
+    """The bar in progress at a resume comes from REST once it is over. When that fetch failed and
+    live bars closed before its retry, the live close moved past it and the retry asked for
+    nothing: the bar was never stored (a restart did not recover it either)."""
+    s = live_session()
+    (history,) = s.message(ACK, T0 + 10, 0.1)
+    s.backfilled(history, history.end_us, [], last=True)
+    s.message(match(T0 + 301, "10", 1), T0 + 301, 0.2)
+    final = next(a for a in s.message(match(T0 + 610, "11", 2), T0 + 610, 0.3) if isinstance(a, Backfill))
+    s.backfilled(final, final.end_us, [], last=True)
+    s.down(0.5)
+    s.up(T0 + 1000, 0.6)
+    gap, closed_part = s.message(ACK, T0 + 1000, 0.7)  # live again from T0+1200
+    assert isinstance(gap, GapDetected) and isinstance(closed_part, Backfill)
+    s.backfilled(closed_part, closed_part.end_us, [], last=True)  # [600, 900): the exchange had none
+    (due,) = [a for a in s.message(match(T0 + 1210, "12", 3), T0 + 1210, 1.0) if isinstance(a, Backfill)]
+    assert (due.start_us, due.end_us, due.final) == ((T0 + 900) * US_PER_S, (T0 + 1200) * US_PER_S, True)
+    s.backfill_failed(due, 1.1)
+    published = s.message(match(T0 + 1510, "13", 4), T0 + 1510, 2.0)  # live bar T0+1200 closes first
+    assert [u.bar.open_time for a in published if isinstance(a, Publish) for u in a.updates] == [
+        utc_from_unix(T0 + 1200)
+    ]
+    (retry,) = [a for a in s.tick(T0 + 1511, 40.0) if isinstance(a, Backfill)]
+    assert (retry.start_us, retry.end_us) == ((T0 + 900) * US_PER_S, (T0 + 1200) * US_PER_S)
+    hole = Bar("coinbase", "BTC-USD", "5m", utc_from_unix(T0 + 900), *(Decimal(7),) * 4, Decimal(1), 1, "backfill")
+    after = s.backfilled(retry, retry.end_us, [hole], last=True)
+    assert [u.bar for a in after if isinstance(a, Publish) for u in a.updates] == [hole]
+    assert GapFilled(KEY, (T0 + 600) * US_PER_S, (T0 + 1200) * US_PER_S) in after
+    state = s.series[0]
+    assert state.next_needed_us == (T0 + 1500) * US_PER_S  # the live bar after it is stored already
+    assert state.agg.last_close == Decimal(12)  # flat bars go on from the live bar's close, not the hole's
