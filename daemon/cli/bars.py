@@ -134,9 +134,6 @@ def bars_cmd(app: AppContext, series: SeriesKey | None, exchange: str | None, sy
     )
 
 
-GAP_COLUMNS = ["series", "gap_start", "gap_end", "bars_missed", "bars_filled", "filled_at", "detected_at"]
-
-
 @click.command("gaps")
 @series_option("Only these series (default: all).", many=True)
 @click.option("--unfilled", is_flag=True, help="Only gaps no backfill has filled yet.")
@@ -152,13 +149,10 @@ def gaps_cmd(app: AppContext, series: tuple[list[SeriesKey], ...], unfilled: boo
     if not gaps and fmt == "table":
         app.console.print("no feed gaps recorded for that selection")
         return
+    from daemon.ops.reports import GAP_COLUMNS, gap_doc
+
     emit_rows(
-        [
-            {"series": str(g.series), "gap_start": g.start, "gap_end": g.end, "bars_missed": g.bars_missed,
-             "bars_filled": g.bars_filled if g.filled_at is not None else None, "filled_at": g.filled_at,
-             "detected_at": g.detected_at}
-            for g in gaps
-        ],
+        [dict(gap_doc(g)) for g in gaps],
         GAP_COLUMNS,
         fmt,
         title="feed gaps, newest first ([gap_start, gap_end): bars the live stream missed)",

@@ -41,6 +41,7 @@ from daemon.ops import reports
 from db import bars as db_bars
 from db.engine import Database
 from db.errors import BarcastError, ConfigError, InputError
+from db.gaps import list_gaps
 from db.records import SeriesKey
 
 
@@ -104,6 +105,12 @@ class ForecastPage(TypedDict):
 class LatestForecasts(TypedDict):
     count: int
     forecasts: list[reports.ForecastDoc]
+
+
+class GapsPage(TypedDict):
+    limit: int
+    count: int
+    gaps: list[reports.GapDoc]
 
 
 class AccuracyPage(TypedDict):
@@ -314,6 +321,19 @@ def create_app(
         else:
             found = db_bars.read_bars(database, key, since=s, until=u, limit=lim)
         return {"series": str(key), "limit": lim, "count": len(found), "bars": [reports.bar_doc(b) for b in found]}
+
+    @app.get("/gaps", tags=["bars"], dependencies=auth)
+    def gaps(
+        series: SeriesParam = None,
+        unfilled: Annotated[bool, Query(description="Only gaps no backfill has filled yet")] = False,
+        limit: LimitParam = 100,
+    ) -> GapsPage:
+        """Recorded feed gaps, newest first: the bars a feed missed across a reconnect, and how many
+        the REST backfill stored (`bars_filled`, null until filled)."""
+        key = _series(series)
+        lim = capped(limit)
+        found = list_gaps(database, [key] if key else [], unfilled=unfilled, limit=lim)
+        return {"limit": lim, "count": len(found), "gaps": [reports.gap_doc(g) for g in found]}
 
     @app.get("/accuracy", tags=["forecasts"], dependencies=auth)
     def accuracy(

@@ -20,6 +20,7 @@ from db import cluster, registry, scores
 from db import forecasts as db_forecasts
 from db.engine import Database
 from db.errors import InputError
+from db.gaps import FeedGap
 from db.records import Bar, Forecast, ModelInfo, SeriesKey, decimal_text, iso
 from db.stats import database_size_bytes
 from trainer.quantiles import level_name
@@ -239,6 +240,33 @@ class BarDoc(TypedDict):
     volume: str
     trade_count: int | None
     source: str
+
+
+class GapDoc(TypedDict):
+    series: str
+    gap_start: str
+    gap_end: str
+    bars_missed: int
+    bars_filled: int | None
+    filled_at: str | None
+    detected_at: str
+
+
+#: The columns of a gap, in the order the CLI prints them.
+GAP_COLUMNS = list(GapDoc.__annotations__)
+
+
+def gap_doc(g: FeedGap) -> GapDoc:
+    """A recorded feed gap as the CLI and the API show it: `bars_filled` is None until filled."""
+    return {
+        "series": str(g.series),
+        "gap_start": iso(g.start) or "",
+        "gap_end": iso(g.end) or "",
+        "bars_missed": g.bars_missed,
+        "bars_filled": g.bars_filled if g.filled_at is not None else None,
+        "filled_at": iso(g.filled_at),
+        "detected_at": iso(g.detected_at) or "",
+    }
 
 
 def bar_doc(b: Bar) -> BarDoc:

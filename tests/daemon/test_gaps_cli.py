@@ -87,3 +87,24 @@ def test_nothing_recorded_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert barcast(capsys, "--db", url, "gaps", "--format", "csv").out.splitlines() == [
         "series,gap_start,gap_end,bars_missed,bars_filled,filled_at,detected_at"
     ]
+
+
+def test_the_api_serves_the_same_gaps(gaps_db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    import httpx
+
+    from tests.daemon.test_ops_api import Running
+
+    db = open_database(gaps_db)
+    server = Running(db)  # the real uvicorn server on 127.0.0.1
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as c:
+            for query, args in (({}, []), ({"unfilled": "true", "series": "binance:BTC-USDT"},
+                                            ["--unfilled", "--series", "binance:BTC-USDT"])):
+                page = c.get("/gaps", params=query).json()
+                cli = orjson.loads(barcast(capsys, "--db", gaps_db, "gaps", *args, "--format", "json").out)
+                assert page["gaps"] == cli and page["count"] == len(cli) > 0
+            bad = c.get("/gaps", params={"series": "binanse:BTC-USDT"})
+            assert bad.status_code == 400 and "binanse" in bad.json()["error"]
+    finally:
+        server.stop()
+        db.close()
