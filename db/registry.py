@@ -130,6 +130,29 @@ def set_status(database: Database, model_id: str, status: ModelStatus) -> None:
         )
 
 
+def retire(database: Database, model_id: str, *, fallback: str, reason: str) -> list[SeriesKey]:
+    """Retire `model_id`; every series it is champion of gets the registered model `fallback` (the
+    persistence baseline) as champion in the same transaction, so no series is left without a
+    champion term and every daemon serving one reloads (NOTIFY, or its registry poll) instead of
+    serving a retired model until its restart. Returns those series."""
+    get_model(database, model_id)
+    with database.begin() as conn:
+        _lock_champions(conn)
+        held = [SeriesKey(r[0], r[1], r[2]) for r in conn.execute(
+            select(champion_history.c.exchange, champion_history.c.symbol, champion_history.c.interval).where(
+                and_(champion_history.c.model_id == model_id, champion_history.c.ended_at.is_(None))))]
+        if held and model_id == fallback:
+            raise InputError(f"{model_id} is the baseline that serves when no trained model does; it is champion "
+                             f"of {', '.join(map(str, held))}: promote another model instead of retiring it")
+        if held and conn.execute(select(models.c.id).where(models.c.id == fallback)).first() is None:
+            raise InputError(f"cannot retire champion {model_id}: its fallback {fallback!r} is not registered")
+        conn.execute(update(models).where(models.c.id == model_id).values(status="retired"))
+        now = datetime.now(UTC)
+        for key in held:
+            _promote_one(conn, fallback, key, now, reason)
+    return held
+
+
 def promote(database: Database, model_id: str, series: SeriesKey | Sequence[SeriesKey], *,
             reason: str | None = None, fence: Fence | None = None, fence_on: SeriesKey | None = None) -> None:
     """Make `model_id` the champion of `series` (one, or a model group's) in one transaction.

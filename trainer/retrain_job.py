@@ -86,6 +86,16 @@ def ensure_baseline(database: Database, series: list[SeriesKey]) -> ModelInfo:
     return registry.get_model(database, BASELINE_ID)
 
 
+def retire_model(database: Database, model_id: str) -> list[SeriesKey]:
+    """Retire a model (`barcast models retire`); the persistence baseline becomes champion of the
+    series it was champion of, so those are served by persistence, as they are before a first
+    model. Returns those series."""
+    info = registry.get_model(database, model_id)
+    ensure_baseline(database, list(info.series))
+    return registry.retire(database, model_id, fallback=BASELINE_ID,
+                           reason=f"champion {model_id} retired (barcast models retire)")
+
+
 def load_champion(database: Database, series: SeriesKey, data: DataParams, artifacts_dir: str | Path
                   ) -> tuple[str | None, Any]:
     """The champion of `series` as a loaded model (None for the baseline or an unusable artifact)."""

@@ -522,11 +522,14 @@ def models_promote(app: AppContext, model_id: str, series_text: tuple[list[Serie
 @click.argument("model_id")
 @pass_app
 def models_retire(app: AppContext, model_id: str) -> None:
-    """Retire a model (ends its champion terms; the live loop falls back to persistence)."""
-    from db.registry import set_status
+    """Retire a model; the persistence baseline becomes champion of the series it was champion
+    of (a running daemon switches within cluster.heartbeat_s)."""
+    from trainer.retrain_job import retire_model
 
-    set_status(app.database(), model_id, "retired")
+    held = retire_model(app.database(), model_id)
     click.echo(f"{model_id} retired")
+    for key in held:
+        click.echo(f"persistence is now champion of {key}")
 
 
 commands: list[click.Command] = [dataset, train, evaluate, models_group]

@@ -21,6 +21,7 @@ from typing import Any
 from db import registry
 from db.engine import Database
 from db.records import SeriesKey
+from trainer.retrain_job import BASELINE_ID
 
 log = logging.getLogger("barcast.champions")
 
@@ -51,13 +52,15 @@ class ChampionWatch:
         served = self.groups()
         if not served:
             return []
-        champs = await asyncio.to_thread(registry.champions, self.database, list(set(served.values())))
-        changed = [g for g, key in served.items() if key in champs
-                   and champs[key] not in (self.serving(g), self.tried.get(g)) and self.serving(g) is not None]
+        found = await asyncio.to_thread(registry.champions, self.database, list(set(served.values())))
+        # a series with no champion term is served by the baseline (what a reload installs)
+        champs = {g: found.get(key, BASELINE_ID) for g, key in served.items()}
+        changed = [g for g in served
+                   if champs[g] not in (self.serving(g), self.tried.get(g)) and self.serving(g) is not None]
         for group in changed:
             log.info("champion changed in the registry; reloading", extra={
-                "group": group, "model": champs[served[group]], "previous": self.serving(group)})
-            self.tried[group] = champs[served[group]]
+                "group": group, "model": champs[group], "previous": self.serving(group)})
+            self.tried[group] = champs[group]
             await self.install(group)
             self.reloads += 1
         return changed

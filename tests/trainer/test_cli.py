@@ -58,8 +58,10 @@ def test_train_register_promote_retire(small_frame: pd.DataFrame, tmp_path: Path
     assert shown["params"]["data"]["window"] == 64 and shown["manifest"]["format"] == "barcast-model/2"
     _run([*db, "models", "promote", row["id"]])
     assert json.loads(_run([*db, "models", "list", "--status", "champion", "--format", "json"]))[0]["id"] == row["id"]
-    _run([*db, "models", "retire", row["id"]])
-    assert json.loads(_run([*db, "models", "list", "--format", "json"]))[0]["status"] == "retired"
+    retired = _run([*db, "models", "retire", row["id"]])
+    assert "persistence is now champion of binance:BTC-USDT:5m" in retired
+    listed = {m["id"]: m["status"] for m in json.loads(_run([*db, "models", "list", "--format", "json"]))}
+    assert listed == {row["id"]: "retired", "persistence": "champion"}
     h5 = tmp_path / "d.h5"
     assert "windows of 64" in _run([*db, "dataset", "export", "--csv", str(csv), "--window", "64",
                                     "--horizon", "4", "--out", str(h5)])
@@ -73,7 +75,7 @@ def test_train_register_promote_retire(small_frame: pd.DataFrame, tmp_path: Path
     res = CliRunner().invoke(main, [*db, "train", "--h5", str(h5), "--csv", str(csv), "--since", "3d",
                                     "--arch", "linear", "--no-register"])
     assert "give it without --csv, --since" in str(res.exception) and res.exception.exit_code == 2  # type: ignore[union-attr]
-    assert len(json.loads(_run([*db, "models", "list", "--format", "json"]))) == 1
+    assert len(json.loads(_run([*db, "models", "list", "--format", "json"]))) == 2
 
 
 def test_bad_input_is_a_clean_error(tmp_path: Path) -> None:
