@@ -208,7 +208,7 @@ async def retrain_standalone(
 
     retrainer = Retrainer(config, database, nothing)
     groups = [config.model_group(key)] if key else retrainer.groups
-    return [await retrainer.retrain(g, reason="manual (standalone)") for g in groups]
+    return [await retrainer.retrain(g, reason="manual (standalone)", hurry=True) for g in groups]
 
 
 # --- the demo ----------------------------------------------------------------------------------

@@ -138,6 +138,17 @@ def fail(database: Database, job_id: int, owner: str, error: str, *, max_attempt
         return False
 
 
+def hurry(database: Database, group: str) -> TrainingJob | None:
+    """The group's live (queued or running) job, a queued one made due now (an operator asked
+    for a retrain while it waited out a retry's backoff); None when the group has none."""
+    now = datetime.now(UTC)
+    with database.begin() as conn:
+        conn.execute(update(jobs_t).where(jobs_t.c.active_group == group, jobs_t.c.status == "queued",
+                                          jobs_t.c.not_before > now).values(not_before=now))
+        row = conn.execute(select(jobs_t).where(jobs_t.c.active_group == group)).first()
+    return _job(row) if row is not None else None
+
+
 def list_jobs(database: Database, *, limit: int = 50) -> list[TrainingJob]:
     with database.engine.connect() as conn:
         rows = conn.execute(select(jobs_t).order_by(jobs_t.c.id.desc()).limit(limit)).all()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 
 import click
 
@@ -75,17 +74,25 @@ def retrain_cmd(app: AppContext, series: SeriesKey | None, all_series: bool, now
             click.echo(f"no daemon listening on {config.control_socket}; training standalone", err=True)
         else:
             daemon_up = True
+            if "outcomes" in resp:  # waited for: each group's outcome, or why it has none
+                click.echo(json.dumps(resp, indent=2, default=str))
+                if not resp.get("ok"):
+                    raise BarcastError(f"retrain failed: {resp.get('error')}")
+                return
             if resp.get("ok"):
                 click.echo(json.dumps(resp, indent=2, default=str))
                 return
             if not resp.get("disabled"):
                 raise BarcastError(f"daemon refused: {resp.get('error')}")
             click.echo("the daemon does not retrain (retrain.enabled = false); training here", err=True)
+    from daemon.live.retrainer import retrain_answer
     from daemon.runner import retrain_standalone
 
-    outcomes = asyncio.run(retrain_standalone(config, app.database(), key, epochs=epochs))
-    click.echo(json.dumps([o.as_dict() if o else None for o in outcomes], indent=2, default=str))
-    if any(o is not None and o.promoted for o in outcomes) and (daemon_up or config.control_socket.exists()):
+    results = asyncio.run(retrain_standalone(config, app.database(), key, epochs=epochs))
+    answer = retrain_answer(results)
+    click.echo(json.dumps(answer["outcomes"], indent=2, default=str))
+    outcomes = [r for r in results if not isinstance(r, str)]
+    if any(o.promoted for o in outcomes) and (daemon_up or config.control_socket.exists()):
         # the daemon serves the new champion at once (timer-driven retraining)
         try:
             resp = asyncio.run(request(config.control_socket, {"cmd": "reload"}))
@@ -94,8 +101,8 @@ def retrain_cmd(app: AppContext, series: SeriesKey | None, all_series: bool, now
                 raise BarcastError(f"the daemon did not load the new champion: {resp.get('error')}")
         except ConnectionError:
             pass
-    if any(o is None for o in outcomes):
-        sys.exit(1)
+    if not answer["ok"]:
+        raise BarcastError(f"retrain failed: {answer['error']}")
 
 
 commands = [run_cmd, retrain_cmd]

@@ -32,6 +32,8 @@ from trainer.retrain_job import BASELINE_ID, RetrainOutcome, RetrainRequest
 log = logging.getLogger("barcast.retrain")
 
 Promoted = Callable[[str, RetrainOutcome], Awaitable[None]]
+#: What a retrain request got: the run's outcome, or why there is none (for the operator).
+Result = RetrainOutcome | str
 
 
 def make_request(config: Config, group: str, *, overrides: dict[str, Any] | None = None) -> RetrainRequest:
@@ -168,7 +170,7 @@ class Retrainer:
         self.history: list[RunRecord] = []
         self._scheduler: Any = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._waiters: dict[int, asyncio.Future[RetrainOutcome | None]] = {}
+        self._waiters: dict[int, list[asyncio.Future[Result]]] = {}
         self._kick: asyncio.Event | None = None
 
     @property
@@ -235,8 +237,8 @@ class Retrainer:
         job = self._scheduler.get_job("retrain")
         return job.next_run_time if job else None
 
-    def trigger(self, group: str, *, reason: str) -> asyncio.Task[Any]:
-        return self._spawn(self.retrain(group, reason=reason), f"retrain-{group}")
+    def trigger(self, group: str, *, reason: str, hurry: bool = False) -> asyncio.Task[Any]:
+        return self._spawn(self.retrain(group, reason=reason, hurry=hurry), f"retrain-{group}")
 
     async def retrain_all(self) -> None:
         """The schedule: queue every group this daemon owns (the dispatcher runs them)."""
@@ -256,18 +258,28 @@ class Retrainer:
                 self._kick.set()
         return job_id
 
-    async def retrain(self, group: str, *, reason: str) -> RetrainOutcome | None:
-        """Queue a job for `group` and wait for its first attempt (None: not queued because the
-        group has a live job or belongs to another daemon, or the attempt failed)."""
+    async def retrain(self, group: str, *, reason: str, hurry: bool = False) -> Result:
+        """Queue a job for `group` and wait for its next attempt: its outcome, or why there is none
+        (the attempt failed, the group belongs to another daemon, a job is already live).
+        `hurry` (an operator's request): a live job of the group is joined instead, and one
+        waiting out a retry's backoff is made due now."""
         if not self.owns(group):
             log.info("retrain skipped: another daemon owns the group's first series", extra={"group": group})
             metrics.TRAINING_RUNS.labels(group, "skipped_not_owner").inc()
-            return None
+            return f"{group}: another daemon owns the group's first series and retrains it"
         job_id = await self.enqueue(group, reason)
         if job_id is None:
-            return None
-        done: asyncio.Future[RetrainOutcome | None] = asyncio.get_running_loop().create_future()
-        self._waiters[job_id] = done
+            live = await asyncio.to_thread(jobs.hurry, self.database, group) if hurry else None
+            if live is None or (live.status == "running" and live.claimed_by != self.owner):
+                where = f" (job {live.id}, running in {live.claimed_by})" if live is not None else ""
+                return f"{group}: a retrain is already queued or running{where}"
+            job_id = live.id
+            log.info("retrain requested: joining the group's live job", extra={
+                "group": group, "job": job_id, "status": live.status, "attempts": live.attempts})
+            if self._kick is not None:
+                self._kick.set()
+        done: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(job_id, []).append(done)
         while not done.done():
             await self.dispatch()
             with contextlib.suppress(TimeoutError):
@@ -315,19 +327,19 @@ class Retrainer:
 
     async def _run(self, job: jobs.TrainingJob) -> None:
         group = job.group
-        waiter = self._waiters.pop(job.id, None)
-        outcome: RetrainOutcome | None = None
+        outcome: Result = f"{group}: training job {job.id} was abandoned"
         try:
             outcome = await self._train(job)
         finally:
-            if waiter is not None and not waiter.done():
-                waiter.set_result(outcome)
+            for waiter in self._waiters.pop(job.id, []):
+                if not waiter.done():
+                    waiter.set_result(outcome)
             if self._kick is not None:
                 self._kick.set()  # a slot is free
-        if outcome is not None and outcome.promoted:
+        if isinstance(outcome, RetrainOutcome) and outcome.promoted:
             await self.on_promoted(group, outcome)
 
-    async def _train(self, job: jobs.TrainingJob) -> RetrainOutcome | None:
+    async def _train(self, job: jobs.TrainingJob) -> Result:
         group = job.group
         r = self.config.retrain
         limit = r.time_limit_minutes * 60
@@ -388,7 +400,12 @@ class Retrainer:
                                           backoff=timedelta(minutes=r.retry_backoff_minutes))
         log.warning("training job failed", extra={"group": group, "job": job.id, "attempt": job.attempts,
                                                   "retried": retried, "error": error})
-        return None
+        if retried:
+            wait = r.retry_backoff_minutes * 2 ** (job.attempts - 1)
+            after = f"retried in {wait:g} min"
+        else:
+            after = "not retried" if job.attempts >= r.max_attempts else "the job is no longer this daemon's"
+        return f"{group}: training job {job.id} failed (attempt {job.attempts} of {r.max_attempts}, {after}): {error}"
 
     async def stop(self) -> None:
         if self._scheduler is not None:
@@ -400,6 +417,18 @@ class Retrainer:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def retrain_answer(results: list[Result]) -> dict[str, Any]:
+    """The answer to a waited-for retrain (control socket, `barcast retrain --now`): each group's
+    outcome, or `{"error": why}` where there is none; `ok` only when every group has an outcome."""
+    errors = [r for r in results if isinstance(r, str)]
+    answer: dict[str, Any] = {"ok": not errors,
+                              "outcomes": [r.as_dict() if isinstance(r, RetrainOutcome) else {"error": r}
+                                           for r in results]}
+    if errors:
+        answer["error"] = "; ".join(errors)
+    return answer
 
 
 def needs_initial_model(database: Database, config: Config) -> list[str]:

@@ -31,7 +31,7 @@ from daemon.live.inference import ModelBook
 from daemon.live.membership import Membership
 from daemon.live.notify import Notifier, watchdog_interval
 from daemon.live.pipeline import Pipeline
-from daemon.live.retrainer import Retrainer, needs_initial_model
+from daemon.live.retrainer import Retrainer, needs_initial_model, retrain_answer
 from db import registry
 from db.engine import Database, open_database
 from db.errors import InputError
@@ -284,10 +284,9 @@ class Service:
                         "error": "retraining is disabled in this daemon's config (retrain.enabled)"}
             groups = self._groups_for(req.get("series"))
             if req.get("wait"):
-                outcomes = [await self.retrainer.retrain(g, reason="manual") for g in groups]
-                return {"ok": True, "outcomes": [o.as_dict() if o else None for o in outcomes]}
+                return retrain_answer([await self.retrainer.retrain(g, reason="manual", hurry=True) for g in groups])
             for g in groups:
-                self.retrainer.trigger(g, reason="manual")
+                self.retrainer.trigger(g, reason="manual", hurry=True)
             return {"ok": True, "started": groups}
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 

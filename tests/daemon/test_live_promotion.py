@@ -137,8 +137,9 @@ def test_two_daemons_sharing_a_database_retrain_a_series_once(pg_db_url: str, tm
         return await asyncio.gather(a.retrain(str(S), reason="test"), b.retrain(str(S), reason="test"))
 
     outcomes = asyncio.run(race())
-    done = [o for o in outcomes if o is not None]
+    done = [o for o in outcomes if not isinstance(o, str)]
     assert len(done) == 1 and promoted == [str(S)]
+    assert [o for o in outcomes if isinstance(o, str)] == [f"{S}: a retrain is already queued or running"]
     assert [m.arch for m in registry.list_models(db) if m.arch == "linear"] == ["linear"]
     db.close()
 
@@ -253,7 +254,9 @@ def test_a_failed_first_model_is_retried_from_the_queue_with_backoff(tmp_db: Dat
         return first, after_first, jobs.list_jobs(tmp_db)
 
     first, after_first, final = asyncio.run(main())
-    assert first is None
+    # the requester is told why there is no outcome, and what happens next
+    assert isinstance(first, str) and "failed (attempt 1 of 3, retried in 0.005 min)" in first
+    assert "retraining needs at least" in first
     assert [(j.status, j.attempts) for j in after_first] == [("queued", 1)]
     assert "retraining needs at least" in (after_first[0].error or "")
     assert after_first[0].not_before > after_first[0].created_at  # backed off
@@ -304,3 +307,89 @@ def test_artifacts_live_in_postgresql_so_another_machine_loads_them(pg_db_url: s
     with pytest.raises(ArtifactError, match=f"model {out.model_id}: stored file manifest.json does not match"):
         local_path(db, out.artifact_path, tmp_path / "third-host")
     db.close()
+
+
+def test_an_operators_retrain_runs_a_job_waiting_out_its_backoff(tmp_db: Database, tmp_path: Path) -> None:
+    """A failed attempt waits an hour to be retried; `barcast retrain` meanwhile (hurry) makes the
+    queued job due now and waits for it. Before, the request was dropped ("already queued"),
+    the daemon answered "started" and nothing ran for the hour."""
+    import asyncio
+    import dataclasses
+
+    from daemon.config import Config, RetrainConfig, SeriesConfig
+    from daemon.live.retrainer import Retrainer
+    from db import jobs
+    from trainer.retrain_job import RetrainOutcome
+
+    bars = synthetic_bars(900)
+    upsert_bars(tmp_db, bars[:100])
+    ensure_baseline(tmp_db, [S])
+    config = Config(series=(SeriesConfig(S.exchange, S.symbol),), data=DataParams(window=32, horizon=16),
+                    retrain=RetrainConfig(holdout_bars=96, history_days=30, retry_backoff_minutes=60))
+    config = dataclasses.replace(config, database=dataclasses.replace(config.database, url=f"sqlite:///{tmp_db.path}"),
+                                 paths=dataclasses.replace(config.paths, data_dir=str(tmp_path)),
+                                 forecast=dataclasses.replace(config.forecast, arch="linear"))
+
+    async def on_promoted(group: str, outcome: object) -> None:
+        return None
+
+    async def main() -> tuple[object, object, object]:
+        r = Retrainer(config, tmp_db, on_promoted, poll_s=0.1)
+        first = await r.retrain(str(S), reason="initial model")
+        upsert_bars(tmp_db, bars[100:])
+        unhurried = await r.retrain(str(S), reason="schedule")
+        second = await r.retrain(str(S), reason="manual", hurry=True)
+        await r.stop()
+        return first, unhurried, second
+
+    first, unhurried, second = asyncio.run(main())
+    assert isinstance(first, str) and "retried in 60 min" in first
+    assert unhurried == f"{S}: a retrain is already queued or running"
+    assert isinstance(second, RetrainOutcome) and second.promoted, second
+    assert [(j.status, j.attempts, j.reason) for j in jobs.list_jobs(tmp_db)] == [("done", 2, "initial model")]
+
+
+def test_retrain_command_says_why_a_run_failed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`barcast retrain --now` whose run fails (too little history) exits 1 naming the reason and
+    the retry, on stdout (JSON) and stderr; before, it printed `[null]`."""
+    import json
+
+    from db.engine import open_database
+    from tests.daemon.clirun import barcast
+
+    db_url = f"sqlite:///{tmp_path / 'b.db'}"
+    db = open_database(db_url)
+    upsert_bars(db, synthetic_bars(100))
+    db.close()
+    cfg = tmp_path / "barcast.toml"
+    cfg.write_text(f"""
+[database]
+url = "{db_url}"
+[paths]
+data_dir = "{tmp_path / 'data'}"
+[[series]]
+exchange = "binance"
+symbol = "SYN-USDT"
+[data]
+window = 32
+[forecast]
+arch = "linear"
+[retrain]
+holdout_bars = 96
+""")
+    res = barcast(capsys, "--config", str(cfg), "retrain", "--series", "binance:SYN-USDT", "--now", "--standalone")
+    assert res.code == 1, res.err
+    [out] = json.loads(res.out)
+    assert "retraining needs at least" in out["error"] and "retried in 5 min" in out["error"]
+    assert "retrain failed: binance:SYN-USDT:5m: training job 1 failed (attempt 1 of 3" in res.err
+
+
+def test_retrain_answer_over_the_control_socket() -> None:
+    """What the daemon answers a waited-for retrain: not ok, with each group's reason, when a run
+    has no outcome (before: `{"ok": true, "outcomes": [null]}` for a crashed child)."""
+    from daemon.live.retrainer import retrain_answer
+
+    bad = retrain_answer(["g: training job 6 failed (attempt 1 of 3, retried in 5 min): training process died"])
+    assert bad == {"ok": False, "outcomes": [{"error": bad["error"]}],
+                   "error": "g: training job 6 failed (attempt 1 of 3, retried in 5 min): training process died"}
+    assert retrain_answer([]) == {"ok": True, "outcomes": []}
