@@ -111,13 +111,21 @@ class ChildRun:
                 try:
                     kind, value = self._recv.recv()
                 except EOFError:
-                    raise BarcastError(f"training process died (exit code {self.process.exitcode})") from None
+                    raise self._died() from None
                 self.process.join(10)
                 if kind == "ok":
                     return value  # type: ignore[no-any-return]
                 raise BarcastError(f"training failed: {value}")
             if not self.process.is_alive() and not self._recv.poll():
-                raise BarcastError(f"training process died (exit code {self.process.exitcode})")
+                raise self._died()
+
+    def _died(self) -> BarcastError:
+        """The child ended without an answer; its exit code once it is reaped (the pipe closes a
+        moment before, when the code would still read None)."""
+        self.process.join(10)
+        code = self.process.exitcode
+        how = f" ({signal.Signals(-code).name})" if code is not None and -code in signal.valid_signals() else ""
+        return BarcastError(f"training process died (exit code {code}{how})")
 
     def terminate(self) -> None:
         """SIGTERM the child's process group, then SIGKILL it: nothing it started survives."""

@@ -22,6 +22,25 @@ def sleeper(_req: Any, conn: Any, _fmt: str) -> None:
     time.sleep(600)
 
 
+def killed(_req: Any, conn: Any, _fmt: str) -> None:
+    """A training child that dies without an answer: its pipe closes a moment before it ends."""
+    conn.close()
+    time.sleep(1)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_child_killed_without_an_answer_is_reported_with_its_exit_code() -> None:
+    """What the operator reads (log, `barcast retrain`, the job's error) names the signal; before,
+    the pipe's end was seen first and the message said `exit code None`."""
+    import pytest
+
+    from db.errors import BarcastError
+
+    run = ChildRun(None, target=killed)  # type: ignore[arg-type]
+    with pytest.raises(BarcastError, match=r"^training process died \(exit code -9 \(SIGKILL\)\)$"):
+        run.wait(60)
+
+
 def _gone(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
