@@ -188,6 +188,10 @@ def run_retrain(req: RetrainRequest) -> RetrainOutcome:
                 promoted, reason = False, str(exc)
                 log.warning("challenger won but was not promoted: this daemon's lease moved on",
                             extra={"model": model_id, "series": str(primary)})
+                # the registry row says why it was retired, not that it was to be promoted
+                won = info.metrics.get("decision") or {}
+                registry.update_metrics(database, model_id, {
+                    **info.metrics, "decision": {**won, "promote": False, "reason": reason, "won": decision.reason}})
         if not promoted:
             registry.set_status(database, model_id, "retired")
         prune_artifacts(database, Path(req.artifacts_dir), req.keep_artifacts)

@@ -92,6 +92,9 @@ def test_a_winner_whose_daemon_lost_the_lease_is_not_promoted(tmp_db: Database, 
     assert not stale.promoted and "no longer held by d1" in stale.reason
     assert registry.champion(tmp_db, S).id == BASELINE_ID  # type: ignore[union-attr]
     assert registry.get_model(tmp_db, stale.model_id).status == "retired"
+    # `barcast models show` says why it is retired (before: `promote: true` and the winning reason)
+    decision = registry.get_model(tmp_db, stale.model_id).metrics["decision"]
+    assert decision["promote"] is False and decision["reason"] == stale.reason and "beats" in decision["won"]
     owner = run_retrain(request(url, tmp_path, fence_owner="d2", fence_token=won[S] + 1))
     assert owner.promoted and registry.champion(tmp_db, S).id == owner.model_id  # type: ignore[union-attr]
 
