@@ -500,6 +500,7 @@ def models_promote(app: AppContext, model_id: str, series_text: tuple[list[Serie
     """Make a model the champion of its series (after checking its artifact loads)."""
     from db.registry import get_model, promote
     from trainer.artifacts import load_artifact
+    from trainer.retrain_job import BASELINE_ID
 
     database = app.database()
     info = get_model(database, model_id)
@@ -508,11 +509,12 @@ def models_promote(app: AppContext, model_id: str, series_text: tuple[list[Serie
     require_known_series(app, [k for k in flat_series(series_text) if k not in info.series])
     if not targets:
         raise InputError(f"model {model_id} names no series; give --series EXCHANGE:SYMBOL")
-    if not info.artifact_path:
-        raise InputError(f"model {model_id} has no artifact to serve")
-    from trainer.artifact_store import local_path
+    if model_id != BASELINE_ID:  # the baseline needs no artifact: an operator may go back to it
+        if not info.artifact_path:
+            raise InputError(f"model {model_id} has no artifact to serve")
+        from trainer.artifact_store import local_path
 
-    load_artifact(local_path(database, info.artifact_path, app.config.artifacts_dir))
+        load_artifact(local_path(database, info.artifact_path, app.config.artifacts_dir))
     for s in targets:
         promote(database, model_id, s, reason="manual promote (barcast models promote)")
         click.echo(f"{model_id} is now champion of {s}")

@@ -62,6 +62,11 @@ def test_train_register_promote_retire(small_frame: pd.DataFrame, tmp_path: Path
     assert "persistence is now champion of binance:BTC-USDT:5m" in retired
     listed = {m["id"]: m["status"] for m in json.loads(_run([*db, "models", "list", "--format", "json"]))}
     assert listed == {row["id"]: "retired", "persistence": "champion"}
+    # and back to the baseline by promotion (it needs no artifact; before: "has no artifact to serve")
+    _run([*db, "models", "promote", row["id"]])
+    assert "persistence is now champion of binance:BTC-USDT:5m" in _run([*db, "models", "promote", "persistence"])
+    listed = {m["id"]: m["status"] for m in json.loads(_run([*db, "models", "list", "--format", "json"]))}
+    assert listed == {row["id"]: "retired", "persistence": "champion"}
     h5 = tmp_path / "d.h5"
     assert "windows of 64" in _run([*db, "dataset", "export", "--csv", str(csv), "--window", "64",
                                     "--horizon", "4", "--out", str(h5)])
