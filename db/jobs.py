@@ -138,6 +138,11 @@ def fail(database: Database, job_id: int, owner: str, error: str, *, max_attempt
         return False
 
 
+def get(database: Database, job_id: int) -> TrainingJob:
+    with database.engine.connect() as conn:
+        return _job(conn.execute(select(jobs_t).where(jobs_t.c.id == job_id)).one())
+
+
 def hurry(database: Database, group: str) -> TrainingJob | None:
     """The group's live (queued or running) job, a queued one made due now (an operator asked
     for a retrain while it waited out a retry's backoff); None when the group has none."""

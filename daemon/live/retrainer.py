@@ -179,6 +179,8 @@ class Retrainer:
         self._scheduler: Any = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._waiters: dict[int, list[asyncio.Future[Result]]] = {}
+        #: Jobs this retrainer runs now (their waiters get the result from `_run`).
+        self._here: set[int] = set()
         self._kick: asyncio.Event | None = None
 
     @property
@@ -276,12 +278,13 @@ class Retrainer:
             metrics.TRAINING_RUNS.labels(group, "skipped_not_owner").inc()
             return f"{group}: another daemon owns the group's first series and retrains it"
         job_id = await self.enqueue(group, reason)
+        attempts = 0  # of the job when this request joined it
         if job_id is None:
             live = await asyncio.to_thread(jobs.hurry, self.database, group) if hurry else None
             if live is None or (live.status == "running" and live.claimed_by != self.owner):
                 where = f" (job {live.id}, running in {live.claimed_by})" if live is not None else ""
                 return f"{group}: a retrain is already queued or running{where}"
-            job_id = live.id
+            job_id, attempts = live.id, live.attempts
             log.info("retrain requested: joining the group's live job", extra={
                 "group": group, "job": job_id, "status": live.status, "attempts": live.attempts})
             if self._kick is not None:
@@ -292,6 +295,12 @@ class Retrainer:
             await self.dispatch()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(done), self.poll_s)
+            if not done.done():  # another process (a daemon beside `barcast retrain`) may run it
+                job = await asyncio.to_thread(jobs.get, self.database, job_id)
+                ended = job_result(job, group, since_attempt=attempts)
+                if ended is not None and not done.done() and job_id not in self._here:
+                    self._waiters.get(job_id, []).remove(done)
+                    return ended
         return done.result()
 
     async def dispatch(self) -> int:
@@ -336,12 +345,14 @@ class Retrainer:
     async def _run(self, job: jobs.TrainingJob) -> None:
         group = job.group
         outcome: Result = f"{group}: training job {job.id} was abandoned"
+        self._here.add(job.id)
         try:
             outcome = await self._train(job)
         finally:
             for waiter in self._waiters.pop(job.id, []):
                 if not waiter.done():
                     waiter.set_result(outcome)
+            self._here.discard(job.id)
             if self._kick is not None:
                 self._kick.set()  # a slot is free
         if isinstance(outcome, RetrainOutcome) and outcome.promoted:
@@ -425,6 +436,18 @@ class Retrainer:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def job_result(job: jobs.TrainingJob, group: str, *, since_attempt: int) -> Result | None:
+    """The result of a job as the queue has it (another process may have run it): its outcome
+    once done, the error once it failed for good or failed again after `since_attempt`; None
+    while it is still to run or running."""
+    if job.status == "done" and job.outcome is not None:
+        return RetrainOutcome(**job.outcome)
+    if job.status == "failed" or (job.status == "queued" and job.attempts > since_attempt and job.error):
+        after = "not retried" if job.status == "failed" else f"retried after {job.not_before:%Y-%m-%d %H:%M:%S} UTC"
+        return f"{group}: training job {job.id} failed (attempt {job.attempts}, {after}): {job.error}"
+    return None
 
 
 def retrain_answer(results: list[Result]) -> dict[str, Any]:

@@ -396,3 +396,55 @@ def test_retrain_answer_over_the_control_socket() -> None:
     assert bad == {"ok": False, "outcomes": [{"error": bad["error"]}],
                    "error": "g: training job 6 failed (attempt 1 of 3, retried in 5 min): training process died"}
     assert retrain_answer([]) == {"ok": True, "outcomes": []}
+
+
+def test_a_waiting_retrain_whose_job_another_process_ran_gets_its_outcome(tmp_db: Database, tmp_path: Path) -> None:
+    """`barcast retrain --standalone` beside a daemon on one database: the daemon claims the job
+    the command queued (here the command's slot is taken, so the daemon surely claims it). The
+    command reads the outcome from the queue; before, it waited for ever on a job it did not run."""
+    import asyncio
+    import dataclasses
+    from datetime import timedelta as td
+
+    from daemon.config import Config, RetrainConfig, SeriesConfig
+    from daemon.live.retrainer import Retrainer
+    from db import jobs
+    from trainer.retrain_job import RetrainOutcome
+
+    other, third = SeriesKey("binance", "OTH-USDT"), SeriesKey("binance", "THR-USDT")
+    upsert_bars(tmp_db, synthetic_bars(900))
+    ensure_baseline(tmp_db, [S])
+    config = Config(series=tuple(SeriesConfig(k.exchange, k.symbol) for k in (S, other, third)),
+                    data=DataParams(window=32, horizon=16),
+                    retrain=RetrainConfig(holdout_bars=96, history_days=30, max_concurrent=1))
+    config = dataclasses.replace(config, database=dataclasses.replace(config.database, url=f"sqlite:///{tmp_db.path}"),
+                                 paths=dataclasses.replace(config.paths, data_dir=str(tmp_path)),
+                                 forecast=dataclasses.replace(config.forecast, arch="linear"))
+
+    async def on_promoted(group: str, outcome: object) -> None:
+        return None
+
+    async def main() -> tuple[object, list[jobs.TrainingJob]]:
+        daemon, command = Retrainer(config, tmp_db, on_promoted, poll_s=0.1), Retrainer(config, tmp_db, on_promoted,
+                                                                                          poll_s=0.1)
+        daemon.owner, command.owner = "daemon:1", "command:2"
+        slots = {}
+        for key, who in ((other, daemon.owner), (third, command.owner)):  # each one's only slot taken
+            slots[who] = jobs.enqueue(tmp_db, str(key), str(key), "schedule")
+            assert [j.id for j in jobs.claim(tmp_db, who, series={str(key)}, per_daemon=1, global_cap=0,
+                                             lease=td(minutes=5))] == [slots[who]]
+        waiting = asyncio.create_task(command.retrain(str(S), reason="manual (standalone)", hurry=True))
+        while not any(j.group == str(S) for j in jobs.list_jobs(tmp_db)):
+            await asyncio.sleep(0.05)
+        jobs.finish(tmp_db, slots[daemon.owner], daemon.owner, {})  # the daemon's slot is free: it claims it
+        while not await daemon.dispatch():
+            await asyncio.sleep(0.05)
+        result = await asyncio.wait_for(waiting, 300)  # a guard against the old hang, not a timing
+        await daemon.stop()
+        await command.stop()
+        return result, jobs.list_jobs(tmp_db)
+
+    result, final = asyncio.run(main())
+    assert isinstance(result, RetrainOutcome) and result.promoted, result
+    mine = [j for j in final if j.group == str(S)]
+    assert [(j.status, j.claimed_by) for j in mine] == [("done", "daemon:1")]
