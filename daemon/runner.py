@@ -206,8 +206,9 @@ async def retrain_standalone(
     async def nothing(group: str, outcome: Any) -> None:
         return None
 
-    retrainer = Retrainer(config, database, nothing)
-    groups = [config.model_group(key)] if key else retrainer.groups
+    every = list(dict.fromkeys(config.model_group(k) for k in config.series_keys))
+    groups = [config.model_group(key)] if key else every
+    retrainer = Retrainer(config, database, nothing, only=groups)
     return [await retrainer.retrain(g, reason="manual (standalone)", hurry=True) for g in groups]
 
 

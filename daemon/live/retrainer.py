@@ -16,7 +16,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -165,7 +165,7 @@ class Retrainer:
 
     def __init__(self, config: Config, database: Database, on_promoted: Promoted, *,
                  fence: Callable[[], Fence | None] | None = None, instance: str | None = None,
-                 poll_s: float = 5.0) -> None:
+                 poll_s: float = 5.0, only: Collection[str] | None = None) -> None:
         self.config = config
         self.database = database
         self.on_promoted = on_promoted
@@ -174,6 +174,9 @@ class Retrainer:
         self.fence: Callable[[], Fence | None] = fence or (lambda: None)
         self.owner = instance or f"{socket.gethostname()}:{os.getpid()}"
         self.poll_s = poll_s
+        #: Claim only jobs of these groups (`barcast retrain --standalone --series`: never another
+        #: group's job, which the command would abandon when it exits); None: every group it may.
+        self.only = None if only is None else {str(self.config.group_series(g)[0]) for g in only}
         self.running: dict[str, ChildRun] = {}
         self.history: list[RunRecord] = []
         self._scheduler: Any = None
@@ -308,6 +311,8 @@ class Retrainer:
         r = self.config.retrain
         fence = self.fence()
         series = None if fence is None else {str(k) for k in fence.tokens}
+        if self.only is not None:
+            series = self.only if series is None else series & self.only
         claimed = await asyncio.to_thread(
             jobs.claim, self.database, self.owner, series=series, per_daemon=r.max_concurrent,
             global_cap=r.max_concurrent_global, lease=timedelta(seconds=r.job_lease_s))

@@ -448,3 +448,30 @@ def test_a_waiting_retrain_whose_job_another_process_ran_gets_its_outcome(tmp_db
     assert isinstance(result, RetrainOutcome) and result.promoted, result
     mine = [j for j in final if j.group == str(S)]
     assert [(j.status, j.claimed_by) for j in mine] == [("done", "daemon:1")]
+
+
+def test_standalone_retrain_of_one_series_leaves_other_groups_jobs_alone(tmp_db: Database, tmp_path: Path) -> None:
+    """`barcast retrain --standalone --series A` claims only A's job: another group's due job
+    (the daemon's, say) stays queued for its daemon. Before, the command claimed it too (the
+    oldest due job first), trained it, and would abandon it, still `running`, when it exited."""
+    import asyncio
+    import dataclasses
+
+    from daemon.config import Config, RetrainConfig, SeriesConfig
+    from daemon.runner import retrain_standalone
+    from db import jobs
+    from trainer.retrain_job import RetrainOutcome
+
+    other = SeriesKey("binance", "OTH-USDT")
+    upsert_bars(tmp_db, synthetic_bars(900))
+    config = Config(series=tuple(SeriesConfig(k.exchange, k.symbol) for k in (S, other)),
+                    data=DataParams(window=32, horizon=16), retrain=RetrainConfig(holdout_bars=96, history_days=30))
+    config = dataclasses.replace(config, database=dataclasses.replace(config.database, url=f"sqlite:///{tmp_db.path}"),
+                                 paths=dataclasses.replace(config.paths, data_dir=str(tmp_path)),
+                                 forecast=dataclasses.replace(config.forecast, arch="linear"))
+    theirs = jobs.enqueue(tmp_db, str(other), str(other), "schedule")
+    [result] = asyncio.run(retrain_standalone(config, tmp_db, S))
+    assert isinstance(result, RetrainOutcome) and result.promoted, result
+    left = {j.id: (j.group, j.status, j.attempts) for j in jobs.list_jobs(tmp_db)}
+    assert left[theirs] == (str(other), "queued", 0)
+    assert sorted(v for k, v in left.items() if k != theirs) == [(str(S), "done", 1)]
