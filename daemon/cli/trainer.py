@@ -512,9 +512,17 @@ def models_promote(app: AppContext, model_id: str, series_text: tuple[list[Serie
     if model_id != BASELINE_ID:  # the baseline needs no artifact: an operator may go back to it
         if not info.artifact_path:
             raise InputError(f"model {model_id} has no artifact to serve")
+        from db.errors import ArtifactError
         from trainer.artifact_store import local_path
 
-        load_artifact(local_path(database, info.artifact_path, app.config.artifacts_dir))
+        data = app.config.data
+        path = local_path(database, info.artifact_path, app.config.artifacts_dir)
+        load_artifact(path)  # a corrupt artifact is refused as such
+        try:  # ... and one the daemon would refuse to serve (it loads the champion with these)
+            load_artifact(path, window=data.window, horizon=data.horizon)
+        except ArtifactError as exc:
+            raise InputError(f"model {model_id} cannot be served with this config (data.window {data.window}, "
+                             f"data.horizon {data.horizon}): {exc}") from None
     for s in targets:
         promote(database, model_id, s, reason="manual promote (barcast models promote)")
         click.echo(f"{model_id} is now champion of {s}")

@@ -56,6 +56,15 @@ def test_train_register_promote_retire(small_frame: pd.DataFrame, tmp_path: Path
     assert 0 <= listed[0]["test_coverage"] <= 1
     shown = json.loads(_run([*db, "models", "show", row["id"]]))
     assert shown["params"]["data"]["window"] == 64 and shown["manifest"]["format"] == "barcast-model/2"
+    # a model the daemon would refuse to serve (trained on 64-bar windows; the config serves 256)
+    res = CliRunner().invoke(main, [*db, "models", "promote", row["id"]])
+    assert res.exception.exit_code == 2  # type: ignore[union-attr]
+    assert "cannot be served with this config (data.window 256" in str(res.exception)
+    assert "artifact has window 64, expected 256" in str(res.exception)
+    assert json.loads(_run([*db, "models", "list", "--format", "json"]))[0]["status"] == "candidate"
+    cfg = tmp_path / "barcast.toml"
+    cfg.write_text("[data]\nwindow = 64\nhorizon = 4\n")
+    db = ["--config", str(cfg), *db]
     _run([*db, "models", "promote", row["id"]])
     assert json.loads(_run([*db, "models", "list", "--status", "champion", "--format", "json"]))[0]["id"] == row["id"]
     retired = _run([*db, "models", "retire", row["id"]])
