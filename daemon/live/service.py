@@ -285,9 +285,14 @@ class Service:
             groups = self._groups_for(req.get("series"))
             if req.get("wait"):
                 return retrain_answer([await self.retrainer.retrain(g, reason="manual", hurry=True) for g in groups])
-            for g in groups:
+            started = [g for g in groups if self.retrainer.owns(g)]
+            for g in started:
                 self.retrainer.trigger(g, reason="manual", hurry=True)
-            return {"ok": True, "started": groups}
+            answer = {"ok": len(started) == len(groups), "started": started}
+            if not answer["ok"]:  # nothing would run here: say so rather than "started"
+                answer["error"] = "; ".join(f"{g}: another daemon owns the group's first series and retrains it"
+                                            for g in groups if g not in started)
+            return answer
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
     def _groups_for(self, series: str | None) -> list[str]:

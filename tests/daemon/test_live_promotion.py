@@ -475,3 +475,27 @@ def test_standalone_retrain_of_one_series_leaves_other_groups_jobs_alone(tmp_db:
     left = {j.id: (j.group, j.status, j.attempts) for j in jobs.list_jobs(tmp_db)}
     assert left[theirs] == (str(other), "queued", 0)
     assert sorted(v for k, v in left.items() if k != theirs) == [(str(S), "done", 1)]
+
+
+def test_a_daemon_asked_to_retrain_a_group_another_daemon_owns_says_so(tmp_db: Database) -> None:
+    """Daemons sharing a database: a retrain asked of one that does not own the group's first
+    series is not run there, and the control answer says so (not ok, the reason) for both
+    `barcast retrain` and `--now`; before, the first was answered `"started"`."""
+    import asyncio
+
+    from daemon.config import Config, SeriesConfig
+    from daemon.live.retrainer import Retrainer
+    from daemon.live.service import Service
+    from db.cluster import Fence
+
+    config = Config(series=(SeriesConfig(S.exchange, S.symbol),))
+    svc = Service(config)
+
+    async def on_promoted(group: str, outcome: object) -> None:
+        return None
+
+    svc.retrainer = Retrainer(config, tmp_db, on_promoted, fence=lambda: Fence("d1", {}))  # owns no series
+    why = f"{S}: another daemon owns the group's first series and retrains it"
+    for wait in (False, True):
+        answer = asyncio.run(svc._control({"cmd": "retrain", "series": str(S), "wait": wait}))
+        assert answer["ok"] is False and answer["error"] == why, answer
