@@ -54,6 +54,9 @@ class ControlServer:
                 resp = {"ok": False, "error": f"bad request: {exc}"}
             except BarcastError as exc:
                 resp = {"ok": False, "error": str(exc)}
+            except Exception as exc:  # the database away, a bug: answer, don't drop the caller
+                log.exception("control request failed", extra={"request": req})
+                resp = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
             writer.write(orjson.dumps(resp, default=str) + b"\n")
             await writer.drain()
         except (ConnectionError, asyncio.LimitOverrunError, ValueError):
@@ -82,16 +85,23 @@ async def _alive(path: Path) -> bool:
 
 
 async def request(path: Path, req: dict[str, Any], *, timeout: float | None = 10) -> dict[str, Any]:
-    """Send one request to a running daemon. Raises ConnectionError if none listens there."""
+    """Send one request to a running daemon. Raises ConnectionError if none listens there, and
+    BarcastError if one took the request but closed without answering (it stopped meanwhile):
+    a caller must not take that for "no daemon" (`barcast retrain` would train a second time)."""
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), 5)
     except (FileNotFoundError, ConnectionRefusedError) as exc:
         raise ConnectionError(str(exc)) from None
-    writer.write(orjson.dumps(req) + b"\n")
-    await writer.drain()
-    line = await asyncio.wait_for(reader.readline(), timeout)
+    try:
+        writer.write(orjson.dumps(req) + b"\n")
+        await writer.drain()
+        line = await asyncio.wait_for(reader.readline(), timeout)
+    except ConnectionError as exc:
+        line = b""
+        log.debug("control connection lost", extra={"error": str(exc)})
     writer.close()
     if not line:
-        raise ConnectionError("the daemon closed the control connection without answering")
+        raise BarcastError(f"the daemon on {path} closed the control connection without answering "
+                           f"(it stopped or failed meanwhile; see its log)")
     result: dict[str, Any] = orjson.loads(line)
     return result

@@ -212,6 +212,52 @@ def test_control_socket_round_trip_and_single_instance(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
+def test_a_daemon_that_closes_without_answering_is_not_taken_for_no_daemon(tmp_path: Path) -> None:
+    """A daemon that took a request and went away (stopped during `barcast retrain --now`) is an
+    error, not ConnectionError: the command took that for "no daemon listening" and trained
+    standalone a second time."""
+    from db.errors import BarcastError
+
+    path = tmp_path / "barcast.sock"
+
+    async def gone(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readline()
+        writer.close()
+
+    async def main() -> BaseException:
+        server = await asyncio.start_unix_server(gone, path=str(path))
+        try:
+            await request(path, {"cmd": "retrain", "wait": True})
+        except BaseException as exc:
+            return exc
+        finally:
+            server.close()
+        raise AssertionError("answered")
+
+    exc = asyncio.run(main())
+    assert isinstance(exc, BarcastError) and not isinstance(exc, ConnectionError), exc
+    assert "closed the control connection without answering" in str(exc)
+
+
+def test_a_control_request_that_fails_is_answered_with_the_error(tmp_path: Path) -> None:
+    """A handler failing with something other than a BarcastError (the database away during a
+    retrain request) answers the caller with the error; it closed the connection unanswered."""
+    path = tmp_path / "barcast.sock"
+
+    async def handler(req: dict) -> dict:
+        raise RuntimeError("database is locked")
+
+    async def main() -> dict:
+        server = ControlServer(path, handler)
+        await server.start()
+        try:
+            return await request(path, {"cmd": "retrain", "wait": True})
+        finally:
+            await server.stop()
+
+    assert asyncio.run(main()) == {"ok": False, "error": "RuntimeError: database is locked"}
+
+
 def test_unusable_champion_artifact_does_not_stop_forecasting(tmp_db: Database, tmp_path: Path,
                                                               caplog: pytest.LogCaptureFixture) -> None:
     """A champion whose artifact is corrupt: the service serves persistence and says why."""
