@@ -1,10 +1,11 @@
 """Which forecasts go out together: the per-boundary batching decision, pure (no asyncio, no I/O).
 
-Every series whose bar closed at boundary `t` asks for a forecast; the batch for `t` is complete
-once every series expected there has asked (counted once per boundary, when its first request
-arrives: a per-request count was quadratic at 1,000 series). A boundary that stays incomplete is
-flushed by the pipeline's coalescing timer instead; a series given to another daemon is dropped
-from every open boundary.
+Every series whose bar closed at boundary `t` (the bar's end, so series of different intervals
+closing at one instant share a batch) asks for a forecast; the batch for `t` is complete once
+every series expected there (`closes_at`: a 5m series is not expected at 12:01) has asked
+(counted once per boundary, when its first request arrives: a per-request count was quadratic
+at 1,000 series). A boundary that stays incomplete is flushed by the pipeline's coalescing timer
+instead; a series given to another daemon is dropped from every open boundary.
 """
 
 from __future__ import annotations
@@ -16,6 +17,13 @@ from typing import Generic, TypeVar
 from db.records import SeriesKey
 
 J = TypeVar("J")
+
+
+def closes_at(boundary: datetime, key: SeriesKey) -> bool:
+    """Whether `key` has a bar ending at `boundary` (bars are aligned to their interval in UTC).
+    Counting every ready series made each boundary of a mixed 1m/5m set wait out the
+    coalescing timer for series that close there never."""
+    return int(boundary.timestamp()) % int(key.step.total_seconds()) == 0
 
 
 class BoundaryBatcher(Generic[J]):

@@ -18,7 +18,7 @@ from typing import Any
 
 from daemon import metrics
 from daemon.config import Config
-from daemon.live.batcher import BoundaryBatcher
+from daemon.live.batcher import BoundaryBatcher, closes_at
 from daemon.live.broadcast import Broadcast
 from daemon.live.calibration import CalibrationBook
 from daemon.live.dbretry import retrying
@@ -228,15 +228,21 @@ class Pipeline:
         if serving is None or st.last_close is None:
             return
         job = Job(key, serving, st.window.values(), t, st.last_close, seen)
-        if self._batcher.add(t, key, job, lambda: sum(1 for k in self.owned if self.series[k].window.ready)):
-            await self._flush(t)
-        elif t not in self._timers:
+        end = t + key.step  # the boundary: where bars of every interval closing together meet
+
+        def expected() -> int:
+            return sum(1 for k in self.owned if self.series[k].window.ready and closes_at(end, k))
+
+        if self._batcher.add(end, key, job, expected):
+            await self._flush(end)
+        elif end not in self._timers:
             loop = asyncio.get_running_loop()
-            self._timers[t] = loop.call_later(
-                self.config.forecast.coalesce_ms / 1000, lambda: asyncio.ensure_future(self._flush(t))
+            self._timers[end] = loop.call_later(
+                self.config.forecast.coalesce_ms / 1000, lambda: asyncio.ensure_future(self._flush(end))
             )
 
     async def _flush(self, t: datetime) -> None:
+        """Send boundary `t`'s requests (bar ends, see `_enqueue`) to the batch runner."""
         timer = self._timers.pop(t, None)
         if timer is not None:
             timer.cancel()

@@ -378,3 +378,52 @@ def test_quantile_steps_are_scored_and_move_the_calibration_stored_with_them(tmp
     assert again.get(S, "m").theta.tolist() == cal.theta.tolist()  # type: ignore[union-attr]
     served = again.apply(S, "m", levels, np.array([100.0]), np.array([[[98.0, 100.0, 102.0], [97.0, 100.0, 103.0]]]))
     assert served[0, 0, 2] > 102.0 and np.all(np.diff(served, axis=-1) >= 0)  # q90 moved out after a miss
+
+
+def test_a_boundary_waits_only_for_series_closing_there(tmp_db: Database, tmp_path: Path) -> None:
+    """1m and 5m series side by side: a 1m boundary where no 5m bar ends goes out as soon as the
+    1m series have asked (it used to wait out the coalescing timer for the 5m series, every bar);
+    where the 5m bar ends too, all three share one batch. The timer is 10 minutes here, so a
+    batch that waits for it is never sent while the test looks."""
+    import dataclasses
+
+    from daemon.config import Config, ForecastConfig, SeriesConfig
+    from daemon.live.pipeline import Pipeline
+    from db.bars import upsert_bars
+    from trainer.params import DataParams
+
+    btc, eth, slow = SeriesKey("binance", "BTC-USDT", "1m"), SeriesKey("binance", "ETH-USDT", "1m"), \
+        SeriesKey("binance", "BTC-USDT", "5m")
+    config = Config(series=tuple(SeriesConfig(k.exchange, k.symbol, k.interval) for k in (btc, eth, slow)),
+                    data=DataParams(window=8), forecast=ForecastConfig(coalesce_ms=600_000))
+    config = dataclasses.replace(config, paths=dataclasses.replace(config.paths, data_dir=str(tmp_path)))
+    noon = datetime(2021, 1, 1, 12, tzinfo=UTC)
+
+    def at(key: SeriesKey, t: datetime, close: int) -> Bar:
+        c = D(close)
+        return Bar(key.exchange, key.symbol, key.interval, t, c, c + 1, c - 1, c, D("1.5"), 3)
+
+    minutes = lambda n: timedelta(minutes=n)  # noqa: E731
+    upsert_bars(tmp_db, [at(k, noon + minutes(i), 100 + i) for k in (btc, eth) for i in range(8)]  # 12:00-12:07
+                + [at(slow, noon - minutes(40 - 5 * i), 100 + i) for i in range(9)])  # 11:20-12:00
+
+    async def main() -> list[tuple[int, int]]:
+        pipe = Pipeline(config, tmp_db, book=ModelBook(), forecast_log=ForecastLog(tmp_path / "f.jsonl"))
+        await asyncio.to_thread(pipe.restore)
+        for key in config.series_keys:
+            await pipe.install(config.model_group(key))
+        pipe.start()
+        seen = []
+        for new in ([at(btc, noon + minutes(8), 108), at(eth, noon + minutes(8), 108)],  # end 12:09
+                    [at(btc, noon + minutes(9), 109), at(eth, noon + minutes(9), 109),  # end 12:10
+                     at(slow, noon + minutes(5), 109)]):
+            upsert_bars(tmp_db, new)
+            for b in new:
+                await pipe.on_bar(b)
+            await pipe.idle()  # every batch sent so far is forecast and stored
+            seen.append((pipe.stats.batches, pipe.stats.forecasts))
+        await pipe.drain()
+        pipe.close()
+        return seen
+
+    assert asyncio.run(main()) == [(1, 2), (2, 5)]
