@@ -52,10 +52,14 @@ MAX_FLAT_FILL = 20_000
 
 @dataclass(frozen=True, slots=True)
 class BarUpdate:
-    """A bar the ingest publishes: newly closed, amended by a late trade, or fetched by backfill."""
+    """A bar the ingest publishes: newly closed, amended by a late trade, or fetched by backfill.
+    `range_end`: a backfilled bar's REST range ends there (exclusive; the bar in progress when it
+    was asked for), so a consumer can tell how far behind the present the bar is whichever page
+    of the range brought it; None otherwise (and for the feed clock's open-ended polls)."""
 
     bar: Bar
     kind: UpdateKind
+    range_end: datetime | None = None
 
 
 @dataclass(slots=True)

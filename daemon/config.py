@@ -167,8 +167,9 @@ class ForecastConfig:
     arch: str = "har"
     #: Longest wait for the other series closing at the same boundary before one batch runs.
     coalesce_ms: int = 500
-    #: Backfilled bars (after an outage) within this many bars of the newest get forecasts too,
-    #: so a restart leaves no hole; older backfilled history (a fresh install's) gets none.
+    #: Backfilled bars (after an outage) within this many bars of the backfill's newest bar (the
+    #: whole range, not one REST page) get forecasts too, so a restart leaves no hole; older
+    #: backfilled history (most of a fresh install's) gets none.
     backfill_forecast_bars: int = 288
     #: Forecast log (JSON lines). Empty: `<log_dir>/forecasts.jsonl`.
     log_file: str = ""

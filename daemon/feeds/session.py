@@ -64,7 +64,7 @@ from daemon.feeds.base import (
     HotRow,
     ParseResult,
 )
-from daemon.feeds.fields import US_PER_S, us, us_from_clock, us_from_datetime
+from daemon.feeds.fields import US_PER_S, datetime_from_us, us, us_from_clock, us_from_datetime
 from db.records import Bar, SeriesKey, interval_seconds
 
 #: The forecaster's window: start-up backfill fetches at least this many bars.
@@ -933,7 +933,8 @@ class FeedSession:
             if closed is None or us_from_datetime(bars[-1].open_time) + s.step_us >= closed:
                 # not when live bars closed after these (a retried hole): flat bars continue from theirs
                 s.agg.set_last_close(bars[-1].close)
-            out.append(Publish([BarUpdate(b, "backfilled") for b in bars]))
+            until = None if req.open_ended else datetime_from_us(req.end_us)
+            out.append(Publish([BarUpdate(b, "backfilled", until) for b in bars]))
         if s.gaps:
             self._gaps_filled(s, req, out)
         if last:

@@ -239,14 +239,16 @@ class Service:
     async def _on_bars(self, updates: list[BarUpdate]) -> None:
         """Stored bars from the ingest. A bar entering a window as its newest bar gets a forecast,
         except backfilled history older than `forecast.backfill_forecast_bars` before the newest
-        bar of its batch."""
+        bar of its backfill: the range's last bar, not this page's (measured per page, a 30-day
+        backfill of 300-candle pages forecast nearly every bar of history)."""
         assert self.pipeline is not None
         reach = self.config.forecast.backfill_forecast_bars
         newest: dict[SeriesKey, datetime] = {}
         for u in updates:
             k = u.bar.series
-            if k not in newest or u.bar.open_time > newest[k]:
-                newest[k] = u.bar.open_time
+            t = u.bar.open_time if u.range_end is None else max(u.bar.open_time, u.range_end - k.step)
+            if k not in newest or t > newest[k]:
+                newest[k] = t
         for u in updates:
             b = u.bar
             recent = u.kind != "backfilled" or b.open_time > newest[b.series] - b.series.step * reach
