@@ -8,6 +8,7 @@ forecasts -> `Scorer.run`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
@@ -40,6 +41,12 @@ class Scorer:
         #: Climatology per series (live probabilistic skill), rebuilt once a day of bars.
         self.references: dict[SeriesKey, Reference] = {}
         self._reference_tried: dict[SeriesKey, datetime] = {}
+        #: Per series, the (model, step) gauges last published and the models scored within the
+        #: scoring window: a model that stopped serving leaves both once its scores age out of
+        #: the window, so gauges and drift watches are bounded by the models in the window, not
+        #: every model a long-running daemon ever served.
+        self._gauges: dict[SeriesKey, set[tuple[str, str]]] = {}
+        self._in_window: dict[SeriesKey, frozenset[str]] = {}
 
     def run(self, keys: list[SeriesKey], target_since: datetime | None) -> list[ForecastScore]:
         """Score what became scorable (writer thread): one query finds the due steps of every series
@@ -91,8 +98,10 @@ class Scorer:
         span = self.config.scoring.window_steps // max(1, self.config.data.horizon)
         # exchange time, so replays score too
         starts = [(self.last_bar(k) or datetime.now(UTC)) - k.step * span for k in keys]
+        shown: dict[SeriesKey, set[tuple[str, str]]] = {k: set() for k in keys}
         for row in accuracy(self.database, series=keys, since=min(starts) if span else None, per_level=False):
             labels = (str(row.series), row.model_id, str(row.step))
+            shown.setdefault(row.series, set()).add(labels[1:])
             metrics.LIVE_MAE.labels(*labels).set(row.mae)
             metrics.PERSISTENCE_MAE.labels(str(row.series), str(row.step)).set(row.persistence_mae)
             if row.pinball_mean is not None and row.coverage is not None:
@@ -100,6 +109,13 @@ class Scorer:
                 metrics.LIVE_COVERAGE.labels(*labels).set(row.coverage)
             if row.prob_skill is not None:
                 metrics.LIVE_PROB_SKILL.labels(*labels).set(row.prob_skill)
+        for key, now in shown.items():
+            for model, step in self._gauges.get(key, set()) - now:
+                for gauge in (metrics.LIVE_MAE, metrics.LIVE_PINBALL, metrics.LIVE_COVERAGE, metrics.LIVE_PROB_SKILL):
+                    with contextlib.suppress(KeyError):  # never set (a point-only model has no pinball)
+                        gauge.remove(str(key), model, step)
+            self._gauges[key] = now
+            self._in_window[key] = frozenset(m for m, _ in now)
 
     def watch(self, scores: list[ForecastScore]) -> None:
         """Feed the drift watch of each (series, model) and flag a model whose live MAE stays above
@@ -122,3 +138,6 @@ class Scorer:
                     "margin": cfg.drift_margin})
             elif was and not now:
                 log.info("model back within drift margin", extra={"series": str(k[0]), "model": k[1]})
+        for series, model in [k for k in self.drift if k[1] not in self._in_window.get(k[0], frozenset([k[1]]))]:
+            del self.drift[(series, model)]  # its scores left the window: it no longer serves
+            metrics.DRIFT_FLAG.remove(str(series), model)

@@ -70,7 +70,8 @@ class Service:
         self.champions: ChampionWatch | None = None
         self._ingest_task: asyncio.Task[None] | None = None
         self._ownership_lock = asyncio.Lock()
-        self._newest_seen: dict[SeriesKey, datetime] = {}
+        #: The model each series' champion-age gauge is labelled with (one label set per series).
+        self._age_model: dict[SeriesKey, str] = {}
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -415,6 +416,10 @@ class Service:
             serving = self.pipeline.book.get(self.config.model_group(key))
             if since is not None and serving is not None:
                 metrics.CHAMPION_AGE.labels(str(key), serving.model_id).set((now - since).total_seconds())
+                before = self._age_model.get(key)
+                if before is not None and before != serving.model_id:
+                    metrics.CHAMPION_AGE.remove(str(key), before)  # the old champion's age stopped counting
+                self._age_model[key] = serving.model_id
         size = database_size_bytes(self.database)
         if size is not None:
             metrics.DB_SIZE.set(size)

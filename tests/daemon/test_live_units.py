@@ -427,3 +427,87 @@ def test_a_boundary_waits_only_for_series_closing_there(tmp_db: Database, tmp_pa
         return seen
 
     assert asyncio.run(main()) == [(1, 2), (2, 5)]
+
+
+def test_models_that_stopped_serving_leave_the_live_gauges_and_drift_watches(tmp_db: Database,
+                                                                              tmp_path: Path) -> None:
+    """A long-running daemon serves model after model (a promotion a day). Each used to keep its
+    live MAE/pinball/coverage gauges and its drift flag and watch forever, frozen at their last
+    values (a retired model flagged drifting stayed flagged): /metrics and memory grew with every
+    promotion. Now they go once the model's scores leave the scoring window (here 4 bars), so
+    after 8 models in turn only the ones scored within the window are left."""
+    import dataclasses
+
+    from daemon import metrics
+    from daemon.config import Config, ScoringConfig, SeriesConfig
+    from daemon.live.pipeline import Pipeline
+    from db.bars import upsert_bars
+    from trainer.params import DataParams
+
+    key = SeriesKey("binance", "SOAK-USDT")  # a series of its own: the gauges are process-wide
+    config = Config(series=(SeriesConfig(key.exchange, key.symbol),), data=DataParams(window=8, horizon=4),
+                    scoring=ScoringConfig(window_steps=16))
+    config = dataclasses.replace(config, paths=dataclasses.replace(config.paths, data_dir=str(tmp_path)))
+
+    def b(i: int) -> Bar:
+        return dataclasses.replace(bar(i, 100 + (i % 7)), symbol=key.symbol)
+
+    upsert_bars(tmp_db, [b(i) for i in range(8)])
+
+    def labelled(gauge: object) -> set[str]:
+        return {s.labels["model"] for m in gauge.collect() for s in m.samples  # type: ignore[attr-defined]
+                if s.labels["series"] == str(key)}
+
+    async def main() -> tuple[set[str], set[str], set[str], int]:
+        pipe = Pipeline(config, tmp_db, book=ModelBook(), forecast_log=ForecastLog(tmp_path / "f.jsonl"))
+        await asyncio.to_thread(pipe.restore)
+        served = await pipe.install(config.model_group(key))
+        pipe.start()
+        i = 8
+        for n in range(8):  # 8 models in turn, 6 bars each
+            pipe.book.swap(config.model_group(key), ServingModel.of(f"model-{n}", served.model))
+            for _ in range(6):
+                upsert_bars(tmp_db, [b(i)])
+                await pipe.on_bar(b(i))
+                await pipe.idle()
+                i += 1
+        await pipe.drain()
+        pipe.close()
+        return labelled(metrics.LIVE_MAE), labelled(metrics.LIVE_PINBALL), labelled(metrics.DRIFT_FLAG), \
+            len(pipe.scorer.drift)
+
+    mae, pinball, drift, watches = asyncio.run(main())
+    assert mae == pinball == drift == {"model-6", "model-7"}  # scored within the last 4 bars' targets
+    assert watches == 2
+
+
+def test_champion_age_gauge_follows_the_serving_model(tmp_db: Database, tmp_path: Path) -> None:
+    """`barcast_champion_age_seconds` has one label set per series: the champion's. The previous
+    champion's label used to stay, frozen at its last age, after every promotion."""
+    import dataclasses
+
+    from daemon import metrics
+    from daemon.config import Config, SeriesConfig
+    from daemon.live.pipeline import Pipeline
+    from daemon.live.service import Service
+    from db import registry
+    from db.records import ModelInfo
+
+    key = SeriesKey("binance", "AGE-USDT")  # a series of its own: the gauge is process-wide
+    config = Config(series=(SeriesConfig(key.exchange, key.symbol),))
+    config = dataclasses.replace(config, paths=dataclasses.replace(config.paths, data_dir=str(tmp_path)))
+    svc = Service(config)
+    svc.database = tmp_db
+    svc.pipeline = pipe = Pipeline(config, tmp_db, book=ModelBook(), forecast_log=ForecastLog(tmp_path / "f.jsonl"))
+    seen = []
+    try:
+        for model_id in ("champ-a", "champ-b"):
+            registry.register_model(tmp_db, ModelInfo(model_id, "linear", (key,), None, None, {}, {}, None))
+            registry.promote(tmp_db, model_id, key)
+            pipe.book.swap(config.model_group(key), ServingModel.of(model_id, _Doubler()))
+            svc._refresh_gauges()
+            seen.append({s.labels["model"] for m in metrics.CHAMPION_AGE.collect() for s in m.samples
+                         if s.labels["series"] == str(key)})
+    finally:
+        pipe.close()
+    assert seen == [{"champ-a"}, {"champ-b"}]
