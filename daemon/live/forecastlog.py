@@ -95,16 +95,26 @@ class ForecastLog:
 
     def tail_keys(self, max_bytes: int = 1_000_000) -> dict[str, tuple[str, set[tuple[str, str]]]]:
         """Per series: the newest logged `issued_at` and the (issued_at, model_id) pairs seen in the
-        last `max_bytes` of the current file (what `reconcile` needs after a crash)."""
+        last `max_bytes` of the log, reaching into `.1` when the current file is shorter (what
+        `reconcile` needs after a crash: just after a rotation a series may have no line in the
+        current file yet, and reading that alone left its crash-lost line out for good)."""
         out: dict[str, tuple[str, set[tuple[str, str]]]] = {}
-        try:
-            with self.path.open("rb") as fh:
-                size = fh.seek(0, os.SEEK_END)
-                fh.seek(max(0, size - max_bytes))
-                chunk = fh.read()
-        except FileNotFoundError:
-            return out
-        for raw in chunk.splitlines()[1 if len(chunk) >= max_bytes else 0 :]:
+        chunks: list[bytes] = []
+        torn = False  # the oldest chunk starts mid-line
+        for path in (self.path, self.path.with_name(f"{self.path.name}.1")):
+            left = max_bytes - sum(map(len, chunks))
+            if left <= 0:
+                break
+            try:
+                with path.open("rb") as fh:
+                    size = fh.seek(0, os.SEEK_END)
+                    fh.seek(max(0, size - left))
+                    chunks.insert(0, fh.read())
+                    torn = size > left
+            except FileNotFoundError:
+                continue
+        chunk = b"\n".join(chunks)
+        for raw in chunk.splitlines()[1 if torn else 0 :]:
             try:
                 doc = orjson.loads(raw)
                 series, issued, model = doc["series"], doc["issued_at"], doc["model_id"]

@@ -511,3 +511,43 @@ def test_champion_age_gauge_follows_the_serving_model(tmp_db: Database, tmp_path
     finally:
         pipe.close()
     assert seen == [{"champ-a"}, {"champ-b"}]
+
+
+def test_log_catch_up_after_a_crash_reaches_into_the_rotated_file(tmp_db: Database, tmp_path: Path) -> None:
+    """Killed between storing a forecast and logging it, just after the log rotated: the series had
+    no line in the new file yet, so the start-up catch-up (which read the current file only) took
+    it for a new log and never appended the lost line. It now reads `.1` too."""
+    import dataclasses
+
+    from daemon.config import Config, SeriesConfig
+    from daemon.live.pipeline import Pipeline
+    from db.forecasts import store_new_forecasts
+
+    eth = SeriesKey("binance", "ETH-USDT")
+    config = Config(series=(SeriesConfig(S.exchange, S.symbol), SeriesConfig(eth.exchange, eth.symbol)))
+    config = dataclasses.replace(config, paths=dataclasses.replace(config.paths, data_dir=str(tmp_path)))
+
+    def fc(key: SeriesKey, i: int) -> Forecast:
+        t = T0 + timedelta(minutes=5 * i)
+        return Forecast(key, t, "persistence", (t + timedelta(minutes=5),), (100.0,), last_close=D("100"))
+
+    path = tmp_path / "f.jsonl"
+    before = [fc(S, 0), fc(eth, 0)]
+    store_new_forecasts(tmp_db, before)
+    flog = ForecastLog(path, max_bytes=1)  # every write after the first rotates
+    flog.write(before)
+    store_new_forecasts(tmp_db, [fc(S, 1)])
+    flog.write([fc(S, 1)])  # rotated: the ETH line is in .1 only
+    store_new_forecasts(tmp_db, [fc(eth, 1)])  # ... stored, then killed before its line was written
+    flog.close()
+    assert (path.parent / "f.jsonl.1").exists()
+
+    pipe = Pipeline(config, tmp_db, book=ModelBook(), forecast_log=ForecastLog(path, max_bytes=0))
+    try:
+        assert pipe.reconcile_log() == 1
+    finally:
+        pipe.forecast_log.close()
+        pipe.close()
+    logged = [orjson.loads(ln) for f in sorted(path.parent.glob("f.jsonl*")) for ln in f.read_bytes().splitlines()]
+    assert sorted((d["series"], d["issued_at"]) for d in logged) == sorted(
+        (str(f.series), f.issued_at.isoformat().replace("+00:00", "Z")) for f in [*before, fc(S, 1), fc(eth, 1)])
