@@ -46,6 +46,8 @@ _EPS = 1e-12
 _ABS_EPS = 1e-6  # floor of |log-return| in the regression target (a tick at 5 minutes is ~1e-5)
 _SMOOTH = np.array([1.0, 2.0, 3.0, 2.0, 1.0]) / 9.0
 _SECONDS_PER_DAY = 86_400
+#: How far (in log units: 3×) a forecast scale may go beyond the smallest and largest fitted in training.
+_REACH = float(np.log(3.0))
 
 
 def _spans(values: np.ndarray, spans: tuple[int, ...]) -> np.ndarray:
@@ -70,6 +72,7 @@ class Har(Forecaster):
         self.beta: np.ndarray | None = None  # (H, k)
         self.z: np.ndarray | None = None  # (H, L)
         self.quarticity_spans: tuple[int, ...] = QUARTICITY_SPANS
+        self.log_scale_range: np.ndarray | None = None  # (H, 2); None in artifacts fitted before it
 
     @property
     def _core_fitted(self) -> bool:
@@ -157,6 +160,8 @@ class Har(Forecaster):
         x, y = np.concatenate(xs), np.concatenate(ys)
         target = np.log(np.abs(y) + _ABS_EPS)
         self.beta = np.stack([np.linalg.lstsq(x[:, k], target[:, k], rcond=None)[0] for k in range(self.horizon)])
+        fitted = np.einsum("nhk,hk->nh", x, self.beta)
+        self.log_scale_range = np.stack([fitted.min(axis=0) - _REACH, fitted.max(axis=0) + _REACH], axis=1)
         z = y / self._scale(x)
         self.z = np.quantile(np.concatenate([z, -z]), self.levels, axis=0).T.copy()
         return NO_FIT
@@ -186,8 +191,14 @@ class Har(Forecaster):
         self.profile = prof
 
     def _scale(self, x: np.ndarray) -> np.ndarray:
+        """exp of the regression, kept within `_REACH` of the log-scales seen in training: a fit on
+        little history (a new series) can have large, nearly cancelling coefficients, and an input
+        outside what it saw must not turn them into an overflowing fan."""
         assert self.beta is not None
-        return np.exp(np.einsum("nhk,hk->nh", x, self.beta))
+        log_scale = np.einsum("nhk,hk->nh", x, self.beta)
+        if self.log_scale_range is not None:
+            log_scale = np.clip(log_scale, self.log_scale_range[:, 0], self.log_scale_range[:, 1])
+        return np.exp(log_scale)
 
     # --- prediction -----------------------------------------------------------------------------------
     def _forecast(self, raw: np.ndarray, times: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -199,14 +210,16 @@ class Har(Forecaster):
     # --- artifact -------------------------------------------------------------------------------------
     def _write(self, directory: Path) -> None:
         assert self.beta is not None and self.profile is not None and self.z is not None
-        np.savez(
-            directory / "har.npz",
-            beta=self.beta,
-            profile=self.profile,
-            z=self.z,
-            step_s=self.step_s,
-            quarticity_spans=np.asarray(self.quarticity_spans, dtype=np.int64),
-        )
+        arrays: dict[str, np.ndarray] = {
+            "beta": self.beta,
+            "profile": self.profile,
+            "z": self.z,
+            "step_s": np.asarray(self.step_s),
+            "quarticity_spans": np.asarray(self.quarticity_spans, dtype=np.int64),
+        }
+        if self.log_scale_range is not None:
+            arrays["log_scale_range"] = self.log_scale_range
+        np.savez(directory / "har.npz", **arrays)  # type: ignore[arg-type]  # numpy types **kwds as allow_pickle
 
     def _read(self, directory: Path) -> None:
         try:
@@ -214,6 +227,7 @@ class Har(Forecaster):
                 beta, profile, z, step_s = f["beta"], f["profile"], f["z"], int(f["step_s"])
                 # absent in artifacts fitted before the quarticity components
                 spans = tuple(int(s) for s in f["quarticity_spans"]) if "quarticity_spans" in f else ()
+                bounds = f.get("log_scale_range")
         except (OSError, KeyError, ValueError) as e:
             raise ArtifactError(f"{directory / 'har.npz'}: cannot be read: {e}") from None
         self.quarticity_spans = spans
@@ -222,6 +236,8 @@ class Har(Forecaster):
             or beta.shape != (self.horizon, self._width)
             or z.shape != (self.horizon, len(self.levels))
             or step_s <= 0
+            or (bounds is not None and bounds.shape != (self.horizon, 2))
         ):
             raise ArtifactError(f"{directory / 'har.npz'}: shapes do not match horizon/levels of the manifest")
         self.beta, self.profile, self.z, self.step_s = beta, profile, z, step_s
+        self.log_scale_range = bounds

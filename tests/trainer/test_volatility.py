@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from trainer.params import DataParams, ModelParams
+from trainer.params import FEATURE_COLUMNS, DataParams, ModelParams
 from trainer.volatility import QUARTICITY_SPANS, Har
 
 WINDOW = 64
@@ -40,3 +43,32 @@ def test_quarticity_of_known_spreads() -> None:
     expected = np.log(np.mean(v[1, -12:] ** 2) / np.mean(v[1, -12:]) ** 2)
     assert QUARTICITY_SPANS[0] == 12 and np.isclose(q[1, 0], expected) and q[1, 0] > 0.5
     np.testing.assert_array_equal(q[2], 0.0)  # flat: no outlier of the fit
+
+
+def test_a_window_unlike_any_in_training_cannot_blow_up_the_fan(small_frame: pd.DataFrame, tmp_path: Path) -> None:
+    """A fit on little history (a new series) may have large, nearly cancelling coefficients; the
+    forecast scale stays within 3× of the scales fitted in training, through save and load."""
+    from trainer.artifacts import load_artifact, save_artifact
+    from trainer.datasets import load_bars
+    from trainer.evaluation import model_samples
+    from trainer.training import fit_on_splits, make_splits
+
+    data = DataParams(window=96, horizon=4, features=FEATURE_COLUMNS[:5])
+    splits = make_splits(load_bars(small_frame, data.features), data)
+    model, _ = fit_on_splits("har", splits, data=data)
+    assert isinstance(model, Har) and model.log_scale_range is not None
+    test = model_samples(splits.test, model)
+    raw, times = test.batch(np.arange(4))[0].copy(), test.origin_times()[:4]
+    raw[:, -12:, 0] *= 50.0  # a burst no training window had: highs 50× the close,
+    raw[:, -12:, 3] *= 1e6  # and a million times the volume
+    bound = np.exp(model.log_scale_range[:, 1])
+    assert np.all(model._scale(model._design(raw, times)) <= bound * (1 + 1e-12))
+    loaded = load_artifact(save_artifact(model, tmp_path / "m"))
+    assert isinstance(loaded, Har) and loaded.log_scale_range is not None
+    np.testing.assert_array_equal(loaded.log_scale_range, model.log_scale_range)
+    pred = loaded.predict_batch(raw, times)
+    assert np.all(np.isfinite(pred.quantiles)) and np.all(np.diff(pred.quantiles, axis=-1) >= 0)
+    spread = np.abs(np.log(pred.quantiles / raw[:, -1, 2][:, None, None]))
+    assert np.all(spread <= bound[None, :, None] * np.abs(model.z).max() * 1.01)
+    model.log_scale_range = None  # without the bound the same windows reach past it
+    assert np.any(model._scale(model._design(raw, times)) > bound)
