@@ -147,16 +147,14 @@ def test_two_daemons_sharing_a_database_retrain_a_series_once(pg_db_url: str, tm
     db.close()
 
 
-def test_retrain_command_standalone_then_reload(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`barcast retrain` with no daemon listening trains here (a child process) and promotes."""
-    import json
-
+def _standalone_config(tmp_path: Path, bars: int) -> Path:
+    """A SQLite database holding `bars` synthetic bars of one series and a config for it (a small
+    linear model, so `barcast retrain` trains in seconds)."""
     from db.engine import open_database
-    from tests.daemon.clirun import barcast
 
     db_url = f"sqlite:///{tmp_path / 'b.db'}"
     db = open_database(db_url)
-    upsert_bars(db, synthetic_bars(900))
+    upsert_bars(db, synthetic_bars(bars))
     db.close()
     cfg = tmp_path / "barcast.toml"
     cfg.write_text(f"""
@@ -174,6 +172,16 @@ arch = "linear"
 [retrain]
 holdout_bars = 96
 """)
+    return cfg
+
+
+def test_retrain_command_standalone_then_reload(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`barcast retrain` with no daemon listening trains here (a child process) and promotes."""
+    import json
+
+    from tests.daemon.clirun import barcast
+
+    cfg = _standalone_config(tmp_path, 900)
     res = barcast(capsys, "--config", str(cfg), "retrain", "--series", "binance:SYN-USDT", "--now")
     assert res.code == 0, res.err
     assert "no daemon listening" in res.err
@@ -357,29 +365,9 @@ def test_retrain_command_says_why_a_run_failed(tmp_path: Path, capsys: pytest.Ca
     the retry, on stdout (JSON) and stderr; before, it printed `[null]`."""
     import json
 
-    from db.engine import open_database
     from tests.daemon.clirun import barcast
 
-    db_url = f"sqlite:///{tmp_path / 'b.db'}"
-    db = open_database(db_url)
-    upsert_bars(db, synthetic_bars(100))
-    db.close()
-    cfg = tmp_path / "barcast.toml"
-    cfg.write_text(f"""
-[database]
-url = "{db_url}"
-[paths]
-data_dir = "{tmp_path / 'data'}"
-[[series]]
-exchange = "binance"
-symbol = "SYN-USDT"
-[data]
-window = 32
-[forecast]
-arch = "linear"
-[retrain]
-holdout_bars = 96
-""")
+    cfg = _standalone_config(tmp_path, 100)
     res = barcast(capsys, "--config", str(cfg), "retrain", "--series", "binance:SYN-USDT", "--now", "--standalone")
     assert res.code == 1, res.err
     [out] = json.loads(res.out)
