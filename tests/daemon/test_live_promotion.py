@@ -7,10 +7,12 @@ log-returns forecasts far better than persistence, so the promotion path is exer
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -20,6 +22,9 @@ from db.engine import Database
 from db.records import Bar, SeriesKey
 from trainer.params import DataParams, ModelParams, TrainParams
 from trainer.retrain_job import BASELINE_ID, RetrainRequest, ensure_baseline, run_retrain
+
+if TYPE_CHECKING:
+    from daemon.config import Config
 
 pytestmark = pytest.mark.slow
 
@@ -228,24 +233,30 @@ def test_har_challenger_on_real_bars_is_judged_by_pinball(shared_dir: Path, tmp_
     assert np.all(p.point == window[-1, 3])
 
 
+def _young_series(tmp_db: Database, tmp_path: Path, bars: list[Bar], *, backoff_minutes: float) -> Config:
+    """The first 100 of `bars` stored (too few to train on) with persistence serving, and a config
+    retraining a small linear model with failed jobs retried after `backoff_minutes`."""
+    from daemon.config import Config, RetrainConfig, SeriesConfig
+
+    upsert_bars(tmp_db, bars[:100])
+    ensure_baseline(tmp_db, [S])
+    config = Config(series=(SeriesConfig(S.exchange, S.symbol),), data=DataParams(window=32, horizon=16),
+                    retrain=RetrainConfig(holdout_bars=96, history_days=30, retry_backoff_minutes=backoff_minutes))
+    return dataclasses.replace(config, database=dataclasses.replace(config.database, url=f"sqlite:///{tmp_db.path}"),
+                               paths=dataclasses.replace(config.paths, data_dir=str(tmp_path)),
+                               forecast=dataclasses.replace(config.forecast, arch="linear"))
+
+
 def test_a_failed_first_model_is_retried_from_the_queue_with_backoff(tmp_db: Database, tmp_path: Path) -> None:
     """The first attempt fails (too little history yet); the job goes back to the queue with a
     backoff and the next attempt, once the bars are there, trains and promotes."""
     import asyncio
-    import dataclasses
 
-    from daemon.config import Config, RetrainConfig, SeriesConfig
     from daemon.live.retrainer import Retrainer
     from db import jobs
 
     bars = synthetic_bars(900)
-    upsert_bars(tmp_db, bars[:100])
-    ensure_baseline(tmp_db, [S])
-    config = Config(series=(SeriesConfig(S.exchange, S.symbol),), data=DataParams(window=32, horizon=16),
-                    retrain=RetrainConfig(holdout_bars=96, history_days=30, retry_backoff_minutes=0.005))
-    config = dataclasses.replace(config, database=dataclasses.replace(config.database, url=f"sqlite:///{tmp_db.path}"),
-                                 paths=dataclasses.replace(config.paths, data_dir=str(tmp_path)),
-                                 forecast=dataclasses.replace(config.forecast, arch="linear"))
+    config = _young_series(tmp_db, tmp_path, bars, backoff_minutes=0.005)
     promoted: list[str] = []
 
     async def on_promoted(group: str, outcome: object) -> None:
@@ -325,21 +336,13 @@ def test_an_operators_retrain_runs_a_job_waiting_out_its_backoff(tmp_db: Databas
     queued job due now and waits for it. Before, the request was dropped ("already queued"),
     the daemon answered "started" and nothing ran for the hour."""
     import asyncio
-    import dataclasses
 
-    from daemon.config import Config, RetrainConfig, SeriesConfig
     from daemon.live.retrainer import Retrainer
     from db import jobs
     from trainer.retrain_job import RetrainOutcome
 
     bars = synthetic_bars(900)
-    upsert_bars(tmp_db, bars[:100])
-    ensure_baseline(tmp_db, [S])
-    config = Config(series=(SeriesConfig(S.exchange, S.symbol),), data=DataParams(window=32, horizon=16),
-                    retrain=RetrainConfig(holdout_bars=96, history_days=30, retry_backoff_minutes=60))
-    config = dataclasses.replace(config, database=dataclasses.replace(config.database, url=f"sqlite:///{tmp_db.path}"),
-                                 paths=dataclasses.replace(config.paths, data_dir=str(tmp_path)),
-                                 forecast=dataclasses.replace(config.forecast, arch="linear"))
+    config = _young_series(tmp_db, tmp_path, bars, backoff_minutes=60)
 
     async def on_promoted(group: str, outcome: object) -> None:
         return None
