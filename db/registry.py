@@ -6,9 +6,10 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, select, text, update
+from sqlalchemy import Connection, and_, case, select, text, update
 
 from db.cluster import REJECTED, Fence, fenced
+from db.dialect import insert_for
 from db.engine import Database
 from db.errors import FencedOut, InputError
 from db.records import ModelInfo, ModelStatus, SeriesKey
@@ -57,11 +58,17 @@ def _row(info: ModelInfo) -> dict[str, Any]:
 
 
 def register_model(database: Database, info: ModelInfo) -> None:
-    """Add a model (as given; normally a candidate). Re-registering the same id replaces it."""
+    """Add a model (as given; normally a candidate). Re-registering an id updates the row in
+    place: what the model is (arch, series, metrics, artifact) is replaced, while its place in
+    the registry stays - a champion or retired model keeps its status, and its champion terms
+    and forecasts keep pointing at it (a delete and insert broke their foreign keys)."""
     row = _row(info)
+    stmt = insert_for(database, models).values(**row)
+    kept = {k: v for k, v in row.items() if k not in ("id", "created_at", "status")}
+    # a candidate row takes the given status; a promoted or retired one keeps its own
+    kept["status"] = case((models.c.status == "candidate", stmt.excluded.status), else_=models.c.status)
     with database.begin() as conn:
-        conn.execute(delete(models).where(models.c.id == info.id))
-        conn.execute(models.insert().values(**row))
+        conn.execute(stmt.on_conflict_do_update(index_elements=[models.c.id], set_=kept))
 
 
 def ensure_default(database: Database, info: ModelInfo, series: Sequence[SeriesKey], *, reason: str) -> None:

@@ -25,6 +25,7 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    text,
     tuple_,
 )
 from sqlalchemy.ext.compiler import compiles
@@ -202,6 +203,9 @@ champion_history = Table(
     Column("reason", Text(), nullable=True),
     ForeignKeyConstraint(["model_id"], ["models.id"]),
     Index("ix_champion_history_series", "exchange", "symbol", "interval", "ended_at"),
+    # one open term (the champion) per series, enforced (migration 0009 repaired older databases)
+    Index("uq_champion_history_open", "exchange", "symbol", "interval", unique=True,
+          sqlite_where=text("ended_at IS NULL"), postgresql_where=text("ended_at IS NULL")),
 )
 
 feed_gaps = Table(

@@ -164,3 +164,50 @@ def test_point_only_forecasts_survive_the_quantile_migration(any_db_url: str) ->
     with database.engine.connect() as conn:
         assert migrate.current_revision(conn) == migrate.head_revision()
     database.close()
+
+
+def test_duplicate_open_champion_terms_are_repaired_then_refused(any_db_url: str) -> None:
+    """A database at 0008 with the promotion race's leftovers (two open terms of one series) keeps
+    the newest as champion, ends the other when it began, retires its model; a third open term
+    is then refused by the database itself."""
+    from sqlalchemy.exc import IntegrityError
+
+    from db import registry
+
+    engine = create_db_engine(any_db_url)
+    t0 = datetime(2021, 1, 1, tzinfo=UTC)
+    with engine.begin() as conn:
+        alembic_upgrade(migrate._alembic_config(conn), "0008")
+        pg = conn.dialect.name == "postgresql"
+
+        def t(minutes: int) -> object:
+            v = t0 + timedelta(minutes=minutes)
+            return v if pg else v.strftime("%Y-%m-%d %H:%M:%S.%f")
+
+        for mid in ("old", "new", "other"):
+            conn.execute(
+                text("INSERT INTO models (id, arch, series, params, metrics, status, created_at) VALUES "
+                     "(:id, 'linear', :s, '{}', '{}', 'champion', :c)"),
+                {"id": mid, "s": '["binance:BTC-USDT:5m"]' if mid != "other" else '["binance:ETH-USDT:5m"]',
+                 "c": t(0)},
+            )
+        for mid, sym, start in (("old", "BTC-USDT", 0), ("new", "BTC-USDT", 5), ("other", "ETH-USDT", 1)):
+            conn.execute(
+                text("INSERT INTO champion_history (exchange, symbol, interval, model_id, started_at, reason) "
+                     "VALUES ('binance', :sym, '5m', :m, :s, 'race')"),
+                {"sym": sym, "m": mid, "s": t(start)},
+            )
+    engine.dispose()
+    database = open_database(any_db_url, upgrade=True)
+    btc, eth = SeriesKey("binance", "BTC-USDT"), SeriesKey("binance", "ETH-USDT")
+    assert registry.champions(database, [btc, eth]) == {btc: "new", eth: "other"}
+    hist = registry.history(database, btc)
+    assert [(h[0], h[2]) for h in hist] == [("old", t0 + timedelta(minutes=5)), ("new", None)]
+    assert registry.get_model(database, "old").status == "retired"
+    assert registry.get_model(database, "new").status == "champion"
+    with pytest.raises(IntegrityError), database.engine.begin() as conn:
+        conn.execute(text("INSERT INTO champion_history (exchange, symbol, interval, model_id, started_at) "
+                          "VALUES ('binance', 'BTC-USDT', '5m', 'old', :s)"), {"s": t0})
+    registry.promote(database, "old", btc, reason="back")  # promotions still work under the index
+    assert registry.champions(database, [btc]) == {btc: "old"}
+    database.close()

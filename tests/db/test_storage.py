@@ -105,6 +105,25 @@ def test_registry_promotion_keeps_history(any_db: Database) -> None:
         registry.get_model(any_db, "zzz")
 
 
+def test_re_registering_a_champion_updates_it_in_place(any_db: Database) -> None:
+    """A delete and insert broke the foreign keys of its champion term (and lost its forecasts)."""
+    registry.register_model(any_db, ModelInfo("m1", "lstm", (S,), None, None, {}, {"mae": 2.0}, "/x/old"))
+    registry.promote(any_db, "m1", S, reason="first")
+    insert_forecasts(any_db, [_forecast(T0)])
+    created = registry.get_model(any_db, "m1").created_at
+    registry.register_model(any_db, ModelInfo("m1", "lstm", (S,), T0, T0, {}, {"mae": 1.0}, "/x/new"))
+    again = registry.get_model(any_db, "m1")
+    assert (again.metrics, again.artifact_path, again.train_start) == ({"mae": 1.0}, "/x/new", T0)
+    assert again.status == "champion" and again.created_at == created  # its place in the registry stays
+    champ = registry.champion(any_db, S)
+    assert champ is not None and champ.id == "m1"
+    assert [f.model_id for f in query_forecasts(any_db, S)] == ["m1"]
+    # a candidate takes the status it is given
+    registry.register_model(any_db, ModelInfo("m2", "gru", (S,), None, None, {}, {}, None))
+    registry.register_model(any_db, ModelInfo("m2", "gru", (S,), None, None, {}, {}, None, status="retired"))
+    assert registry.get_model(any_db, "m2").status == "retired"
+
+
 def test_lease_is_exclusive_until_expiry(any_db: Database) -> None:
     assert leases.acquire(any_db, "retrain:x", "daemon-1", timedelta(minutes=5))
     assert not leases.acquire(any_db, "retrain:x", "daemon-2", timedelta(minutes=5))
