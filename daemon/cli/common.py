@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from daemon.config import Config, load_config
+from daemon.ops.durations import duration_seconds
 from db.engine import Database, open_database
 from db.errors import InputError
 from db.records import SeriesKey, iso
@@ -155,16 +156,8 @@ def out_console() -> Console:
     return Console(width=100_000, no_color=True, color_system=None, highlight=False)
 
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 #: Longest duration or age taken (100 years): beyond it times leave what datetime can hold.
 _MAX_SECONDS = 100 * 366 * 86400
-
-
-def _seconds(t: str) -> int | None:
-    """Seconds of `90s`, `30m`, `12h`, `7d`, `2w` (ASCII digits), else None."""
-    if len(t) > 1 and t[-1] in _UNITS and t[:-1].isascii() and t[:-1].isdigit():
-        return int(t[:-1]) * _UNITS[t[-1]]
-    return None
 
 
 def parse_time(text: str | None, name: str) -> datetime | None:
@@ -172,7 +165,7 @@ def parse_time(text: str | None, name: str) -> datetime | None:
     if text is None:
         return None
     t = text.strip()
-    age = _seconds(t)
+    age = duration_seconds(t)
     if age is not None:
         if age > _MAX_SECONDS:
             raise InputError(f"{name}: {text!r} is more than 100 years ago")
@@ -200,7 +193,7 @@ def parse_range(since: str | None, until: str | None) -> tuple[datetime | None, 
 
 
 def parse_duration(text: str, name: str) -> timedelta:
-    seconds = _seconds(text.strip())
+    seconds = duration_seconds(text.strip())
     if seconds is None:
         raise InputError(f"{name}: {text!r} is not a duration like 90s, 30m, 12h, 7d")
     if seconds > _MAX_SECONDS:

@@ -15,6 +15,7 @@ from typing import Any
 
 from typing_extensions import TypedDict
 
+from daemon.ops.durations import duration_seconds
 from db import bars as db_bars
 from db import cluster, registry, scores
 from db import forecasts as db_forecasts
@@ -25,7 +26,6 @@ from db.records import Bar, Forecast, ModelInfo, SeriesKey, decimal_text, iso
 from db.stats import database_size_bytes
 from trainer.quantiles import level_name
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 #: The earliest time a query means: anything before it (an age reaching back past 1970, a year-1
 #: timestamp) is "from the beginning", as the HTTP API documents.
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
@@ -57,12 +57,12 @@ def back_from(end: datetime, span: timedelta) -> datetime:
 
 def parse_window(text: str, name: str = "window") -> timedelta | None:
     """`90s`, `30m`, `12h`, `7d`, `2w`, or `all` (None: no lower bound)."""
-    t = text.strip().lower()
-    if t == "all":
+    if text.strip().lower() == "all":
         return None
-    if len(t) > 1 and t[-1] in _UNITS and t[:-1].isdigit() and len(t) <= 12:
+    seconds = duration_seconds(text)
+    if seconds is not None:
         try:
-            return timedelta(seconds=int(t[:-1]) * _UNITS[t[-1]])
+            return timedelta(seconds=seconds)
         except OverflowError:  # more days than a timedelta holds: longer than any history
             return timedelta.max
     raise InputError(f"{name}: {text!r} is not a window like 30m, 12h, 7d or 'all'")

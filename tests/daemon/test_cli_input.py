@@ -218,3 +218,27 @@ def test_bad_duration_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[
     res = barcast(capsys, "record", "--exchange", "binance", "--symbols", "BTC-USDT", "--url", "ws://127.0.0.1:9",
                   "--out", str(tmp_path / "c.txt"), "--duration", "99999999999999d")
     assert res.code == 2 and "--duration: '99999999999999d' is longer than 100 years" in res.err, res.err
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("90s", 90), (" 30M ", 1800), ("12h", 43200), ("7D", 604800), ("2w", 1209600),
+    ("\u0663d", None), ("3", None), ("d", None), ("-3d", None), ("3y", None), ("9" * 31 + "d", None),
+])
+def test_one_duration_parser_for_ages_and_windows(text: str, seconds: int | None) -> None:
+    """`--since 3d`, `--window 3d` and `/accuracy?window=3d` read the same texts: the window parser
+    took Arabic-Indic digits ('\u0663d' as 3 days) where the age parser refused them."""
+    from datetime import timedelta
+
+    from daemon.cli.common import parse_time
+    from daemon.ops.durations import duration_seconds
+    from daemon.ops.reports import parse_window
+    from db.errors import InputError
+
+    assert duration_seconds(text) == seconds
+    if seconds is None:
+        with pytest.raises(InputError, match="not a window"):
+            parse_window(text)
+    else:
+        assert parse_window(text) == timedelta(seconds=seconds)
+        got = parse_time(text, "--since")
+        assert got is not None
