@@ -497,7 +497,8 @@ def models_show(app: AppContext, model_id: str) -> None:
 @series_option("Series to champion (default: the model's own).", name="series_text", many=True)
 @pass_app
 def models_promote(app: AppContext, model_id: str, series_text: tuple[list[SeriesKey], ...]) -> None:
-    """Make a model the champion of its series (after checking its artifact loads)."""
+    """Make a model the champion of its series (after checking its artifact loads); a series
+    in a model group brings the whole group."""
     from db.registry import get_model, promote
     from trainer.artifacts import load_artifact
     from trainer.retrain_job import BASELINE_ID
@@ -523,9 +524,16 @@ def models_promote(app: AppContext, model_id: str, series_text: tuple[list[Serie
         except ArtifactError as exc:
             raise InputError(f"model {model_id} cannot be served with this config (data.window {data.window}, "
                              f"data.horizon {data.horizon}): {exc}") from None
-    for s in targets:
-        promote(database, model_id, s, reason="manual promote (barcast models promote)")
-        click.echo(f"{model_id} is now champion of {s}")
+    # series sharing a `model_group` share one champion (the daemon serves the group's first
+    # series' champion): promoting one of them promotes the group, in one transaction
+    config = app.config
+    for s in dict.fromkeys(targets):
+        group = config.group_series(config.model_group(s)) or [s]
+        promote(database, model_id, group, reason="manual promote (barcast models promote)")
+        for k in group:
+            click.echo(f"{model_id} is now champion of {k}")
+        if len(group) > 1:
+            click.echo(f"(model group {config.model_group(s)!r}: its series share one champion)")
 
 
 @models_group.command("retire")

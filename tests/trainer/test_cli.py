@@ -142,3 +142,35 @@ def test_unwritable_output_is_one_line(small_frame: pd.DataFrame, tmp_path: Path
         assert res.code == 2 and option in res.err and why in res.err and "Traceback" not in res.err, res.err
     res = barcast(capsys, *db, *evaluate, "--predictions", str(tmp_path / "new" / "dir" / "p.csv"))
     assert res.code == 0 and (tmp_path / "new" / "dir" / "p.csv").stat().st_size > 0, res.err
+
+
+def test_promoting_one_series_of_a_model_group_promotes_the_group(
+    small_frame: pd.DataFrame, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The daemon serves a group's first series' champion: a promotion for the second series
+    alone was ignored by the daemon while `status` showed it as champion."""
+    from db import registry
+    from db.engine import open_database
+    from db.records import SeriesKey
+
+    btc, eth, sol = (SeriesKey("binance", s) for s in ("BTC-USDT", "ETH-USDT", "SOL-USDT"))
+    cfg = tmp_path / "barcast.toml"
+    cfg.write_text("".join(
+        f'[[series]]\nexchange = "binance"\nsymbol = "{s}"\ninterval = "5m"\nmodel_group = "{g}"\n'
+        for s, g in (("BTC-USDT", "majors"), ("ETH-USDT", "majors"), ("SOL-USDT", ""))
+    ))
+    csv = _csv(small_frame, tmp_path / "btc.csv")
+    db = ["--config", str(cfg), "--db", f"sqlite:///{tmp_path / 'g.db'}"]
+    res = barcast(capsys, *db, "train", "--csv", str(csv), "--series", "binance:BTC-USDT", "--arch", "har",
+                  "--artifacts", str(tmp_path / "art"), "--format", "json")
+    assert res.code == 0, res.err
+    model_id = json.loads(res.out)[0]["id"]
+    res = barcast(capsys, *db, "models", "promote", model_id, "--series", "binance:ETH-USDT")
+    assert res.code == 0, res.err
+    assert f"{model_id} is now champion of {btc}" in res.out and f"is now champion of {eth}" in res.out
+    assert "model group 'majors'" in res.out
+    database = open_database(f"sqlite:///{tmp_path / 'g.db'}")
+    assert registry.champions(database, [btc, eth, sol]) == {btc: model_id, eth: model_id}
+    database.close()
+    res = barcast(capsys, *db, "models", "promote", model_id, "--series", "binance:SOL-USDT")  # a group of one
+    assert res.code == 0 and "model group" not in res.out and f"is now champion of {sol}" in res.out, res.err
