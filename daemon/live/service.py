@@ -41,6 +41,8 @@ from trainer.retrain_job import RetrainOutcome, ensure_baseline
 
 log = logging.getLogger("barcast.service")
 
+#: Seconds a shutdown that timed out still spends handing its series on (`Membership.leave`).
+LEAVE_TIMEOUT_S = 5.0
 #: /health is not ready while a feed has been silent this many `feeds.stall_timeout_s`.
 FEED_SILENCE_FACTOR = 3
 
@@ -200,6 +202,7 @@ class Service:
             await asyncio.wait_for(self._shutdown(), timeout)
         except TimeoutError:
             log.error("shutdown timed out; abandoning what is left", extra={"timeout_s": timeout})
+            await self._leave_now()
         finally:
             if self.pipeline is not None:
                 self.pipeline.forecast_log.close()
@@ -207,6 +210,16 @@ class Service:
                 self.database.close()
             self.notifier.close()
         log.info("stopped")
+
+    async def _leave_now(self) -> None:
+        """After an abandoned shutdown, still hand the series on at once rather than after the
+        lease TTL; whatever was abandoned can no longer write (its fence is gone with the lease)."""
+        if self.membership is None:
+            return
+        try:
+            await asyncio.wait_for(self.membership.leave(), LEAVE_TIMEOUT_S)
+        except Exception as exc:  # the database is away too: the leases run out on their own
+            log.warning("could not release series leases", extra={"error": str(exc) or type(exc).__name__})
 
     async def _shutdown(self) -> None:
         if self.ingest is not None:

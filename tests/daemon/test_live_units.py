@@ -551,3 +551,38 @@ def test_log_catch_up_after_a_crash_reaches_into_the_rotated_file(tmp_db: Databa
     logged = [orjson.loads(ln) for f in sorted(path.parent.glob("f.jsonl*")) for ln in f.read_bytes().splitlines()]
     assert sorted((d["series"], d["issued_at"]) for d in logged) == sorted(
         (str(f.series), f.issued_at.isoformat().replace("+00:00", "Z")) for f in [*before, fc(S, 1), fc(eth, 1)])
+
+
+def test_a_shutdown_that_times_out_still_hands_its_series_on(tmp_path: Path) -> None:
+    """A shutdown abandoned at `service.shutdown_timeout_s` used to skip `Membership.leave`, so
+    another daemon waited out the lease TTL (60 s by default) to take the series over."""
+    import dataclasses
+
+    from daemon.config import Config, SeriesConfig
+    from daemon.live.membership import Membership
+    from daemon.live.service import Service
+    from db import cluster
+    from db.engine import open_database
+
+    key = SeriesKey("binance", "HANG-USDT")
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    config = Config(series=(SeriesConfig(key.exchange, key.symbol),))
+    config = dataclasses.replace(config, service=dataclasses.replace(config.service, shutdown_timeout_s=0.2))
+    svc = Service(config)
+
+    async def hang() -> None:
+        await asyncio.sleep(3600)  # a drain that never ends
+
+    async def go() -> None:
+        svc.database = open_database(url)
+        svc.membership = Membership(svc.database, "d-hang", [key], solo=True, heartbeat_s=10.0, ttl_s=60.0)
+        await svc.membership.round()
+        assert svc.membership.owned == {key}
+        svc._shutdown = hang  # type: ignore[method-assign]
+        await svc.shutdown()
+
+    asyncio.run(go())
+    database = open_database(url)
+    lease = cluster.series_leases(database)[key]
+    database.close()
+    assert lease.owner == "" and not lease.live(datetime.now(UTC)), lease
