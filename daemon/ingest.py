@@ -243,7 +243,7 @@ class _Feed:
         return {"series": str(a.series), "start": start.isoformat(), "end": end.isoformat(), "bars_missed": missed}
 
     async def _gap(self, a: GapDetected) -> None:
-        """A reconnect cost the live stream these bars: say so once, count it, record it (before
+        """A reconnect or restart cost the live stream these bars: say so once, count it, record it (before
         the backfill that fills it runs)."""
         log.warning("feed gap; backfilling the missed bars", extra=self._gap_fields(a))
         metrics.FEED_GAPS.labels(a.series.exchange, a.series.symbol).inc()

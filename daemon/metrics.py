@@ -21,7 +21,8 @@ FEED_CONNECTED = Gauge("barcast_feed_connected", "1 while the exchange websocket
                        registry=REGISTRY)
 BACKFILLED = Counter("barcast_backfilled_bars_total", "Bars fetched from REST backfill", ["exchange", "symbol"],
                      registry=REGISTRY)
-FEED_GAPS = Counter("barcast_feed_gaps_total", "Ranges of bars a feed missed across a reconnect (backfilled from REST)",
+FEED_GAPS = Counter("barcast_feed_gaps_total",
+                    "Ranges of bars a feed missed across a reconnect or restart (backfilled from REST)",
                     ["exchange", "symbol"], registry=REGISTRY)
 BARS_CLOSED = Counter("barcast_bars_closed_total", "Bars closed by the aggregator", ["series"], registry=REGISTRY)
 LATE_TRADES = Counter("barcast_late_trades_total", "Trades for an already closed bar", ["series", "outcome"],

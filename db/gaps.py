@@ -1,8 +1,10 @@
-"""Feed gaps: ranges of bars a live feed missed across a reconnect, and whether REST filled them.
+"""Feed gaps: ranges of bars a live feed missed across a reconnect or a restart, and whether REST
+filled them.
 
-The ingest records a gap when a series resumes after a disconnect, and marks it filled once the
-backfill covering it is stored, with the bars the database then holds in the range: a range the
-exchange had no candles for keeps fewer bars than it spans (information, not an error).
+The ingest records a gap when a series resumes after a disconnect or a restart, and marks it
+filled once the backfill covering it is stored, with the bars the database then holds in the
+range: a range the exchange had no candles for keeps fewer bars than it spans (information, not
+an error).
 """
 
 from __future__ import annotations

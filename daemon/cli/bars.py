@@ -141,8 +141,9 @@ def bars_cmd(app: AppContext, series: SeriesKey | None, exchange: str | None, sy
 @format_option()
 @pass_app
 def gaps_cmd(app: AppContext, series: tuple[list[SeriesKey], ...], unfilled: bool, last: int | None, fmt: str) -> None:
-    """Ranges of bars a feed missed across a reconnect, newest first: when, how many bars, and how
-    many the REST backfill stored (fewer where the exchange had no candles; empty until filled)."""
+    """Ranges of bars a feed missed across a reconnect or restart, newest first: when, how many
+    bars, and how many the REST backfill stored (fewer where the exchange had no candles; empty
+    until filled)."""
     keys = flat_series(series)
     require_known_series(app, keys)
     gaps = list_gaps(app.database(), keys, unfilled=unfilled, limit=last)

@@ -28,8 +28,11 @@ What is known and what is backfilled, per series:
   opening in [first bar not proven complete at the disconnect (no earlier than the previous live
   start), new live start) were not built from trades (`GapDetected`, before the backfills that
   cover it). Once a backfill request overlapping it has brought `next_needed` to its end, it is
-  `GapFilled` (the shell counts what was stored). The first connection's backfill is history,
-  not a gap; a failed backfill leaves its gap open until a retry completes it.
+  `GapFilled` (the shell counts what was stored). A restart is the same: a series `restore`d
+  from a latest stored bar built from trades missed the bars from that bar's end to its first
+  live start (none where the live stream starts there, or the stored bar is newer). The first
+  start's backfill (nothing stored, or only imported or backfilled history) is history, not a
+  gap; a failed backfill leaves its gap open until a retry completes it.
 
 A backfill needed in the middle of a frame suspends the frame: its remaining trades are applied
 after the shell reports the backfill's outcome, so backfilled bars (and their close, which seeds
@@ -159,8 +162,8 @@ class Rejected:
 
 @dataclass(frozen=True, slots=True)
 class GapDetected:
-    """After a reconnect, the live stream missed the bars of `series` opening in [start_us, end_us):
-    record the gap (the backfills that fill it follow)."""
+    """After a reconnect or restart, the live stream missed the bars of `series` opening in
+    [start_us, end_us): record the gap (the backfills that fill it follow)."""
 
     series: SeriesKey
     start_us: int
@@ -226,7 +229,8 @@ class SeriesState:
     retry_at: float = 0.0
     #: first bar built from trades on the latest subscription (None: never live)
     live_from_us: int | None = None
-    #: first bar the live stream missed since it went down (None: nothing missed, or never live)
+    #: first bar the live stream missed since it went down, or since the stored bars end at a
+    #: restart (None: nothing missed, or nothing live or stored before)
     missed_from_us: int | None = None
     #: gaps [start, end) detected and not filled yet, oldest first
     gaps: list[tuple[int, int]] = field(default_factory=list)
@@ -309,10 +313,15 @@ class FeedSession:
 
     # --- restore, connection events -------------------------------------------------------------
     def restore(self, key: SeriesKey, latest: Bar) -> None:
-        """The database holds bars of `key` up to `latest`: continue after it."""
+        """The database holds bars of `key` up to `latest`: continue after it. Built from trades,
+        it was live until then: what lies between its end and the first live bar is a gap once
+        live. Imported or backfilled (a first start after `import-bars`, a seeded history), what
+        follows it is history, as on a first start."""
         for s in self.series:
             if s.key == key:
                 s.next_needed_us = us_from_datetime(latest.open_time) + s.step_us
+                if latest.source == "live":
+                    s.missed_from_us = s.next_needed_us
                 s.agg.set_last_close(latest.close)
 
     def up(self, received: float, mono: float) -> list[Action]:
@@ -866,7 +875,8 @@ class FeedSession:
         return out
 
     def _gap(self, s: SeriesState, live_from: int, out: list[Action]) -> None:
-        """A series live before resumes at `live_from`: the bars missed since it went down are a gap."""
+        """A series live before (in this process or, restored, in the last) resumes at
+        `live_from`: the bars missed since it went down are a gap."""
         start, s.missed_from_us = s.missed_from_us, None
         if start is None or start >= live_from:
             return

@@ -328,8 +328,8 @@ def create_app(
         unfilled: Annotated[bool, Query(description="Only gaps no backfill has filled yet")] = False,
         limit: LimitParam = 100,
     ) -> GapsPage:
-        """Recorded feed gaps, newest first: the bars a feed missed across a reconnect, and how many
-        the REST backfill stored (`bars_filled`, null until filled)."""
+        """Recorded feed gaps, newest first: the bars a feed missed across a reconnect or restart,
+        and how many the REST backfill stored (`bars_filled`, null until filled)."""
         key = _series(series)
         lim = capped(limit)
         found = list_gaps(database, [key] if key else [], unfilled=unfilled, limit=lim)

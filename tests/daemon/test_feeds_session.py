@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from decimal import Decimal
 
 import pytest
@@ -19,7 +20,7 @@ from daemon.feeds.session import (
     SessionOptions,
     State,
 )
-from db.records import Bar, SeriesKey, utc_from_unix
+from db.records import Bar, BarSource, SeriesKey, interval_seconds, to_unix, utc_from_unix
 
 KEY = SeriesKey("coinbase", "BTC-USD", "5m")
 T0 = 1_609_459_200  # 2021-01-01T00:00:00Z, aligned
@@ -153,8 +154,32 @@ LIVE = [("up", 10), ("ack", 10), ("trade", 301), ("trade", 610), ("beat", 700)]
 def gaps_of(steps: list[tuple], opts: SessionOptions = OPTS) -> list[tuple[str, int, int]]:
     """Run `steps` through a session, every backfill answered at once (no candles), and return the
     gap actions in order as (kind, start, end) in seconds after T0."""
-    s = FeedSession(PROTOCOLS["coinbase"], [KEY], opts)
-    seen: list[tuple[str, int, int]] = []
+    return [(kind, start, end) for _key, kind, start, end, _n in run_gaps(steps, opts)]
+
+
+def candle(key: SeriesKey, t: int) -> Bar:
+    return Bar(key.exchange, key.symbol, key.interval, utc_from_unix(t), *(Decimal(9),) * 4, Decimal(1), 1, "backfill")
+
+
+def run_gaps(
+    steps: list[tuple],
+    opts: SessionOptions = OPTS,
+    *,
+    keys: tuple[SeriesKey, ...] = (KEY,),
+    stored: dict[SeriesKey, int] | None = None,
+    source: BarSource = "live",
+    candles: bool = False,
+) -> list[tuple[SeriesKey, str, int, int, int]]:
+    """Run `steps` through a session whose database holds, per series of `stored`, bars up to the
+    one opening that many seconds after T0 (a restart; the newest from `source`), every backfill
+    answered at once (with a candle per bar if `candles`, else none). Returns the gap actions in
+    order as (series, kind, start, end, backfilled bars published in [start, end) so far), times
+    in seconds after T0."""
+    s = FeedSession(PROTOCOLS["coinbase"], list(keys), opts)
+    for key, latest in (stored or {}).items():
+        s.restore(key, replace(candle(key, T0 + latest), source=source))
+    published: list[tuple[SeriesKey, int]] = []
+    seen: list[tuple[SeriesKey, str, int, int, int]] = []
     mono = 0.0
     tid = 0
     for step in steps:
@@ -181,10 +206,16 @@ def gaps_of(steps: list[tuple], opts: SessionOptions = OPTS) -> list[tuple[str, 
         while todo:
             a = todo.pop(0)
             if isinstance(a, GapDetected | GapFilled):
-                assert a.series == KEY
-                seen.append((type(a).__name__, a.start_us // US_PER_S - T0, a.end_us // US_PER_S - T0))
+                start, end = a.start_us // US_PER_S - T0, a.end_us // US_PER_S - T0
+                n = sum(k == a.series and start <= b < end for k, b in published)
+                seen.append((a.series, type(a).__name__, start, end, n))
             elif isinstance(a, Backfill):
-                todo[:0] = s.backfilled(a, a.end_us, [], last=True)
+                step = interval_seconds(a.series.interval)
+                bars = [candle(a.series, b) for b in range(a.start_us // US_PER_S, a.end_us // US_PER_S, step)]
+                todo[:0] = s.backfilled(a, a.end_us, bars if candles else [], last=True)
+            elif isinstance(a, Publish):
+                published += [(u.bar.series, to_unix(u.bar.open_time) - T0) for u in a.updates
+                              if u.kind == "backfilled"]
     return seen
 
 
@@ -273,3 +304,110 @@ def test_a_failed_final_backfill_is_still_fetched_after_live_bars_close() -> Non
     state = s.series[0]
     assert state.next_needed_us == (T0 + 1500) * US_PER_S  # the live bar after it is stored already
     assert state.agg.last_close == Decimal(12)  # flat bars go on from the live bar's close, not the hole's
+
+
+# --- gaps: what a restart cost the live stream -----------------------------------------------------
+
+ETH_1M = SeriesKey("coinbase", "ETH-USD", "1m")
+SOL = SeriesKey("coinbase", "SOL-USD", "5m")
+
+
+@pytest.mark.parametrize(
+    ("stored", "steps", "opts", "expect"),
+    [
+        pytest.param(None, [("up", 1000), ("ack", 1000), ("tick", 1202)], OPTS, [],
+                     id="first-start-nothing-stored-is-history"),
+        pytest.param((300, "import"), [("up", 1000), ("ack", 1000), ("tick", 1202)], OPTS, [],
+                     id="first-start-after-import-bars-is-history"),
+        pytest.param((300, "backfill"), [("up", 1000), ("ack", 1000), ("tick", 1202)], OPTS, [],
+                     id="newest-stored-bar-from-rest-is-history"),
+        pytest.param(300, [("up", 600), ("ack", 600), ("tick", 700)], OPTS, [],
+                     id="live-again-where-the-stored-bars-end-missed-nothing"),
+        pytest.param(600, [("up", 700), ("ack", 700), ("tick", 902)], OPTS, [],
+                     id="restart-within-the-stored-bar-missed-nothing"),
+        pytest.param(300, [("up", 700), ("ack", 700), ("tick", 902)], OPTS,
+                     [("GapDetected", 600, 900, 0), ("GapFilled", 600, 900, 1)],
+                     id="restart-in-the-bar-after-the-stored-one-loses-that-bar"),
+        pytest.param(300, [("up", 3010), ("ack", 3010), ("tick", 3302)], OPTS,
+                     [("GapDetected", 600, 3300, 0), ("GapFilled", 600, 3300, 9)],
+                     id="restart-after-missed-bars"),
+        pytest.param(1500, [("up", 700), ("ack", 700), ("tick", 902), ("trade", 910), ("trade", 1210)], OPTS, [],
+                     id="stored-bar-in-the-future-clock-skew-is-no-gap"),
+        pytest.param(300, [("up", 700), ("down",), ("up", 1000), ("ack", 1000), ("tick", 1202)], OPTS,
+                     [("GapDetected", 600, 1200, 0), ("GapFilled", 600, 1200, 2)],
+                     id="a-drop-before-the-first-subscription-keeps-one-gap"),
+        pytest.param(300, [("poll", 1000), ("up", 1000), ("ack", 1000), ("tick", 1202)], OPTS,
+                     [("GapDetected", 600, 1200, 1), ("GapFilled", 600, 1200, 2)],
+                     id="rest-polled-part-of-it-before-the-feed-came-up"),
+        pytest.param(300, [("poll", 1200), ("up", 1200), ("ack", 1200)], NO_GRACE,
+                     [("GapDetected", 600, 1200, 2), ("GapFilled", 600, 1200, 2)],
+                     id="rest-polled-all-of-it-before-the-feed-came-up"),
+        pytest.param(300, [("up", 700), ("ack", 700), ("tick", 902), ("trade", 910), ("trade", 1210), ("beat", 1250),
+                           ("down",), ("up", 1300), ("ack", 1300), ("tick", 1502)], OPTS,
+                     [("GapDetected", 600, 900, 0), ("GapFilled", 600, 900, 1),
+                      ("GapDetected", 1200, 1500, 0), ("GapFilled", 1200, 1500, 1)],
+                     id="restart-then-reconnect-each-its-own-gap"),
+    ],
+)
+def test_a_restart_reports_the_bars_it_missed(
+    stored: int | tuple[int, BarSource] | None, steps: list[tuple], opts: SessionOptions, expect: list
+) -> None:
+    """A series restored from a latest stored bar built from trades missed, while the process was
+    down, the bars from that bar's end to the first bar built from trades again: a gap, as after
+    a reconnect, filled once the backfill covering it is stored (the last number: backfilled
+    bars of the range published before the action; the exchange has every candle). Stored
+    `(open time, source)`; a plain open time is a live bar."""
+    latest, source = (stored, "live") if not isinstance(stored, tuple) else stored
+    restored = {} if latest is None else {KEY: latest}
+    seen = run_gaps(steps, opts, stored=restored, source=source, candles=True)
+    assert [(kind, start, end, n) for key, kind, start, end, n in seen if key == KEY] == expect
+    assert all(key == KEY for key, *_ in seen)
+
+
+def test_series_of_one_connection_restart_from_their_own_stored_bars() -> None:
+    """Each series' gap starts where its own stored bars end and ends at its own first live bar;
+    a series with nothing stored is backfilled as history, no gap."""
+    steps = [("up", 1000), ("ack", 1000), ("tick", 1022), ("tick", 1202)]
+    seen = run_gaps(steps, keys=(KEY, ETH_1M, SOL), stored={KEY: 300, ETH_1M: 840}, candles=True)
+    assert seen == [
+        (KEY, "GapDetected", 600, 1200, 0),
+        (ETH_1M, "GapDetected", 900, 1020, 0),
+        (ETH_1M, "GapFilled", 900, 1020, 2),
+        (KEY, "GapFilled", 600, 1200, 2),
+    ]
+
+
+def test_a_restart_gap_whose_backfill_fails_stays_open_until_a_retry_fills_it() -> None:
+    s = FeedSession(PROTOCOLS["coinbase"], [KEY], OPTS)
+    s.restore(KEY, replace(candle(KEY, T0 + 300), source="live"))
+    s.up(T0 + 1000, 0.1)
+    acts = s.message(ACK, T0 + 1000, 0.2)
+    assert [(type(a).__name__, a.start_us, a.end_us) for a in acts] == [
+        ("GapDetected", (T0 + 600) * US_PER_S, (T0 + 1200) * US_PER_S),
+        ("Backfill", (T0 + 600) * US_PER_S, (T0 + 900) * US_PER_S),
+    ]
+    s.backfill_failed(acts[1], 0.3)  # the exchange's REST API is down: nothing asked before the retry delay
+    assert not [a for a in s.message(match(T0 + 1210, "10", 1), T0 + 1210, 1.0) if isinstance(a, Backfill)]
+    later = s.message(match(T0 + 1510, "11", 2), T0 + 1510, 2.0)  # a live bar closes meanwhile
+    assert [u.bar.open_time for a in later if isinstance(a, Publish) for u in a.updates] == [utc_from_unix(T0 + 1200)]
+    assert not [a for a in later if isinstance(a, GapFilled)] and s.series[0].gaps  # still open
+    (retry,) = [a for a in s.tick(T0 + 1511, 40.0) if isinstance(a, Backfill)]
+    assert (retry.start_us, retry.end_us) == ((T0 + 600) * US_PER_S, (T0 + 1200) * US_PER_S)
+    after = s.backfilled(retry, retry.end_us, [candle(KEY, T0 + 600), candle(KEY, T0 + 900)], last=True)
+    assert [u.bar.open_time for a in after if isinstance(a, Publish) for u in a.updates] == [
+        utc_from_unix(T0 + 600), utc_from_unix(T0 + 900)
+    ]
+    filled = GapFilled(KEY, (T0 + 600) * US_PER_S, (T0 + 1200) * US_PER_S)
+    assert [a for a in after if isinstance(a, GapFilled)] == [filled]
+    assert s.series[0].gaps == []
+
+
+def test_a_restart_on_the_feed_clock_is_a_gap_up_to_the_first_feed_time() -> None:
+    s = FeedSession(PROTOCOLS["coinbase"], [KEY], OPTS, wall_clock=False)
+    s.restore(KEY, replace(candle(KEY, T0 + 300), source="live"))
+    s.up(0.0, 0.0)
+    assert s.message(ACK, 0.0, 0.1) == []  # live from the first time the feed tells
+    acts = s.message(match(T0 + 1010, "10", 1), 0.0, 0.2)
+    assert [a for a in acts if isinstance(a, GapDetected)] == [
+        GapDetected(KEY, (T0 + 600) * US_PER_S, (T0 + 1200) * US_PER_S)
+    ]
