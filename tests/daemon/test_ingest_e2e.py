@@ -85,7 +85,22 @@ async def run_sim_ingest(
     trades_per_frame: int = 1,
     sim_start: datetime = SIM_START,
 ) -> Ingest:
-    sim = ExchangeSimulator(
+    sim = simulator(bars, faults, protocol, series, trades_per_bar, trades_per_frame, sim_start)
+    async with sim:
+        return await ingest_until(sim, db, protocol, series, bars[-1].open_time, on_bars=on_bars, options=options,
+                                  tick_s=tick_s)
+
+
+def simulator(
+    bars: list[Bar],
+    faults: Faults | None = None,
+    protocol: str = "binance",
+    series: SeriesKey = SERIES,
+    trades_per_bar: int = 4,
+    trades_per_frame: int = 1,
+    sim_start: datetime = SIM_START,
+) -> ExchangeSimulator:
+    return ExchangeSimulator(
         PROTOCOLS[protocol],
         [SimSeries(series.symbol, tuple(bars))],
         speed=SPEED,
@@ -95,39 +110,55 @@ async def run_sim_ingest(
         trades_per_bar=trades_per_bar,
         trades_per_frame=trades_per_frame,
     )
-    async with sim:
-        ingest = Ingest(
-            [FeedSpec(protocol, (series,), sim.ws_url, sim.rest_url)],
-            options,
-            database=db,
-            clock=sim.clock.now,
-            rest_min_interval_s=0.0,
-            backfill_retry_s=0.05,
-            tick_s=tick_s,
-            rest_poll_s=0.05,
-            on_bars=on_bars,
-        )
-        updates = ingest.updates()
-        task = asyncio.create_task(ingest.run())
-        last = bars[-1].open_time
 
-        async def until_last() -> None:
-            async for u in updates:
-                if u.bar.open_time >= last:
-                    break
-            # On a loaded machine the simulator's clock can close the last bar while some of its
-            # trades still wait in the queue; they amend it as they are applied. Stop once quiet.
-            with contextlib.suppress(TimeoutError, StopAsyncIteration):
-                while True:
-                    await asyncio.wait_for(anext(updates), timeout=QUIET_S)
 
-        try:
-            await asyncio.wait_for(until_last(), timeout=60)
-        except TimeoutError:
-            pass  # the comparison below shows what is missing
-        finally:
-            ingest.stop()
-            await task
+async def ingest_until(
+    sim: ExchangeSimulator,
+    db: Database,
+    protocol: str,
+    series: SeriesKey,
+    last: datetime,
+    *,
+    on_bars: BarsCallback | None = None,
+    options: FeedsConfig = FAST,
+    tick_s: float = 0.02,
+    quiet: bool = True,
+) -> Ingest:
+    """Ingest from the running `sim` into `db` until the bar opening at `last` is stored (then,
+    if `quiet`, until no update came for `QUIET_S`), and stop: as a daemon run would."""
+    ingest = Ingest(
+        [FeedSpec(protocol, (series,), sim.ws_url, sim.rest_url)],
+        options,
+        database=db,
+        clock=sim.clock.now,
+        rest_min_interval_s=0.0,
+        backfill_retry_s=0.05,
+        tick_s=tick_s,
+        rest_poll_s=0.05,
+        on_bars=on_bars,
+    )
+    updates = ingest.updates()
+    task = asyncio.create_task(ingest.run())
+
+    async def until_last() -> None:
+        async for u in updates:
+            if u.bar.open_time >= last:
+                break
+        if not quiet:
+            return
+        # On a loaded machine the simulator's clock can close the last bar while some of its
+        # trades still wait in the queue; they amend it as they are applied. Stop once quiet.
+        with contextlib.suppress(TimeoutError, StopAsyncIteration):
+            while True:
+                await asyncio.wait_for(anext(updates), timeout=QUIET_S)
+
+    try:
+        await asyncio.wait_for(until_last(), timeout=60)
+    except TimeoutError:
+        pass  # the comparison below shows what is missing
+    finally:
+        ingest.stop()
+        await task
     return ingest
 
 
@@ -181,6 +212,39 @@ def test_dropped_connections_are_recorded_as_gaps_filled_by_backfill(any_db: Dat
     outside = [b.open_time for b in stored if b.source == "backfill" and min(live) <= b.open_time <= max(live)
                and not any(g.start <= b.open_time < g.end for g in gaps)]
     assert not outside, outside
+
+
+def test_a_restart_records_the_bars_missed_while_down_as_one_gap(any_db: Database, csv_bars: list[Bar]) -> None:
+    """A run, a stop, two hours of trades while the daemon is down, a restart on the same
+    database: the outage is one gap, from the end of the bars the first run stored to the first
+    bar the second built from trades, filled with exactly the bars stored in it, and the bars
+    are still the CSV's. On SQLite and PostgreSQL."""
+    bars = [b for b in csv_bars if b.open_time < datetime(2020, 12, 21, 8, 0, tzinfo=UTC)]  # before the outage
+    stop_after = datetime(2020, 12, 20, 18, 0, tzinfo=UTC)
+    down_until = datetime(2020, 12, 20, 20, 0, tzinfo=UTC).timestamp()
+
+    async def run() -> Bar:
+        async with simulator(bars) as sim:
+            await ingest_until(sim, any_db, "binance", SERIES, stop_after, quiet=False)
+            newest = read_bars(any_db, SERIES)[-1]
+            while sim.clock.now() < down_until:  # the exchange trades on while the daemon is down
+                await asyncio.sleep(0.01)
+            await ingest_until(sim, any_db, "binance", SERIES, bars[-1].open_time)
+        return newest
+
+    newest = asyncio.run(run())
+    assert newest.open_time >= stop_after and newest.source == "live"
+    stored = read_bars(any_db, SERIES)
+    assert values(stored) == values(bars)
+    (gap,) = list_gaps(any_db, [SERIES])
+    assert gap.start == newest.open_time + SERIES.step
+    # the second run built bars from trades from the gap's end on, never inside it
+    live = [b.open_time for b in stored if b.source == "live" and b.open_time >= gap.start]
+    assert live and gap.end == min(live)
+    assert gap.end.timestamp() > down_until and gap.bars_missed >= 24, gap
+    held = [b for b in stored if gap.start <= b.open_time < gap.end]
+    assert gap.filled_at is not None and gap.bars_filled == len(held) == gap.bars_missed, gap
+    assert all(b.source == "backfill" for b in held)
 
 
 def test_dense_trades_store_the_csv_bars_text_for_text(tmp_db: Database, csv_bars: list[Bar]) -> None:
