@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal as D
 from pathlib import Path
@@ -112,6 +113,16 @@ def test_read_only_directory_is_reported_at_start() -> None:
         shutil.rmtree(base)
 
 
+def _stamps(pg: bool, t0: datetime) -> Callable[[int], object]:
+    """`t(minutes)`: t0 + minutes as raw SQL takes it on the engine (SQLite stores text)."""
+
+    def t(minutes: int) -> object:
+        v = t0 + timedelta(minutes=minutes)
+        return v if pg else v.strftime("%Y-%m-%d %H:%M:%S.%f")
+
+    return t
+
+
 def test_point_only_forecasts_survive_the_quantile_migration(any_db_url: str) -> None:
     """A database at 0003 holding point forecasts and their scores upgrades to head without loss;
     the old rows read back with null quantiles beside new quantile forecasts."""
@@ -124,10 +135,7 @@ def test_point_only_forecasts_survive_the_quantile_migration(any_db_url: str) ->
     with engine.begin() as conn:
         alembic_upgrade(migrate._alembic_config(conn), "0003")
         pg = conn.dialect.name == "postgresql"
-
-        def t(minutes: int) -> object:
-            v = t0 + timedelta(minutes=minutes)
-            return v if pg else v.strftime("%Y-%m-%d %H:%M:%S.%f")
+        t = _stamps(pg, t0)
 
         for step in (1, 2):
             conn.execute(
@@ -179,10 +187,7 @@ def test_duplicate_open_champion_terms_are_repaired_then_refused(any_db_url: str
     with engine.begin() as conn:
         alembic_upgrade(migrate._alembic_config(conn), "0008")
         pg = conn.dialect.name == "postgresql"
-
-        def t(minutes: int) -> object:
-            v = t0 + timedelta(minutes=minutes)
-            return v if pg else v.strftime("%Y-%m-%d %H:%M:%S.%f")
+        t = _stamps(pg, t0)
 
         for mid in ("old", "new", "other"):
             conn.execute(
