@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from db import registry
-from db.bars import bars_frame, latest_bar
+from db.bars import bars_frame, count_bars, latest_bar
 from db.cluster import Fence
 from db.engine import Database, open_database
 from db.errors import ArtifactError, FencedOut, InputError
@@ -148,6 +148,27 @@ def prune_artifacts(database: Database, artifacts_dir: Path, keep: int) -> list[
     return removed
 
 
+def history_start(database: Database, primary: SeriesKey, history_days: float) -> datetime:
+    """Where a retrain's history starts: `history_days` back from the newest stored bar
+    (exchange time), not the wall clock, so replays of old data and a daemon that was down a
+    while train on what they have."""
+    newest = latest_bar(database, primary)
+    return (newest.open_time if newest else datetime.now(UTC)) - timedelta(days=history_days)
+
+
+def bars_needed(req: RetrainRequest) -> int:
+    """Fewest bars of history a retrain takes: two windows plus the held-out bars."""
+    return 2 * (req.data.window + req.data.horizon) + req.holdout_bars
+
+
+def history_bars(database: Database, req: RetrainRequest) -> tuple[int, int]:
+    """(bars a retrain of `req` would train on, bars it needs): the daemon waits, rather than
+    fails a job, while the first is short."""
+    primary = SeriesKey.parse(req.series[0])
+    have = count_bars(database, primary, since=history_start(database, primary, req.history_days))
+    return have, bars_needed(req)
+
+
 def run_retrain(req: RetrainRequest) -> RetrainOutcome:
     """Train, judge and (maybe) promote. Safe to run in a fresh process."""
     from trainer.registry import new_model_id, save_and_register
@@ -158,16 +179,12 @@ def run_retrain(req: RetrainRequest) -> RetrainOutcome:
     primary = keys[0]
     database = open_database(req.db_url)
     try:
-        # history counts back from the newest stored bar (exchange time), not the wall clock, so
-        # replays of old data and a daemon that was down a while train on what they have
-        newest = latest_bar(database, primary)
-        since = (newest.open_time if newest else datetime.now(UTC)) - timedelta(days=req.history_days)
-        frame = bars_frame(database, primary, since=since)
-        need = req.data.window + req.data.horizon
-        if len(frame) < need * 2 + req.holdout_bars:
+        frame = bars_frame(database, primary, since=history_start(database, primary, req.history_days))
+        need = bars_needed(req)
+        if len(frame) < need:
             raise InputError(
                 f"{primary}: {len(frame)} bars in the {req.history_days:g} days before its newest bar; retraining "
-                f"needs at least {need * 2 + req.holdout_bars} (two windows plus {req.holdout_bars} held-out bars)"
+                f"needs at least {need} (two windows plus {req.holdout_bars} held-out bars)"
             )
         champion_id, champion = load_champion(database, primary, req.data, req.artifacts_dir)
         result = challenge(

@@ -27,7 +27,7 @@ from db import jobs, registry
 from db.cluster import Fence
 from db.engine import Database
 from db.errors import BarcastError, InputError
-from trainer.retrain_job import BASELINE_ID, RetrainOutcome, RetrainRequest
+from trainer.retrain_job import BASELINE_ID, RetrainOutcome, RetrainRequest, history_bars
 
 log = logging.getLogger("barcast.retrain")
 
@@ -220,14 +220,11 @@ class Retrainer:
         """Queue a group's first model as soon as enough history is stored (backfill runs
         meanwhile; persistence serves until then) and this daemon owns the group; a failed one
         is retried by the queue."""
-        from db.bars import count_bars
-
         req = make_request(self.config, group)
-        need = 2 * (req.data.window + req.data.horizon) + req.holdout_bars
         key = self.config.group_series(group)[0]
         waited = False
         while True:
-            have = await asyncio.to_thread(count_bars, self.database, key)
+            have, need = await asyncio.to_thread(history_bars, self.database, req)
             if have >= need and self.owns(group):
                 break
             if not self.owns(group):  # another daemon trains it; stop once it has
@@ -254,10 +251,19 @@ class Retrainer:
         return self._spawn(self.retrain(group, reason=reason, hurry=hurry), f"retrain-{group}")
 
     async def retrain_all(self) -> None:
-        """The schedule: queue every group this daemon owns (the dispatcher runs them)."""
+        """The schedule: queue every group this daemon owns (the dispatcher runs them), except a
+        group still short of history: its job could only fail (an ERROR and a retry with backoff
+        at every tick of a young series); the initial model follows once the history is there."""
         for g in self.groups:
-            if self.owns(g):
-                await self.enqueue(g, "schedule")
+            if not self.owns(g):
+                continue
+            have, need = await asyncio.to_thread(history_bars, self.database, make_request(self.config, g))
+            if have < need:
+                log.info("scheduled retrain skipped: not enough history yet",
+                         extra={"group": g, "bars": have, "needed": need})
+                metrics.TRAINING_RUNS.labels(g, "skipped_history").inc()
+                continue
+            await self.enqueue(g, "schedule")
 
     async def enqueue(self, group: str, reason: str) -> int | None:
         series = str(self.config.group_series(group)[0])

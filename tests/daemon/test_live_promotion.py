@@ -287,6 +287,41 @@ def test_a_failed_first_model_is_retried_from_the_queue_with_backoff(tmp_db: Dat
     assert promoted == [str(S)]
 
 
+def test_the_schedule_skips_a_group_still_short_of_history(tmp_db: Database, tmp_path: Path) -> None:
+    """A scheduled retrain of a young series queued a job that could only fail: an ERROR and a
+    retry with backoff at every tick, using up its attempts. It is skipped (counted) until the
+    history is there, then queued as before."""
+    import asyncio
+
+    from daemon import metrics
+    from daemon.live.retrainer import Retrainer
+    from db import jobs
+
+    bars = synthetic_bars(900)
+    config = _young_series(tmp_db, tmp_path, bars, backoff_minutes=60)
+
+    async def on_promoted(group: str, outcome: object) -> None:
+        pass
+
+    def skipped() -> float:
+        return metrics.TRAINING_RUNS.labels(str(S), "skipped_history")._value.get()
+
+    async def main() -> tuple[list[jobs.TrainingJob], list[jobs.TrainingJob]]:
+        r = Retrainer(config, tmp_db, on_promoted, poll_s=0.1)
+        await r.retrain_all()
+        young = jobs.list_jobs(tmp_db)
+        upsert_bars(tmp_db, bars[100:])
+        await r.retrain_all()
+        grown = jobs.list_jobs(tmp_db)
+        await r.stop()
+        return young, grown
+
+    before = skipped()
+    young, grown = asyncio.run(main())
+    assert young == [] and skipped() == before + 1
+    assert [(j.status, j.reason) for j in grown] == [("queued", "schedule")] and skipped() == before + 1
+
+
 def test_artifacts_live_in_postgresql_so_another_machine_loads_them(pg_db_url: str, tmp_path: Path) -> None:
     """On PostgreSQL the champion's files are rows (bytes + sha256): a daemon with another, empty
     artifacts directory (another machine) serves it; a corrupted row is refused by name."""
