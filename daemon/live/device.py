@@ -2,13 +2,17 @@
 
 `cpu` hides GPUs from every backend; `gpu` refuses to start without one; `auto` takes a GPU
 when the Keras backend sees one. Detection asks the backend library itself (TensorFlow, JAX or
-PyTorch): Keras 3 has no portable device query.
+PyTorch): Keras 3 has no portable device query. Under `auto` the backend is not imported at
+start: TensorFlow alone costs ~600 MB of memory and seconds of start-up, and the default models
+(`har`, the baselines) are numpy. The backend then loads with the first network model served,
+and `current` tells which device it took.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import sys
 from dataclasses import dataclass
 
 from db.errors import ConfigError
@@ -17,10 +21,12 @@ from db.errors import ConfigError
 @dataclass(frozen=True, slots=True)
 class DeviceInfo:
     backend: str
-    device: str  # "cpu" or "gpu"
+    device: str  # "cpu", "gpu", or "auto": not known yet (the backend is not loaded)
     gpus: tuple[str, ...]
 
     def describe(self) -> str:
+        if self.device == "auto":
+            return f"keras backend {self.backend} not loaded (no network model served yet; device picked then)"
         where = f"gpu ({', '.join(self.gpus)})" if self.device == "gpu" else "cpu"
         return f"keras backend {self.backend} on {where}"
 
@@ -53,7 +59,20 @@ def select_device(wanted: str) -> DeviceInfo:
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
         return DeviceInfo(backend, "cpu", ())
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if wanted == "auto" and not _loaded(backend):
+        return DeviceInfo(backend, "auto", ())
     gpus = _gpus(backend)
     if wanted == "gpu" and not gpus:
         raise ConfigError(f"forecast.device = 'gpu' but the {backend} backend sees no GPU")
     return DeviceInfo(backend, "gpu" if gpus else "cpu", gpus)
+
+
+def current(info: DeviceInfo) -> DeviceInfo:
+    """`info`, or (under `auto`) the device the backend took once a network model loaded it."""
+    if info.device == "auto" and _loaded(info.backend):
+        return select_device("auto")
+    return info
+
+
+def _loaded(backend: str) -> bool:
+    return {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(backend, backend) in sys.modules

@@ -25,7 +25,7 @@ from daemon.config import Config
 from daemon.live.broadcast import Broadcast
 from daemon.live.champions import ChampionWatch, first_series
 from daemon.live.control import ControlServer
-from daemon.live.device import DeviceInfo, select_device
+from daemon.live.device import DeviceInfo, current, select_device
 from daemon.live.forecastlog import ForecastLog
 from daemon.live.inference import ModelBook
 from daemon.live.membership import Membership
@@ -125,9 +125,15 @@ class Service:
         self.ready = True
         self.notifier.ready(self._status_line())
         log.info("barcast running", extra={"series": [str(k) for k in cfg.series_keys],
-                                           "device": self.device.describe(), "forecast_log": str(cfg.forecast_log),
+                                           "device": self._device().describe(), "forecast_log": str(cfg.forecast_log),
                                            "api": self.api.url if self.api else None,
                                            "control": str(cfg.control_socket)})
+
+    def _device(self) -> DeviceInfo:
+        """The serving device, detected once a network model has loaded the backend (`auto`)."""
+        assert self.device is not None
+        self.device = current(self.device)
+        return self.device
 
     def _spawn(self, coro: Any, name: str) -> None:
         self._tasks.append(asyncio.create_task(coro, name=name))
@@ -387,7 +393,7 @@ class Service:
             "ready": not reasons,
             "reasons": reasons,
             "started_at": self.started_at,
-            "device": self.device.describe() if self.device else None,
+            "device": self._device().describe() if self.device else None,
             "series": rows,
             "feeds": feeds,
             "next_retrain": next_run,

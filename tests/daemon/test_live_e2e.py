@@ -130,9 +130,14 @@ def test_service_end_to_end(shared_dir: Path, tmp_path: Path) -> None:
     # scheduled retraining ran in a child process and was judged
     runs = [r for r in svc.retrainer.history if r.outcome in ("promoted", "kept_champion")]  # type: ignore[union-attr]
     assert runs, [vars(r) for r in svc.retrainer.history]  # type: ignore[union-attr]
-    trained = registry.get_model(db, runs[0].model_id)  # type: ignore[arg-type]
-    assert trained.arch == "linear" and trained.status in ("champion", "retired")
-    assert trained.metrics["decision"]["promote"] is (trained.status == "champion")
+    # each run's model says what was decided; the newest promoted is champion, every other retired
+    # (a later promotion retires an earlier champion)
+    promoted = [r.model_id for r in runs if r.outcome == "promoted"]
+    for r in runs:
+        trained = registry.get_model(db, r.model_id)  # type: ignore[arg-type]
+        assert trained.arch == "linear"
+        assert trained.metrics["decision"]["promote"] is (r.outcome == "promoted")
+        assert trained.status == ("champion" if promoted and r.model_id == promoted[-1] else "retired"), vars(r)
     # each forecast comes from exactly one model
     models_per_bar = Counter(f.issued_at for f in forecasts)
     assert set(models_per_bar.values()) == {1}

@@ -586,3 +586,26 @@ def test_a_shutdown_that_times_out_still_hands_its_series_on(tmp_path: Path) -> 
     lease = cluster.series_leases(database)[key]
     database.close()
     assert lease.owner == "" and not lease.live(datetime.now(UTC)), lease
+
+
+def test_auto_device_leaves_the_backend_unloaded_until_a_network_model_loads_it() -> None:
+    """`forecast.device = "auto"` imported TensorFlow at start to look for a GPU: ~600 MB of
+    memory and seconds of start-up in a daemon serving numpy models (`har`, the baselines)."""
+    import os
+    import subprocess
+    import sys
+
+    probe = ("import sys; from daemon.live.device import select_device; d = select_device('auto'); "
+             "print(d.device, d.describe(), 'tensorflow' in sys.modules, 'keras' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                         env={**os.environ, "KERAS_BACKEND": "tensorflow"}).stdout
+    assert out.startswith("auto keras backend tensorflow not loaded") and out.split()[-2:] == ["False", "False"], out
+
+    import keras  # what serving a network model does
+
+    from daemon.live.device import DeviceInfo, current
+
+    assert keras.backend.backend() == "tensorflow"
+    now = current(DeviceInfo("tensorflow", "auto", ()))
+    assert now.device in ("cpu", "gpu") and now.describe().startswith("keras backend tensorflow on ")
+    assert current(now) == now  # detected once
