@@ -178,9 +178,13 @@ async def service_daemon(
             on_started(svc)
 
         async def show() -> None:
-            async for doc in svc.subscribe():
-                if on_forecast is not None:
-                    on_forecast(doc)
+            sub = svc.subscribe()
+            try:
+                async for _, doc in sub:
+                    if on_forecast is not None:
+                        on_forecast(doc)
+            finally:
+                await sub.aclose()
 
         shower = asyncio.create_task(show())
         try:

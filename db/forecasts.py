@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, and_, func, select, true
+from sqlalchemy import Connection, and_, func, insert, select, true
 
 from db.cluster import REJECTED, Fence, fenced
 from db.dialect import chunks, insert_for
 from db.engine import Database
 from db.records import Forecast, SeriesKey
+from db.schema import forecast_seq as seq_t
 from db.schema import forecasts as fc_t
 from db.schema import series_in, series_is
 
@@ -61,7 +62,7 @@ def store_new_forecasts(database: Database, forecasts: list[Forecast], *, fence:
     issued_by = fence.owner if fence is not None else None
     if not forecasts:
         return []
-    fresh: set[tuple[Any, ...]] = set()
+    seqs: dict[tuple[Any, ...], int] = {}
     with database.begin() as conn:
         if fence is not None:
             ok = fenced(conn, fence, {f.series for f in forecasts}, "forecasts")
@@ -72,14 +73,31 @@ def store_new_forecasts(database: Database, forecasts: list[Forecast], *, fence:
             forecasts = [f for f in forecasts if f.issued_at not in done.get(f.series, ())]
         rows = [r for f in forecasts for r in _rows(f, issued_by)]
         if conn.dialect.name == "postgresql" and len(rows) > COPY_ABOVE_ROWS:
-            fresh.update(_copy_new(conn, rows))
+            seqs.update(_copy_new(conn, rows))
         else:
+            fresh: set[tuple[Any, ...]] = set()
             for batch in chunks(rows, 2000):
                 fresh.update(tuple(r) for r in conn.execute(_insert_new(database), batch).all())
-    return [
-        replace(f, issued_by=issued_by or f.issued_by) for f in forecasts
-        if (f.series.exchange, f.series.symbol, f.series.interval, f.issued_at, f.model_id) in fresh
-    ]
+            seqs.update(_number(conn, [r for r in rows if r["step"] == 1 and _key(r) in fresh]))
+    new = [replace(f, issued_by=issued_by or f.issued_by, seq=seqs[k]) for f in forecasts
+           if (k := (f.series.exchange, f.series.symbol, f.series.interval, f.issued_at, f.model_id)) in seqs]
+    return sorted(new, key=lambda f: f.seq or 0)
+
+
+_KEY = ("exchange", "symbol", "interval", "issued_at", "model_id")
+
+
+def _key(row: Any) -> tuple[Any, ...]:
+    return tuple(row[c] for c in _KEY)
+
+
+def _number(conn: Connection, firsts: list[dict[str, Any]]) -> dict[tuple[Any, ...], int]:
+    """Give newly stored forecasts (their step-1 rows) their stream positions, in this order."""
+    if not firsts:
+        return {}
+    stmt = insert(seq_t).returning(seq_t.c.seq, *(seq_t.c[c] for c in _KEY), sort_by_parameter_order=True)
+    params = [{c: r[c] for c in (*_KEY, "issued_by")} for r in firsts]
+    return {tuple(r[1:]): r[0] for r in conn.execute(stmt, params).all()}
 
 
 #: Above this many step rows PostgreSQL gets them by COPY (a multi-row INSERT costs ~0.2 ms a row).
@@ -88,9 +106,10 @@ _COLUMNS = [c.name for c in fc_t.columns]
 _JSON_COLUMNS = {"levels", "quantiles"}
 
 
-def _copy_new(conn: Connection, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
-    """PostgreSQL: COPY the rows into a session temp table, then one INSERT ... SELECT ... ON
-    CONFLICT DO NOTHING RETURNING the forecasts that were new (same result as `_insert_new`)."""
+def _copy_new(conn: Connection, rows: list[dict[str, Any]]) -> dict[tuple[Any, ...], int]:
+    """PostgreSQL: COPY the rows into a session temp table, then one statement that inserts them
+    (ON CONFLICT DO NOTHING) and numbers the forecasts that were new (as `_insert_new` and
+    `_number` do): their stream positions by forecast key."""
     cols = ", ".join(f'"{c}"' for c in _COLUMNS)
     raw = conn.connection.driver_connection
     assert raw is not None
@@ -100,11 +119,14 @@ def _copy_new(conn: Connection, rows: list[dict[str, Any]]) -> list[tuple[Any, .
             for r in rows:
                 copy.write_row([orjson.dumps(r[c]).decode() if c in _JSON_COLUMNS and r[c] is not None else r[c]
                                 for c in _COLUMNS])
+        key = '"exchange", "symbol", "interval", "issued_at", "model_id"'
         cur.execute(
-            f"INSERT INTO forecasts ({cols}) SELECT {cols} FROM forecasts_in "
-            'ON CONFLICT ("exchange", "symbol", "interval", "issued_at", "model_id", "step") DO NOTHING '
-            'RETURNING "exchange", "symbol", "interval", "issued_at", "model_id"')
-        out = [tuple(r) for r in cur.fetchall()]
+            f"WITH new AS (INSERT INTO forecasts ({cols}) SELECT {cols} FROM forecasts_in "
+            f'ON CONFLICT ({key}, "step") DO NOTHING RETURNING {key}, "step", "issued_by") '
+            f'INSERT INTO forecast_seq ({key}, "issued_by") SELECT {key}, "issued_by" FROM new '
+            f'WHERE "step" = 1 ORDER BY "issued_at", "exchange", "symbol", "interval", "model_id" '
+            f'RETURNING "seq", {key}')
+        out = {tuple(r[1:]): r[0] for r in cur.fetchall()}
         cur.execute("TRUNCATE forecasts_in")
     return out
 
@@ -166,6 +188,7 @@ def _assemble(rows: Sequence[Any]) -> list[Forecast]:
                 issued_by=g0.issued_by,
                 levels=tuple(float(x) for x in g0.levels) if has_q else None,
                 quantiles=tuple(tuple(float(v) for v in r.quantiles) for r in group) if has_q else None,
+                seq=g0._mapping.get("seq"),
             )
         )
         group.clear()
@@ -225,6 +248,49 @@ def query_forecasts(
     )
     with database.engine.connect() as conn:
         return _assemble(conn.execute(stmt).all())
+
+
+@dataclass(frozen=True)
+class StreamPage:
+    """What a resuming stream client missed: `forecasts` (oldest first, each with its `seq`),
+    `top` (the newest position in scope when read: live forecasts at or below it were read
+    here, or skipped) and `skipped` (positions after the client's left out by the bound)."""
+
+    forecasts: list[Forecast]
+    top: int
+    skipped: int
+
+
+def stream_after(database: Database, after: int, *, series: SeriesKey | None = None,
+                 issued_by: str | None = None, limit: int) -> StreamPage:
+    """The newest `limit` forecasts stored after stream position `after` (of `series`; of those
+    issued by `issued_by` when given), in stream order.
+
+    Positions are taken in the storing transaction, and a daemon stores from one writer thread,
+    so among one issuer's forecasts a position is visible only once every lower one is: reading
+    `top` first and then `after < seq <= top` can leave out no forecast of that issuer."""
+    scope = [] if issued_by is None else [seq_t.c.issued_by == issued_by]
+    with database.engine.connect() as conn:
+        top = int(conn.execute(select(func.coalesce(func.max(seq_t.c.seq), 0)).where(*scope)).scalar_one())
+        cond = [*scope, seq_t.c.seq > after, seq_t.c.seq <= top]
+        if series is not None:
+            cond.append(series_is(seq_t, series))
+        newest = conn.execute(
+            select(seq_t.c.seq).where(*cond).order_by(seq_t.c.seq.desc()).limit(limit + 1)).scalars().all()
+        if not newest:
+            return StreamPage([], top, 0)
+        first = newest[min(limit, len(newest)) - 1]
+        skipped = 0
+        if len(newest) > limit:
+            skipped = int(conn.execute(
+                select(func.count()).select_from(seq_t).where(*cond, seq_t.c.seq < first)).scalar_one())
+        stmt = (
+            select(fc_t, seq_t.c.seq)
+            .join(seq_t, and_(*(fc_t.c[c] == seq_t.c[c] for c in _KEY)))
+            .where(*cond, seq_t.c.seq >= first)
+            .order_by(seq_t.c.seq, fc_t.c.step)
+        )
+        return StreamPage(_assemble(conn.execute(stmt).all()), top, skipped)
 
 
 def latest_forecast(database: Database, series: SeriesKey, model_id: str | None = None) -> Forecast | None:

@@ -170,6 +170,8 @@ class Forecast:
     issued_by: str | None = None
     levels: tuple[float, ...] | None = None
     quantiles: tuple[tuple[float, ...], ...] | None = None
+    #: Its position in the forecast stream (`forecast_seq`), once stored; not part of its identity.
+    seq: int | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.target_times) != len(self.closes):

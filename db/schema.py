@@ -24,6 +24,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     and_,
     text,
     tuple_,
@@ -152,6 +153,25 @@ forecasts = Table(
     Column("quantiles", JSON(), nullable=True),
     Index("ix_forecasts_issued_at", "issued_at"),
     Index("ix_forecasts_series_target", "exchange", "symbol", "interval", "target_time"),
+)
+
+# The forecast stream's positions (`id:` of /forecasts/stream): one row per forecast, numbered in
+# the order the forecasts were stored. A daemon stores its forecasts from one writer thread, one
+# transaction after another, so its own forecasts are numbered in commit order; `issued_by` lets a
+# daemon sharing the database replay exactly the forecasts its stream carried.
+forecast_seq = Table(
+    "forecast_seq",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    Column("exchange", String(32), nullable=False),
+    Column("symbol", String(32), nullable=False),
+    Column("interval", String(8), nullable=False),
+    Column("issued_at", UtcDateTime(), nullable=False),
+    Column("model_id", String(128), nullable=False),
+    Column("issued_by", String(200), nullable=True),
+    UniqueConstraint("exchange", "symbol", "interval", "issued_at", "model_id"),
+    Index("ix_forecast_seq_series", "exchange", "symbol", "interval", "seq"),
+    Index("ix_forecast_seq_issued_by", "issued_by", "seq"),
 )
 
 forecast_scores = Table(

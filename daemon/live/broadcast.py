@@ -1,36 +1,56 @@
 """Fan-out of new forecasts to live subscribers (the HTTP stream) over bounded queues.
 
-A slow subscriber loses its oldest items (counted), never slows the forecaster down."""
+A slow subscriber loses its oldest items (counted), never slows the forecaster down. An item is
+(stream position, forecast log object): the position is the forecast's `seq`, so a stream can
+say where it is and a client can resume from there."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
+
+#: (the forecast's stream position, its forecast log object)
+Item = tuple[int, dict[str, Any]]
+
+
+class Subscription:
+    """The items published after it was made (it is registered at once, not on first read, so
+    whatever is read from the database next cannot miss a forecast published meanwhile)."""
+
+    def __init__(self, owner: Broadcast) -> None:
+        self._owner = owner
+        self.queue: asyncio.Queue[Item] = asyncio.Queue(owner.maxsize)
+        owner._subs.add(self)
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Item:
+        if self not in self._owner._subs:
+            raise StopAsyncIteration
+        return await self.queue.get()
+
+    async def aclose(self) -> None:
+        self._owner._subs.discard(self)
 
 
 class Broadcast:
     def __init__(self, maxsize: int = 256) -> None:
         self.maxsize = maxsize
-        self._queues: set[asyncio.Queue[dict[str, Any]]] = set()
+        self._subs: set[Subscription] = set()
         self.dropped = 0
 
     @property
     def subscribers(self) -> int:
-        return len(self._queues)
+        return len(self._subs)
 
-    def publish(self, item: dict[str, Any]) -> None:
-        for q in self._queues:
+    def publish(self, seq: int, item: dict[str, Any]) -> None:
+        for sub in self._subs:
+            q = sub.queue
             if q.full():
                 q.get_nowait()
                 self.dropped += 1
-            q.put_nowait(item)
+            q.put_nowait((seq, item))
 
-    async def subscribe(self) -> AsyncIterator[dict[str, Any]]:
-        q: asyncio.Queue[dict[str, Any]] = asyncio.Queue(self.maxsize)
-        self._queues.add(q)
-        try:
-            while True:
-                yield await q.get()
-        finally:
-            self._queues.discard(q)
+    def subscribe(self) -> Subscription:
+        return Subscription(self)

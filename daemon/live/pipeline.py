@@ -291,7 +291,8 @@ class Pipeline:
             st.last_forecast = f.issued_at
             self.stats.forecasts += 1
             metrics.FORECASTS.labels(str(f.series), f.model_id).inc()
-            self.broadcast.publish(forecast_line(f))
+            assert f.seq is not None  # stored: it has its stream position
+            self.broadcast.publish(f.seq, forecast_line(f))
         since = min(j.issued_at - j.series.step * SCORE_LOOKBACK_BARS for j in jobs)
         scored = await retrying(lambda: self.writer.run(self._score, [j.series for j in jobs], since), what="scores")
         self.scorer.watch(scored)

@@ -15,14 +15,14 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from daemon import metrics
 from daemon.bars import BarUpdate
 from daemon.config import Config
-from daemon.live.broadcast import Broadcast
+from daemon.live.broadcast import Broadcast, Subscription
 from daemon.live.champions import ChampionWatch, first_series
 from daemon.live.control import ControlServer
 from daemon.live.device import DeviceInfo, current, select_device
@@ -328,8 +328,14 @@ class Service:
         return [cfg.model_group(key)]
 
     # ---- status, health --------------------------------------------------------------------
-    def subscribe(self) -> AsyncIterator[dict[str, Any]]:
+    def subscribe(self) -> Subscription:
         return self.broadcast.subscribe()
+
+    def stream_issuer(self) -> str | None:
+        """Whose stored forecasts a resumed stream replays: this daemon's where daemons share the
+        database (its stream carries only what it issues), every one where it is alone."""
+        member = self.membership
+        return None if member is None or member.solo else member.id
 
     def _silence(self, feed: Any) -> float:
         """Seconds since the feed's last message (since the service started if none yet)."""

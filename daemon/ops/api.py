@@ -23,7 +23,7 @@ import anyio
 import anyio.abc
 import orjson
 import uvicorn
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -37,10 +37,12 @@ from typing_extensions import TypedDict
 from daemon import metrics
 from daemon.config import ApiConfig
 from daemon.feeds import series_key
+from daemon.live.forecastlog import forecast_line
 from daemon.ops import reports
 from db import bars as db_bars
 from db.engine import Database
 from db.errors import BarcastError, ConfigError, InputError
+from db.forecasts import StreamPage, stream_after
 from db.gaps import list_gaps
 from db.records import SeriesKey
 
@@ -65,6 +67,10 @@ log = logging.getLogger("barcast.api")
 
 #: Seconds between SSE keep-alive comments (proxies close idle streams).
 SSE_KEEPALIVE_S = 15.0
+#: What the stream asks an EventSource to wait before it reconnects (`retry:`, milliseconds).
+SSE_RETRY_MS = 5000
+#: A stream position is a positive 64-bit integer in decimal.
+_POSITION_DIGITS = 18
 
 
 class LiveHooks(Protocol):
@@ -74,13 +80,23 @@ class LiveHooks(Protocol):
     (keys as in the README's status document, e.g. `series` rows with `last_bar`, `last_bar_age_s`,
     `feed`, `champion`, `champion_age_s`; `feeds` per exchange with `connected`, `reconnects`,
     `malformed`; `next_retrain`), plus `ready` (bool) and `reasons` (list of str, why not ready).
-    `subscribe()` yields each forecast log object (README "forecast log") as it is issued; the
-    API closes the iterator (`aclose`) when the client goes away.
+    `subscribe()` is registered when called (not on first read) and yields (stream position,
+    forecast log object (README "forecast log")) of each forecast as it is issued, positions
+    growing; the API closes it (`aclose`) when the client goes away. `stream_issuer()` is whose
+    stored forecasts a resumed stream replays (None: all; see `db.forecasts.stream_after`).
     """
 
     def status(self) -> dict[str, Any]: ...
 
-    def subscribe(self) -> AsyncIterator[dict[str, Any]]: ...
+    def subscribe(self) -> StreamSource: ...
+
+    def stream_issuer(self) -> str | None: ...
+
+
+class StreamSource(Protocol):
+    def __aiter__(self) -> AsyncIterator[tuple[int, dict[str, Any]]]: ...
+
+    async def aclose(self) -> None: ...
 
 
 class ErrorDoc(TypedDict):
@@ -186,6 +202,25 @@ ModelParam = Annotated[str | None, Query(max_length=128, description="Model id")
 SinceParam = Annotated[datetime | None, Query(description="ISO-8601 (naive means UTC) or Unix seconds; inclusive")]
 LimitParam = Annotated[int, Query(ge=1, le=1_000_000_000, description="Rows to return (capped at api.max_limit)")]
 UntilParam = Annotated[datetime | None, Query(description="ISO-8601 (naive means UTC) or Unix seconds; exclusive")]
+LastEventIdParam = Annotated[str | None, Query(
+    description="Resume after this event id, for clients that cannot send the Last-Event-ID header (the header wins)")]
+LastEventIdHeader = Annotated[str | None, Header(
+    alias="Last-Event-ID", description="Resume after this event id (an EventSource sends it when it reconnects)")]
+
+
+def stream_position(header: str | None, query: str | None) -> int | None:
+    """The position a stream resumes after: the Last-Event-ID header, else the `last_event_id`
+    parameter (an EventSource reconnecting sends the header with its newest id while its URL
+    keeps the old parameter); None (or empty, as the SSE spec resets it) for a fresh stream."""
+    text_ = header if header else query
+    if not text_:
+        return None
+    text_ = text_.strip()
+    if not text_.isascii() or not text_.isdigit() or len(text_) > _POSITION_DIGITS:
+        shown = text_ if len(text_) <= 40 else text_[:40] + "…"
+        raise InputError(f"Last-Event-ID {shown!r} is not an event id of this stream "
+                         "(a non-negative integer, as the stream's `id:` lines send)")
+    return int(text_)
 
 
 def create_app(
@@ -292,18 +327,33 @@ def create_app(
 
     @app.get("/forecasts/stream", tags=["forecasts"], dependencies=auth,
              responses={200: {"content": {"text/event-stream": {}},
-                              "description": "One `forecast` event per forecast issued (data: forecast log "
-                                             "object: closes, levels and the served quantiles per step)"},
+                              "description": "One `forecast` event per forecast issued (id: its stream "
+                                             "position; data: forecast log object: closes, levels and the "
+                                             "served quantiles per step); after a Last-Event-ID, the stored "
+                                             "forecasts after it first (at most api.max_limit, a `truncated` "
+                                             "event when more were missed)"},
                         503: {"description": "No live daemon behind this API"}})
-    async def forecasts_stream(request: Request, series: SeriesParam = None) -> Response:
-        """Server-sent events: each forecast as the daemon issues it (keep-alive comments in between)."""
+    async def forecasts_stream(request: Request, series: SeriesParam = None,
+                               last_event_id: LastEventIdParam = None,
+                               last_event_id_header: LastEventIdHeader = None) -> Response:
+        """Server-sent events: each forecast as the daemon issues it (keep-alive comments in between);
+        a client resuming with Last-Event-ID first gets the stored forecasts it missed."""
         key = _series(series)
         if live is None:
             return _json({"error": "no live daemon: the forecast stream needs `barcast run`"}, 503)
-        source = live.subscribe()
+        after = stream_position(last_event_id_header, last_event_id)
+        source = live.subscribe()  # before the database is read: nothing issued meanwhile falls between
+        page = None
+        if after is not None:
+            try:
+                page = await run_in_threadpool(
+                    stream_after, database, after, series=key, issued_by=live.stream_issuer(), limit=max_limit)
+            except BaseException:
+                await source.aclose()
+                raise
         closing: asyncio.Event = request.app.state.closing
         return StreamingResponse(
-            _sse(source, key, closing), media_type="text/event-stream",
+            _sse(source, key, closing, after, page), media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
 
@@ -374,11 +424,35 @@ def create_app(
     return app
 
 
+def _matches(obj: dict[str, Any], key: SeriesKey | None) -> bool:
+    return key is None or (obj.get("exchange"), obj.get("symbol"), obj.get("interval")) == (
+        key.exchange, key.symbol, key.interval)
+
+
+def _event(seq: int, obj: dict[str, Any]) -> bytes:
+    return b"id: %d\nevent: forecast\ndata: " % seq + orjson.dumps(obj) + b"\n\n"
+
+
 async def _sse(
-    source: AsyncIterator[dict[str, Any]], key: SeriesKey | None, closing: asyncio.Event
+    source: StreamSource, key: SeriesKey | None, closing: asyncio.Event,
+    after: int | None = None, page: StreamPage | None = None,
 ) -> AsyncIterator[bytes]:
-    """Relay forecast objects as SSE; the pending `__anext__` survives keep-alive timeouts."""
-    yield b": barcast forecast stream\n\n"
+    """Relay forecast objects as SSE; the pending `__anext__` survives keep-alive timeouts.
+
+    With `page` (a client resuming after position `after`), its stored forecasts go first and live
+    ones at or below its `top` are dropped: they were read with it (or skipped by the bound)."""
+    yield b"retry: %d\n: barcast forecast stream\n\n" % SSE_RETRY_MS
+    floor = 0
+    if page is not None:
+        if page.skipped:
+            first = page.forecasts[0].seq if page.forecasts else None
+            note = {"last_event_id": after, "skipped": page.skipped, "replayed": len(page.forecasts),
+                    "resumed_at": first}
+            yield b"event: truncated\ndata: " + orjson.dumps(note) + b"\n\n"
+        for f in page.forecasts:
+            assert f.seq is not None
+            yield _event(f.seq, forecast_line(f))
+        floor = page.top
     it = aiter(source)
     stop: asyncio.Future[Any] = asyncio.ensure_future(closing.wait())
     nxt: asyncio.Future[Any] | None = None
@@ -393,25 +467,21 @@ async def _sse(
                 yield b": keep-alive\n\n"
                 continue
             try:
-                obj = nxt.result()
+                seq, obj = nxt.result()
             except StopAsyncIteration:
                 return
             nxt = None
-            if key is not None and (obj.get("exchange"), obj.get("symbol"), obj.get("interval")) != (
-                key.exchange, key.symbol, key.interval
-            ):
+            if seq <= floor or not _matches(obj, key):
                 continue
-            yield b"event: forecast\ndata: " + orjson.dumps(obj) + b"\n\n"
+            yield _event(seq, obj)
     finally:
         stop.cancel()
         if nxt is not None and not nxt.done():
             nxt.cancel()
             with contextlib.suppress(BaseException):
                 await nxt
-        aclose = getattr(source, "aclose", None)
-        if aclose is not None:
-            with contextlib.suppress(Exception):
-                await aclose()
+        with contextlib.suppress(Exception):
+            await source.aclose()
 
 
 def _version() -> str:

@@ -20,12 +20,13 @@ from daemon.config import load_config
 from daemon.feeds import PROTOCOLS
 from daemon.feeds.simulator import ExchangeSimulator, SimSeries
 from daemon.live.control import request
+from daemon.live.forecastlog import forecast_line
 from daemon.live.notify import Notifier
 from daemon.live.service import Service
 from db import registry
 from db.bars import read_bars
 from db.engine import open_database
-from db.forecasts import query_forecasts
+from db.forecasts import query_forecasts, stream_after
 from tests.daemon.livehelp import SERIES, SIM_START, config_text, real_bars, seed_history
 
 pytestmark = pytest.mark.slow
@@ -55,10 +56,13 @@ def test_service_end_to_end(shared_dir: Path, tmp_path: Path) -> None:
                 await asyncio.sleep(0.05)
             async with httpx.AsyncClient(base_url=svc.api.url) as client:  # type: ignore[union-attr]
                 stream_lines: list[dict] = []
+                stream_ids: list[int] = []
 
                 async def read_stream() -> None:
                     async with client.stream("GET", "/forecasts/stream", timeout=60) as resp:
                         async for line in resp.aiter_lines():
+                            if line.startswith("id:"):
+                                stream_ids.append(int(line[3:]))
                             if line.startswith("data:"):
                                 stream_lines.append(orjson.loads(line[5:]))
                                 if len(stream_lines) >= 3:
@@ -69,6 +73,7 @@ def test_service_end_to_end(shared_dir: Path, tmp_path: Path) -> None:
                     await asyncio.sleep(0.1)
                 await asyncio.wait_for(reader, 30)
                 seen["stream"] = stream_lines
+                seen["stream_ids"] = stream_ids
                 seen["health"] = (await client.get("/health")).json()
                 seen["status"] = (await client.get("/status")).json()
                 seen["metrics"] = (await client.get("/metrics")).text
@@ -149,5 +154,10 @@ def test_service_end_to_end(shared_dir: Path, tmp_path: Path) -> None:
     assert seen["manual"]["ok"] is True and len(seen["manual"]["outcomes"]) == 1  # type: ignore[index]
     assert seen["bad"]["ok"] is False and "not served" in seen["bad"]["error"]  # type: ignore[index]
     assert len(seen["stream"]) >= 3 and seen["stream"][0]["series"] == str(SERIES)  # type: ignore[arg-type,index]
+    # each event's id is its forecast's stored stream position, and resuming from the first gives the rest
+    ids = seen["stream_ids"]
+    assert len(ids) == len(seen["stream"]) and ids == sorted(set(ids))  # type: ignore[arg-type]
+    resumed = stream_after(db, ids[0], limit=100_000).forecasts[: len(ids) - 1]  # type: ignore[index,arg-type]
+    assert [forecast_line(f) for f in resumed] == seen["stream"][1:]  # type: ignore[index]
     db.close()
     assert all(r.pid is not None and r.pid != os.getpid() for r in runs)  # trained in a child process

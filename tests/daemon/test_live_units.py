@@ -180,9 +180,9 @@ def test_broadcast_drops_oldest_for_slow_subscriber() -> None:
         first = asyncio.ensure_future(it.__anext__())
         await asyncio.sleep(0)
         for i in range(5):
-            b.publish({"i": i})
-        got = [(await first)["i"]]
-        got.append((await it.__anext__())["i"])
+            b.publish(i + 1, {"i": i})
+        got = [(await first)[1]["i"]]
+        got.append((await it.__anext__())[1]["i"])
         await it.aclose()
         assert b.dropped >= 1
         return got

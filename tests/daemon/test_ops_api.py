@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import timedelta
@@ -17,21 +17,23 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.config import ApiConfig
+from daemon.live.broadcast import Broadcast, Subscription
+from daemon.live.forecastlog import forecast_line
 from daemon.ops.api import ApiServer, check_bind, create_app
 from db.bars import read_bars
 from db.engine import Database, open_database
 from db.errors import ConfigError
-from db.forecasts import insert_forecasts
+from db.forecasts import insert_forecasts, store_new_forecasts
+from db.records import Forecast
 from tests.daemon.clirun import barcast
 from tests.daemon.opsdata import BTC, ETH, FORECAST_BARS, forecasts_for, ops_db_url
 
 
 class FakeLive:
-    """LiveHooks as the daemon provides them: a status view and a broadcast of forecast objects."""
+    """LiveHooks as the daemon provides them: a status view and the daemon's broadcast of forecasts."""
 
     def __init__(self) -> None:
-        self.queues: list[asyncio.Queue[dict[str, Any]]] = []
-        self.closed = 0
+        self.broadcast = Broadcast(maxsize=64)
 
     def status(self) -> dict[str, Any]:
         return {"ready": False, "reasons": ["window of binance:BTC-USDT:5m not restored"],
@@ -39,15 +41,11 @@ class FakeLive:
                 "feeds": {"binance": {"connected": True, "reconnects": 2, "malformed": 0}},
                 "series": [{"series": str(BTC), "feed": {"connected": True}}]}
 
-    async def subscribe(self) -> AsyncIterator[dict[str, Any]]:
-        q: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=16)
-        self.queues.append(q)
-        try:
-            while True:
-                yield await q.get()
-        finally:
-            self.queues.remove(q)
-            self.closed += 1
+    def subscribe(self) -> Subscription:
+        return self.broadcast.subscribe()
+
+    def stream_issuer(self) -> str | None:
+        return None
 
 
 class Running:
@@ -276,13 +274,11 @@ def test_live_status_health_and_stream(database: Database, capsys: pytest.Captur
                                                       params={"series": "binance:ETH-USDT"}) as resp:
             assert resp.headers["content-type"].startswith("text/event-stream")
             lines = resp.iter_lines()
+            assert next(lines) == "retry: 5000"  # how long an EventSource waits before it reconnects
             assert next(lines).startswith(":")  # the opening comment: the subscription exists
-            for _ in range(200):
-                if live.queues:
-                    break
-                threading.Event().wait(0.02)
-            for o in objs:
-                r.loop.call_soon_threadsafe(live.queues[0].put_nowait, o)
+            assert live.broadcast.subscribers == 1  # subscribed before the stream's first line
+            for i, o in enumerate(objs):
+                r.loop.call_soon_threadsafe(live.broadcast.publish, i + 1, o)
             for line in lines:
                 if line.startswith("data: "):
                     got.append(json.loads(line[6:]))
@@ -291,7 +287,7 @@ def test_live_status_health_and_stream(database: Database, capsys: pytest.Captur
         assert [g["issued_at"] for g in got] == [o["issued_at"] for o in objs if o["symbol"] == "ETH-USDT"]
     finally:
         r.stop()
-    assert live.closed == 1 and not live.queues  # the subscription was closed when the client left
+    assert live.broadcast.subscribers == 0  # the subscription was closed when the client left
 
 
 def test_cli_bars_and_api_bars_answer_the_same_page(
@@ -307,3 +303,164 @@ def test_cli_bars_and_api_bars_answer_the_same_page(
             assert res.code == 0, res.err
             assert [b["open_time"] for b in json.loads(res.out)] == api and len(api) == query["limit"]
     assert api[0] == "2021-07-17T20:00:00Z"  # the page starts where --since says
+
+
+class Event:
+    def __init__(self, fields: dict[str, str]) -> None:
+        self.id = int(fields["id"]) if "id" in fields else None
+        self.event = fields.get("event", "message")
+        self.data = json.loads(fields["data"])
+
+
+class Stream:
+    """One SSE connection, read event by event (an event ends with its `data:` line, as ours do)."""
+
+    def __init__(self, r: Running, **kw: Any) -> None:
+        self.client = httpx.Client(timeout=20)
+        self.cm = self.client.stream("GET", r.url + "/forecasts/stream", **kw)
+        self.resp = self.cm.__enter__()
+        assert self.resp.status_code == 200, self.resp.read()
+        self.lines = self.resp.iter_lines()
+
+    def take(self, n: int) -> list[Event]:
+        out: list[Event] = []
+        fields: dict[str, str] = {}
+        while len(out) < n:
+            line = next(self.lines)
+            if not line or line.startswith(":"):
+                continue
+            name, _, value = line.partition(":")
+            fields[name] = value.removeprefix(" ")
+            if name == "data":
+                out.append(Event(fields))
+                fields = {}
+        return out
+
+    def close(self) -> None:
+        self.cm.__exit__(None, None, None)
+        self.client.close()
+
+
+class Issuer:
+    """Forecasts as the daemon issues them: stored, then published on the server's loop."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self.bars = {k: read_bars(database, k)[-FORECAST_BARS - 100 : -FORECAST_BARS] for k in (BTC, ETH)}
+        self.n = 0
+
+    def make(self, *keys: Any) -> list[Forecast]:
+        out = []
+        for k in keys:
+            self.n += 1
+            out.append(forecasts_for(self.bars[k], 50 + self.n, "resume-test", self.bars[k][-1].open_time))
+        return out
+
+    def store(self, *keys: Any) -> list[Forecast]:
+        return store_new_forecasts(self.database, self.make(*keys))
+
+    def issue(self, r: Running, live: FakeLive, *keys: Any) -> list[Forecast]:
+        new = self.store(*keys)
+        publish(r, live, new)
+        return new
+
+
+def publish(r: Running, live: FakeLive, new: list[Forecast]) -> None:
+    async def go() -> None:
+        for f in new:
+            assert f.seq is not None
+            live.broadcast.publish(f.seq, forecast_line(f))
+
+    asyncio.run_coroutine_threadsafe(go(), r.loop).result(10)
+
+
+def test_stream_resumes_after_the_last_event_id(database: Database) -> None:
+    """Every event has an id; a client back with Last-Event-ID gets exactly what it missed, then live
+    ones, with none twice across the hand-over; also after the daemon restarted."""
+    live = FakeLive()
+    r = Running(database, live=live)
+    iss = Issuer(database)
+    try:
+        s = Stream(r)
+        sent = iss.issue(r, live, BTC, ETH, BTC)
+        got = s.take(3)
+        s.close()
+        assert [g.id for g in got] == [f.seq for f in sent] and got[0].id < got[1].id < got[2].id  # type: ignore[operator]
+        assert [g.data for g in got] == [forecast_line(f) for f in sent] and {g.event for g in got} == {"forecast"}
+        last = got[-1].id
+
+        missed = iss.issue(r, live, ETH, BTC, ETH)  # issued while the client was away
+        pending = iss.store(BTC)  # stored before the replay is read, published (by the pipeline) after
+        s = Stream(r, headers={"Last-Event-ID": str(last)})
+        replayed = s.take(4)
+        publish(r, live, pending)  # already replayed: not sent again
+        fresh = iss.issue(r, live, ETH, BTC)
+        tail = s.take(2)
+        s.close()
+        assert [g.id for g in replayed] == [f.seq for f in missed + pending]
+        assert [g.data for g in replayed] == [forecast_line(f) for f in missed + pending]  # as live ones are
+        assert [g.id for g in tail] == [f.seq for f in fresh]
+
+        # one series, the id as a query parameter (for clients that cannot send headers)
+        eth = [f for f in missed + pending + fresh if f.series == ETH]
+        s = Stream(r, params={"series": "binance:ETH-USDT", "last_event_id": str(last)})
+        first = s.take(len(eth))
+        more = iss.issue(r, live, BTC, ETH)
+        assert [g.id for g in first + s.take(1)] == [f.seq for f in eth + more[1:]]
+        s.close()
+        # an EventSource reconnecting sends its newest id as the header; its URL keeps the old parameter
+        s = Stream(r, params={"last_event_id": "0"}, headers={"Last-Event-ID": str(more[-1].seq)})
+        one = iss.issue(r, live, BTC)
+        assert [g.id for g in s.take(1)] == [f.seq for f in one]  # not a replay from 0
+        s.close()
+        last = more[-1].seq + 1  # type: ignore[operator]
+    finally:
+        r.stop()
+    down = iss.store(ETH, BTC)  # stored while no daemon served (a restart)
+    live = FakeLive()
+    r = Running(database, live=live)
+    try:
+        s = Stream(r, headers={"Last-Event-ID": str(last)})
+        assert [g.id for g in s.take(2)] == [f.seq for f in down]
+        s.close()
+    finally:
+        r.stop()
+
+
+def test_a_client_far_behind_gets_the_newest_and_is_told(database: Database) -> None:
+    """The replay is bounded by api.max_limit (50 here): the newest 50 after the id, after a
+    `truncated` event saying how many were left out."""
+    from sqlalchemy import text
+
+    with database.engine.connect() as conn:
+        seqs = list(conn.execute(text("SELECT seq FROM forecast_seq ORDER BY seq")).scalars())
+    live = FakeLive()
+    r = Running(database, live=live)
+    try:
+        s = Stream(r, headers={"Last-Event-ID": str(seqs[9])})
+        note, *events = s.take(51)
+        s.close()
+        assert note.event == "truncated" and note.id is None
+        assert note.data == {"last_event_id": seqs[9], "skipped": len(seqs) - 60, "replayed": 50,
+                             "resumed_at": seqs[-50]}
+        assert [e.id for e in events] == seqs[-50:] and len(seqs) > 100
+        s = Stream(r, headers={"Last-Event-ID": str(seqs[-3])})
+        assert [(e.event, e.id) for e in s.take(2)] == [("forecast", seqs[-2]), ("forecast", seqs[-1])]
+        s.close()
+    finally:
+        r.stop()
+
+
+@pytest.mark.parametrize(("header", "query"), [
+    ("abc", None), ("-1", None), ("1.5", None), (None, "١٢"), ("9" * 19, None), (None, "x"), ("12 34", None)])
+def test_a_malformed_last_event_id_is_400(database: Database, header: str | None, query: str | None) -> None:
+    live = FakeLive()
+    r = Running(database, live=live)
+    try:
+        resp = httpx.get(r.url + "/forecasts/stream", timeout=10,
+                         headers={"Last-Event-ID": header} if header else None,
+                         params={"last_event_id": query} if query else None)
+        assert resp.status_code == 400 and "Last-Event-ID" in resp.json()["error"], resp.text
+        assert live.broadcast.subscribers == 0
+    finally:
+        r.stop()
