@@ -19,6 +19,11 @@ class InputError(BarcastError):
     exit_code = 2
 
 
+class UnknownNameError(InputError):
+    """A well-formed name of nothing barcast knows (a series neither configured nor stored): the
+    CLI exits 2, the HTTP API answers 404."""
+
+
 class ConfigError(InputError):
     """A config key is unknown, of the wrong type or has a bad value."""
 

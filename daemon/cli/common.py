@@ -301,13 +301,9 @@ def require_known_series(app: AppContext, keys: Iterable[SeriesKey]) -> None:
     keys = list(keys)
     if not keys:
         return
-    from daemon.ops.reports import known_series
+    from daemon.ops.reports import require_known
 
-    known = known_series(app.database(), app.config.series_keys)
-    for k in keys:
-        if k not in known:
-            listed = ", ".join(str(s) for s in known) or "none yet (`barcast ingest` or `barcast import-bars`)"
-            raise InputError(f"--series {k}: no such series in the config or the database (known: {listed})")
+    require_known(app.database(), app.config.series_keys, keys)
 
 
 def require_model(app: AppContext, model_id: str | None) -> None:

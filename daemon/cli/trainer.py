@@ -465,6 +465,7 @@ def models_list(app: AppContext, series_text: SeriesKey | None, status: str | No
     from db.registry import list_models
 
     series = series_text
+    require_known_series(app, [series] if series else [])
     infos = list_models(app.database(), series=series, status=status)  # type: ignore[arg-type]
     emit_rows([_model_row(i) for i in infos], MODEL_COLUMNS, fmt)
 

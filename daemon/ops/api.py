@@ -41,7 +41,7 @@ from daemon.live.forecastlog import forecast_line
 from daemon.ops import reports
 from db import bars as db_bars
 from db.engine import Database
-from db.errors import BarcastError, ConfigError, InputError
+from db.errors import BarcastError, ConfigError, InputError, UnknownNameError
 from db.forecasts import StreamPage, stream_after
 from db.gaps import list_gaps
 from db.records import SeriesKey
@@ -106,8 +106,10 @@ class ErrorDoc(TypedDict):
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorDoc, "description": "Bad input (an unknown series, since after until, ...)"},
+    400: {"model": ErrorDoc, "description": "Bad input (a malformed series or event id, an unknown exchange, "
+                                            "since after until, ...)"},
     401: {"model": ErrorDoc, "description": "Missing or wrong bearer token (when api.token is set)"},
+    404: {"model": ErrorDoc, "description": "A series neither configured nor stored (named, with the known ones)"},
     503: {"model": ErrorDoc, "description": "The database or the daemon cannot answer now"},
 }
 
@@ -264,6 +266,18 @@ def create_app(
     async def _input_error(_: Request, exc: InputError) -> Response:
         return _json({"error": str(exc)}, 400)
 
+    @app.exception_handler(UnknownNameError)
+    async def _unknown_name(_: Request, exc: UnknownNameError) -> Response:
+        return _json({"error": str(exc)}, 404)
+
+    def known(text_: str | None) -> SeriesKey | None:
+        """The series a `series` parameter names; one neither configured nor stored is a 404 (as
+        the CLI's exit 2), one configured with nothing stored yet an empty answer."""
+        key = _series(text_)
+        if key is not None:
+            reports.require_known(database, configured_series, [key], "series")
+        return key
+
     @app.exception_handler(BarcastError)
     async def _barcast_error(_: Request, exc: BarcastError) -> Response:
         log.warning("API request failed: %s", exc)
@@ -314,13 +328,13 @@ def create_app(
         errors where targets closed."""
         s, u = _range(since, until)
         lim = capped(limit)
-        docs = reports.forecast_docs(database, _series(series), since=s, until=u, model_id=model, limit=lim)
+        docs = reports.forecast_docs(database, known(series), since=s, until=u, model_id=model, limit=lim)
         return {"limit": lim, "count": len(docs), "forecasts": docs}
 
     @app.get("/forecasts/latest", tags=["forecasts"], dependencies=auth)
     def forecasts_latest(series: SeriesParam = None, model: ModelParam = None) -> LatestForecasts:
         """The newest forecast of each series (or of one)."""
-        key = _series(series)
+        key = known(series)
         keys = [key] if key else reports.known_series(database, configured_series)
         docs = reports.latest_docs(database, keys, model_id=model)
         return {"count": len(docs), "forecasts": docs}
@@ -341,6 +355,7 @@ def create_app(
         key = _series(series)
         if live is None:
             return _json({"error": "no live daemon: the forecast stream needs `barcast run`"}, 503)
+        key = await run_in_threadpool(known, series)
         after = stream_position(last_event_id_header, last_event_id)
         source = live.subscribe()  # before the database is read: nothing issued meanwhile falls between
         page = None
@@ -363,7 +378,8 @@ def create_app(
         since: SinceParam = None, until: UntilParam = None, limit: LimitParam = 288,
     ) -> dict[str, Any]:
         """Stored bars of one series; the newest `limit` unless `since` is given (then oldest first from it)."""
-        key = series_key(series)
+        key = known(series)
+        assert key is not None  # required
         s, u = _range(since, until)
         lim = capped(limit)
         if s is None:
@@ -380,7 +396,7 @@ def create_app(
     ) -> GapsPage:
         """Recorded feed gaps, newest first: the bars a feed missed across a reconnect or restart,
         and how many the REST backfill stored (`bars_filled`, null until filled)."""
-        key = _series(series)
+        key = known(series)
         lim = capped(limit)
         found = list_gaps(database, [key] if key else [], unfilled=unfilled, limit=lim)
         return {"limit": lim, "count": len(found), "gaps": [reports.gap_doc(g) for g in found]}
@@ -393,8 +409,9 @@ def create_app(
         """Live MAE per series, model and step against persistence on the same bars, with pinball loss
         per level, WIS, central-interval coverage and width."""
         span = reports.parse_window(window)
-        since = reports.window_since(database, span, series=_series(series), model_id=model)
-        docs = reports.accuracy_docs(database, series=_series(series), model_id=model, since=since)
+        key = known(series)
+        since = reports.window_since(database, span, series=key, model_id=model)
+        docs = reports.accuracy_docs(database, series=key, model_id=model, since=since)
         return {"window": window, "since": reports.iso(since), "accuracy": docs}
 
     @app.get("/models", tags=["models"], dependencies=auth)
@@ -403,7 +420,7 @@ def create_app(
         status: Annotated[str | None, Query(pattern="^(candidate|champion|retired)$")] = None,
     ) -> dict[str, Any]:
         """The model registry, newest first, with which series each model serves."""
-        docs = reports.model_docs(database, series=_series(series), status=status)
+        docs = reports.model_docs(database, series=known(series), status=status)
         return {"count": len(docs), "models": docs}
 
     @app.get("/status", tags=["service"], dependencies=auth)

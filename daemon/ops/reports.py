@@ -20,7 +20,7 @@ from db import bars as db_bars
 from db import cluster, registry, scores
 from db import forecasts as db_forecasts
 from db.engine import Database
-from db.errors import InputError
+from db.errors import InputError, UnknownNameError
 from db.gaps import FeedGap
 from db.records import Bar, Forecast, ModelInfo, SeriesKey, decimal_text, iso
 from db.stats import database_size_bytes
@@ -154,6 +154,18 @@ def known_series(database: Database, configured: Iterable[SeriesKey] = ()) -> li
     out = list(dict.fromkeys(configured))
     out += [s for s in db_bars.list_series(database) if s not in out]
     return out
+
+
+def require_known(database: Database, configured: Iterable[SeriesKey], keys: Iterable[SeriesKey],
+                  label: str = "--series") -> None:
+    """A series that is neither configured nor stored is a typo (UnknownNameError listing the known
+    ones); a configured one with nothing stored yet is not. What the CLI and the API both check."""
+    configured = list(configured)
+    for k in keys:
+        if k not in configured and db_bars.latest_bar(database, k) is None:
+            known = known_series(database, configured)
+            listed = ", ".join(str(s) for s in known) or "none yet (`barcast ingest` or `barcast import-bars`)"
+            raise UnknownNameError(f"{label} {k}: no such series in the config or the database (known: {listed})")
 
 
 def latest_docs(

@@ -24,7 +24,7 @@ from db.bars import read_bars
 from db.engine import Database, open_database
 from db.errors import ConfigError
 from db.forecasts import insert_forecasts, store_new_forecasts
-from db.records import Forecast
+from db.records import Forecast, SeriesKey
 from tests.daemon.clirun import barcast
 from tests.daemon.opsdata import BTC, ETH, FORECAST_BARS, forecasts_for, ops_db_url
 
@@ -49,8 +49,9 @@ class FakeLive:
 
 
 class Running:
-    def __init__(self, database: Database, live: FakeLive | None = None, token: str | None = None) -> None:
-        self.app = create_app(database, live=live, token=token, max_limit=50, series=(BTC,))
+    def __init__(self, database: Database, live: FakeLive | None = None, token: str | None = None,
+                 series: tuple[SeriesKey, ...] = (BTC,)) -> None:
+        self.app = create_app(database, live=live, token=token, max_limit=50, series=series)
         self.api = ApiServer(self.app, "127.0.0.1", 0)
         self.api.bind()
         self.loop = asyncio.new_event_loop()
@@ -461,6 +462,42 @@ def test_a_malformed_last_event_id_is_400(database: Database, header: str | None
                          headers={"Last-Event-ID": header} if header else None,
                          params={"last_event_id": query} if query else None)
         assert resp.status_code == 400 and "Last-Event-ID" in resp.json()["error"], resp.text
+        assert live.broadcast.subscribers == 0
+    finally:
+        r.stop()
+
+
+SERIES_PATHS = {"/forecasts": ("forecasts",), "/forecasts/latest": ("forecasts", "--latest"), "/bars": ("bars",),
+                "/gaps": ("gaps",), "/accuracy": ("accuracy",), "/models": ("models", "list"),
+                "/forecasts/stream": None}
+
+
+def test_a_series_neither_configured_nor_stored_is_404_as_the_cli_says(
+    database: Database, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A valid exchange with a series barcast never saw answered an empty 200 (the CLI exits 2):
+    now a 404 naming it, on every endpoint that takes `series`, with the CLI's words. A series
+    that is configured but has nothing stored yet is no error: an empty 200."""
+    sol = SeriesKey("binance", "SOL-USDT")
+    live = FakeLive()
+    r = Running(database, live=live, series=(BTC, sol))
+    try:
+        for path, cli in SERIES_PATHS.items():
+            resp = httpx.get(r.url + path, params={"series": "binance:NOPE-USDT"}, timeout=10)
+            assert resp.status_code == 404, (path, resp.text)
+            error = resp.json()["error"]
+            assert error.startswith("series binance:NOPE-USDT:5m: no such series"), error
+            assert str(BTC) in error and str(ETH) in error and str(sol) in error  # the known ones
+            if cli is not None:
+                res = barcast(capsys, "--db", database.url, *cli, "--series", "binance:NOPE-USDT")
+                said = error.split(" (known:")[0]  # the CLI's config lists other configured series
+                assert res.code == 2 and f"error: --{said} (known: " in res.err, (cli, res.err)
+            if path == "/forecasts/stream":
+                continue
+            empty = httpx.get(r.url + path, params={"series": str(sol)}, timeout=10)
+            assert empty.status_code == 200, (path, empty.text)
+            body = empty.json()
+            assert body.get("count", 0) == 0 and not body.get("accuracy") and not body.get("bars"), (path, body)
         assert live.broadcast.subscribers == 0
     finally:
         r.stop()
