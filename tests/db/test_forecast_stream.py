@@ -70,7 +70,7 @@ def test_the_migration_numbers_forecasts_stored_before_it(any_db_url: str) -> No
     for f in old:  # created one after another
         store_new_forecasts(db, [f])
     with db.engine.begin() as conn:
-        downgrade(migrate._alembic_config(conn), "0008")
+        downgrade(migrate._alembic_config(conn), "0009")
     with db.engine.begin() as conn:
         upgrade(migrate._alembic_config(conn), "head")
         n = conn.execute(text("SELECT count(*) FROM forecast_seq")).scalar_one()

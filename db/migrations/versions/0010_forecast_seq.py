@@ -1,7 +1,7 @@
 """forecast stream positions: one numbered row per forecast (the `id:` of /forecasts/stream)
 
-Revision ID: 0009
-Revises: 0008
+Revision ID: 0010
+Revises: 0009
 
 Forecasts stored before get positions in the order they were created, below every new one.
 """
@@ -11,8 +11,8 @@ from alembic import op
 
 from db.types import UtcDateTime
 
-revision = "0009"
-down_revision = "0008"
+revision = "0010"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
