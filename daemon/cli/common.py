@@ -308,14 +308,6 @@ def require_known_series(app: AppContext, keys: Iterable[SeriesKey]) -> None:
 
 def require_model(app: AppContext, model_id: str | None) -> None:
     """An unknown model id (neither registered nor in stored forecasts) exits 2 listing the valid ones."""
-    if model_id is None:
-        return
-    from db.forecasts import forecast_model_ids
-    from db.registry import list_models
+    from daemon.ops.reports import require_model as require
 
-    database = app.database()
-    ids = list(dict.fromkeys([m.id for m in list_models(database)] + forecast_model_ids(database)))
-    if model_id not in ids:
-        shown = ", ".join(ids[:12]) + (f", … ({len(ids)} in all)" if len(ids) > 12 else "")
-        raise InputError(f"--model {model_id!r}: no such model (registered or forecasting: {shown or 'none'}; "
-                         "see `barcast models list`)")
+    require(app.database(), model_id)

@@ -270,6 +270,11 @@ def create_app(
     async def _unknown_name(_: Request, exc: UnknownNameError) -> Response:
         return _json({"error": str(exc)}, 404)
 
+    def known_model(model_id: str | None) -> str | None:
+        """A `model` parameter naming no registered or forecasting model is a 404, as the CLI's exit 2."""
+        reports.require_model(database, model_id, "model")
+        return model_id
+
     def known(text_: str | None) -> SeriesKey | None:
         """The series a `series` parameter names; one neither configured nor stored is a 404 (as
         the CLI's exit 2), one configured with nothing stored yet an empty answer."""
@@ -328,7 +333,8 @@ def create_app(
         errors where targets closed."""
         s, u = _range(since, until)
         lim = capped(limit)
-        docs = reports.forecast_docs(database, known(series), since=s, until=u, model_id=model, limit=lim)
+        docs = reports.forecast_docs(database, known(series), since=s, until=u, model_id=known_model(model),
+                                     limit=lim)
         return {"limit": lim, "count": len(docs), "forecasts": docs}
 
     @app.get("/forecasts/latest", tags=["forecasts"], dependencies=auth)
@@ -336,7 +342,7 @@ def create_app(
         """The newest forecast of each series (or of one)."""
         key = known(series)
         keys = [key] if key else reports.known_series(database, configured_series)
-        docs = reports.latest_docs(database, keys, model_id=model)
+        docs = reports.latest_docs(database, keys, model_id=known_model(model))
         return {"count": len(docs), "forecasts": docs}
 
     @app.get("/forecasts/stream", tags=["forecasts"], dependencies=auth,
@@ -410,6 +416,7 @@ def create_app(
         per level, WIS, central-interval coverage and width."""
         span = reports.parse_window(window)
         key = known(series)
+        known_model(model)
         since = reports.window_since(database, span, series=key, model_id=model)
         docs = reports.accuracy_docs(database, series=key, model_id=model, since=since)
         return {"window": window, "since": reports.iso(since), "accuracy": docs}

@@ -168,6 +168,19 @@ def require_known(database: Database, configured: Iterable[SeriesKey], keys: Ite
             raise UnknownNameError(f"{label} {k}: no such series in the config or the database (known: {listed})")
 
 
+def require_model(database: Database, model_id: str | None, label: str = "--model") -> None:
+    """A model id neither registered nor in stored forecasts is a typo (UnknownNameError listing
+    the valid ones). What the CLI and the API both check."""
+    if model_id is None:
+        return
+    ids = list(dict.fromkeys([m.id for m in registry.list_models(database)]
+                             + db_forecasts.forecast_model_ids(database)))
+    if model_id not in ids:
+        shown = ", ".join(ids[:12]) + (f", … ({len(ids)} in all)" if len(ids) > 12 else "")
+        raise UnknownNameError(f"{label} {model_id!r}: no such model (registered or forecasting: "
+                               f"{shown or 'none'}; see `barcast models list`)")
+
+
 def latest_docs(
     database: Database, series: Sequence[SeriesKey], *, model_id: str | None = None
 ) -> list[ForecastDoc]:

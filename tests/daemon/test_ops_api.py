@@ -26,7 +26,7 @@ from db.errors import ConfigError
 from db.forecasts import insert_forecasts, store_new_forecasts
 from db.records import Forecast, SeriesKey
 from tests.daemon.clirun import barcast
-from tests.daemon.opsdata import BTC, ETH, FORECAST_BARS, forecasts_for, ops_db_url
+from tests.daemon.opsdata import BTC, DRIFT, ETH, FORECAST_BARS, forecasts_for, ops_db_url
 
 
 class FakeLive:
@@ -173,7 +173,7 @@ def test_unknown_path_and_wrong_method_answer_the_error_shape(server: Running) -
 
 def test_injection_string_as_a_model_id_is_just_data(server: Running) -> None:
     r = httpx.get(server.url + "/forecasts", params={"model": "x' OR 1=1; DROP TABLE forecasts; --"}, timeout=10)
-    assert r.status_code == 200 and r.json()["count"] == 0
+    assert r.status_code == 404 and "no such model" in r.json()["error"]  # a name like any other
     assert httpx.get(server.url + "/forecasts", timeout=10).json()["count"] == 50
 
 
@@ -499,5 +499,28 @@ def test_a_series_neither_configured_nor_stored_is_404_as_the_cli_says(
             body = empty.json()
             assert body.get("count", 0) == 0 and not body.get("accuracy") and not body.get("bars"), (path, body)
         assert live.broadcast.subscribers == 0
+    finally:
+        r.stop()
+
+
+MODEL_PATHS = {"/forecasts": ("forecasts",), "/forecasts/latest": ("forecasts", "--latest"),
+               "/accuracy": ("accuracy",)}
+
+
+def test_a_model_neither_registered_nor_forecasting_is_404_as_the_cli_says(
+    database: Database, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A misspelt `model` answered an empty 200 where the CLI exits 2 naming the valid ones."""
+    r = Running(database)
+    try:
+        for path, cli in MODEL_PATHS.items():
+            resp = httpx.get(r.url + path, params={"model": "nope-model"}, timeout=10)
+            assert resp.status_code == 404, (path, resp.text)
+            error = resp.json()["error"]
+            assert error.startswith("model 'nope-model': no such model") and DRIFT in error, error
+            res = barcast(capsys, "--db", database.url, *cli, "--model", "nope-model")
+            assert res.code == 2 and error.split(": ", 1)[1] in res.err, (cli, res.err)
+            good = httpx.get(r.url + path, params={"model": DRIFT}, timeout=10)
+            assert good.status_code == 200, (path, good.text)
     finally:
         r.stop()
