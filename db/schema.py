@@ -17,6 +17,7 @@ from sqlalchemy import (
     ColumnElement,
     Float,
     ForeignKeyConstraint,
+    FromClause,
     Index,
     Integer,
     LargeBinary,
@@ -44,8 +45,8 @@ metadata = MetaData(
 )
 
 
-def series_is(table: Table, series: SeriesKey) -> ColumnElement[bool]:
-    """The one predicate for "rows of this series" on any table with the series columns."""
+def series_is(table: FromClause, series: SeriesKey) -> ColumnElement[bool]:
+    """The one predicate for "rows of this series" on any table (or alias) with the series columns."""
     return and_(
         table.c.exchange == series.exchange,
         table.c.symbol == series.symbol,

@@ -1,0 +1,193 @@
+"""Retention (db/retention.py) on real SQLite files and PostgreSQL: what goes, what stays, in
+bounded batches, dry runs, idempotence, and one pruner at a time."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from db import leases
+from db.engine import Database
+from db.retention import LEASE, Busy, Policy, PruneResult, prune, prune_with_lease
+from db.schema import calibration, forecast_scores, model_artifacts, models, training_jobs
+from tests.db.retentiondata import (
+    BTC,
+    CUTOFF,
+    ETH,
+    FORECAST_DAYS,
+    GAPS,
+    KEEP_MODELS,
+    LATE,
+    NOW,
+    PRUNABLE_MODELS,
+    Seeded,
+    expected_sets,
+    seed,
+    stored_sets,
+)
+
+POLICY = Policy(forecasts_days=FORECAST_DAYS, jobs_days=30, models_days=90, keep_models=KEEP_MODELS,
+                batch_rows=5000, horizon=16)
+
+
+@pytest.fixture
+def seeded(any_db: Database, shared_dir: Path) -> Seeded:
+    return seed(any_db, shared_dir)
+
+
+def _count(database: Database, table: object, *where: object) -> int:
+    with database.engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(table).where(*where)).scalar_one())  # type: ignore[arg-type]
+
+
+def _ids(database: Database, table: object, column: str) -> set[object]:
+    with database.engine.connect() as conn:
+        return set(conn.execute(select(getattr(table.c, column))).scalars())  # type: ignore[attr-defined]
+
+
+def test_prune_keeps_what_the_service_needs(any_db: Database, seeded: Seeded) -> None:
+    before = stored_sets(any_db)
+    keep = expected_sets(any_db, seeded)
+    assert len(keep) < len(before) / 2, "the set-up must have old forecasts to prune"
+    result = prune(any_db, POLICY, now=NOW)
+    after = stored_sets(any_db)
+    assert set(after) == keep
+    assert set(after.values()) == {16}, "a forecast goes whole or not at all"
+    assert result.rows["forecasts"] == 16 * (len(before) - len(keep))
+    # every score left belongs to a forecast left, and those of pruned forecasts are gone
+    assert result.rows["forecast_scores"] > 0
+    with any_db.engine.connect() as conn:
+        left = {(r[0], r[1], r[2]) for r in conn.execute(
+            select(forecast_scores.c.symbol, forecast_scores.c.issued_at, forecast_scores.c.model_id))}
+    assert left <= {(k[0].symbol, k[1], k[2]) for k in after}
+    # young forecasts all stay; old ones stay only while a step still waits, or as a newest
+    young = {k for k in before if k[1] >= CUTOFF}
+    assert young <= set(after)
+    late = [k for k in after if k[2] == LATE]
+    assert late and late[0][1] < CUTOFF, "unscored with its bars stored: the scorer may still score it"
+    waiting = [k for k in after if k[1] < CUTOFF and k[2] != LATE and k[0] == BTC]
+    assert waiting and all(k[1] + timedelta(minutes=80) >= GAPS[1][0] for k in waiting), \
+        "kept old BTC forecasts are those whose steps wait in the gap across the cut-off"
+    old_gap = [k for k in before if k[0] == BTC and GAPS[0][0] - timedelta(minutes=80) <= k[1] < GAPS[0][0]]
+    assert old_gap and not set(old_gap) & set(after), "old steps whose bars never came do not keep a forecast"
+    eth = [k for k in after if k[0] == ETH]
+    assert len(eth) == 1 and eth[0][1] == max(k[1] for k in before if k[0] == ETH), "a series' newest stays"
+    # models: only the unreferenced old retired ones beyond the newest of their series go, artifacts with them
+    assert _ids(any_db, models, "id") == {m for m in _all_models(seeded)} - PRUNABLE_MODELS
+    assert result.rows["models"] == len(PRUNABLE_MODELS)
+    assert result.rows["model_artifacts"] == 2 and _count(any_db, model_artifacts) == 0
+    # calibration: the stale state of a model no longer champion goes; the champion's and a fresh one stay
+    assert _ids(any_db, calibration, "model_id") == {"persistence", "loser-cal"}
+    assert result.rows["calibration"] == 1
+    # jobs: finished long ago go; recent, queued and running stay
+    assert _ids(any_db, training_jobs, "model_group") == {"g-young-done", "g-queued", "g-running"}
+    assert result.rows["training_jobs"] == 2
+    assert result.complete
+    # idempotent: a second prune finds nothing
+    again = prune(any_db, POLICY, now=NOW)
+    assert again.total == 0 and stored_sets(any_db) == after
+
+
+def _all_models(seeded: Seeded) -> set[str]:
+    return {"old-champ", "persistence", "young", "loser-1", "loser-2", "loser-3", "loser-4", "loser-art",
+            "loser-fc", "loser-cal", LATE, "old-fc", "eth-a", "eth-b", "eth-c"}
+
+
+def test_dry_run_counts_exactly_and_deletes_nothing(any_db: Database, seeded: Seeded) -> None:
+    before = stored_sets(any_db)
+    scores = _count(any_db, forecast_scores)
+    dry = prune(any_db, POLICY, dry_run=True, now=NOW)
+    assert stored_sets(any_db) == before and _count(any_db, forecast_scores) == scores
+    assert len(_ids(any_db, models, "id")) == len(_all_models(seeded))
+    assert dry.dry_run and dry.batches == 0 and dry.total > 0
+    real = prune(any_db, POLICY, now=NOW)
+    assert real.rows == dry.rows
+
+
+def test_batches_are_bounded_and_give_the_same_result(any_db: Database, seeded: Seeded) -> None:
+    keep = expected_sets(any_db, seeded)
+    whole = prune(any_db, POLICY, dry_run=True, now=NOW)
+    small = Policy(forecasts_days=FORECAST_DAYS, jobs_days=30, models_days=90, keep_models=KEEP_MODELS,
+                   batch_rows=32, horizon=16)  # 2 forecast sets, or 32 other rows, a transaction
+    sizes: list[int] = []
+    seen = [0]
+
+    def each_batch() -> bool:  # called before every batch: what the previous one deleted
+        sizes.append(_count(any_db, forecast_scores) - seen[0])
+        seen[0] = _count(any_db, forecast_scores)
+        return True
+
+    seen[0] = _count(any_db, forecast_scores)
+    result = prune(any_db, small, now=NOW, go_on=each_batch)
+    assert result.rows == whole.rows
+    assert set(stored_sets(any_db)) == keep
+    sets_pruned = whole.rows["forecasts"] // 16
+    assert result.batches >= sets_pruned // 2
+    assert max(-s for s in sizes) <= 32, "no batch deletes more than two forecast sets' scores"
+
+
+def test_stopping_between_batches_leaves_whole_forecasts(any_db: Database, seeded: Seeded) -> None:
+    small = Policy(forecasts_days=FORECAST_DAYS, jobs_days=0, models_days=0, batch_rows=32, horizon=16)
+    keep = expected_sets(any_db, seeded)
+    calls = [0]
+
+    def three() -> bool:
+        calls[0] += 1
+        return calls[0] <= 3
+
+    result = prune(any_db, small, now=NOW, go_on=three)
+    assert not result.complete and result.batches == 3
+    assert 0 < result.rows["forecasts"] <= 3 * 2 * 16 and result.rows["forecasts"] % 16 == 0
+    assert set(stored_sets(any_db).values()) == {16}
+    rest = prune(any_db, small, now=NOW)
+    assert set(stored_sets(any_db)) == keep
+    assert rest.complete and rest.rows["forecasts"] > 0
+
+
+def test_zero_days_keep_everything(any_db: Database, seeded: Seeded) -> None:
+    before = stored_sets(any_db)
+    off = Policy(forecasts_days=0, jobs_days=0, models_days=0)
+    assert not off.active
+    assert prune(any_db, off, now=NOW).total == 0
+    assert stored_sets(any_db) == before and len(_ids(any_db, models, "id")) == len(_all_models(seeded))
+
+
+def test_the_lease_lets_one_process_prune_at_a_time(any_db: Database, seeded: Seeded) -> None:
+    keep = expected_sets(any_db, seeded)
+    assert leases.acquire(any_db, LEASE, "daemon-a", timedelta(minutes=5))
+    busy = prune_with_lease(any_db, POLICY, "cli-b", now=NOW)
+    assert isinstance(busy, Busy) and busy.owner == "daemon-a"
+    assert prune_with_lease(any_db, POLICY, "cli-b", dry_run=True, now=NOW).total > 0  # reading needs no lease
+    assert _count(any_db, forecast_scores) > 0 and len(stored_sets(any_db)) > len(keep)
+    leases.release(any_db, LEASE, "daemon-a")
+    done = prune_with_lease(any_db, POLICY, "cli-b", now=NOW)
+    assert isinstance(done, PruneResult) and done.total > 0
+    assert leases.holder(any_db, LEASE) is None, "released after the prune"
+
+
+def test_two_pruners_at_once_delete_each_row_once(any_db: Database, seeded: Seeded) -> None:
+    expected = prune(any_db, POLICY, dry_run=True, now=NOW)
+    keep = expected_sets(any_db, seeded)
+    out: dict[str, PruneResult | Busy] = {}
+    errors: list[BaseException] = []
+
+    def run(owner: str) -> None:
+        try:
+            out[owner] = prune_with_lease(any_db, POLICY, owner, now=NOW)
+        except BaseException as exc:  # pragma: no cover - the assertion below shows it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(f"daemon-{i}",)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    done = [r for r in out.values() if isinstance(r, PruneResult)]
+    totals = {t: sum(r.rows[t] for r in done) for t in expected.rows}
+    assert totals == expected.rows
+    assert set(stored_sets(any_db)) == keep
