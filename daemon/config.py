@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -271,6 +271,50 @@ class ScoringConfig:
         _check(self.drift_period > 0, "drift_period: must be > 0")
 
 
+#: Longest retention a setting may ask for (100 years): beyond it cut-offs leave what datetime holds.
+_MAX_DAYS = 36500.0
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionConfig:
+    """What retention deletes so the database stays bounded (db/retention.py); bars never."""
+
+    #: Prune in the background of `barcast run` every `every_hours` (false: only `barcast db prune`).
+    enabled: bool = True
+    #: Forecasts and their scores issued more than this many days before their series' newest bar
+    #: (never one still waiting for its bar, never a series' newest). 0: keep every forecast.
+    forecasts_days: float = 90.0
+    #: Finished (done or failed) training jobs, this many days after they finished. 0: keep all.
+    jobs_days: float = 30.0
+    #: Retired models that were never champion, created this many days ago and beyond the newest
+    #: `retrain.keep_artifacts` of each series (with their stored artifacts), and calibration states
+    #: of models not champion now, unchanged this long. 0: keep all.
+    models_days: float = 90.0
+    #: Hours between background prunes (the first comes this long after start, at most 5 minutes).
+    every_hours: float = 6.0
+    #: Most rows one delete transaction removes (SQLite's write lock is held for one batch only).
+    batch_rows: int = 5000
+
+    def __post_init__(self) -> None:
+        for name in ("forecasts_days", "jobs_days", "models_days"):
+            days = getattr(self, name)
+            _check(0 <= days <= _MAX_DAYS, f"{name}: must be 0 (keep all) to {_MAX_DAYS:g} days")
+        _check(self.forecasts_days == 0 or self.forecasts_days >= 1,
+               "forecasts_days: must be 0 (keep all) or at least 1 day")
+        _check(0 < self.every_hours <= 24 * 366, "every_hours: must be > 0 and at most a year (8784)")
+        _check(1 <= self.batch_rows <= 1_000_000, "batch_rows: must be 1..1000000")
+
+
+def min_forecasts_days(data: DataParams, forecast: ForecastConfig, scoring: ScoringConfig,
+                       intervals: Iterable[str]) -> float:
+    """Fewest days of forecasts the live service reads back for series of `intervals`: a window
+    restore looks for unforecast bars over `data.window + forecast.backfill_forecast_bars` bars,
+    live gauges score over `scoring.window_steps`; retention must not cut inside either."""
+    bars = max(data.window + forecast.backfill_forecast_bars, scoring.window_steps // data.horizon) + data.horizon
+    longest = max((INTERVALS[i] for i in intervals), default=INTERVALS["5m"])
+    return bars * longest / 86400
+
+
 @dataclass(frozen=True, slots=True)
 class ServiceConfig:
     """How the process runs."""
@@ -352,6 +396,7 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     #: Where this config came from (not a key).
     source: str = field(default="(defaults)", compare=False)
 
@@ -363,6 +408,12 @@ class Config:
         for name in self.exchanges:  # a misspelt [exchanges.X] table would be ignored silently
             _check(name in PROTOCOLS, f"exchanges.{name}: not an exchange barcast knows "
                                       f"(valid: {', '.join(sorted(PROTOCOLS))})")
+        days = self.retention.forecasts_days
+        least = self.min_forecasts_days()
+        _check(days == 0 or days >= least,
+               f"retention.forecasts_days: {days:g} is less than the {least:.2f} days of forecasts the live "
+               "service reads back (data.window + forecast.backfill_forecast_bars, scoring.window_steps, "
+               "at the longest configured interval); use at least that, or 0 to keep all")
 
     # Resolved paths -------------------------------------------------------------------------
     @property
@@ -414,6 +465,11 @@ class Config:
         if self.cluster.mode == "auto":
             return not self.database_url.startswith(("postgresql", "postgres"))
         return self.cluster.mode == "solo"
+
+    def min_forecasts_days(self, intervals: Iterable[str] = ()) -> float:
+        """Fewest `retention.forecasts_days` for the configured series (and `intervals`)."""
+        return min_forecasts_days(self.data, self.forecast, self.scoring,
+                                  [*(s.interval for s in self.series), *intervals])
 
     def model_group(self, key: SeriesKey) -> str:
         """Series sharing a `model_group` share one model; by default each series has its own."""

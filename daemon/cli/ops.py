@@ -294,6 +294,26 @@ def status_cmd(app: AppContext, offline: bool, api: str | None, timeout: float, 
     click.echo(f"database: {db.get('url', '?')} ({size_text})")
     unknown = "none scheduled" if doc.get("source") == "daemon" else "unknown (no daemon answered)"
     click.echo(f"next retrain: {doc.get('next_retrain') or unknown}")
+    click.echo(f"retention: {_retention_line(app, doc.get('retention'))}")
+
+
+def _retention_line(app: AppContext, live: Any) -> str:
+    """Retention for people: the daemon's (with its next and last prune) or, without one, the
+    config's; says so when nothing prunes the database."""
+    r = live if isinstance(live, dict) else None
+    cfg = app.config.retention
+    days = r or {"enabled": cfg.enabled, "forecasts_days": cfg.forecasts_days, "jobs_days": cfg.jobs_days,
+                 "models_days": cfg.models_days}
+    kept = ", ".join(f"{what} {float(days[k]):g} d" if days.get(k) else f"{what} kept for good"
+                     for what, k in (("forecasts", "forecasts_days"), ("jobs", "jobs_days"),
+                                     ("models", "models_days")))
+    if not days.get("enabled"):
+        return f"off: the daemon does not prune, the database grows until `barcast db prune` ({kept})"
+    if r is None:
+        return f"{kept} (the config's; no daemon answered)"
+    last = r.get("last_prune")
+    done = f"; last prune {last.get('at')}: {last.get('total')} rows" if isinstance(last, dict) else ""
+    return f"{kept}; next prune {r.get('next_prune') or 'none scheduled'}{done}"
 
 
 # tail ----------------------------------------------------------------------------------------

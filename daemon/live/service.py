@@ -31,6 +31,7 @@ from daemon.live.inference import ModelBook
 from daemon.live.membership import Membership
 from daemon.live.notify import Notifier, watchdog_interval
 from daemon.live.pipeline import Pipeline
+from daemon.live.pruner import Pruner
 from daemon.live.retrainer import Retrainer, needs_initial_model, retrain_answer
 from db import registry
 from db.engine import Database, open_database
@@ -59,6 +60,7 @@ class Service:
         self.database: Database | None = None
         self.pipeline: Pipeline | None = None
         self.retrainer: Retrainer | None = None
+        self.pruner: Pruner | None = None
         self.ingest: Any = None
         self.api: Any = None
         self.control: ControlServer | None = None
@@ -121,6 +123,9 @@ class Service:
             self.retrainer = Retrainer(cfg, db, self._promoted, fence=lambda: member.fence, instance=member.id)
             initial = await asyncio.to_thread(needs_initial_model, db, cfg) if cfg.retrain.initial else []
             self.retrainer.start(initial_groups=initial)
+        if cfg.retention.enabled:
+            self.pruner = Pruner(cfg, db, owner=member.id)
+            self.pruner.start()
         self._spawn(self._watchdog(), "watchdog")
         self.ready = True
         self.notifier.ready(self._status_line())
@@ -232,6 +237,8 @@ class Service:
             self.ingest.stop()
         if self.retrainer is not None:
             await self.retrainer.stop()
+        if self.pruner is not None:
+            await self.pruner.stop()
         if self.api is not None:
             self.api.stop()
         for t in self._tasks:
@@ -403,12 +410,20 @@ class Service:
             "series": rows,
             "feeds": feeds,
             "next_retrain": next_run,
+            "retention": self._retention(),
             "training": sorted(self.retrainer.running) if self.retrainer else [],
             "retrain_history": [vars(r) for r in self.retrainer.history[-10:]] if self.retrainer else [],
             "forecasts_issued": pipe.stats.forecasts if pipe else 0,
             "pid": os.getpid(),
             "cluster": self.membership.status() if self.membership else None,
         }
+
+    def _retention(self) -> dict[str, Any]:
+        """Retention as `status` shows it: on or off, the next prune and what the last one deleted."""
+        r = self.config.retention
+        return {"enabled": r.enabled, "forecasts_days": r.forecasts_days, "jobs_days": r.jobs_days,
+                "models_days": r.models_days, "next_prune": self.pruner.next_run() if self.pruner else None,
+                "last_prune": self.pruner.last if self.pruner else None}
 
     def _status_line(self) -> str:
         parts = []

@@ -13,6 +13,8 @@ from tests.daemon.clirun import barcast
 
 READ_COMMANDS = (
     ("db", "stats"),
+    ("db", "prune"),
+    ("db", "prune", "--dry-run"),
     ("bars", "--series", "binance:BTC-USDT"),
     ("forecasts",),
     ("gaps",),
