@@ -43,6 +43,7 @@ from db.schema import bars as bars_t
 from db.schema import calibration as cal_t
 from db.schema import champion_history as champ_t
 from db.schema import forecast_scores as sc_t
+from db.schema import forecast_seq as seq_t
 from db.schema import forecasts as fc_t
 from db.schema import model_artifacts as art_t
 from db.schema import models as models_t
@@ -181,11 +182,14 @@ def _expired(conn: Connection, key: SeriesKey, cutoff: datetime, sets: list[tupl
 
 
 def _delete_sets(conn: Connection, key: SeriesKey, sets: list[tuple[datetime, str]], result: PruneResult) -> None:
-    """Delete the scores and step rows of these forecast sets of `key`."""
-    for table, name in ((sc_t, "forecast_scores"), (fc_t, "forecasts")):
-        result.rows[name] += conn.execute(delete(table).where(
+    """Delete the scores, step rows and stream positions (`forecast_seq`, one per set, counted
+    with the forecasts they number) of these forecast sets of `key`."""
+    for table, name in ((sc_t, "forecast_scores"), (fc_t, "forecasts"), (seq_t, None)):
+        n = conn.execute(delete(table).where(
             series_is(table, key), table.c.issued_at >= sets[0][0], table.c.issued_at <= sets[-1][0],
             tuple_(table.c.issued_at, table.c.model_id).in_(sets))).rowcount
+        if name is not None:
+            result.rows[name] += n
 
 
 def _prune_forecasts(database: Database, policy: Policy, result: PruneResult, go_on: Callable[[], bool]) -> None:

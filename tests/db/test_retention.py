@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from db import leases
 from db.engine import Database
 from db.retention import LEASE, Busy, Policy, PruneResult, prune, prune_with_lease
-from db.schema import calibration, forecast_scores, model_artifacts, models, training_jobs
+from db.schema import calibration, forecast_scores, forecast_seq, model_artifacts, models, training_jobs
 from tests.db.retentiondata import (
     BTC,
     CUTOFF,
@@ -64,6 +64,11 @@ def test_prune_keeps_what_the_service_needs(any_db: Database, seeded: Seeded) ->
         left = {(r[0], r[1], r[2]) for r in conn.execute(
             select(forecast_scores.c.symbol, forecast_scores.c.issued_at, forecast_scores.c.model_id))}
     assert left <= {(k[0].symbol, k[1], k[2]) for k in after}
+    # the stream positions (forecast_seq) go with their forecasts: one per forecast left
+    with any_db.engine.connect() as conn:
+        positions = {(r[0], r[1], r[2]) for r in conn.execute(
+            select(forecast_seq.c.symbol, forecast_seq.c.issued_at, forecast_seq.c.model_id))}
+    assert positions == {(k[0].symbol, k[1], k[2]) for k in after}
     # young forecasts all stay; old ones stay only while a step still waits, or as a newest
     young = {k for k in before if k[1] >= CUTOFF}
     assert young <= set(after)
