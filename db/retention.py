@@ -55,6 +55,9 @@ log = logging.getLogger("barcast.retention")
 #: The tables a prune reports, in the order it prunes them.
 TABLES: tuple[str, ...] = ("forecast_scores", "forecasts", "calibration", "model_artifacts", "models",
                            "training_jobs")
+#: The tables a prune deletes from: those it reports, and the stream positions that go with
+#: the forecasts (counted with them).
+PRUNED_TABLES: tuple[str, ...] = (*TABLES, "forecast_seq")
 #: The lease that lets one process at a time prune a database (db/leases.py).
 LEASE = "retention"
 
@@ -456,7 +459,7 @@ def prune_with_lease(database: Database, policy: Policy, owner: str, *, dry_run:
         leases.release(database, LEASE, owner)
 
 
-def vacuum(database: Database, tables: tuple[str, ...] = TABLES) -> None:
+def vacuum(database: Database, tables: tuple[str, ...] = PRUNED_TABLES) -> None:
     """Give the space of deleted rows back. SQLite: VACUUM rewrites the file without them (it
     holds the write lock meanwhile, and needs free disk for a copy of the database), then the
     WAL is truncated; deleting rows alone never shrinks the file, it only leaves pages for reuse.

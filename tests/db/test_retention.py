@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from db import leases
 from db.engine import Database
-from db.retention import LEASE, Busy, Policy, PruneResult, prune, prune_with_lease
+from db.retention import LEASE, PRUNED_TABLES, Busy, Policy, PruneResult, prune, prune_with_lease, vacuum
 from db.schema import calibration, forecast_scores, forecast_seq, model_artifacts, models, training_jobs
 from tests.db.retentiondata import (
     BTC,
@@ -159,6 +159,15 @@ def test_zero_days_keep_everything(any_db: Database, seeded: Seeded) -> None:
     assert not off.active
     assert prune(any_db, off, now=NOW).total == 0
     assert stored_sets(any_db) == before and len(_ids(any_db, models, "id")) == len(_all_models(seeded))
+
+
+def test_vacuum_after_a_prune_keeps_what_was_kept(any_db: Database, seeded: Seeded) -> None:
+    """VACUUM of every table a prune deletes from (the stream positions too) on both engines."""
+    assert set(PRUNED_TABLES) >= {"forecasts", "forecast_scores", "forecast_seq", "models", "training_jobs"}
+    prune(any_db, POLICY, now=NOW)
+    after = stored_sets(any_db)
+    vacuum(any_db)
+    assert stored_sets(any_db) == after and _count(any_db, forecast_seq) == len(after)
 
 
 def test_the_lease_lets_one_process_prune_at_a_time(any_db: Database, seeded: Seeded) -> None:
