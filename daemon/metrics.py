@@ -73,5 +73,8 @@ FENCED_ROWS = Gauge("barcast_fenced_rows", "Rows refused because their series le
 WINDOW_RESYNCS = Counter("barcast_window_resyncs_total",
                          "Windows rebuilt from the database because a bar arrived out of order or after a gap",
                          ["series"], registry=REGISTRY)
+STREAM_REFILLS = Counter("barcast_stream_refills_total",
+                         "Times a forecast stream refilled from the database what a slow client's full queue dropped",
+                         registry=REGISTRY)
 PRUNED_ROWS = Counter("barcast_pruned_rows_total", "Rows deleted by retention (db/retention.py)", ["table"],
                       registry=REGISTRY)

@@ -1,8 +1,9 @@
 """Fan-out of new forecasts to live subscribers (the HTTP stream) over bounded queues.
 
-A slow subscriber loses its oldest items (counted), never slows the forecaster down. An item is
-(stream position, forecast log object): the position is the forecast's `seq`, so a stream can
-say where it is and a client can resume from there."""
+A slow subscriber loses its oldest items, never slows the forecaster down; the subscription
+records the lowest position it lost, so its reader can refill the hole from the database (where
+every published forecast already is). An item is (stream position, forecast log object): the
+position is the forecast's `seq`, so a stream can say where it is and a client can resume from there."""
 
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ class Subscription:
     def __init__(self, owner: Broadcast) -> None:
         self._owner = owner
         self.queue: asyncio.Queue[Item] = asyncio.Queue(owner.maxsize)
+        #: items dropped from this subscription's full queue, ever
+        self.dropped = 0
+        self._lost: int | None = None
         owner._subs.add(self)
 
     def __aiter__(self) -> Subscription:
@@ -29,6 +33,19 @@ class Subscription:
         if self not in self._owner._subs:
             raise StopAsyncIteration
         return await self.queue.get()
+
+    def take_lost(self) -> int | None:
+        """The lowest position dropped since the last call (None: none), and forget it: the
+        reader refills from there. Everything queued is newer than what was dropped (the queue
+        drops its oldest), and everything read before is older."""
+        lost, self._lost = self._lost, None
+        return lost
+
+    def _drop_oldest(self) -> None:
+        seq, _ = self.queue.get_nowait()
+        self.dropped += 1
+        if self._lost is None or seq < self._lost:
+            self._lost = seq
 
     async def aclose(self) -> None:
         self._owner._subs.discard(self)
@@ -45,12 +62,12 @@ class Broadcast:
         return len(self._subs)
 
     def publish(self, seq: int, item: dict[str, Any]) -> None:
+        """Queue the item for every subscriber, at once (O(subscribers), never waits)."""
         for sub in self._subs:
-            q = sub.queue
-            if q.full():
-                q.get_nowait()
+            if sub.queue.full():
+                sub._drop_oldest()
                 self.dropped += 1
-            q.put_nowait((seq, item))
+            sub.queue.put_nowait((seq, item))
 
     def subscribe(self) -> Subscription:
         return Subscription(self)

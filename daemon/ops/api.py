@@ -15,7 +15,7 @@ import ipaddress
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Annotated, Any, Protocol
 
@@ -94,7 +94,13 @@ class LiveHooks(Protocol):
 
 
 class StreamSource(Protocol):
+    """A subscription (`daemon.live.broadcast.Subscription`): items in position order; when its
+    bounded queue overflowed it drops its oldest and `take_lost()` gives the lowest position
+    dropped since the last call (None: nothing lost), which the stream refills from the database."""
+
     def __aiter__(self) -> AsyncIterator[tuple[int, dict[str, Any]]]: ...
+
+    def take_lost(self) -> int | None: ...
 
     async def aclose(self) -> None: ...
 
@@ -363,18 +369,25 @@ def create_app(
             return _json({"error": "no live daemon: the forecast stream needs `barcast run`"}, 503)
         key = await run_in_threadpool(known, series)
         after = stream_position(last_event_id_header, last_event_id)
+        issuer = live.stream_issuer()
+
+        async def replay(after: int) -> StreamPage:
+            """The stored forecasts after `after` in this stream's scope: for a resume, and to
+            refill what a slow client's subscription dropped (the same read and bound)."""
+            return await run_in_threadpool(
+                stream_after, database, after, series=key, issued_by=issuer, limit=max_limit)
+
         source = live.subscribe()  # before the database is read: nothing issued meanwhile falls between
         page = None
         if after is not None:
             try:
-                page = await run_in_threadpool(
-                    stream_after, database, after, series=key, issued_by=live.stream_issuer(), limit=max_limit)
+                page = await replay(after)
             except BaseException:
                 await source.aclose()
                 raise
         closing: asyncio.Event = request.app.state.closing
         return StreamingResponse(
-            _sse(source, key, closing, after, page), media_type="text/event-stream",
+            _sse(source, key, closing, replay, after, page), media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
 
@@ -457,25 +470,33 @@ def _event(seq: int, obj: dict[str, Any]) -> bytes:
     return b"id: %d\nevent: forecast\ndata: " % seq + orjson.dumps(obj) + b"\n\n"
 
 
+def _replayed(after: int, page: StreamPage) -> Iterator[bytes]:
+    """The events of a replay after position `after`: `truncated` first when the bound left some out."""
+    if page.skipped:
+        first = page.forecasts[0].seq if page.forecasts else None
+        note = {"last_event_id": after, "skipped": page.skipped, "replayed": len(page.forecasts),
+                "resumed_at": first}
+        yield b"event: truncated\ndata: " + orjson.dumps(note) + b"\n\n"
+    for f in page.forecasts:
+        assert f.seq is not None
+        yield _event(f.seq, forecast_line(f))
+
+
 async def _sse(
     source: StreamSource, key: SeriesKey | None, closing: asyncio.Event,
-    after: int | None = None, page: StreamPage | None = None,
+    replay: Callable[[int], Awaitable[StreamPage]], after: int | None = None, page: StreamPage | None = None,
 ) -> AsyncIterator[bytes]:
     """Relay forecast objects as SSE; the pending `__anext__` survives keep-alive timeouts.
 
-    With `page` (a client resuming after position `after`), its stored forecasts go first and live
-    ones at or below its `top` are dropped: they were read with it (or skipped by the bound)."""
+    `floor` is the position the stream has accounted for: live items at or below it are dropped
+    (sent already, or read with a replay, or left out by its bound). With `page` (a client resuming
+    after position `after`) its stored forecasts go first. When the subscription lost items (a slow
+    client), the stream replays after `floor` the same way before it goes on, so none is missing."""
     yield b"retry: %d\n: barcast forecast stream\n\n" % SSE_RETRY_MS
-    floor = 0
-    if page is not None:
-        if page.skipped:
-            first = page.forecasts[0].seq if page.forecasts else None
-            note = {"last_event_id": after, "skipped": page.skipped, "replayed": len(page.forecasts),
-                    "resumed_at": first}
-            yield b"event: truncated\ndata: " + orjson.dumps(note) + b"\n\n"
-        for f in page.forecasts:
-            assert f.seq is not None
-            yield _event(f.seq, forecast_line(f))
+    floor: int | None = None
+    if page is not None and after is not None:
+        for chunk in _replayed(after, page):
+            yield chunk
         floor = page.top
     it = aiter(source)
     stop: asyncio.Future[Any] = asyncio.ensure_future(closing.wait())
@@ -495,9 +516,25 @@ async def _sse(
             except StopAsyncIteration:
                 return
             nxt = None
-            if seq <= floor or not _matches(obj, key):
+            lost = source.take_lost()
+            if floor is None:  # a fresh stream starts just before the first item it was handed or lost
+                floor = min(seq, seq if lost is None else lost) - 1
+            if lost is not None:
+                metrics.STREAM_REFILLS.inc()
+                try:
+                    refill = await replay(floor)
+                except Exception as exc:  # the client reconnects with its last id and resumes
+                    log.warning("forecast stream: could not read the forecasts a slow client lost from "
+                                "the database (%s); closing the stream, the client resumes", exc)
+                    return
+                for chunk in _replayed(floor, refill):
+                    yield chunk
+                floor = max(floor, refill.top)
+            if seq <= floor:
                 continue
-            yield _event(seq, obj)
+            floor = seq
+            if _matches(obj, key):
+                yield _event(seq, obj)
     finally:
         stop.cancel()
         if nxt is not None and not nxt.done():

@@ -191,6 +191,37 @@ def test_broadcast_drops_oldest_for_slow_subscriber() -> None:
     assert got[-1] == 4
 
 
+def test_a_subscription_remembers_the_lowest_position_it_lost() -> None:
+    """A full queue drops its oldest item; the subscription keeps the lowest position dropped since
+    the reader last asked (the stream refills after it from the database), per subscriber."""
+
+    async def main() -> None:
+        b = Broadcast(maxsize=3)
+        slow, fast = b.subscribe(), b.subscribe()
+
+        def publish(*seqs: int) -> None:
+            for seq in seqs:
+                b.publish(seq, {"seq": seq})
+                fast.queue.get_nowait()  # a reader that keeps up
+
+        publish(1, 2, 3)
+        assert slow.take_lost() is None and slow.dropped == 0
+        publish(4, 5)
+        assert slow.take_lost() == 1 and slow.take_lost() is None  # asked once, then forgotten
+        publish(6, 7)  # drops 3 and 4
+        assert slow.take_lost() == 3
+        assert [await slow.__anext__() for _ in range(2)] == [(5, {"seq": 5}), (6, {"seq": 6})]
+        publish(8, 9, 10)  # 7 is dropped; what is queued is newer than it
+        assert slow.take_lost() == 7
+        assert [slow.queue.get_nowait()[0] for _ in range(3)] == [8, 9, 10]
+        assert slow.dropped == 5 and b.dropped == 5 and fast.take_lost() is None and fast.dropped == 0
+        await slow.aclose()
+        publish(11, 12, 13, 14)
+        assert slow.take_lost() is None and slow.queue.empty()  # a closed subscription gets nothing
+
+    asyncio.run(main())
+
+
 def test_control_socket_round_trip_and_single_instance(tmp_path: Path) -> None:
     path = tmp_path / "barcast.sock"
 

@@ -32,8 +32,8 @@ from tests.daemon.opsdata import BTC, DRIFT, ETH, FORECAST_BARS, forecasts_for, 
 class FakeLive:
     """LiveHooks as the daemon provides them: a status view and the daemon's broadcast of forecasts."""
 
-    def __init__(self) -> None:
-        self.broadcast = Broadcast(maxsize=64)
+    def __init__(self, maxsize: int = 64) -> None:
+        self.broadcast = Broadcast(maxsize=maxsize)
 
     def status(self) -> dict[str, Any]:
         return {"ready": False, "reasons": ["window of binance:BTC-USDT:5m not restored"],
@@ -323,10 +323,11 @@ class Stream:
         assert self.resp.status_code == 200, self.resp.read()
         self.lines = self.resp.iter_lines()
 
-    def take(self, n: int) -> list[Event]:
+    def take(self, n: int, until: int | None = None) -> list[Event]:
+        """The next `n` events, or (with `until`) every event up to the one with that id."""
         out: list[Event] = []
         fields: dict[str, str] = {}
-        while len(out) < n:
+        while len(out) < n if until is None else not out or out[-1].id != until:
             line = next(self.lines)
             if not line or line.startswith(":"):
                 continue
@@ -345,9 +346,10 @@ class Stream:
 class Issuer:
     """Forecasts as the daemon issues them: stored, then published on the server's loop."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, bars: int = 100) -> None:
+        """Up to `bars` - 50 forecasts (each on its own bar, with 50 before it)."""
         self.database = database
-        self.bars = {k: read_bars(database, k)[-FORECAST_BARS - 100 : -FORECAST_BARS] for k in (BTC, ETH)}
+        self.bars = {k: read_bars(database, k)[-FORECAST_BARS - bars : -FORECAST_BARS] for k in (BTC, ETH)}
         self.n = 0
 
     def make(self, *keys: Any) -> list[Forecast]:
@@ -447,6 +449,57 @@ def test_a_client_far_behind_gets_the_newest_and_is_told(database: Database) -> 
         assert [e.id for e in events] == seqs[-50:] and len(seqs) > 100
         s = Stream(r, headers={"Last-Event-ID": str(seqs[-3])})
         assert [(e.event, e.id) for e in s.take(2)] == [("forecast", seqs[-2]), ("forecast", seqs[-1])]
+        s.close()
+    finally:
+        r.stop()
+
+
+def test_a_slow_subscriber_overrun_by_a_burst_gets_every_forecast_once(database: Database) -> None:
+    """A subscription's queue (4 here) overrun by a burst (a restart's catch-up) dropped its oldest
+    items and the client never knew: now the stream refills the hole from the database, as a
+    Last-Event-ID resume does, and each forecast arrives once, in order; live ones go on after.
+    Each read goes up to a marker issued after the burst, so a lost event fails, never hangs."""
+    from daemon import metrics
+
+    refills = metrics.REGISTRY.get_sample_value("barcast_stream_refills_total") or 0.0
+    live = FakeLive(maxsize=4)
+    r = Running(database, live=live)
+    iss = Issuer(database, bars=200)
+    try:
+        s = Stream(r)
+        eth = Stream(r, params={"series": "binance:ETH-USDT"})
+        burst = iss.issue(r, live, *[BTC, ETH] * 15)  # 30 published at once into queues of 4
+        marker = iss.issue(r, live, ETH)
+        got = s.take(0, until=marker[0].seq)
+        assert [g.id for g in got] == [f.seq for f in burst + marker]
+        assert [g.data for g in got] == [forecast_line(f) for f in burst + marker]
+        assert {g.event for g in got} == {"forecast"}
+        assert [g.id for g in eth.take(0, until=marker[0].seq)] == [
+            f.seq for f in burst + marker if f.series == ETH]
+        more = iss.issue(r, live, ETH, BTC)  # then live again, nothing twice
+        assert [g.id for g in s.take(2)] == [f.seq for f in more]
+        assert [g.id for g in eth.take(1)] == [more[0].seq]
+        s.close()
+        eth.close()
+        assert (metrics.REGISTRY.get_sample_value("barcast_stream_refills_total") or 0.0) >= refills + 2
+
+        # overrun mid-stream, after a resume: refilled after the last id sent
+        s = Stream(r, headers={"Last-Event-ID": str(more[-1].seq)})
+        one = iss.issue(r, live, BTC)
+        assert [g.id for g in s.take(1)] == [f.seq for f in one]
+        burst = iss.issue(r, live, *[ETH, BTC] * 10) + iss.issue(r, live, BTC)
+        assert [g.id for g in s.take(0, until=burst[-1].seq)] == [f.seq for f in burst]
+        s.close()
+
+        # further behind than api.max_limit (50): told, as a resume is, then the newest 50
+        s = Stream(r)
+        burst = iss.store(*[BTC] * 60, ETH)  # all stored before any is published: 61 after the hole's start
+        publish(r, live, burst)
+        note, *events = s.take(0, until=burst[-1].seq)
+        assert note.event == "truncated" and note.data == {
+            "last_event_id": burst[0].seq - 1, "skipped": 11, "replayed": 50,  # type: ignore[operator]
+            "resumed_at": burst[11].seq}
+        assert [e.id for e in events] == [f.seq for f in burst[11:]]
         s.close()
     finally:
         r.stop()
