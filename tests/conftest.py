@@ -53,11 +53,11 @@ def pg_db_url(pg_url: str) -> Iterator[str]:
     try:
         yield url
     finally:
-        _drop(admin, name)
+        drop_database(admin, name)
         admin.dispose()
 
 
-def _drop(admin: Engine, name: str) -> None:
+def drop_database(admin: Engine, name: str) -> None:
     """DROP ... WITH (FORCE) ends our own sessions, but not an autovacuum worker that many deletes
     (retention) started on the database: that one is not ours to terminate, so wait it out."""
     for attempt in range(60):
