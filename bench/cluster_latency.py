@@ -123,7 +123,8 @@ def main() -> None:
                     print(f"{engine:<11}{n:>7}{p50:>14.3f}{_percentile(committed, 0.99):>14.3f}"
                           f"{statistics.median(whole):>13.3f}{p50 / n * 1000:>15.2f}")
                 with open_database(pg_url).engine.begin() as conn:  # next size on a clean database
-                    conn.execute(text("TRUNCATE bars, forecasts, forecast_scores, series_leases, calibration"))
+                    conn.execute(text("TRUNCATE bars, forecasts, forecast_scores, forecast_seq, series_leases, "
+                                      "calibration"))
     finally:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Table
+from sqlalchemy import Connection, Table
 from sqlalchemy.dialects import postgresql, sqlite
 
 from db.engine import Database
 
 
-def insert_for(database: Database, table: Table) -> Any:
+def insert_for(database: Database | Connection, table: Table) -> Any:
     """An INSERT supporting `on_conflict_do_update/nothing` for this database's dialect."""
-    if database.dialect == "postgresql":
+    dialect = database.dialect if isinstance(database, Database) else database.dialect.name
+    if dialect == "postgresql":
         return postgresql.insert(table)
     return sqlite.insert(table)
 

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, and_, func, insert, select, true
+from sqlalchemy import Connection, and_, func, select, text, true
 
 from db.cluster import REJECTED, Fence, fenced
 from db.dialect import chunks, insert_for
@@ -91,11 +91,24 @@ def _key(row: Any) -> tuple[Any, ...]:
     return tuple(row[c] for c in _KEY)
 
 
+#: PostgreSQL: the next stream position (the `seq` column's own sequence).
+_NEXT_PG = "nextval(pg_get_serial_sequence('forecast_seq', 'seq'))"
+
+
 def _number(conn: Connection, firsts: list[dict[str, Any]]) -> dict[tuple[Any, ...], int]:
-    """Give newly stored forecasts (their step-1 rows) their stream positions, in this order."""
+    """Give newly stored forecasts (their step-1 rows) their stream positions, in this order.
+
+    A position left behind by a forecast deleted by hand (its rows gone, its position not) is
+    renumbered as the newest: the forecast is new to the stream again, and its store must not
+    fail on the old row (it did: a unique violation, retried for good)."""
     if not firsts:
         return {}
-    stmt = insert(seq_t).returning(seq_t.c.seq, *(seq_t.c[c] for c in _KEY), sort_by_parameter_order=True)
+    ins = insert_for(conn, seq_t)
+    nxt: Any = (text(_NEXT_PG) if conn.dialect.name == "postgresql"
+                else select(func.coalesce(func.max(seq_t.c.seq), 0) + 1).scalar_subquery())
+    stmt = ins.on_conflict_do_update(
+        index_elements=[seq_t.c[c] for c in _KEY], set_={"seq": nxt, "issued_by": ins.excluded.issued_by},
+    ).returning(seq_t.c.seq, *(seq_t.c[c] for c in _KEY), sort_by_parameter_order=True)
     params = [{c: r[c] for c in (*_KEY, "issued_by")} for r in firsts]
     return {tuple(r[1:]): r[0] for r in conn.execute(stmt, params).all()}
 
@@ -125,6 +138,7 @@ def _copy_new(conn: Connection, rows: list[dict[str, Any]]) -> dict[tuple[Any, .
             f'ON CONFLICT ({key}, "step") DO NOTHING RETURNING {key}, "step", "issued_by") '
             f'INSERT INTO forecast_seq ({key}, "issued_by") SELECT {key}, "issued_by" FROM new '
             f'WHERE "step" = 1 ORDER BY "issued_at", "exchange", "symbol", "interval", "model_id" '
+            f'ON CONFLICT ({key}) DO UPDATE SET "seq" = {_NEXT_PG}, "issued_by" = EXCLUDED."issued_by" '
             f'RETURNING "seq", {key}')
         out = {tuple(r[1:]): r[0] for r in cur.fetchall()}
         cur.execute("TRUNCATE forecasts_in")

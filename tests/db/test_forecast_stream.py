@@ -80,3 +80,24 @@ def test_the_migration_numbers_forecasts_stored_before_it(any_db_url: str) -> No
     new = store_new_forecasts(db, [_fc(B, 5)])
     assert (new[0].seq or 0) > page.top
     db.close()
+
+
+def test_a_forecast_deleted_by_hand_is_stored_again_as_the_newest(any_db: Database) -> None:
+    """Forecast rows deleted without their stream positions (by hand; a bench that truncated
+    `forecasts` only) made storing them again fail on the old position for good (a unique
+    violation, retried by the writer). They are renumbered as the newest instead, on both
+    paths (one forecast; a batch above PostgreSQL's COPY threshold)."""
+    few = [_fc(A, 0)]
+    many = [_fc(k, i) for i in range(1, 16) for k in (A, B)]  # 480 step rows: COPY on PostgreSQL
+    first = store_new_forecasts(any_db, few + many)
+    top = max(f.seq or 0 for f in first)
+    with any_db.engine.begin() as conn:
+        conn.execute(text("DELETE FROM forecasts"))
+    again = store_new_forecasts(any_db, few)
+    assert len(again) == 1 and (again[0].seq or 0) > top  # PostgreSQL may skip numbers, never reuse them
+    more = store_new_forecasts(any_db, many)
+    assert len(more) == len(many) and min(f.seq or 0 for f in more) > (again[0].seq or 0)
+    page = stream_after(any_db, top, limit=1000)
+    assert [(f.series, f.issued_at) for f in page.forecasts] == [(f.series, f.issued_at) for f in again + more]
+    with any_db.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM forecast_seq")).scalar_one() == 1 + len(many)
