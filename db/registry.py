@@ -78,7 +78,7 @@ def ensure_default(database: Database, info: ModelInfo, series: Sequence[SeriesK
     series (`CHAMPION_LOCK`)."""
     row = _row(info)
     with database.begin() as conn:
-        _lock_champions(conn)
+        lock_champions(conn)
         if conn.execute(select(models.c.id).where(models.c.id == info.id)).first() is None:
             conn.execute(models.insert().values(**row))
         now = datetime.now(UTC)
@@ -144,7 +144,7 @@ def retire(database: Database, model_id: str, *, fallback: str, reason: str) -> 
     serving a retired model until its restart. Returns those series."""
     get_model(database, model_id)
     with database.begin() as conn:
-        _lock_champions(conn)
+        lock_champions(conn)
         held = [SeriesKey(r[0], r[1], r[2]) for r in conn.execute(
             select(champion_history.c.exchange, champion_history.c.symbol, champion_history.c.interval).where(
                 and_(champion_history.c.model_id == model_id, champion_history.c.ended_at.is_(None))))]
@@ -175,7 +175,7 @@ def promote(database: Database, model_id: str, series: SeriesKey | Sequence[Seri
     get_model(database, model_id)
     now = datetime.now(UTC)
     with database.begin() as conn:
-        _lock_champions(conn)
+        lock_champions(conn)
         if fence is not None:
             on = fence_on or keys[0]
             if on not in fenced(conn, fence, {on}, "promotions"):
@@ -186,7 +186,7 @@ def promote(database: Database, model_id: str, series: SeriesKey | Sequence[Seri
             _promote_one(conn, model_id, key, now, reason)
 
 
-def _lock_champions(conn: Connection) -> None:
+def lock_champions(conn: Connection) -> None:
     """`CHAMPION_LOCK` for the rest of this transaction (PostgreSQL)."""
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": CHAMPION_LOCK})

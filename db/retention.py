@@ -27,18 +27,19 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Select, and_, delete, exists, func, literal, or_, select, text, tuple_
+from sqlalchemy import Connection, Select, and_, delete, exists, func, literal, or_, select, tuple_
 
 from db import leases
+from db.dialect import chunks
 from db.engine import Database
 from db.errors import DatabaseError
 from db.records import SeriesKey
-from db.registry import CHAMPION_LOCK
+from db.registry import lock_champions
 from db.schema import bars as bars_t
 from db.schema import calibration as cal_t
 from db.schema import champion_history as champ_t
@@ -313,7 +314,7 @@ def expired_models(database: Database, policy: Policy, now: datetime,
             for key in series_of[model_id]:
                 by_series.setdefault(key, []).append(model_id)
         # only champions forecast, but a forecast naming the model keeps it all the same
-        named = {mid for key, ids in by_series.items() for chunk in _chunks(ids, 5000)
+        named = {mid for key, ids in by_series.items() for chunk in chunks(ids, 5000)
                  for mid in _forecasting(conn, key, chunk, pending or {})}
     return [mid for mid in order if mid not in named]
 
@@ -339,12 +340,11 @@ def _prune_models(database: Database, policy: Policy, now: datetime, result: Pru
                     art_t.c.model_id.in_(ids))).scalar_one())
         return
     cutoff = now - _days(policy.models_days)
-    for batch in _chunks(ids, policy.batch_rows):
+    for batch in chunks(ids, policy.batch_rows):
         if not go_on():
             return
         with database.begin() as conn:
-            if conn.dialect.name == "postgresql":  # no promotion of one of them meanwhile
-                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": CHAMPION_LOCK})
+            lock_champions(conn)  # no promotion of one of them meanwhile
             gone = [r[0] for r in conn.execute(select(models_t.c.id).where(
                 models_t.c.id.in_(batch), _unreferenced_models(cutoff)))]
             if gone:
@@ -352,11 +352,6 @@ def _prune_models(database: Database, policy: Policy, now: datetime, result: Pru
                     delete(art_t).where(art_t.c.model_id.in_(gone))).rowcount
                 result.rows["models"] += conn.execute(delete(models_t).where(models_t.c.id.in_(gone))).rowcount
         result.batches += 1
-
-
-def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
-    for i in range(0, len(items), max(1, size)):
-        yield items[i : i + size]
 
 
 def _finished_jobs(cutoff: datetime) -> Select[Any]:
