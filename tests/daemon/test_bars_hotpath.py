@@ -51,7 +51,9 @@ def decimal_texts(draw: st.DrawFn, *, zero: bool = False) -> str:
 def close_neighbours(base: str) -> list[str]:
     """Texts equal to or a unit of the last place away from `base`, in other spellings."""
     d = Decimal(base)
-    unit = Decimal(1).scaleb(d.as_tuple().exponent - 6)  # far below float resolution for most
+    exponent = d.as_tuple().exponent
+    assert isinstance(exponent, int), base  # a finite decimal
+    unit = Decimal(1).scaleb(exponent - 6)  # far below float resolution for most
     return [base, f"{base}0" if "." in base else f"{base}.0", format(d + unit, "f"), format(d - unit, "f")]
 
 

@@ -112,9 +112,10 @@ def test_sqlite_write_lock_held_past_the_busy_timeout(shared_dir: Path, tmp_path
         holder = await asyncio.create_subprocess_exec(sys.executable, "-c", HOLDER, str(db_path), str(hold_s),
                                                       stdout=asyncio.subprocess.PIPE)
         assert holder.stdout is not None
+        stdout = holder.stdout
         assert (await holder.stdout.readline()).strip() == b"locked"
         before = svc.pipeline.stats.forecasts  # type: ignore[union-attr]
-        codes = await _answers_while(client, lambda: holder.returncode is not None or holder.stdout.at_eof())
+        codes = await _answers_while(client, lambda: holder.returncode is not None or stdout.at_eof())
         await holder.wait()
         return {"codes": codes, "forecasts_during": svc.pipeline.stats.forecasts - before}  # type: ignore[union-attr]
 

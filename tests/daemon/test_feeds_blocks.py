@@ -166,7 +166,7 @@ def kraken_v1(ts: list[Trade]) -> list[str]:
         orjson.dumps(
             [
                 119930881,
-                [[str(t.price), str(t.size), f"{t.time_us // 10**6}.{t.time_us % 10**6:06d}", t.side[0], "l", ""]],
+                [[str(t.price), str(t.size), f"{t.time_us // 10**6}.{t.time_us % 10**6:06d}", str(t.side)[0], "l", ""]],
                 "trade",
                 t.native_symbol,
             ]

@@ -7,6 +7,7 @@ import random
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -144,7 +145,7 @@ def test_consumer_behind_resyncs_instead_of_growing() -> None:
             task = asyncio.create_task(conn.run())
             await asyncio.sleep(0.5)  # nobody reads: the queue fills, the feed gives up the connection
             assert q.full()
-            downs = []
+            downs: list[Any] = []
             while not downs:  # now read: the 'down' event waited for room, it was not dropped
                 e = await asyncio.wait_for(q.get(), 5)
                 if e.kind == "down":

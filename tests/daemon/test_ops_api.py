@@ -297,7 +297,8 @@ def test_cli_bars_and_api_bars_answer_the_same_page(
     """`--limit` means the newest N, or with `--since` the first N from it, in both faces."""
     url = str(database.engine.url)
     with httpx.Client(base_url=server.url, timeout=10) as c:
-        for query in ({"limit": 3}, {"since": "2021-07-17T20:00:00Z", "limit": 4}):
+        queries: list[dict[str, str | int]] = [{"limit": 3}, {"since": "2021-07-17T20:00:00Z", "limit": 4}]
+        for query in queries:
             api = [b["open_time"] for b in c.get("/bars", params={"series": str(BTC), **query}).json()["bars"]]
             args = [f"--{k}={v}" for k, v in query.items()]
             res = barcast(capsys, "--db", url, "bars", "--series", str(BTC), *args, "--format", "json")

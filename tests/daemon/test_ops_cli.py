@@ -8,6 +8,7 @@ import json
 import math
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -131,7 +132,8 @@ def test_accuracy_reports_pinball_wis_and_coverage(db_url: str, capsys: pytest.C
     y = np.array([[closes[t] for t in f.target_times] for f in fcs])
     ref = quantile_scores(q, y, LEVELS)
     step16 = [math.log(history[t + BTC.step * 16] / c) for t, c in history.items() if t + BTC.step * 16 in history]
-    clim = np.array([[float(f.last_close) * math.exp(v) for v in np.quantile(step16, LEVELS)] for f in fcs])
+    assert all(f.last_close is not None for f in fcs)
+    clim = np.array([[float(f.last_close or 0) * math.exp(v) for v in np.quantile(step16, LEVELS)] for f in fcs])
     clim_ref = quantile_scores(np.repeat(clim[:, None, :], 16, axis=1), y, LEVELS)
     for step in (1, 8, 16):
         d = docs[(PERSISTENCE, step)]
@@ -344,9 +346,14 @@ def test_accuracy_plot_shows_the_fan_coverage_and_probabilistic_skill(
 ) -> None:
     from daemon.ops import plots
 
-    figures = []
+    figures: list[Any] = []  # matplotlib Figures (its stubs type axes' contents loosely)
     close = plots.plt.close
-    monkeypatch.setattr(plots.plt, "close", lambda fig: (figures.append(fig), close(fig)))
+
+    def keep(fig: Any) -> None:
+        figures.append(fig)
+        close(fig)
+
+    monkeypatch.setattr(plots.plt, "close", keep)
     plots.accuracy_plot(open_database(db_url), out=tmp_path / "acc.png")
     (fig,) = figures
     titles = [ax.get_title() for ax in fig.axes]

@@ -7,7 +7,7 @@ one open champion term per series."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from sqlalchemy import func, select
 
@@ -22,7 +22,7 @@ DAEMONS = 4
 ROUNDS = 5
 
 
-def _together(url: str, calls: list[Callable[[Database], object]]) -> list[BaseException]:
+def _together(url: str, calls: Sequence[Callable[[Database], object]]) -> list[BaseException]:
     """Each call on its own connection (one engine each, as separate daemons), all released at
     once; the exceptions they raised."""
     bases = [open_database(url) for _ in calls]

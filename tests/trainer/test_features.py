@@ -134,6 +134,7 @@ def test_a_window_the_model_cannot_read_is_served_by_persistence(gru: Forecaster
     assert fallback.model_id == "persistence" and fallback.series == keys[1]
     q = np.asarray(fallback.quantiles)
     assert np.all(np.isfinite(q)) and np.all(np.diff(q, axis=-1) >= 0) and np.all(q[:, 2] > q[:, 0])
+    assert fallback.last_close is not None
     assert fallback.closes == pytest.approx([float(fallback.last_close)] * DATA.horizon)
 
 

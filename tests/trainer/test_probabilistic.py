@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -108,7 +109,9 @@ def test_prediction_rows_reproduce_the_json_metrics(evaluated: tuple[dict, list[
         assert pd.Timestamp(mine[15]["target_time"]) == t0 + pd.Timedelta(minutes=80)
 
 
-def test_evaluation_plot_has_coverage_and_skill_panels(btc_frame: pd.DataFrame, tmp_path: Path) -> None:
+def test_evaluation_plot_has_coverage_and_skill_panels(
+    btc_frame: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from trainer.datasets import load_bars
     from trainer.evaluation import evaluate_splits, plot_backtest
     from trainer.params import DataParams
@@ -123,13 +126,15 @@ def test_evaluation_plot_has_coverage_and_skill_panels(btc_frame: pd.DataFrame, 
     import matplotlib.colors as mcolors
     import matplotlib.pyplot as plt
 
-    figures = []
+    figures: list[Any] = []  # matplotlib Figures (its stubs type axes' contents loosely)
     close = plt.close
-    plt.close = lambda fig=None: (figures.append(fig), close(fig))  # type: ignore[assignment,misc]
-    try:
-        png = plot_backtest(ev.test, bars, tmp_path / "e.png", fan_model="har")
-    finally:
-        plt.close = close
+
+    def keep(fig: Any) -> None:
+        figures.append(fig)
+        close(fig)
+
+    monkeypatch.setattr(plt, "close", keep)
+    png = plot_backtest(ev.test, bars, tmp_path / "e.png", fan_model="har")
     assert png.stat().st_size > 20_000
     # one colour per model in every panel, the fan in its model's colour
     (fig,) = figures

@@ -69,6 +69,7 @@ def test_a_window_unlike_any_in_training_cannot_blow_up_the_fan(small_frame: pd.
     pred = loaded.predict_batch(raw, times)
     assert np.all(np.isfinite(pred.quantiles)) and np.all(np.diff(pred.quantiles, axis=-1) >= 0)
     spread = np.abs(np.log(pred.quantiles / raw[:, -1, 2][:, None, None]))
+    assert model.z is not None
     assert np.all(spread <= bound[None, :, None] * np.abs(model.z).max() * 1.01)
     model.log_scale_range = None  # without the bound the same windows reach past it
     assert np.any(model._scale(model._design(raw, times)) > bound)
