@@ -14,7 +14,8 @@ for `stall_timeout_s`: a reconnect is asked for) and back to CONNECTING on every
 CLOSED at the end.
 
 What is known and what is backfilled, per series:
-- `next_needed_us`: open time of the first bar not stored yet (from the database at start).
+- `next_needed_us`: open time of the first bar not stored yet, or not proven complete (from the
+  database at start: the newest stored bar built from trades is not).
 - Once subscribed, each aggregator resumes at the first boundary after that moment (`live_from`);
   the interval in progress is partial and is never built from trades. Bars in [next_needed, now)
   are fetched from REST at once, and the partial interval as soon as it is over, before any live
@@ -30,7 +31,8 @@ What is known and what is backfilled, per series:
   cover it). Once a backfill request overlapping it has brought `next_needed` to its end, it is
   `GapFilled` (the shell counts what was stored). A restart is the same: a series `restore`d
   from a latest stored bar built from trades missed the bars from that bar's end to its first
-  live start (none where the live stream starts there, or the stored bar is newer). The first
+  live start (none where the live stream starts there, or the stored bar is newer), and that
+  bar itself is fetched again (not proven complete, as at a disconnect; not a gap). The first
   start's backfill (nothing stored, or only imported or backfilled history) is history, not a
   gap; a failed backfill leaves its gap open until a retry completes it.
 
@@ -315,13 +317,19 @@ class FeedSession:
     def restore(self, key: SeriesKey, latest: Bar) -> None:
         """The database holds bars of `key` up to `latest`: continue after it. Built from trades,
         it was live until then: what lies between its end and the first live bar is a gap once
-        live. Imported or backfilled (a first start after `import-bars`, a seeded history), what
-        follows it is history, as on a first start."""
+        live, and `latest` itself is fetched again, as a reconnect fetches the bars it cannot
+        prove complete: the clock may have closed it while a trade of it was still unread, and
+        the process stopped before that trade amended it (the upsert changes only what REST says
+        differently). It is not part of the gap: its trades were not lost. Imported or backfilled
+        (a first start after `import-bars`, a seeded history), what follows it is history, as on
+        a first start."""
         for s in self.series:
             if s.key == key:
-                s.next_needed_us = us_from_datetime(latest.open_time) + s.step_us
+                start = us_from_datetime(latest.open_time)
+                s.next_needed_us = start + s.step_us
                 if latest.source == "live":
                     s.missed_from_us = s.next_needed_us
+                    s.next_needed_us = start
                 s.agg.set_last_close(latest.close)
 
     def up(self, received: float, mono: float) -> list[Action]:

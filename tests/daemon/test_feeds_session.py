@@ -384,7 +384,7 @@ def test_a_restart_gap_whose_backfill_fails_stays_open_until_a_retry_fills_it() 
     acts = s.message(ACK, T0 + 1000, 0.2)
     assert [(type(a).__name__, a.start_us, a.end_us) for a in acts] == [
         ("GapDetected", (T0 + 600) * US_PER_S, (T0 + 1200) * US_PER_S),
-        ("Backfill", (T0 + 600) * US_PER_S, (T0 + 900) * US_PER_S),
+        ("Backfill", (T0 + 300) * US_PER_S, (T0 + 900) * US_PER_S),  # the stored bar again, then the gap
     ]
     s.backfill_failed(acts[1], 0.3)  # the exchange's REST API is down: nothing asked before the retry delay
     assert not [a for a in s.message(match(T0 + 1210, "10", 1), T0 + 1210, 1.0) if isinstance(a, Backfill)]
@@ -392,7 +392,7 @@ def test_a_restart_gap_whose_backfill_fails_stays_open_until_a_retry_fills_it() 
     assert [u.bar.open_time for a in later if isinstance(a, Publish) for u in a.updates] == [utc_from_unix(T0 + 1200)]
     assert not [a for a in later if isinstance(a, GapFilled)] and s.series[0].gaps  # still open
     (retry,) = [a for a in s.tick(T0 + 1511, 40.0) if isinstance(a, Backfill)]
-    assert (retry.start_us, retry.end_us) == ((T0 + 600) * US_PER_S, (T0 + 1200) * US_PER_S)
+    assert (retry.start_us, retry.end_us) == ((T0 + 300) * US_PER_S, (T0 + 1200) * US_PER_S)
     after = s.backfilled(retry, retry.end_us, [candle(KEY, T0 + 600), candle(KEY, T0 + 900)], last=True)
     assert [u.bar.open_time for a in after if isinstance(a, Publish) for u in a.updates] == [
         utc_from_unix(T0 + 600), utc_from_unix(T0 + 900)
@@ -411,3 +411,25 @@ def test_a_restart_on_the_feed_clock_is_a_gap_up_to_the_first_feed_time() -> Non
     assert [a for a in acts if isinstance(a, GapDetected)] == [
         GapDetected(KEY, (T0 + 600) * US_PER_S, (T0 + 1200) * US_PER_S)
     ]
+
+
+@pytest.mark.parametrize(
+    ("source", "fetched"),
+    [("live", [(300, 600, False), (600, 900, True)]), ("import", [(600, 900, True)]), ("backfill", [(600, 900, True)])],
+)
+def test_a_restart_fetches_the_newest_bar_built_from_trades_again(source: BarSource, fetched: list) -> None:
+    """The clock may have closed the newest stored bar while a trade of it was still unread, and
+    the daemon stopped before that trade amended it: built from trades, it is fetched from REST
+    again (as a reconnect fetches what it cannot prove complete), though it is no part of the
+    gap. An imported or backfilled bar is REST's already."""
+    s = FeedSession(PROTOCOLS["coinbase"], [KEY], OPTS)
+    s.restore(KEY, replace(candle(KEY, T0 + 300), source=source))
+    s.up(T0 + 700, 0.1)
+    acts = s.message(ACK, T0 + 700, 0.2)
+    seen = [a for a in acts if isinstance(a, Backfill)]
+    for a in seen:
+        acts += s.backfilled(a, a.end_us, [], last=True)
+    seen += [a for a in s.tick(T0 + 902, 0.3) if isinstance(a, Backfill)]
+    assert [(a.start_us // US_PER_S - T0, a.end_us // US_PER_S - T0, a.final) for a in seen] == fetched
+    gaps = [(a.start_us // US_PER_S - T0, a.end_us // US_PER_S - T0) for a in acts if isinstance(a, GapDetected)]
+    assert gaps == ([(600, 900)] if source == "live" else [])
