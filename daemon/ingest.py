@@ -51,7 +51,7 @@ from daemon.live.dbretry import retrying
 from db.bars import latest_bars, upsert_bars
 from db.cluster import Fence
 from db.engine import Database
-from db.gaps import mark_gap_filled, record_gap
+from db.gaps import list_gaps, mark_gap_filled, record_gap
 from db.records import Bar, SeriesKey, interval_seconds, utc_from_unix
 
 __all__ = ["MIN_HISTORY_BARS", "FeedSpec", "FeedStats", "Ingest", "specs_from_config"]
@@ -439,15 +439,17 @@ class Ingest:
         return gen()
 
     async def _restore(self) -> None:
-        """Resume from stored bars: each series continues after its latest stored bar."""
+        """Resume from stored bars: each series continues after its latest stored bar, and fills
+        the gaps an earlier process recorded and stopped before filling."""
         if self.database is None:
             return
         newest = await self.db_call(latest_bars, self.database, self.series)
+        unfilled = await self.db_call(functools.partial(list_gaps, unfilled=True), self.database, self.series)
         for f in self.feeds:
             for s in f.series:
                 bar = newest.get(s.key)
                 if bar is not None:
-                    f.session.restore(s.key, bar)
+                    f.session.restore(s.key, bar, [(g.start, g.end) for g in unfilled if g.series == s.key])
                     log.info(
                         "resuming after stored bars", extra={"series": str(s.key), "latest": bar.open_time.isoformat()}
                     )

@@ -32,9 +32,10 @@ What is known and what is backfilled, per series:
   `GapFilled` (the shell counts what was stored). A restart is the same: a series `restore`d
   from a latest stored bar built from trades missed the bars from that bar's end to its first
   live start (none where the live stream starts there, or the stored bar is newer), and that
-  bar itself is fetched again (not proven complete, as at a disconnect; not a gap). The first
-  start's backfill (nothing stored, or only imported or backfilled history) is history, not a
-  gap; a failed backfill leaves its gap open until a retry completes it.
+  bar itself is fetched again (not proven complete, as at a disconnect; not a gap). Gaps an
+  earlier process recorded and did not fill are restored too: filled here, and their bars are
+  not missed again. The first start's backfill (nothing stored, or only imported or backfilled
+  history) is history, not a gap; a failed backfill leaves its gap open until a retry completes it.
 
 A backfill needed in the middle of a frame suspends the frame: its remaining trades are applied
 after the shell reports the backfill's outcome, so backfilled bars (and their close, which seeds
@@ -52,6 +53,7 @@ from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from enum import Enum
 from typing import Any
@@ -314,7 +316,7 @@ class FeedSession:
         self._logged: Counter[str] = Counter()
 
     # --- restore, connection events -------------------------------------------------------------
-    def restore(self, key: SeriesKey, latest: Bar) -> None:
+    def restore(self, key: SeriesKey, latest: Bar, open_gaps: Sequence[tuple[datetime, datetime]] = ()) -> None:
         """The database holds bars of `key` up to `latest`: continue after it. Built from trades,
         it was live until then: what lies between its end and the first live bar is a gap once
         live, and `latest` itself is fetched again, as a reconnect fetches the bars it cannot
@@ -322,14 +324,21 @@ class FeedSession:
         the process stopped before that trade amended it (the upsert changes only what REST says
         differently). It is not part of the gap: its trades were not lost. Imported or backfilled
         (a first start after `import-bars`, a seeded history), what follows it is history, as on
-        a first start."""
+        a first start.
+
+        `open_gaps`: recorded gaps [start, end) of `key` no backfill has filled yet (an earlier
+        process stopped before storing it: a restart soon after another, a series handed on
+        twice). Those after the stored bars are this session's to fill, and their bars are not
+        missed again: the new gap starts after them (they also show the series was live)."""
         for s in self.series:
             if s.key == key:
                 start = us_from_datetime(latest.open_time)
-                s.next_needed_us = start + s.step_us
-                if latest.source == "live":
-                    s.missed_from_us = s.next_needed_us
-                    s.next_needed_us = start
+                end = start + s.step_us
+                s.next_needed_us = start if latest.source == "live" else end
+                ranges = ((us_from_datetime(a), us_from_datetime(b)) for a, b in open_gaps)
+                s.gaps = sorted((g for g in ranges if g[1] > s.next_needed_us), key=lambda g: (g[1], g[0]))
+                if latest.source == "live" or s.gaps:
+                    s.missed_from_us = max([end, *(b for _a, b in s.gaps)])
                 s.agg.set_last_close(latest.close)
 
     def up(self, received: float, mono: float) -> list[Action]:

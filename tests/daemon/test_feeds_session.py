@@ -169,15 +169,17 @@ def run_gaps(
     stored: dict[SeriesKey, int] | None = None,
     source: BarSource = "live",
     candles: bool = False,
+    open_gaps: tuple[tuple[int, int], ...] = (),
 ) -> list[tuple[SeriesKey, str, int, int, int]]:
     """Run `steps` through a session whose database holds, per series of `stored`, bars up to the
-    one opening that many seconds after T0 (a restart; the newest from `source`), every backfill
-    answered at once (with a candle per bar if `candles`, else none). Returns the gap actions in
-    order as (series, kind, start, end, backfilled bars published in [start, end) so far), times
-    in seconds after T0."""
+    one opening that many seconds after T0 (a restart; the newest from `source`) and, for KEY,
+    the recorded gaps `open_gaps` not filled yet, every backfill answered at once (with a candle
+    per bar if `candles`, else none). Returns the gap actions in order as (series, kind, start,
+    end, backfilled bars published in [start, end) so far), times in seconds after T0."""
     s = FeedSession(PROTOCOLS["coinbase"], list(keys), opts)
     for key, latest in (stored or {}).items():
-        s.restore(key, replace(candle(key, T0 + latest), source=source))
+        recorded = [(utc_from_unix(T0 + a), utc_from_unix(T0 + b)) for a, b in open_gaps] if key == KEY else []
+        s.restore(key, replace(candle(key, T0 + latest), source=source), recorded)
     published: list[tuple[SeriesKey, int]] = []
     seen: list[tuple[SeriesKey, str, int, int, int]] = []
     mono = 0.0
@@ -433,3 +435,33 @@ def test_a_restart_fetches_the_newest_bar_built_from_trades_again(source: BarSou
     assert [(a.start_us // US_PER_S - T0, a.end_us // US_PER_S - T0, a.final) for a in seen] == fetched
     gaps = [(a.start_us // US_PER_S - T0, a.end_us // US_PER_S - T0) for a in acts if isinstance(a, GapDetected)]
     assert gaps == ([(600, 900)] if source == "live" else [])
+
+
+@pytest.mark.parametrize(
+    ("stored", "open_gaps", "at", "expect"),
+    [
+        pytest.param(300, [(600, 900)], 800, [("GapFilled", 600, 900, 1)],
+                     id="again-in-the-same-bar-misses-nothing-new-and-fills-the-first-gap"),
+        pytest.param(300, [(600, 900)], 1000,
+                     [("GapDetected", 900, 1200, 0), ("GapFilled", 600, 900, 1), ("GapFilled", 900, 1200, 1)],
+                     id="again-a-bar-later-misses-that-bar-only"),
+        pytest.param((300, "backfill"), [(600, 900)], 1000,
+                     [("GapDetected", 900, 1200, 0), ("GapFilled", 600, 900, 1), ("GapFilled", 900, 1200, 1)],
+                     id="the-first-restart-amended-the-newest-bar-from-rest"),
+        pytest.param(300, [(600, 900), (600, 1200)], 1000, [("GapFilled", 600, 900, 1), ("GapFilled", 600, 1200, 2)],
+                     id="overlapping-gaps-recorded-before-are-all-filled"),
+        pytest.param(900, [(300, 600)], 1300, [("GapDetected", 1200, 1500, 0), ("GapFilled", 1200, 1500, 1)],
+                     id="an-open-gap-before-the-stored-bars-is-not-this-restarts"),
+    ],
+)
+def test_a_restart_before_the_last_ones_gap_was_filled_records_each_missed_bar_once(
+    stored: int | tuple[int, BarSource], open_gaps: list[tuple[int, int]], at: int, expect: list
+) -> None:
+    """A restart soon after another (a crash loop, a series handed on twice) finds the gap the
+    last process recorded and stopped before filling: it fills that one and records only the
+    bars it newly missed. Before, it recorded the same bar again (two rows for one bar, or an
+    overlapping 2-bar gap whose first row was never marked filled)."""
+    latest, source = (stored, "live") if not isinstance(stored, tuple) else stored
+    steps = [("up", at), ("ack", at), ("tick", at - at % 300 + 302)]
+    seen = run_gaps(steps, stored={KEY: latest}, source=source, candles=True, open_gaps=tuple(open_gaps))
+    assert [(kind, start, end, n) for _key, kind, start, end, n in seen] == expect

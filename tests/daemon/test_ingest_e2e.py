@@ -27,7 +27,7 @@ from db.bars import read_bars, upsert_bars
 from db.csvbars import read_bars_csv
 from db.engine import Database
 from db.gaps import list_gaps
-from db.records import Bar, SeriesKey, decimal_text, interval_seconds, to_unix
+from db.records import Bar, SeriesKey, decimal_text, interval_seconds, to_unix, utc_from_unix
 
 pytestmark = pytest.mark.slow
 
@@ -289,6 +289,54 @@ def test_a_restart_amends_the_newest_stored_bar_a_late_trade_missed(any_db: Data
     assert texts(stored) == texts(bars)
     (gap,) = list_gaps(any_db, [SERIES])
     assert gap.start == newest.open_time + SERIES.step, gap  # the amended bar lost no trades: not a gap
+
+
+def test_restarts_in_quick_succession_record_each_missed_bar_once(any_db: Database, csv_bars: list[Bar]) -> None:
+    """A run, then a restart stopped again as soon as it recorded its gap (a crash loop, or a
+    cluster handing a series on twice), then a third run. The second run's gap is not filled
+    when it stops; the third fills it and records only the bars it newly missed. Before, it
+    recorded them again from the first run's newest bar: a second row for the same bar, or an
+    overlapping one that left the earlier row unfilled for good. On SQLite and PostgreSQL."""
+    bars = [b for b in csv_bars if b.open_time < datetime(2020, 12, 21, 8, 0, tzinfo=UTC)]
+    step = interval_seconds(SERIES.interval)
+    sim = ExchangeSimulator(PROTOCOLS["binance"], [SimSeries(SERIES.symbol, tuple(bars))], speed=300.0,
+                            start=SIM_START.timestamp(), heartbeat_s=0.05)
+
+    def bar_after(t: float, n: int = 1) -> datetime:
+        return utc_from_unix(int(t) - int(t) % step + n * step)
+
+    async def until_a_gap_is_recorded() -> None:
+        ingest = Ingest([FeedSpec("binance", (SERIES,), sim.ws_url, sim.rest_url)], FAST, database=any_db,
+                        clock=sim.clock.now, rest_min_interval_s=0.0, backfill_retry_s=0.05, tick_s=0.02,
+                        rest_poll_s=0.05)
+        task = asyncio.create_task(ingest.run())
+        try:
+            while not list_gaps(any_db, [SERIES]):
+                assert not task.done()
+                await asyncio.sleep(0.005)
+        finally:
+            ingest.stop()
+            await task
+
+    async def run() -> None:
+        async with sim:
+            await ingest_until(sim, any_db, "binance", SERIES, bar_after(sim.clock.now()), quiet=False)
+            while sim.clock.now() % step > step / 3:  # the second run starts early in a bar
+                await asyncio.sleep(0.005)
+            await until_a_gap_is_recorded()
+            (second,) = list_gaps(any_db, [SERIES])
+            assert second.filled_at is None  # stopped before its backfill was stored
+            await ingest_until(sim, any_db, "binance", SERIES, bar_after(sim.clock.now(), 2), quiet=False)
+
+    asyncio.run(run())
+    gaps = sorted(list_gaps(any_db, [SERIES]), key=lambda g: g.start)
+    for g, nxt in itertools.pairwise(gaps):
+        assert g.end <= nxt.start, gaps  # no bar in two gaps
+    stored = read_bars(any_db, SERIES)
+    for g in gaps:
+        held = [b for b in stored if g.start <= b.open_time < g.end]
+        assert g.filled_at is not None and g.bars_filled == len(held) == g.bars_missed, gaps
+    assert values(stored) == values([b for b in bars if b.open_time <= stored[-1].open_time])
 
 
 def test_dense_trades_store_the_csv_bars_text_for_text(tmp_db: Database, csv_bars: list[Bar]) -> None:
