@@ -295,6 +295,20 @@ def status_cmd(app: AppContext, offline: bool, api: str | None, timeout: float, 
     unknown = "none scheduled" if doc.get("source") == "daemon" else "unknown (no daemon answered)"
     click.echo(f"next retrain: {doc.get('next_retrain') or unknown}")
     click.echo(f"retention: {_retention_line(app, doc.get('retention'))}")
+    if isinstance(doc.get("catch_up"), dict):
+        click.echo(f"catch-up: {_catch_up_line(doc['catch_up'])}")
+
+
+def _catch_up_line(c: dict[str, Any]) -> str:
+    """The daemon's catch-up for people: the one in progress, else the last one (README "Metrics")."""
+    cur, last = c.get("current"), c.get("last")
+    if isinstance(cur, dict):
+        return (f"catching up since {cur.get('since')}: {cur.get('bars')} bars behind, "
+                f"{cur.get('forecasts')} forecasts stored so far")
+    if isinstance(last, dict):
+        return (f"caught up (the last: {last.get('bars')} bars, {last.get('forecasts')} forecasts in "
+                f"{last.get('seconds')} s, ended {last.get('ended_at')})")
+    return "none since the daemon started"
 
 
 def _retention_line(app: AppContext, live: Any) -> str:

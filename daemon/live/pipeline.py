@@ -2,15 +2,18 @@
 
 Runs on the event loop but never blocks it: model work goes to the inference thread, database
 work to the single writer thread. Between the bar hook and the batch runner sits a bounded
-queue; when it is full the bar hook waits (back-pressure on the feed), and says so.
+queue; when it is full the bar hook waits (back-pressure on the feed), and says so unless the
+pipeline is catching up (`catchup`: bars that did not arrive live, where the full queue paces
+the backlog; one line when a catch-up starts and one when it ends instead).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -21,6 +24,7 @@ from daemon.config import Config
 from daemon.live.batcher import BoundaryBatcher, closes_at
 from daemon.live.broadcast import Broadcast
 from daemon.live.calibration import CalibrationBook
+from daemon.live.catchup import CatchUp
 from daemon.live.dbretry import retrying
 from daemon.live.forecastlog import ForecastLog, forecast_line
 from daemon.live.frontier import replay_start
@@ -91,7 +95,9 @@ class Pipeline:
         self._batcher: BoundaryBatcher[Job] = BoundaryBatcher()
         self.models = ModelInstaller(config, database, book, self.inference)
         self._timers: dict[datetime, asyncio.TimerHandle] = {}
-        self._queue: asyncio.Queue[list[Job] | None] = asyncio.Queue(BATCH_QUEUE)
+        #: Each batch with whether it was queued while catching up (see `catchup`).
+        self._queue: asyncio.Queue[tuple[list[Job], bool] | None] = asyncio.Queue(BATCH_QUEUE)
+        self.catchup = CatchUp()
         self._runner: asyncio.Task[None] | None = None
         self.busy_since: float | None = None
 
@@ -148,6 +154,7 @@ class Pipeline:
         gone = set(keys)
         self.owned -= gone
         self._batcher.drop(gone)
+        self._settle()
 
     async def catch_up(self, keys: Iterable[SeriesKey] | None = None) -> None:
         """Score whatever became scorable while the daemon was down; forecast the stored bars
@@ -156,14 +163,20 @@ class Pipeline:
         only those (series just taken over); default: all owned."""
         todo = [k for k in (self.owned if keys is None else keys) if k in self.owned]
         self.scorer.watch(await self.writer.run(self._score, todo, None))
-        for key in todo:
-            pending = await self._replay_stored(key)
-            st = self.series[key]
-            if pending or not st.window.ready or st.last_bar is None:
-                continue
-            latest = await self.writer.run(latest_forecast, self.database, key)
-            if latest is None or latest.issued_at < st.last_bar:
-                await self._enqueue(key, st.last_bar, time.monotonic())
+        with self.catching_up(self._to_replay(todo), "stored", todo):
+            for key in todo:
+                pending = await self._replay_stored(key)
+                st = self.series[key]
+                if pending or not st.window.ready or st.last_bar is None:
+                    continue
+                latest = await self.writer.run(latest_forecast, self.database, key)
+                if latest is None or latest.issued_at < st.last_bar:
+                    self._behind(1, "stored", [key])
+                    await self._enqueue(key, st.last_bar, time.monotonic())
+
+    def _to_replay(self, keys: Iterable[SeriesKey]) -> int:
+        """Bars `restore` kept back for `keys` that need a forecast."""
+        return sum(needed for k in keys for _, needed in self._replay.get(k, ()))
 
     async def _replay_stored(self, key: SeriesKey) -> int:
         """Push the bars `restore` kept back, forecasting those without a forecast set."""
@@ -178,7 +191,44 @@ class Pipeline:
         self.stats.resyncs += 1
         metrics.WINDOW_RESYNCS.labels(str(key)).inc()
         await self.writer.run(lambda: self.restore([key], calibration=False))
-        await self._replay_stored(key)
+        with self.catching_up(self._to_replay([key]), "stored", [key]):
+            await self._replay_stored(key)
+
+    # ---- catch-up (see daemon/live/catchup.py) ------------------------------------------------
+    @contextlib.contextmanager
+    def catching_up(self, bars: int, source: str, keys: Collection[SeriesKey]) -> Iterator[None]:
+        """Around handing over `bars` bars of `keys` that did not arrive live (`source`: "stored"
+        bars replayed, "backfill"ed ones): the pipeline is catching up until their batches, and
+        every batch queued meanwhile, are stored. Nests; 0 bars opens nothing."""
+        self._behind(bars, source, keys)
+        self.catchup.hold()
+        try:
+            yield
+        finally:
+            self.catchup.release()
+            self._settle()
+
+    def _behind(self, bars: int, source: str, keys: Collection[SeriesKey]) -> None:
+        news = self.catchup.behind(bars, source, time.monotonic(), datetime.now(UTC))
+        if news is None:
+            return
+        metrics.CATCHING_UP.set(1)
+        names = [str(k) for k in keys]
+        extra = {"bars": bars, "source": source, "series": names[0] if len(names) == 1 else f"{len(names)} series"}
+        if news == "opened":
+            log.info("catching up: forecasting bars that did not arrive live (a full forecast queue is "
+                     "expected until caught up)", extra=extra)
+        else:
+            log.info("catching up: more bars that did not arrive live", extra=extra)
+
+    def _settle(self) -> None:
+        """End the catch-up once nothing of it is left, with its one line."""
+        ep = self.catchup.finish(time.monotonic(), datetime.now(UTC), idle=not self._batcher.open_boundaries())
+        if ep is not None:
+            metrics.CATCHING_UP.set(0)
+            log.info("caught up", extra={"bars": ep.bars, "forecasts": ep.forecasts, "batches": ep.batches,
+                                         "sources": ",".join(ep.sources),
+                                         "seconds": round(time.monotonic() - ep.started, 2)})
 
     def reconcile_log(self) -> int:
         """Write stored forecasts that a crash kept out of the log (stored, then killed before the
@@ -248,31 +298,42 @@ class Pipeline:
             timer.cancel()
         jobs = self._batcher.take(t)
         if not jobs:
+            self._settle()
             return
-        if self._queue.full():
+        behind = self.catchup.active  # this batch is part of the backlog or waits behind it
+        if self._queue.full() and not behind:  # while catching up, a full queue paces the backlog
             self.stats.queue_full += 1
             metrics.QUEUE_FULL.labels("forecast_batches").inc()
             if self.stats.queue_full % 1000 == 1:  # first time and every 1000th, not every bar
                 log.warning("forecast queue full: the model is slower than bars arrive; feed waits",
                             extra={"queued": self._queue.qsize(), "times_full": self.stats.queue_full})
-        await self._queue.put(jobs)
+        if behind:
+            self.catchup.queued()
+        await self._queue.put((jobs, behind))
         metrics.QUEUE_DEPTH.labels("forecast_batches").set(self._queue.qsize())
 
     # ---- batches -------------------------------------------------------------------------
     async def _run_batches(self) -> None:
         while True:
-            jobs = await self._queue.get()
+            item = await self._queue.get()
             metrics.QUEUE_DEPTH.labels("forecast_batches").set(self._queue.qsize())
-            if jobs is None:
+            if item is None:
                 return
+            jobs, behind = item
+            stored = 0
             try:
-                await self._run_batch(jobs)
+                stored = await self._run_batch(jobs, behind=behind)
             except Exception:
                 log.exception("forecast batch failed", extra={"series": [str(j.series) for j in jobs]})
             finally:
                 self._queue.task_done()
+                if behind:
+                    self.catchup.stored(stored)
+                    self._settle()
 
-    async def _run_batch(self, jobs: list[Job]) -> None:
+    async def _run_batch(self, jobs: list[Job], *, behind: bool = False) -> int:
+        """Forecast, store, log, publish and score one batch; returns the forecasts stored.
+        `behind`: queued while catching up (its latency is not a live one)."""
         t0 = time.monotonic()
         self.busy_since = t0
         try:
@@ -281,7 +342,7 @@ class Pipeline:
         finally:
             self.busy_since = None
         elapsed = time.monotonic() - min(j.closed_at for j in jobs)
-        metrics.FORECAST_LATENCY.observe(elapsed)
+        (metrics.CATCHUP_LATENCY if behind else metrics.FORECAST_LATENCY).observe(elapsed)
         self.stats.batches += 1
         self.stats.last_batch_ms = (time.monotonic() - t0) * 1000
         self.stats.duplicates_skipped += len(forecasts) - len(new)
@@ -296,6 +357,7 @@ class Pipeline:
         since = min(j.issued_at - j.series.step * SCORE_LOOKBACK_BARS for j in jobs)
         scored = await retrying(lambda: self.writer.run(self._score, [j.series for j in jobs], since), what="scores")
         self.scorer.watch(scored)
+        return len(new)
 
     def _store(self, forecasts: list[Forecast]) -> list[Forecast]:
         new = store_new_forecasts(self.database, forecasts, fence=self.fence(), once_per_bar=True)

@@ -36,7 +36,7 @@ from daemon.live.retrainer import Retrainer, needs_initial_model, retrain_answer
 from db import registry
 from db.engine import Database, open_database
 from db.errors import InputError
-from db.records import SeriesKey
+from db.records import Bar, SeriesKey
 from db.stats import database_size_bytes
 from trainer.retrain_job import RetrainOutcome, ensure_baseline
 
@@ -267,7 +267,8 @@ class Service:
         """Stored bars from the ingest. A bar entering a window as its newest bar gets a forecast,
         except backfilled history older than `forecast.backfill_forecast_bars` before the newest
         bar of its backfill: the range's last bar, not this page's (measured per page, a 30-day
-        backfill of 300-candle pages forecast nearly every bar of history)."""
+        backfill of 300-candle pages forecast nearly every bar of history). Backfilled bars to
+        forecast did not arrive live: the pipeline catches up on them (`catching_up`)."""
         assert self.pipeline is not None
         reach = self.config.forecast.backfill_forecast_bars
         newest: dict[SeriesKey, datetime] = {}
@@ -276,10 +277,17 @@ class Service:
             t = u.bar.open_time if u.range_end is None else max(u.bar.open_time, u.range_end - k.step)
             if k not in newest or t > newest[k]:
                 newest[k] = t
+        todo: list[tuple[Bar, bool]] = []
+        behind: list[SeriesKey] = []
         for u in updates:
             b = u.bar
             recent = u.kind != "backfilled" or b.open_time > newest[b.series] - b.series.step * reach
-            await self.pipeline.on_bar(b, forecast=recent)
+            todo.append((b, recent))
+            if recent and u.kind == "backfilled":
+                behind.append(b.series)
+        with self.pipeline.catching_up(len(behind), "backfill", set(behind)):
+            for b, recent in todo:
+                await self.pipeline.on_bar(b, forecast=recent)
         if self.extra_on_bars is not None:
             await self.extra_on_bars(updates)
 
@@ -414,6 +422,7 @@ class Service:
             "training": sorted(self.retrainer.running) if self.retrainer else [],
             "retrain_history": [vars(r) for r in self.retrainer.history[-10:]] if self.retrainer else [],
             "forecasts_issued": pipe.stats.forecasts if pipe else 0,
+            "catch_up": pipe.catchup.status(time.monotonic()) if pipe else None,
             "pid": os.getpid(),
             "cluster": self.membership.status() if self.membership else None,
         }
