@@ -38,8 +38,8 @@ DB_RETRIES = Counter("barcast_db_write_retries_total", "Writes retried while the
                      ["what"], registry=REGISTRY)
 FORECAST_LATENCY = Histogram(
     "barcast_forecast_latency_seconds",
-    "Bar close to forecasts stored, per batch of live bars (catch-up batches: "
-    "barcast_forecast_catchup_latency_seconds)",
+    "Feed closing a bar (its end plus the grace period) to forecasts stored, per batch of live bars "
+    "(catch-up batches: barcast_forecast_catchup_latency_seconds)",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=REGISTRY,
 )
 #: A separate name, not a label of the one above: existing dashboards and alerts on that one
