@@ -224,6 +224,8 @@ champion_history = Table(
     Column("reason", Text(), nullable=True),
     ForeignKeyConstraint(["model_id"], ["models.id"]),
     Index("ix_champion_history_series", "exchange", "symbol", "interval", "ended_at"),
+    # a deleted model's foreign-key check and retention's "no term keeps it" (migration 0011)
+    Index("ix_champion_history_model", "model_id"),
     # one open term (the champion) per series, enforced (migration 0009 repaired older databases)
     Index("uq_champion_history_open", "exchange", "symbol", "interval", unique=True,
           sqlite_where=text("ended_at IS NULL"), postgresql_where=text("ended_at IS NULL")),
