@@ -286,17 +286,20 @@ class RetentionConfig:
     forecasts_days: float = 90.0
     #: Finished (done or failed) training jobs, this many days after they finished. 0: keep all.
     jobs_days: float = 30.0
-    #: Retired models that were never champion, created this many days ago and beyond the newest
-    #: `retrain.keep_artifacts` of each series (with their stored artifacts), and calibration states
-    #: of models not champion now, unchanged this long. 0: keep all.
+    #: Retired models created this many days ago, beyond the newest `retrain.keep_artifacts` of
+    #: each series and with no champion term left (with their stored artifacts); champion terms
+    #: ended this long ago (never the open one); calibration states of models not champion now,
+    #: unchanged this long. 0: keep all.
     models_days: float = 90.0
+    #: Feed gaps (`barcast gaps`, the outage record) detected this many days ago. 0: keep all.
+    gaps_days: float = 90.0
     #: Hours between background prunes (the first comes this long after start, at most 5 minutes).
     every_hours: float = 6.0
     #: Most rows one delete transaction removes (SQLite's write lock is held for one batch only).
     batch_rows: int = 5000
 
     def __post_init__(self) -> None:
-        for name in ("forecasts_days", "jobs_days", "models_days"):
+        for name in ("forecasts_days", "jobs_days", "models_days", "gaps_days"):
             days = getattr(self, name)
             _check(0 <= days <= _MAX_DAYS, f"{name}: must be 0 (keep all) to {_MAX_DAYS:g} days")
         _check(self.forecasts_days == 0 or self.forecasts_days >= 1,

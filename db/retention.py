@@ -1,5 +1,6 @@
 """Retention: delete old forecasts (with their scores), finished training jobs, stale
-calibration states and retired models nobody refers to, in bounded batches.
+calibration states, ended champion terms, retired models nobody refers to and old feed gaps, in
+bounded batches.
 
 Bars are never deleted here: they are the training history. What the live service still needs
 is never deleted either:
@@ -10,11 +11,17 @@ is never deleted either:
   scored, or its target bar is absent and also older than the cut-off; the newest forecast of
   each series (`forecasts --latest`, the window restore's frontier) always stays;
 - calibration states go only for a (series, model) that is not that series' champion now;
-- a model row goes only when retired, never champion (`champion_history` refers to it), not
+- a champion term (`champion_history`) goes only once ended `models_days` ago: the open term of
+  each series (its champion) always stays, and the audit keeps who served when over the
+  horizon the forecasts, scores and models are kept for;
+- a model row goes only when retired, with no champion term left (after the old ones went), not
   among the newest `keep_models` of any of its series (the rollback candidates
   `retrain.keep_artifacts` keeps), with no forecast and no calibration state left; its artifact
   rows (`model_artifacts`) go with it;
-- only finished (done or failed) training jobs go; queued and running ones are the queue.
+- only finished (done or failed) training jobs go; queued and running ones are the queue;
+- feed gaps (`feed_gaps`, the outage record) go `gaps_days` after they were detected, filled or
+  not (the bars they concern are never deleted; no one retries a gap row: the ingest keeps the
+  gaps it still fills in memory).
 
 Each batch is one short transaction (SQLite's write lock is held for one batch only; a
 PostgreSQL transaction stays small), so a first prune of a year of data does not stall the live
@@ -43,6 +50,7 @@ from db.registry import lock_champions
 from db.schema import bars as bars_t
 from db.schema import calibration as cal_t
 from db.schema import champion_history as champ_t
+from db.schema import feed_gaps as gaps_t
 from db.schema import forecast_scores as sc_t
 from db.schema import forecast_seq as seq_t
 from db.schema import forecasts as fc_t
@@ -54,8 +62,8 @@ from db.schema import training_jobs as jobs_t
 log = logging.getLogger("barcast.retention")
 
 #: The tables a prune reports, in the order it prunes them.
-TABLES: tuple[str, ...] = ("forecast_scores", "forecasts", "calibration", "model_artifacts", "models",
-                           "training_jobs")
+TABLES: tuple[str, ...] = ("forecast_scores", "forecasts", "calibration", "champion_history", "model_artifacts",
+                           "models", "training_jobs", "feed_gaps")
 #: The tables a prune deletes from: those it reports, and the stream positions that go with
 #: the forecasts (counted with them).
 PRUNED_TABLES: tuple[str, ...] = (*TABLES, "forecast_seq")
@@ -70,6 +78,9 @@ class Policy:
     forecasts_days: float = 90.0
     jobs_days: float = 30.0
     models_days: float = 90.0
+    #: Feed gaps, by detection time. 0 here (keep) unlike the config's default of 90, so that a
+    #: policy naming only the other kinds (0 each) prunes nothing.
+    gaps_days: float = 0.0
     #: The newest models of each series are kept whatever their age (`retrain.keep_artifacts`).
     keep_models: int = 5
     #: Most forecast step rows (or other rows) one delete transaction removes.
@@ -79,7 +90,7 @@ class Policy:
 
     @property
     def active(self) -> bool:
-        return bool(self.forecasts_days or self.jobs_days or self.models_days)
+        return bool(self.forecasts_days or self.jobs_days or self.models_days or self.gaps_days)
 
 
 @dataclass
@@ -279,12 +290,36 @@ def _prune_calibration(database: Database, policy: Policy, now: datetime, result
     _batches(database, result, stmt, policy.batch_rows, drop, go_on)
 
 
-def _unreferenced_models(conn: Connection, cutoff: datetime, ids: list[str] | None = None) -> set[str]:
+def _ended_terms(cutoff: datetime) -> Select[Any]:
+    c = champ_t
+    return select(c.c.id).where(c.c.ended_at.is_not(None), c.c.ended_at < cutoff).order_by(c.c.ended_at, c.c.id)
+
+
+def _prune_terms(database: Database, policy: Policy, now: datetime, result: PruneResult,
+                 go_on: Callable[[], bool]) -> None:
+    """Champion terms ended before the cut-off (never an open one), before the models they kept."""
+    cutoff = now - _days(policy.models_days)
+    stmt = _ended_terms(cutoff)
+    if result.dry_run:
+        result.rows["champion_history"] += _count(database, stmt)
+        return
+
+    def drop(conn: Connection, keys: list[tuple[Any, ...]]) -> None:
+        c = champ_t
+        result.rows["champion_history"] += conn.execute(delete(c).where(
+            c.c.id.in_([k[0] for k in keys]), c.c.ended_at.is_not(None), c.c.ended_at < cutoff)).rowcount
+
+    _batches(database, result, stmt, policy.batch_rows, drop, go_on)
+
+
+def _unreferenced_models(conn: Connection, cutoff: datetime, ids: list[str] | None = None, *,
+                         ended_terms_go: bool = False) -> set[str]:
     """Ids of the model rows (of `ids`, default all) that may go bar the per-series checks:
-    retired, created before the cut-off, no champion term, no calibration state but stale ones
-    (which the same prune deletes first). Three set-based reads, each one pass, not a lookup per
-    model: calibration has no index by model, so a correlated NOT EXISTS scanned it once per
-    model (on SQLite; 11,000 models: 2.5 s)."""
+    retired, created before the cut-off, no champion term (`ended_terms_go`: none the same
+    prune keeps, for the selection; the delete itself wants none left, the foreign key), no
+    calibration state but stale ones (which the same prune deletes first). Three set-based
+    reads, each one pass, not a lookup per model: calibration has no index by model, so a
+    correlated NOT EXISTS scanned it once per model (on SQLite; 11,000 models: 2.5 s)."""
     m, c, cal = models_t, champ_t, cal_t
 
     def among(column: Any) -> list[Any]:
@@ -293,7 +328,8 @@ def _unreferenced_models(conn: Connection, cutoff: datetime, ids: list[str] | No
     found = set(conn.execute(select(m.c.id).where(
         m.c.status == "retired", m.c.created_at < cutoff, *among(m.c.id))).scalars())
     if found:
-        found -= set(conn.execute(select(c.c.model_id).distinct().where(*among(c.c.model_id))).scalars())
+        kept = [or_(c.c.ended_at.is_(None), c.c.ended_at >= cutoff)] if ended_terms_go else []
+        found -= set(conn.execute(select(c.c.model_id).distinct().where(*kept, *among(c.c.model_id))).scalars())
     if found:
         found -= set(conn.execute(select(cal.c.model_id).distinct().where(
             ~_is_stale(cal, cutoff), *among(cal.c.model_id))).scalars())
@@ -315,7 +351,7 @@ def expired_models(database: Database, policy: Policy, now: datetime,
     cutoff = now - _days(policy.models_days)
     with database.engine.connect() as conn:
         everyone = conn.execute(select(m.c.id, m.c.series).order_by(m.c.created_at.desc(), m.c.id)).all()
-        candidates = _unreferenced_models(conn, cutoff)
+        candidates = _unreferenced_models(conn, cutoff, ended_terms_go=True)
         kept: set[str] = set()
         seen: dict[str, int] = {}
         for model_id, series in everyone:  # newest first: the newest keep_models of each series stay
@@ -403,6 +439,22 @@ def _prune_jobs(database: Database, policy: Policy, now: datetime, result: Prune
     _batches(database, result, stmt, policy.batch_rows, drop, go_on)
 
 
+def _prune_gaps(database: Database, policy: Policy, now: datetime, result: PruneResult,
+                go_on: Callable[[], bool]) -> None:
+    cutoff = now - _days(policy.gaps_days)
+    g = gaps_t
+    stmt = select(g.c.id).where(g.c.detected_at < cutoff).order_by(g.c.detected_at, g.c.id)
+    if result.dry_run:
+        result.rows["feed_gaps"] += _count(database, stmt)
+        return
+
+    def drop(conn: Connection, keys: list[tuple[Any, ...]]) -> None:
+        result.rows["feed_gaps"] += conn.execute(delete(g).where(
+            g.c.id.in_([k[0] for k in keys]), g.c.detected_at < cutoff)).rowcount
+
+    _batches(database, result, stmt, policy.batch_rows, drop, go_on)
+
+
 # --- the whole prune ---------------------------------------------------------------------------
 
 
@@ -425,9 +477,12 @@ def prune(database: Database, policy: Policy, *, dry_run: bool = False, now: dat
         _prune_forecasts(database, policy, result, going)
     if policy.models_days:
         _prune_calibration(database, policy, now, result, going)
+        _prune_terms(database, policy, now, result, going)
         _prune_models(database, policy, now, result, going)
     if policy.jobs_days:
         _prune_jobs(database, policy, now, result, going)
+    if policy.gaps_days:
+        _prune_gaps(database, policy, now, result, going)
     result.complete = not stopped
     result.seconds = time.monotonic() - t0
     return result

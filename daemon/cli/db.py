@@ -73,9 +73,11 @@ _RULES = {
     "forecast_scores": "scores of the forecasts below",
     "forecasts": "issued > forecasts_days before the series' newest bar, no step waiting, not the newest",
     "calibration": "of a model not champion now, unchanged for models_days",
+    "champion_history": "champion terms ended > models_days ago (never a series' open term)",
     "model_artifacts": "stored artifacts of the models below",
-    "models": "retired, never champion, > models_days old, beyond the newest retrain.keep_artifacts",
+    "models": "retired, no champion term left, > models_days old, beyond the newest retrain.keep_artifacts",
     "training_jobs": "done or failed > jobs_days ago",
+    "feed_gaps": "feed gaps detected > gaps_days ago",
 }
 
 
@@ -89,6 +91,7 @@ def _days_option(name: str, key: str) -> Callable[[F], F]:
 @_days_option("forecasts-days", "forecasts_days")
 @_days_option("jobs-days", "jobs_days")
 @_days_option("models-days", "models_days")
+@_days_option("gaps-days", "gaps_days")
 @click.option("--batch-rows", type=click.IntRange(1, 1_000_000), default=None,
               help="Instead of retention.batch_rows: most rows one delete transaction removes.")
 @click.option("--vacuum", "do_vacuum", is_flag=True,
@@ -97,9 +100,11 @@ def _days_option(name: str, key: str) -> Callable[[F], F]:
 @format_option(choices=("table", "json"))
 @pass_app
 def prune_cmd(app: AppContext, dry_run: bool, forecasts_days: float | None, jobs_days: float | None,
-              models_days: float | None, batch_rows: int | None, do_vacuum: bool, fmt: str) -> None:
-    """Delete old forecasts and scores, finished training jobs, stale calibration states and
-    unreferenced retired models by the [retention] config (bars are never deleted)."""
+              models_days: float | None, gaps_days: float | None, batch_rows: int | None, do_vacuum: bool,
+              fmt: str) -> None:
+    """Delete old forecasts and scores, finished training jobs, stale calibration states, ended
+    champion terms, unreferenced retired models and old feed gaps by the [retention] config (bars
+    are never deleted)."""
     from daemon.live.pruner import policy_of
     from db import retention
 
@@ -107,7 +112,7 @@ def prune_cmd(app: AppContext, dry_run: bool, forecasts_days: float | None, jobs
         raise InputError("--vacuum with --dry-run: a dry run deletes nothing, so there is nothing to give back")
     database = app.database()
     policy = policy_of(app.config, forecasts_days=forecasts_days, jobs_days=jobs_days, models_days=models_days,
-                       batch_rows=batch_rows)
+                       gaps_days=gaps_days, batch_rows=batch_rows)
     if forecasts_days:
         intervals = [k.interval for k in retention.forecast_series(database)]
         least = app.config.min_forecasts_days(intervals)
@@ -127,7 +132,8 @@ def prune_cmd(app: AppContext, dry_run: bool, forecasts_days: float | None, jobs
         "database": database.display_url,
         "dry_run": dry_run,
         "policy": {"forecasts_days": policy.forecasts_days, "jobs_days": policy.jobs_days,
-                   "models_days": policy.models_days, "keep_models": policy.keep_models,
+                   "models_days": policy.models_days, "gaps_days": policy.gaps_days,
+                   "keep_models": policy.keep_models,
                    "batch_rows": policy.batch_rows},
         "rows": done.rows,
         "total": done.total,

@@ -31,6 +31,7 @@ def policy_of(config: Config, **overrides: Any) -> Policy:
     """The retention policy of a config, with `overrides` (the CLI's flags) where not None."""
     r = config.retention
     values: dict[str, Any] = dict(forecasts_days=r.forecasts_days, jobs_days=r.jobs_days, models_days=r.models_days,
+                                  gaps_days=r.gaps_days,
                                   keep_models=config.retrain.keep_artifacts, batch_rows=r.batch_rows,
                                   horizon=config.data.horizon)
     values.update({k: v for k, v in overrides.items() if v is not None})
@@ -99,7 +100,8 @@ class Pruner:
                 metrics.PRUNED_ROWS.labels(table).inc(n)
         self.last = {"at": datetime.now(UTC), **counts_doc(done)}
         log.info("pruned", extra={**counts_doc(done), "forecasts_days": self.policy.forecasts_days,
-                                  "jobs_days": self.policy.jobs_days, "models_days": self.policy.models_days})
+                                  "jobs_days": self.policy.jobs_days, "models_days": self.policy.models_days,
+                                  "gaps_days": self.policy.gaps_days})
         return done
 
     async def stop(self) -> None:

@@ -431,7 +431,8 @@ class Service:
         """Retention as `status` shows it: on or off, the next prune and what the last one deleted."""
         r = self.config.retention
         return {"enabled": r.enabled, "forecasts_days": r.forecasts_days, "jobs_days": r.jobs_days,
-                "models_days": r.models_days, "next_prune": self.pruner.next_run() if self.pruner else None,
+                "models_days": r.models_days, "gaps_days": r.gaps_days,
+                "next_prune": self.pruner.next_run() if self.pruner else None,
                 "last_prune": self.pruner.last if self.pruner else None}
 
     def _status_line(self) -> str:

@@ -11,21 +11,24 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 
 from daemon import metrics
 from daemon.config import load_config
 from daemon.feeds import PROTOCOLS
 from daemon.feeds.simulator import ExchangeSimulator, SimSeries
 from daemon.live.notify import Notifier
+from daemon.live.pruner import Pruner
 from daemon.live.scoring import score
 from daemon.live.service import Service
-from db import leases
+from db import leases, registry
 from db.engine import open_database
 from db.errors import ConfigError
 from db.forecasts import insert_forecasts
-from db.retention import LEASE
-from db.schema import forecast_scores, forecasts
+from db.gaps import list_gaps, record_gap
+from db.records import ModelInfo
+from db.retention import LEASE, Busy
+from db.schema import champion_history, forecast_scores, forecasts
 from db.scores import insert_scores, unscored_steps
 from tests.daemon.clirun import barcast
 from tests.daemon.livehelp import SERIES, SIM_START, config_text, real_bars, seed_history
@@ -41,6 +44,7 @@ from tests.db.retentiondata import seed
     ("forecasts_days = 1.5", "retention.forecasts_days: 1.5 is less than the 1.94 days"),
     ("jobs_days = 'x'", "retention.jobs_days: expected a number"),
     ("models_days = 1e9", "retention.models_days: must be 0 (keep all) to 36500 days"),
+    ("gaps_days = -2", "retention.gaps_days: must be 0 (keep all) to 36500 days"),
     ("every_hours = 0", "retention.every_hours: must be > 0"),
     ("batch_rows = 0", "retention.batch_rows: must be 1..1000000"),
     ("enabled = 'yes'", "retention.enabled: expected true or false"),
@@ -101,8 +105,9 @@ def test_db_prune_dry_run_then_prune_and_vacuum(filled: str, capsys: pytest.Capt
     assert dry.code == 0, dry.err
     doc = json.loads(dry.out)
     assert doc["dry_run"] is True and doc["policy"]["forecasts_days"] == 2.0
-    assert set(doc["rows"]) == {"forecast_scores", "forecasts", "calibration", "model_artifacts", "models",
-                                "training_jobs"}
+    assert set(doc["rows"]) == {"forecast_scores", "forecasts", "calibration", "champion_history", "model_artifacts",
+                                "models", "training_jobs", "feed_gaps"}
+    assert doc["policy"]["gaps_days"] == 90.0
     assert doc["rows"]["forecasts"] > 0 and doc["rows"]["forecast_scores"] > 0 and doc["rows"]["training_jobs"] > 0
     assert _rows(filled) == before, "a dry run deletes nothing"
     table = barcast(capsys, "--db", filled, "db", "prune", "--dry-run", "--forecasts-days", "2")
@@ -239,3 +244,33 @@ def test_status_says_what_retention_does(filled: str, tmp_path: Path, capsys: py
     assert res.code == 0, res.err
     assert ("retention: off: the daemon does not prune, the database grows until `barcast db prune` "
             "(forecasts kept for good, jobs 30 d, models 90 d)") in res.out
+
+
+def test_pruner_logs_and_counts_champion_terms_and_feed_gaps(filled: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The daemon's prune: the `pruned` line and barcast_pruned_rows_total{table} carry the ended
+    champion terms and feed gaps it deleted, as for every other table."""
+    database = open_database(filled)
+    long_ago = datetime.now(UTC) - timedelta(days=200)
+    try:
+        record_gap(database, SERIES, long_ago, long_ago + timedelta(hours=1), detected_at=long_ago)
+        record_gap(database, SERIES, long_ago, long_ago + timedelta(hours=2))  # detected now: stays
+        registry.register_model(database, ModelInfo("gone-champ", "linear", (SERIES,), None, None, {}, {}, None,
+                                                    status="retired",  # older than the seeded: no rollback candidate
+                                                    created_at=datetime(2020, 1, 1, tzinfo=UTC)))
+        with database.begin() as conn:
+            conn.execute(insert(champion_history).values(
+                exchange=SERIES.exchange, symbol=SERIES.symbol, interval=SERIES.interval, model_id="gone-champ",
+                started_at=long_ago, ended_at=long_ago + timedelta(days=1), reason="test"))
+        before = {t: _metric(t) for t in ("feed_gaps", "champion_history", "models")}
+        caplog.set_level(logging.INFO, logger="barcast.retention")
+        done = asyncio.run(Pruner(load_config(None, env={}), database, "test").prune_once())
+        assert done is not None and not isinstance(done, Busy)
+        assert done.rows["feed_gaps"] == 1 and done.rows["champion_history"] == 1
+        assert "gone-champ" not in {m.id for m in registry.list_models(database)}
+        assert len(list_gaps(database)) == 1
+    finally:
+        database.close()
+    line = [r for r in caplog.records if r.name == "barcast.retention" and r.getMessage() == "pruned"][-1]
+    assert line.feed_gaps == 1 and line.champion_history == 1 and line.gaps_days == 90.0  # type: ignore[attr-defined]
+    for table in before:
+        assert _metric(table) - before[table] == done.rows[table]

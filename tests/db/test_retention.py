@@ -7,16 +7,27 @@ import shutil
 import threading
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import create_engine, func, insert, select, text
 
-from db import leases
+from db import leases, registry
 from db.engine import Database, normalise_url, open_database
+from db.gaps import list_gaps, mark_gap_filled, record_gap
+from db.records import ModelInfo
 from db.retention import LEASE, PRUNED_TABLES, Busy, Policy, PruneResult, prune, prune_with_lease, vacuum
-from db.schema import calibration, forecast_scores, forecast_seq, model_artifacts, models, training_jobs
+from db.schema import (
+    calibration,
+    champion_history,
+    forecast_scores,
+    forecast_seq,
+    model_artifacts,
+    models,
+    training_jobs,
+)
 from tests.conftest import drop_database
 from tests.db.retentiondata import (
     BTC,
@@ -282,3 +293,61 @@ def test_two_pruners_at_once_delete_each_row_once(any_db: Database, seeded: Seed
     totals = {t: sum(r.rows[t] for r in done) for t in expected.rows}
     assert totals == expected.rows
     assert set(stored_sets(any_db)) == keep
+
+
+# --- champion terms and feed gaps ----------------------------------------------------------------
+
+
+def _term(database: Database, model_id: str, ended_days_ago: float | None, started_days_ago: float = 400) -> None:
+    with database.begin() as conn:
+        conn.execute(insert(champion_history).values(
+            exchange=BTC.exchange, symbol=BTC.symbol, interval=BTC.interval, model_id=model_id,
+            started_at=NOW - timedelta(days=started_days_ago),
+            ended_at=None if ended_days_ago is None else NOW - timedelta(days=ended_days_ago), reason="test"))
+
+
+def test_ended_champion_terms_go_with_models_days_and_free_their_models(any_db: Database, seeded: Seeded) -> None:
+    """A term ended more than models_days ago goes (dry run counts it), and the retired model it
+    alone kept goes with it; a recent term, a model with one recent term among old ones, and every
+    open term stay."""
+    for model_id, age in (("past-champ", 400), ("recent-champ", 300), ("twice", 350)):
+        registry.register_model(any_db, ModelInfo(model_id, "linear", (BTC,), None, None, {}, {}, None,
+                                                  status="retired", created_at=NOW - timedelta(days=age)))
+    _term(any_db, "past-champ", 150)
+    _term(any_db, "recent-champ", 30)
+    _term(any_db, "twice", 200)
+    _term(any_db, "twice", 20, started_days_ago=25)
+    open_before = registry.champions(any_db, [BTC, ETH])
+    terms_before = _count(any_db, champion_history)
+    dry = prune(any_db, POLICY, dry_run=True, now=NOW)
+    assert dry.rows["champion_history"] == 2 and dry.rows["models"] == len(PRUNABLE_MODELS) + 1
+    assert _count(any_db, champion_history) == terms_before, "a dry run deletes nothing"
+    real = prune(any_db, POLICY, now=NOW)
+    assert real.rows == dry.rows
+    assert _ids(any_db, models, "id") == (_all_models(seeded) | {"recent-champ", "twice"}) - PRUNABLE_MODELS
+    assert registry.champions(any_db, [BTC, ETH]) == open_before, "every open term stays"
+    left = {(m, e is None) for m, _, e, _ in registry.history(any_db, BTC)}
+    assert ("past-champ", False) not in left and ("recent-champ", False) in left and ("twice", False) in left
+    assert _count(any_db, champion_history) == terms_before - 2
+    assert prune(any_db, POLICY, now=NOW).total == 0
+    assert prune(any_db, Policy(forecasts_days=0, jobs_days=0, models_days=0, gaps_days=0), now=NOW).total == 0
+
+
+def test_feed_gaps_go_gaps_days_after_detection(any_db: Database, seeded: Seeded) -> None:
+    """Filled or not, a gap detected more than gaps_days ago goes; a younger one stays; without
+    gaps_days (0) none goes."""
+    for start_days, detected_days, filled in ((120, 100, True), (96, 95, False), (11, 10, True)):
+        start = NOW - timedelta(days=start_days)
+        record_gap(any_db, BTC, start, start + timedelta(hours=1), detected_at=NOW - timedelta(days=detected_days))
+        if filled:
+            mark_gap_filled(any_db, BTC, start, start + timedelta(hours=1))
+    assert prune(any_db, POLICY, dry_run=True, now=NOW).rows["feed_gaps"] == 0, "gaps_days 0 keeps them"
+    policy = replace(POLICY, gaps_days=90)
+    assert policy.active and replace(policy, forecasts_days=0, jobs_days=0, models_days=0).active
+    dry = prune(any_db, policy, dry_run=True, now=NOW)
+    assert dry.rows["feed_gaps"] == 2 and len(list_gaps(any_db)) == 3
+    real = prune(any_db, policy, now=NOW)
+    assert real.rows == dry.rows
+    left = list_gaps(any_db)
+    assert [g.detected_at for g in left] == [NOW - timedelta(days=10)]
+    assert prune(any_db, policy, now=NOW).rows["feed_gaps"] == 0
