@@ -317,10 +317,10 @@ def _retention_line(app: AppContext, live: Any) -> str:
     r = live if isinstance(live, dict) else None
     cfg = app.config.retention
     days = r or {"enabled": cfg.enabled, "forecasts_days": cfg.forecasts_days, "jobs_days": cfg.jobs_days,
-                 "models_days": cfg.models_days}
+                 "models_days": cfg.models_days, "gaps_days": cfg.gaps_days}
     kept = ", ".join(f"{what} {float(days[k]):g} d" if days.get(k) else f"{what} kept for good"
                      for what, k in (("forecasts", "forecasts_days"), ("jobs", "jobs_days"),
-                                     ("models", "models_days")))
+                                     ("models", "models_days"), ("gaps", "gaps_days")))
     if not days.get("enabled"):
         return f"off: the daemon does not prune, the database grows until `barcast db prune` ({kept})"
     if r is None:

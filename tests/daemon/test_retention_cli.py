@@ -237,13 +237,13 @@ def test_running_daemon_prunes_in_the_background(shared_dir: Path, tmp_path: Pat
 def test_status_says_what_retention_does(filled: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     res = barcast(capsys, "--db", filled, "status", "--offline")
     assert res.code == 0, res.err
-    assert "retention: forecasts 90 d, jobs 30 d, models 90 d (the config's; no daemon answered)" in res.out
+    assert "retention: forecasts 90 d, jobs 30 d, models 90 d, gaps 90 d (the config's; no daemon answered)" in res.out
     cfg = tmp_path / "off.toml"
     cfg.write_text("[retention]\nenabled = false\nforecasts_days = 0\n")
     res = barcast(capsys, "--config", str(cfg), "--db", filled, "status", "--offline")
     assert res.code == 0, res.err
     assert ("retention: off: the daemon does not prune, the database grows until `barcast db prune` "
-            "(forecasts kept for good, jobs 30 d, models 90 d)") in res.out
+            "(forecasts kept for good, jobs 30 d, models 90 d, gaps 90 d)") in res.out
 
 
 def test_pruner_logs_and_counts_champion_terms_and_feed_gaps(filled: str, caplog: pytest.LogCaptureFixture) -> None:
