@@ -18,5 +18,11 @@ def insert_for(database: Database | Connection, table: Table) -> Any:
     return sqlite.insert(table)
 
 
+#: Keys one statement names in an IN list: PostgreSQL takes at most 65,535 parameters a
+#: statement and overflows its stack on ~8,000 row values `(a, b, c, d) IN (...)` (measured on
+#: 15 with the default max_stack_depth); some SQLite builds allow only 32,766 variables.
+IN_LIST_MAX = 1000
+
+
 def chunks(items: list[Any], size: int) -> list[list[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]

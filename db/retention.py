@@ -42,7 +42,7 @@ from typing import Any
 from sqlalchemy import Connection, Select, and_, delete, exists, func, literal, or_, select, tuple_
 
 from db import leases
-from db.dialect import chunks
+from db.dialect import IN_LIST_MAX, chunks
 from db.engine import Database
 from db.errors import DatabaseError
 from db.records import SeriesKey
@@ -200,11 +200,12 @@ def _delete_sets(conn: Connection, key: SeriesKey, sets: list[tuple[datetime, st
     """Delete the scores, step rows and stream positions (`forecast_seq`, one per set, counted
     with the forecasts they number) of these forecast sets of `key`."""
     for table, name in ((sc_t, "forecast_scores"), (fc_t, "forecasts"), (seq_t, None)):
-        n = conn.execute(delete(table).where(
-            series_is(table, key), table.c.issued_at >= sets[0][0], table.c.issued_at <= sets[-1][0],
-            tuple_(table.c.issued_at, table.c.model_id).in_(sets))).rowcount
-        if name is not None:
-            result.rows[name] += n
+        for part in chunks(sets, IN_LIST_MAX):
+            n = conn.execute(delete(table).where(
+                series_is(table, key), table.c.issued_at >= part[0][0], table.c.issued_at <= part[-1][0],
+                tuple_(table.c.issued_at, table.c.model_id).in_(part))).rowcount
+            if name is not None:
+                result.rows[name] += n
 
 
 def _prune_forecasts(database: Database, policy: Policy, result: PruneResult, go_on: Callable[[], bool]) -> None:
@@ -258,13 +259,15 @@ def _stale_calibration(cutoff: datetime) -> Select[Any]:
 
 def _batches(database: Database, result: PruneResult, select_keys: Select[Any], size: int,
              delete_keys: Callable[[Connection, list[tuple[Any, ...]]], None], go_on: Callable[[], bool]) -> None:
-    """Select up to `size` keys and delete them, one transaction a batch, until none is left."""
+    """Select up to `size` keys and delete them, one transaction a batch (the keys named
+    `IN_LIST_MAX` at a time), until none is left."""
     while go_on():
         with database.begin() as conn:
             keys = [tuple(r) for r in conn.execute(select_keys.limit(size))]
             if not keys:
                 return
-            delete_keys(conn, keys)
+            for part in chunks(keys, IN_LIST_MAX):
+                delete_keys(conn, part)
         result.batches += 1
 
 
@@ -382,7 +385,7 @@ def _forecasting(conn: Connection, by_series: dict[SeriesKey, set[str]],
     cols = (f.c.exchange, f.c.symbol, f.c.interval, f.c.model_id)
     if len(by_series) <= SEEK_SERIES:
         stmts = [select(*cols, func.count()).where(series_is(f, key), f.c.step == 1, f.c.model_id.in_(chunk))
-                 .group_by(*cols) for key, ids in by_series.items() for chunk in chunks(sorted(ids), 5000)]
+                 .group_by(*cols) for key, ids in by_series.items() for chunk in chunks(sorted(ids), IN_LIST_MAX)]
     else:
         stmts = [select(*cols, func.count()).where(f.c.step == 1).group_by(*cols)]
     named: set[str] = set()
@@ -401,11 +404,11 @@ def _prune_models(database: Database, policy: Policy, now: datetime, result: Pru
         result.rows["models"] += len(ids)
         if ids:
             with database.engine.connect() as conn:
-                result.rows["model_artifacts"] += int(conn.execute(select(func.count()).select_from(art_t).where(
-                    art_t.c.model_id.in_(ids))).scalar_one())
+                result.rows["model_artifacts"] += sum(int(conn.execute(select(func.count()).select_from(art_t).where(
+                    art_t.c.model_id.in_(part))).scalar_one()) for part in chunks(ids, IN_LIST_MAX))
         return
     cutoff = now - _days(policy.models_days)
-    for batch in chunks(ids, policy.batch_rows):
+    for batch in chunks(ids, min(policy.batch_rows, IN_LIST_MAX)):  # the ids are named in IN lists
         if not go_on():
             return
         with database.begin() as conn:

@@ -22,6 +22,7 @@ from db.retention import LEASE, PRUNED_TABLES, Busy, Policy, PruneResult, prune,
 from db.schema import (
     calibration,
     champion_history,
+    feed_gaps,
     forecast_scores,
     forecast_seq,
     model_artifacts,
@@ -351,3 +352,25 @@ def test_feed_gaps_go_gaps_days_after_detection(any_db: Database, seeded: Seeded
     left = list_gaps(any_db)
     assert [g.detected_at for g in left] == [NOW - timedelta(days=10)]
     assert prune(any_db, policy, now=NOW).rows["feed_gaps"] == 0
+
+
+def test_the_largest_batch_rows_prunes_tables_of_many_rows(any_db: Database, seeded: Seeded) -> None:
+    """`batch_rows` may be up to 1,000,000, but one statement may not name that many keys:
+    PostgreSQL takes at most 65,535 parameters a statement and overflows its stack on a few
+    thousand row values (`(exchange, symbol, interval, model_id) IN (...)`). A batch of that
+    size deletes its keys in bounded IN lists, in the same transaction."""
+    old = NOW - timedelta(days=200)
+    gaps = [{"exchange": "binance", "symbol": f"S{i}", "interval": "5m", "gap_start": old,
+             "gap_end": old + timedelta(minutes=5), "detected_at": old} for i in range(70_000)]
+    states = [{"exchange": "binance", "symbol": f"S{i}", "interval": "5m", "model_id": "gone",
+               "state": {}, "updated_at": old} for i in range(9_000)]
+    with any_db.begin() as conn:
+        conn.execute(insert(feed_gaps), gaps)
+        conn.execute(insert(calibration), states)
+    policy = replace(POLICY, gaps_days=90, batch_rows=1_000_000)
+    old_gaps = _count(any_db, feed_gaps, feed_gaps.c.detected_at < NOW - timedelta(days=90))
+    result = prune(any_db, policy, now=NOW)
+    assert old_gaps >= 70_000 and result.rows["feed_gaps"] == old_gaps
+    assert _count(any_db, feed_gaps, feed_gaps.c.detected_at < NOW - timedelta(days=90)) == 0
+    assert result.rows["calibration"] >= 9_000
+    assert _count(any_db, calibration, calibration.c.model_id == "gone") == 0
