@@ -26,7 +26,7 @@ from daemon.ingest import BarsCallback, FeedSpec, Ingest
 from db.bars import read_bars, upsert_bars
 from db.csvbars import read_bars_csv
 from db.engine import Database
-from db.gaps import list_gaps
+from db.gaps import list_gaps, record_gap
 from db.records import Bar, SeriesKey, decimal_text, interval_seconds, to_unix, utc_from_unix
 
 pytestmark = pytest.mark.slow
@@ -337,6 +337,37 @@ def test_restarts_in_quick_succession_record_each_missed_bar_once(any_db: Databa
         held = [b for b in stored if g.start <= b.open_time < g.end]
         assert g.filled_at is not None and g.bars_filled == len(held) == g.bars_missed, gaps
     assert values(stored) == values([b for b in bars if b.open_time <= stored[-1].open_time])
+
+
+def test_a_gap_left_unfilled_by_a_stopped_run_is_filled_by_the_next(any_db: Database, csv_bars: list[Bar]) -> None:
+    """A run records a gap and stores part of its backfill, then stops (a kill, or an ownership
+    change restarting the ingest: both seen with two daemons on PostgreSQL) before the gap is
+    marked filled. The next run resumes after the stored backfill (no new gap: its newest bar is
+    not live) and backfills the rest: the recorded gap is then filled, with every bar it missed,
+    not left `--unfilled` for good while its bars are all stored."""
+    bars = [b for b in csv_bars if b.open_time < datetime(2020, 12, 21, 8, 0, tzinfo=UTC)]
+    stop_after = datetime(2020, 12, 20, 18, 0, tzinfo=UTC)
+    down_until = datetime(2020, 12, 20, 20, 0, tzinfo=UTC).timestamp()
+
+    async def run() -> tuple[datetime, datetime]:
+        async with simulator(bars) as sim:
+            await ingest_until(sim, any_db, "binance", SERIES, stop_after, quiet=False)
+            start = read_bars(any_db, SERIES)[-1].open_time + SERIES.step
+            while sim.clock.now() < down_until:
+                await asyncio.sleep(0.01)
+            # what the stopped run left: the gap up to its live start, half of its backfill stored
+            end = start + 24 * SERIES.step
+            record_gap(any_db, SERIES, start, end)
+            half = [replace(b, source="backfill") for b in bars if start <= b.open_time < end - 12 * SERIES.step]
+            upsert_bars(any_db, half)
+            await ingest_until(sim, any_db, "binance", SERIES, bars[-1].open_time)
+        return start, end
+
+    start, end = asyncio.run(run())
+    assert values(read_bars(any_db, SERIES)) == values(bars)
+    (gap,) = list_gaps(any_db, [SERIES])
+    assert (gap.start, gap.end) == (start, end)
+    assert gap.filled_at is not None and gap.bars_filled == gap.bars_missed == 24, gap
 
 
 def test_dense_trades_store_the_csv_bars_text_for_text(tmp_db: Database, csv_bars: list[Bar]) -> None:
