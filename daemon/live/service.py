@@ -389,20 +389,24 @@ class Service:
         rows = []
         pipe = self.pipeline
         pipe_status = pipe.status() if pipe else {}
+        owned = pipe.owned if pipe else set()
         for key in self.config.series_keys:
-            st = pipe_status.get(str(key), {})
-            last = st.get("last_bar")
-            rows.append({
-                "series": str(key),
-                "last_bar": last,
-                "last_bar_age_s": (now - (last + key.step)).total_seconds() if last else None,
-                "feed": "connected" if feeds.get(key.exchange, {}).get("connected") else "disconnected",
-                "champion": st.get("model"),
-                "window_ready": st.get("window_ready"),
-                "forecasts_issued": st.get("forecasts_issued"),
-                "last_forecast": st.get("last_forecast"),
-                **(self.membership.lease_of(key) if self.membership else {}),
-            })
+            row: dict[str, Any] = {"series": str(key), **(self.membership.lease_of(key) if self.membership else {})}
+            # Only what this daemon serves is its to tell; another daemon's series (or one it
+            # handed on, whose window froze then) keep the database's values (`merge_status`).
+            if key in owned:
+                st = pipe_status.get(str(key), {})
+                last = st.get("last_bar")
+                row.update({
+                    "last_bar": last,
+                    "last_bar_age_s": (now - (last + key.step)).total_seconds() if last else None,
+                    "feed": "connected" if feeds.get(key.exchange, {}).get("connected") else "disconnected",
+                    "champion": st.get("model"),
+                    "window_ready": st.get("window_ready"),
+                    "forecasts_issued": st.get("forecasts_issued"),
+                    "last_forecast": st.get("last_forecast"),
+                })
+            rows.append(row)
         reasons = []
         if not self.ready:
             reasons.append("starting")

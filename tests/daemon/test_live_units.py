@@ -640,3 +640,51 @@ def test_auto_device_leaves_the_backend_unloaded_until_a_network_model_loads_it(
     now = current(DeviceInfo("tensorflow", "auto", ()))
     assert now.device in ("cpu", "gpu") and now.describe().startswith("keras backend tensorflow on ")
     assert current(now) == now  # detected once
+
+
+def test_a_daemons_status_leaves_another_daemons_series_to_the_database(tmp_db: Database, tmp_path: Path) -> None:
+    """Two daemons sharing the series: `barcast status` asks one of them. Its rows for the series
+    it does not own (never, or no longer: handed on) used to overwrite the database's last bar,
+    champion and last forecast with empty values, or with the frozen window of a series it had
+    handed on, and said `feed: connected` for a symbol it does not subscribe to."""
+    import dataclasses
+
+    from daemon.config import Config, SeriesConfig
+    from daemon.live.pipeline import Pipeline
+    from daemon.live.service import Service
+    from daemon.ops.reports import merge_status, status_from_database
+    from db import registry
+    from db.bars import upsert_bars
+    from db.forecasts import store_new_forecasts
+    from db.records import ModelInfo
+
+    mine, handed, theirs = S, SeriesKey("binance", "ETH-USDT"), SeriesKey("binance", "SOL-USDT")
+    keys = (mine, handed, theirs)
+    config = Config(series=tuple(SeriesConfig(k.exchange, k.symbol) for k in keys))
+    config = dataclasses.replace(config, paths=dataclasses.replace(config.paths, data_dir=str(tmp_path)))
+    upsert_bars(tmp_db, [dataclasses.replace(bar(i), exchange=k.exchange, symbol=k.symbol) for k in keys
+                         for i in range(3)])
+    registry.register_model(tmp_db, ModelInfo("persistence", "persistence", keys, None, None, {}, {}, None))
+    for k in keys:
+        registry.promote(tmp_db, "persistence", k)
+    pipe = Pipeline(config, tmp_db, book=ModelBook(), forecast_log=ForecastLog(tmp_path / "f.jsonl"),
+                    owned=[mine, handed])
+    svc = Service(config)
+    svc.database, svc.pipeline = tmp_db, pipe
+    try:
+        pipe.restore()
+        pipe.drop([handed])  # handed to the other daemon, which goes on storing and forecasting
+        newest = bar(5)
+        for k in (handed, theirs):
+            upsert_bars(tmp_db, [dataclasses.replace(newest, exchange=k.exchange, symbol=k.symbol)])
+            store_new_forecasts(tmp_db, [Forecast(k, newest.open_time, "persistence",
+                                                  (newest.open_time + k.step,), (1.0,), last_close=D("1"))])
+        doc = merge_status(status_from_database(tmp_db, list(keys)), svc.status())
+    finally:
+        pipe.close()
+    rows = {r["series"]: r for r in doc["series"]}
+    for k in (handed, theirs):
+        row = rows[str(k)]
+        assert (row["last_bar"], row["last_forecast"]) == ("2021-01-01T00:25:00Z",) * 2, row
+        assert row["champion"] == "persistence" and row["feed"] is None, row
+    assert rows[str(mine)]["last_bar"] == bar(2).open_time and rows[str(mine)]["feed"] == "disconnected"
