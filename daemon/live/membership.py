@@ -153,8 +153,10 @@ class Membership:
                 "fenced_rows": dict(cluster.REJECTED.rejected)}
 
     def lease_of(self, key: SeriesKey) -> dict[str, Any]:
-        """Owner, lease expiry and fencing token of one series, as of the last round."""
+        """Owner (None once the lease has run out, as the database's status says), lease expiry
+        and fencing token of one series, as of the last round."""
         lease = self.leases.get(key)
         if lease is None:
             return {"owner": None, "lease_expires": None, "token": None}
-        return {"owner": lease.owner or None, "lease_expires": lease.expires_at, "token": lease.token}
+        owner = lease.owner if lease.live(datetime.now(UTC)) else None
+        return {"owner": owner, "lease_expires": lease.expires_at, "token": lease.token}

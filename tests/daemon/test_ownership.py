@@ -4,6 +4,7 @@ leaving moves only the series it wins or held; shares are even."""
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -51,3 +52,27 @@ def test_status_shows_owner_lease_expiry_and_token_per_series(any_db: Database) 
     rows = {r["series"]: r for r in status_from_database(any_db, [a, b])["series"]}
     assert (rows[str(a)]["owner"], rows[str(a)]["token"]) == ("d2", 2) and rows[str(a)]["lease_expires"]
     assert (rows[str(b)]["owner"], rows[str(b)]["token"], rows[str(b)]["lease_expires"]) == (None, None, None)
+
+
+def test_a_daemons_status_names_no_owner_once_a_lease_ran_out(tmp_path: Path) -> None:
+    """Seen from a daemon, a killed daemon's series kept it as `owner` after its lease had run out
+    (until the next round took it over), where the database's status says null."""
+    import dataclasses
+    from datetime import UTC, datetime, timedelta
+
+    from daemon.live.membership import Membership
+    from db import cluster
+    from db.engine import open_database
+
+    a = SeriesKey("binance", "AAA-USDT")
+    database = open_database(f"sqlite:///{tmp_path / 'b.db'}")
+    try:
+        cluster.claim(database, "d2", [a], timedelta(seconds=60))
+        lease = cluster.series_leases(database)[a]
+        member = Membership(database, "d1", [a], solo=False, heartbeat_s=10.0, ttl_s=60.0)
+        member.leases = {a: lease}  # what the last round saw
+        assert member.lease_of(a)["owner"] == "d2"
+        member.leases = {a: dataclasses.replace(lease, expires_at=datetime.now(UTC) - timedelta(seconds=1))}
+        assert member.lease_of(a) == {"owner": None, "lease_expires": member.leases[a].expires_at, "token": 1}
+    finally:
+        database.close()
