@@ -68,6 +68,10 @@ class Database:
             _SHARED.release(self.engine)
 
 
+#: The drivers barcast is written for (`postgresql://` means psycopg 3: COPY, LISTEN/NOTIFY).
+DRIVERS = ("sqlite", "sqlite+pysqlite", "postgresql+psycopg")
+
+
 def normalise_url(url: str) -> URL:
     """Parse a database URL; plain `postgresql://` uses psycopg 3, a bare path means SQLite."""
     if "://" not in url:
@@ -81,6 +85,12 @@ def normalise_url(url: str) -> URL:
     if parsed.get_backend_name() not in ("sqlite", "postgresql"):
         raise InputError(
             f"unsupported database URL {url!r}: use sqlite:///PATH or postgresql://USER@HOST/DB"
+        )
+    if parsed.drivername not in DRIVERS:  # e.g. postgresql+psycopg2:// (other tools' habit): a traceback
+        raise InputError(
+            f"unsupported driver {parsed.get_driver_name()!r} in database URL "
+            f"{parsed.render_as_string(hide_password=True)!r}: barcast speaks SQLite through the "
+            f"standard library and PostgreSQL through psycopg 3; use sqlite:///PATH or postgresql://USER@HOST/DB"
         )
     return parsed
 

@@ -25,6 +25,10 @@ BAD_CONFIGS = [
     # `config check` said OK, and every command then refused the database
     ('[database]\nurl = "mysql://u@h/db"\n', "database.url: unsupported database URL 'mysql://u@h/db'"),
     ('[database]\nurl = "postgresql://u@h:pg/db"\n', "database.url: bad database URL"),
+    # another driver than psycopg 3 (other tools' habit) passed `config check`, then every command
+    # died in a ModuleNotFoundError (or, with psycopg_async, a MissingGreenlet) traceback
+    ('[database]\nurl = "postgresql+psycopg2://u:pw@h/db"\n',
+     "database.url: unsupported driver 'psycopg2' in database URL 'postgresql+psycopg2://u:***@h/db'"),
 ]
 
 
@@ -43,6 +47,14 @@ def test_bad_config_names_key_and_file(tmp_path: Path, capsys: pytest.CaptureFix
 def test_bad_db_flag_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     res = barcast(capsys, "--db", "postgresql://u@h:pg/db", "db", "stats")  # was a ValueError traceback
     assert res.code == 2 and "--db: bad database URL 'postgresql://u@h:pg/db'" in res.err, res.err
+
+
+@pytest.mark.parametrize("url", ["postgresql+asyncpg://u:pw@127.0.0.1/db", "postgresql+psycopg_async://u:pw@127.0.0.1/db",
+                                 "sqlite+aiosqlite:////nonexistent/b.db"])
+def test_a_database_url_with_another_driver_is_one_line(capsys: pytest.CaptureFixture[str], url: str) -> None:
+    res = barcast(capsys, "--db", url, "db", "stats")
+    assert res.code == 2 and "Traceback" not in res.err, res.err
+    assert f"--db: unsupported driver '{url.split('+')[1].split(':')[0]}'" in res.err and "pw" not in res.err, res.err
 
 
 def test_config_show_hides_secrets(tmp_path: Path, capsys: pytest.CaptureFixture[str],
