@@ -213,7 +213,22 @@ def create_db_engine(url: str, *, create: bool = True) -> Engine:
         if file is not None:
             _check_sqlite_path(file, create)
         return _new_sqlite_engine(parsed)
-    return create_engine(parsed, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    return create_engine(parsed, pool_pre_ping=True, pool_size=5, max_overflow=5,
+                         connect_args=pg_connect_args(parsed))
+
+
+#: libpq settings barcast applies unless the URL sets them (`?connect_timeout=30`). Without them a
+#: lost network or host (not a refused connection) hangs a connect for minutes and a query on an
+#: open connection for ~15 min (TCP retransmission): no write failed, so none was logged or
+#: retried, `/health` and `barcast status` hung instead of saying the database was unreachable,
+#: and a daemon kept waiting on dead sockets after the database was back elsewhere.
+PG_CONNECT_DEFAULTS = {"connect_timeout": "10", "keepalives": "1", "keepalives_idle": "10",
+                       "keepalives_interval": "5", "keepalives_count": "3", "tcp_user_timeout": "30000"}
+
+
+def pg_connect_args(url: URL) -> dict[str, str]:
+    """The `PG_CONNECT_DEFAULTS` the URL does not set itself, for every PostgreSQL connection."""
+    return {k: v for k, v in PG_CONNECT_DEFAULTS.items() if k not in url.query}
 
 
 def _shared_engine(url: str, create: bool) -> Engine:

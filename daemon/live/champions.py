@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 from db import registry
-from db.engine import Database
+from db.engine import Database, pg_connect_args
 from db.records import SeriesKey
 from trainer.retrain_job import BASELINE_ID
 
@@ -84,6 +84,7 @@ class ChampionWatch:
 
     def _listen_in_thread(self, loop: asyncio.AbstractEventLoop) -> None:
         url = self.database.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        settings = pg_connect_args(self.database.engine.url)
 
         def woke() -> None:
             self.notifications += 1
@@ -91,10 +92,11 @@ class ChampionWatch:
 
         def listen() -> None:
             import psycopg
+            from psycopg.conninfo import make_conninfo
 
             while not self._stop.is_set():
                 try:
-                    with psycopg.connect(url, autocommit=True) as conn:
+                    with psycopg.connect(make_conninfo(url, **settings), autocommit=True) as conn:
                         conn.execute(f"LISTEN {registry.PROMOTIONS_CHANNEL}")
                         loop.call_soon_threadsafe(woke)  # (re)connected: whatever was missed, check
                         while not self._stop.is_set():
