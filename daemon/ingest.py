@@ -24,6 +24,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
 from daemon import metrics
@@ -51,7 +52,7 @@ from daemon.live.dbretry import retrying
 from db.bars import latest_bars, upsert_bars
 from db.cluster import Fence
 from db.engine import Database
-from db.gaps import list_gaps, mark_gap_filled, record_gap
+from db.gaps import list_gaps, mark_gap_filled, record_gap, settle_gaps
 from db.records import Bar, SeriesKey, interval_seconds, utc_from_unix
 
 __all__ = ["MIN_HISTORY_BARS", "FeedSpec", "FeedStats", "Ingest", "specs_from_config"]
@@ -449,10 +450,21 @@ class Ingest:
             for s in f.series:
                 bar = newest.get(s.key)
                 if bar is not None:
-                    f.session.restore(s.key, bar, [(g.start, g.end) for g in unfilled if g.series == s.key])
+                    mine = [(g.start, g.end) for g in unfilled if g.series == s.key]
+                    f.session.restore(s.key, bar, mine)
+                    if mine:
+                        await self._settle(s.key, bar.open_time + s.key.step)
                     log.info(
                         "resuming after stored bars", extra={"series": str(s.key), "latest": bar.open_time.isoformat()}
                     )
+
+    async def _settle(self, series: SeriesKey, until: datetime) -> None:
+        """Recorded gaps before `until` whose bars are all stored, but never marked filled (the
+        run that backfilled them stopped first): filled now."""
+        for g in await self.write_gap(series, functools.partial(settle_gaps, until=until), "gaps") or ():
+            log.info("feed gap filled", extra={"series": str(series), "start": g.start.isoformat(),
+                                               "end": g.end.isoformat(), "bars_missed": g.bars_missed,
+                                               "bars_filled": g.bars_missed})
 
     async def publish(self, updates: list[BarUpdate]) -> None:
         """Store, then hand on. One caller at a time per feed; stores are serialised by the lock."""

@@ -51,14 +51,17 @@ def record_gap(database: Database, series: SeriesKey, start: datetime, end: date
 
 
 def mark_gap_filled(database: Database, series: SeriesKey, start: datetime, end: datetime,
-                    *, filled_at: datetime | None = None) -> int:
+                    *, filled_at: datetime | None = None, only_complete: bool = False) -> int:
     """The backfill covering the unfilled gap(s) [start, end) of `series` is stored: record how many
-    bars the range now holds, and when. Returns that count."""
+    bars the range now holds, and when. Returns that count. `only_complete`: only if the range
+    holds every bar it spans."""
     count = select(func.count()).where(
         series_is(bars_t, series), bars_t.c.open_time >= start, bars_t.c.open_time < end
     )
     with database.begin() as conn:
         n = int(conn.execute(count).scalar_one())
+        if only_complete and n < (to_unix(end) - to_unix(start)) // interval_seconds(series.interval):
+            return n
         conn.execute(
             update(feed_gaps)
             .where(series_is(feed_gaps, series), feed_gaps.c.gap_start == start, feed_gaps.c.gap_end == end,
@@ -66,6 +69,17 @@ def mark_gap_filled(database: Database, series: SeriesKey, start: datetime, end:
             .values(bars_filled=n, filled_at=filled_at or datetime.now(UTC))
         )
     return n
+
+
+def settle_gaps(database: Database, series: SeriesKey, *, until: datetime) -> list[FeedGap]:
+    """Unfilled gaps of `series` ending by `until` whose range holds every bar it missed are
+    marked filled (a run stopped after storing their backfill, before marking them); returns
+    them. A range still short of bars stays unfilled: a failed backfill may have skipped it."""
+    done = []
+    for g in list_gaps(database, [series], unfilled=True):
+        if g.end <= until and mark_gap_filled(database, series, g.start, g.end, only_complete=True) == g.bars_missed:
+            done.append(g)
+    return done
 
 
 def list_gaps(database: Database, series: Iterable[SeriesKey] = (), *, unfilled: bool = False,
