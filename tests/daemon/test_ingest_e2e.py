@@ -342,9 +342,9 @@ def test_restarts_in_quick_succession_record_each_missed_bar_once(any_db: Databa
 def test_a_gap_left_unfilled_by_a_stopped_run_is_filled_by_the_next(any_db: Database, csv_bars: list[Bar]) -> None:
     """A run records a gap and stores part of its backfill, then stops (a kill, or an ownership
     change restarting the ingest: both seen with two daemons on PostgreSQL) before the gap is
-    marked filled. The next run resumes after the stored backfill (no new gap: its newest bar is
-    not live) and backfills the rest: the recorded gap is then filled, with every bar it missed,
-    not left `--unfilled` for good while its bars are all stored."""
+    marked filled. The next run resumes after the stored backfill and backfills the rest: the
+    recorded gap is then filled, with every bar it missed, not left `--unfilled` for good while
+    its bars are all stored."""
     bars = [b for b in csv_bars if b.open_time < datetime(2020, 12, 21, 8, 0, tzinfo=UTC)]
     stop_after = datetime(2020, 12, 20, 18, 0, tzinfo=UTC)
     down_until = datetime(2020, 12, 20, 20, 0, tzinfo=UTC).timestamp()
@@ -365,9 +365,13 @@ def test_a_gap_left_unfilled_by_a_stopped_run_is_filled_by_the_next(any_db: Data
 
     start, end = asyncio.run(run())
     assert values(read_bars(any_db, SERIES)) == values(bars)
-    (gap,) = list_gaps(any_db, [SERIES])
+    gap, *later = sorted(list_gaps(any_db, [SERIES]), key=lambda g: g.start)
     assert (gap.start, gap.end) == (start, end)
     assert gap.filled_at is not None and gap.bars_filled == gap.bars_missed == 24, gap
+    # the stopped run was live from `end` (its gap's end): what it missed after its stop is one
+    # more gap, from there to this run's live start, filled too
+    assert [g.start for g in later] == [end] and all(g.filled_at is not None for g in later), later
+    assert later[0].bars_filled == later[0].bars_missed
 
 
 def test_recorded_gaps_whose_bars_are_all_stored_are_filled_at_the_next_start(
