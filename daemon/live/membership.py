@@ -66,6 +66,17 @@ class Membership:
         self.instance = Instance(self.instance.id, self.instance.host, self.instance.pid, self.instance.started_at,
                                  self.instance.heartbeat_at, self.instance.expires_at, {**self.instance.info, **info})
 
+    def others_alive(self) -> set[str]:
+        """Ids of the other daemons alive on the database now (blocking: call in a thread): a
+        heartbeat row not expired, except a process of this host that has exited (a predecessor
+        that crashed: its row outlives it by up to the TTL, and what it did is ours to finish)."""
+        if self.solo:
+            return set()
+        now = datetime.now(UTC)
+        host = self.instance.host
+        return {i.id for i in cluster.list_instances(self.database)
+                if i.id != self.id and i.expires_at > now and not (i.host == host and not _running(i.pid))}
+
     async def round(self) -> None:
         """One heartbeat round (also called once at start)."""
         live = await asyncio.to_thread(cluster.heartbeat, self.database, self.instance, self.ttl)
@@ -160,3 +171,14 @@ class Membership:
             return {"owner": None, "lease_expires": None, "token": None}
         owner = lease.owner if lease.live(datetime.now(UTC)) else None
         return {"owner": owner, "lease_expires": lease.expires_at, "token": lease.token}
+
+
+def _running(pid: int) -> bool:
+    """Whether a process `pid` of this host is running."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True

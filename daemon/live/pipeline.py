@@ -230,9 +230,11 @@ class Pipeline:
                                          "sources": ",".join(ep.sources),
                                          "seconds": round(time.monotonic() - ep.started, 2)})
 
-    def reconcile_log(self) -> int:
+    def reconcile_log(self, others: Collection[str] = frozenset()) -> int:
         """Write stored forecasts that a crash kept out of the log (stored, then killed before the
-        line was written). Call in a thread at start. Returns lines written."""
+        line was written). Call in a thread at start. Returns lines written. `others`: daemons
+        alive beside this one (cluster mode); what they issued is in their own logs, even for a
+        series this log had lines of before it changed hands."""
         logged = self.forecast_log.tail_keys()
         missing: list[Forecast] = []
         for key in self.series:
@@ -241,7 +243,7 @@ class Pipeline:
                 continue  # nothing logged for it: a new log file; don't replay history into it
             since = datetime.fromisoformat(newest.replace("Z", "+00:00"))
             for f in reversed(query_forecasts(self.database, key, since=since, limit=1000)):
-                if (iso(f.issued_at), f.model_id) not in seen:
+                if (iso(f.issued_at), f.model_id) not in seen and f.issued_by not in others:
                     missing.append(f)
         self.forecast_log.write(missing)
         if missing:

@@ -94,7 +94,7 @@ class Service:
         metrics.INSTANCE.labels(member.id, "solo" if member.solo else "shared").set(1)
         self.pipeline = pipe = Pipeline(cfg, db, book=ModelBook(), forecast_log=flog, broadcast=self.broadcast,
                                         fence=lambda: member.fence, owned=())
-        await asyncio.to_thread(pipe.reconcile_log)
+        await asyncio.to_thread(lambda: pipe.reconcile_log(member.others_alive()))
         pipe.start()
         self.control = ControlServer(cfg.control_socket, self._control)
         await self.control.start()

@@ -22,7 +22,7 @@ from daemon.live.notify import Notifier
 from daemon.live.scoring import DriftWatch, score
 from daemon.live.window import RollingWindow
 from db.engine import Database
-from db.records import Bar, Forecast, SeriesKey
+from db.records import Bar, Forecast, SeriesKey, iso
 from db.scores import Unscored
 from trainer.quantiles import Prediction
 
@@ -688,3 +688,51 @@ def test_a_daemons_status_leaves_another_daemons_series_to_the_database(tmp_db: 
         assert (row["last_bar"], row["last_forecast"]) == ("2021-01-01T00:25:00Z",) * 2, row
         assert row["champion"] == "persistence" and row["feed"] is None, row
     assert rows[str(mine)]["last_bar"] == bar(2).open_time and rows[str(mine)]["feed"] == "disconnected"
+
+
+def test_log_catch_up_leaves_out_what_another_live_daemon_issued(tmp_db: Database, tmp_path: Path) -> None:
+    """In cluster mode a series this daemon had logged may have been another daemon's since: at
+    start the log catch-up wrote that daemon's forecasts into this log too (seen with two daemons
+    on PostgreSQL after a crash: 82 lines of the other's). It writes what a crashed predecessor
+    of this host (its heartbeat row still fresh, its process gone) or a daemon no longer alive
+    issued, not what a live one did."""
+    import dataclasses
+    import subprocess
+    import sys
+
+    from daemon.config import Config, SeriesConfig
+    from daemon.live.membership import Membership
+    from daemon.live.pipeline import Pipeline
+    from db import cluster
+    from db.forecasts import store_new_forecasts
+
+    config = Config(series=(SeriesConfig(S.exchange, S.symbol),))
+    config = dataclasses.replace(config, paths=dataclasses.replace(config.paths, data_dir=str(tmp_path)))
+    t0 = datetime(2021, 1, 1, tzinfo=UTC)
+
+    def fc(i: int, by: str) -> Forecast:
+        t = t0 + timedelta(minutes=5 * i)
+        return Forecast(S, t, "persistence", (t + timedelta(minutes=5),), (100.0,), last_close=D("100"), issued_by=by)
+
+    exited = subprocess.Popen([sys.executable, "-c", "pass"])
+    exited.wait()
+    now = datetime.now(UTC)
+    for iid, host, pid in (("other", "elsewhere", 1), ("crashed", socket.gethostname(), exited.pid)):
+        cluster.heartbeat(tmp_db, cluster.Instance(iid, host, pid, now, now, now), timedelta(minutes=5))
+    member = Membership(tmp_db, "me", [S], solo=False, heartbeat_s=1, ttl_s=60)
+    assert member.others_alive() == {"other"}
+    assert Membership(tmp_db, "me", [S], solo=True, heartbeat_s=1, ttl_s=60).others_alive() == set()
+
+    path = tmp_path / "f.jsonl"
+    logged = [fc(0, "crashed")]
+    store_new_forecasts(tmp_db, logged)
+    ForecastLog(path).write(logged)
+    store_new_forecasts(tmp_db, [fc(1, "crashed"), fc(2, "other"), fc(3, "gone")])  # none of them logged here
+    pipe = Pipeline(config, tmp_db, book=ModelBook(), forecast_log=ForecastLog(path))
+    try:
+        assert pipe.reconcile_log(member.others_alive()) == 2
+    finally:
+        pipe.forecast_log.close()
+        pipe.close()
+    lines = [orjson.loads(ln) for ln in path.read_bytes().splitlines()]
+    assert [d["issued_at"] for d in lines] == [iso(t0 + timedelta(minutes=5 * i)) for i in (0, 1, 3)]
