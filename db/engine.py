@@ -35,6 +35,9 @@ class Database:
     engine: Engine
     url: str
     _closed: bool = field(default=False, repr=False, compare=False)
+    #: What opening did to the schema: (version before, version after) when it created or
+    #: upgraded it (`barcast db upgrade` says which), else None.
+    schema_change: tuple[str | None, str] | None = field(default=None, repr=False, compare=False)
 
     @property
     def dialect(self) -> str:
@@ -263,7 +266,8 @@ def open_database(url: str, *, create: bool = True, upgrade: bool = False) -> Da
         raise DatabaseError(f"cannot open database {shown}: {orig}") from None
     database = Database(engine=engine, url=url)
     try:
-        migrate.ensure_schema(database, create=create, allow_upgrade=upgrade)
+        done = migrate.ensure_schema(database, create=create, allow_upgrade=upgrade)
+        database.schema_change = None if done is None else (done.before, done.after)
     except (OperationalError, SADatabaseError, sqlite3.DatabaseError) as exc:
         database.close()
         orig = getattr(exc, "orig", exc)

@@ -89,17 +89,17 @@ def _refuse_foreign_tables(conn: Connection, database: Database) -> None:
         )
 
 
-def ensure_schema(database: Database, *, create: bool, allow_upgrade: bool) -> None:
-    """Make sure the schema is current: create it if empty, upgrade if asked, else explain."""
+def ensure_schema(database: Database, *, create: bool, allow_upgrade: bool) -> UpgradeResult | None:
+    """Make sure the schema is current: create it if empty, upgrade if asked, else explain.
+    Returns what it created or upgraded (None: already current)."""
     with database.engine.connect() as conn:
         rev = current_revision(conn)
     _refuse_unknown(rev, database)
     head = head_revision()
     if rev == head:
-        return
+        return None
     if (rev is None and create) or allow_upgrade:
-        upgrade(database)
-        return
+        return upgrade(database)
     if rev is None:
         raise DatabaseError(f"database {database.display_url} has no barcast schema")
     raise SchemaVersionError(

@@ -36,7 +36,14 @@ def upgrade_cmd(app: AppContext) -> None:
             rev = migrate.current_revision(conn)
     finally:
         database.close()
-    click.echo(f"database {database.display_url} is at schema version {rev} (latest {migrate.head_revision()})")
+    change = database.schema_change
+    if change is None:
+        done = "already at the latest"
+    elif change[0] is None:
+        done = "created"
+    else:
+        done = f"upgraded from {change[0]}"
+    click.echo(f"database {database.display_url} is at schema version {rev} ({done}; latest {migrate.head_revision()})")
 
 
 @db_group.command("stats")

@@ -80,9 +80,21 @@ def test_newer_database_is_refused(any_db_url: str) -> None:
 def test_cli_db_upgrade_on_old_sqlite(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'old.db'}"
     _make_old_database(url)
+    engine = create_db_engine(url)
+    with engine.connect() as conn:
+        old = migrate.current_revision(conn)
+    engine.dispose()
     out = subprocess.run([sys.executable, "-m", "daemon", "--db", url, "db", "upgrade"],
                          capture_output=True, text=True, check=True)
-    assert f"schema version {migrate.head_revision()}" in out.stdout
+    head = migrate.head_revision()
+    assert f"schema version {head} (upgraded from {old}; latest {head})" in out.stdout, out.stdout
+    again = subprocess.run([sys.executable, "-m", "daemon", "--db", url, "db", "upgrade"],
+                           capture_output=True, text=True, check=True)
+    assert f"schema version {head} (already at the latest; latest {head})" in again.stdout, again.stdout
+    fresh = f"sqlite:///{tmp_path / 'new.db'}"
+    made = subprocess.run([sys.executable, "-m", "daemon", "--db", fresh, "db", "upgrade"],
+                          capture_output=True, text=True, check=True)
+    assert f"schema version {head} (created; latest {head})" in made.stdout, made.stdout
 
 
 def test_non_database_file_is_refused_and_left_untouched(tmp_path: Path) -> None:
