@@ -34,7 +34,8 @@ def daemon_status(
 
     Nothing listening is no news at the configured address (no daemon runs), but it is worth a
     word at an address the operator named (`quiet_unreachable=False`): a typo must not pass for
-    "the daemon has nothing to add"."""
+    "the daemon has nothing to add". No answer in time is news at any address: a daemon that
+    hangs must not pass for one that is not running."""
     req = urllib.request.Request(f"{base}/status", headers={"Accept": "application/json"})
     if token:
         req.add_header("Authorization", f"Bearer {token}")
@@ -47,5 +48,7 @@ def daemon_status(
         return None, f"{base}/status answered something that is not JSON (is it barcast's API?)"
     except OSError as exc:
         reason = getattr(exc, "reason", None) or exc
+        if isinstance(reason, TimeoutError):  # something is there, and busy or hung: always news
+            return None, f"the daemon at {base} did not answer within {timeout:g} s (--timeout)"
         return None, None if quiet_unreachable else f"no daemon answered at {base} ({reason})"
     return (doc, None) if isinstance(doc, dict) else (None, f"daemon at {base} answered no status object")

@@ -281,6 +281,23 @@ def test_status_says_why_a_named_api_did_not_answer(db_url: str, capsys: pytest.
         server.server_close()
 
 
+def test_status_says_a_daemon_that_does_not_answer_in_time_is_not_absent(
+    db_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A daemon that accepts the connection and never answers (hung, or busy past --timeout) at
+    the configured address read as no daemon at all, without a word."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))  # accepts (the backlog), never answers
+    try:
+        monkeypatch.setenv("BARCAST_API__PORT", str(listener.getsockname()[1]))
+        res = barcast(capsys, "--db", db_url, "status", "--timeout", "0.5", "--format", "json")
+    finally:
+        listener.close()
+    assert res.code == 0 and json.loads(res.out)["source"] == "database"
+    assert "did not answer within 0.5 s (--timeout); reading the database" in res.err, res.err
+
+
 def _check_png(path: Path) -> None:
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert path.stat().st_size > 20_000
