@@ -18,6 +18,7 @@ import threading
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
+from daemon.live.dbretry import Outage
 from db import registry
 from db.engine import Database, pg_connect_args
 from db.records import SeriesKey
@@ -68,6 +69,7 @@ class ChampionWatch:
     async def run(self) -> None:
         if self.database.engine.dialect.name == "postgresql":
             self._listen_in_thread(asyncio.get_running_loop())
+        outage = Outage(log, "champion check failed")
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
@@ -78,7 +80,9 @@ class ChampionWatch:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    log.warning("champion check failed", extra={"error": str(exc)})
+                    outage.failed(exc)
+                else:
+                    outage.ok()
         finally:
             self._stop.set()
 
@@ -94,10 +98,12 @@ class ChampionWatch:
             import psycopg
             from psycopg.conninfo import make_conninfo
 
+            outage = Outage(log, "promotion listener reconnecting")
             while not self._stop.is_set():
                 try:
                     with psycopg.connect(make_conninfo(url, **settings), autocommit=True) as conn:
                         conn.execute(f"LISTEN {registry.PROMOTIONS_CHANNEL}")
+                        outage.ok()
                         loop.call_soon_threadsafe(woke)  # (re)connected: whatever was missed, check
                         while not self._stop.is_set():
                             for _ in conn.notifies(timeout=1.0, stop_after=1):
@@ -105,7 +111,7 @@ class ChampionWatch:
                 except Exception as exc:  # the database is away: the poll still runs; retry
                     if self._stop.wait(min(self.every_s, 5.0)):
                         return
-                    log.warning("promotion listener reconnecting", extra={"error": str(exc)})
+                    outage.failed(exc)
 
         self._thread = threading.Thread(target=listen, name="promotion-listener", daemon=True)
         self._thread.start()

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 
@@ -42,6 +43,46 @@ def _transient_driver_error(orig: object) -> bool:
         state = orig.sqlstate
         return state is None or state.startswith("08") or state in _PG_RESTART_STATES
     return False
+
+
+def reason(exc: BaseException) -> str:
+    """A failure in one line for the log: the driver's own first line (SQLAlchemy's text adds the
+    statement, its parameters and a link), else the exception's."""
+    orig = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    lines = str(orig).strip().splitlines()
+    return (lines[0] if lines else type(orig).__name__)[:300]
+
+
+class Outage:
+    """The log of a periodic database task (a heartbeat, a poll, a listener) while the database is
+    away: one warning when it starts failing, a reminder every `remind_s` while it keeps failing,
+    and one line when it works again, not a warning every round (three a second at a 1 s heartbeat
+    in an outage seen on PostgreSQL)."""
+
+    def __init__(self, logger: logging.Logger, message: str, *, remind_s: float = 300.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.logger, self.message, self.remind_s, self.clock = logger, message, remind_s, clock
+        self.failures = 0
+        self._since = 0.0
+        self._told = 0.0
+
+    def failed(self, exc: BaseException, **extra: Any) -> None:
+        now = self.clock()
+        self.failures += 1
+        if self.failures == 1:
+            self._since = self._told = now
+        elif now - self._told < self.remind_s:
+            return
+        else:
+            self._told = now
+        self.logger.warning(self.message, extra={**extra, "error": reason(exc), "failures": self.failures,
+                                                 "failing_s": round(now - self._since, 1)})
+
+    def ok(self, **extra: Any) -> None:
+        if self.failures:
+            self.logger.info(f"{self.message}: works again", extra={
+                **extra, "failures": self.failures, "failing_s": round(self.clock() - self._since, 1)})
+            self.failures = 0
 
 
 def transient(exc: BaseException) -> bool:
@@ -73,7 +114,7 @@ async def retrying(call: Callable[[], Awaitable[T]], *, what: str) -> T:
             metrics.DB_RETRIES.labels(what).inc()
             if failures == 1:
                 log.warning("database unavailable; holding the data and retrying",
-                            extra={"what": what, "error": str(exc)[:300]})
+                            extra={"what": what, "error": reason(exc)})
             await asyncio.sleep(wait)
             wait = min(MAX_WAIT_S, wait * 2)
             continue

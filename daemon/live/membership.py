@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from daemon import metrics
+from daemon.live.dbretry import Outage
 from daemon.live.ownership import balance, plan
 from db import cluster
 from db.cluster import Fence, Instance, SeriesLease
@@ -141,6 +142,7 @@ class Membership:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
 
     async def run(self) -> None:
+        outage = Outage(log, "heartbeat failed")
         while True:
             await asyncio.sleep(self.heartbeat_s)
             try:
@@ -148,7 +150,9 @@ class Membership:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the database is away: keep trying, leases run out on their own
-                log.warning("heartbeat failed", extra={"instance": self.id, "error": str(exc)})
+                outage.failed(exc, instance=self.id)
+            else:
+                outage.ok(instance=self.id)
 
     async def leave(self) -> None:
         self.fence = Fence(self.id, {})
