@@ -14,6 +14,7 @@ paces the backlog, not a model slower than the bars (no warning, not counted as 
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -31,6 +32,13 @@ class Episode:
     batches: int = 0
     forecasts: int = 0
     sources: list[str] = field(default_factory=list)
+    series: set[str] = field(default_factory=set)
+
+    @property
+    def routine(self) -> bool:
+        """At most one bar a series: a REST poll's bar while a feed is down, or the newest bar
+        of a restart; worth a debug line, not two info lines a bar through a long outage."""
+        return self.bars <= len(self.series)
 
     def as_dict(self, now: float) -> dict[str, Any]:
         return {"since": iso(self.started_at), "sources": list(self.sources), "bars": self.bars,
@@ -55,7 +63,8 @@ class CatchUp:
     def active(self) -> bool:
         return self.current is not None
 
-    def behind(self, bars: int, source: str, now: float, now_wall: datetime) -> str | None:
+    def behind(self, bars: int, source: str, now: float, now_wall: datetime,
+               series: Collection[str] = ()) -> str | None:
         """`bars` more bars to forecast that did not arrive live. What is news for the log:
         "opened" (an episode), "joined" (a source the episode did not have yet: a start replays
         stored bars, then backfills the outage; one line each, not one per page), else None."""
@@ -66,6 +75,7 @@ class CatchUp:
             self.current = Episode(now, now_wall)
         ep = self.current
         ep.bars += bars
+        ep.series.update(series)
         if source in ep.sources:
             return None
         ep.sources.append(source)

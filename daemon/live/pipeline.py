@@ -209,26 +209,34 @@ class Pipeline:
             self._settle()
 
     def _behind(self, bars: int, source: str, keys: Collection[SeriesKey]) -> None:
-        news = self.catchup.behind(bars, source, time.monotonic(), datetime.now(UTC))
-        if news is None:
+        names = [str(k) for k in keys]
+        before = self.catchup.current
+        was_routine = before is not None and before.routine
+        news = self.catchup.behind(bars, source, time.monotonic(), datetime.now(UTC), names)
+        ep = self.catchup.current
+        if ep is None:
             return
         metrics.CATCHING_UP.set(1)
-        names = [str(k) for k in keys]
+        if was_routine and not ep.routine:
+            news = "opened"  # told at debug so far: now it is worth the info line that opens it
+        if news is None:
+            return
+        level = logging.DEBUG if ep.routine else logging.INFO
         extra = {"bars": bars, "source": source, "series": names[0] if len(names) == 1 else f"{len(names)} series"}
         if news == "opened":
-            log.info("catching up: forecasting bars that did not arrive live (a full forecast queue is "
-                     "expected until caught up)", extra=extra)
+            log.log(level, "catching up: forecasting bars that did not arrive live (a full forecast queue is "
+                    "expected until caught up)", extra=extra)
         else:
-            log.info("catching up: more bars that did not arrive live", extra=extra)
+            log.log(level, "catching up: more bars that did not arrive live", extra=extra)
 
     def _settle(self) -> None:
         """End the catch-up once nothing of it is left, with its one line."""
         ep = self.catchup.finish(time.monotonic(), datetime.now(UTC), idle=not self._batcher.open_boundaries())
         if ep is not None:
             metrics.CATCHING_UP.set(0)
-            log.info("caught up", extra={"bars": ep.bars, "forecasts": ep.forecasts, "batches": ep.batches,
-                                         "sources": ",".join(ep.sources),
-                                         "seconds": round(time.monotonic() - ep.started, 2)})
+            log.log(logging.DEBUG if ep.routine else logging.INFO, "caught up", extra={
+                "bars": ep.bars, "forecasts": ep.forecasts, "batches": ep.batches, "sources": ",".join(ep.sources),
+                "seconds": round(time.monotonic() - ep.started, 2)})
 
     def reconcile_log(self, others: Collection[str] = frozenset()) -> int:
         """Write stored forecasts that a crash kept out of the log (stored, then killed before the

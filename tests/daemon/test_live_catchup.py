@@ -116,6 +116,28 @@ def test_stored_bars_replayed_at_start_are_a_catch_up_not_live(tmp_db: Database,
     assert issued == {bar(i).open_time for i in range(8, 10 + behind)}
 
 
+def test_one_bar_a_series_is_a_routine_catch_up_logged_at_debug(tmp_db: Database, tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """While a feed is down its REST poll hands over one bar a series every bar: two info lines a
+    bar through a long outage said nothing the `backfilled` line had not. At most one bar a
+    series is logged at debug; once an episode grows past that, it opens at info after all."""
+    caplog.set_level(logging.DEBUG, "barcast.live")
+    pipe = Pipeline(_config(tmp_path), tmp_db, book=ModelBook(), forecast_log=ForecastLog(tmp_path / "f.jsonl"))
+    try:
+        with pipe.catching_up(1, "backfill", [S]):
+            pass
+        lines = _lines(caplog, "catching up") + _lines(caplog, "caught up")
+        assert len(lines) == 2 and {r.levelno for r in lines} == {logging.DEBUG}
+        caplog.clear()
+        with pipe.catching_up(1, "backfill", [S]), pipe.catching_up(5, "backfill", [S]):
+            pass
+        info = [(r.getMessage().split(":")[0], r.bars) for r in  # type: ignore[attr-defined]
+                _lines(caplog, "catching up") + _lines(caplog, "caught up") if r.levelno == logging.INFO]
+        assert info == [("catching up", 5), ("caught up", 6)], info
+    finally:
+        pipe.close()
+
+
 def test_live_bars_outrunning_the_model_still_warn(tmp_db: Database, tmp_path: Path,
                                                    caplog: pytest.LogCaptureFixture) -> None:
     """The steady state the warning is for: live bars fill the queue while the model is busy."""
