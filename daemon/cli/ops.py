@@ -263,7 +263,8 @@ def _age(seconds: Any) -> str | None:
 @format_option()
 @pass_app
 def status_cmd(app: AppContext, offline: bool, api: str | None, timeout: float, fmt: str) -> None:
-    """Per series last bar and age, feed state, champion and age, next retrain, database size."""
+    """Per series last bar and age, feed state, champion and age, next retrain, database size,
+    retention and whether the daemon is catching up."""
     doc = None if offline else _daemon_status(app, timeout, api)
     if doc is None:
         doc = reports.status_from_database(app.database(), app.config.series_keys)
