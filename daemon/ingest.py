@@ -52,7 +52,7 @@ from daemon.live.dbretry import retrying
 from db.bars import latest_bars, upsert_bars
 from db.cluster import Fence
 from db.engine import Database
-from db.gaps import list_gaps, mark_gap_filled, record_gap, settle_gaps
+from db.gaps import FeedGap, gap_ends_holding, list_gaps, mark_gap_filled, record_gap, settle_gaps
 from db.records import Bar, SeriesKey, interval_seconds, utc_from_unix
 
 __all__ = ["MIN_HISTORY_BARS", "FeedSpec", "FeedStats", "Ingest", "specs_from_config"]
@@ -441,30 +441,37 @@ class Ingest:
 
     async def _restore(self) -> None:
         """Resume from stored bars: each series continues after its latest stored bar, and fills
-        the gaps an earlier process recorded and stopped before filling."""
+        the gaps an earlier process recorded and stopped before filling (or, behind the stored
+        bars, whose backfill failed); a newest bar from REST inside a recorded gap was stored
+        while the series was live."""
         if self.database is None:
             return
         newest = await self.db_call(latest_bars, self.database, self.series)
         unfilled = await self.db_call(functools.partial(list_gaps, unfilled=True), self.database, self.series)
+        held = await self.db_call(gap_ends_holding, self.database,
+                                  {k: b.open_time for k, b in newest.items() if b.source != "live"})
         for f in self.feeds:
             for s in f.series:
                 bar = newest.get(s.key)
                 if bar is not None:
                     mine = [(g.start, g.end) for g in unfilled if g.series == s.key]
-                    f.session.restore(s.key, bar, mine)
-                    if mine:
-                        await self._settle(s.key, bar.open_time + s.key.step)
+                    if mine:  # those whose bars are all stored are only unmarked: no fetch for them
+                        done = {(g.start, g.end) for g in await self._settle(s.key, bar.open_time + s.key.step)}
+                        mine = [g for g in mine if g not in done]
+                    f.session.restore(s.key, bar, mine, gap_end=held.get(s.key))
                     log.info(
                         "resuming after stored bars", extra={"series": str(s.key), "latest": bar.open_time.isoformat()}
                     )
 
-    async def _settle(self, series: SeriesKey, until: datetime) -> None:
+    async def _settle(self, series: SeriesKey, until: datetime) -> list[FeedGap]:
         """Recorded gaps before `until` whose bars are all stored, but never marked filled (the
-        run that backfilled them stopped first): filled now."""
-        for g in await self.write_gap(series, functools.partial(settle_gaps, until=until), "gaps") or ():
+        run that backfilled them stopped first): filled now, and returned."""
+        done = await self.write_gap(series, functools.partial(settle_gaps, until=until), "gaps") or []
+        for g in done:
             log.info("feed gap filled", extra={"series": str(series), "start": g.start.isoformat(),
                                                "end": g.end.isoformat(), "bars_missed": g.bars_missed,
                                                "bars_filled": g.bars_missed})
+        return list(done)
 
     async def publish(self, updates: list[BarUpdate]) -> None:
         """Store, then hand on. One caller at a time per feed; stores are serialised by the lock."""

@@ -9,16 +9,18 @@ an error).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import func, insert, or_, select, update
+from sqlalchemy import and_, func, insert, or_, select, update
 
+from db.dialect import chunks
 from db.engine import Database
 from db.records import SeriesKey, interval_seconds, to_unix
 from db.schema import bars as bars_t
 from db.schema import feed_gaps, series_is
+from db.types import UtcDateTime
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,3 +104,20 @@ def list_gaps(database: Database, series: Iterable[SeriesKey] = (), *, unfilled:
             for r in conn.execute(stmt)
         ]
 
+
+
+def gap_ends_holding(database: Database, bars: Mapping[SeriesKey, datetime]) -> dict[SeriesKey, datetime]:
+    """Per series of `bars`, the latest end of a recorded gap, filled or not, whose range holds
+    the bar opening at that time (series with none are left out). A restart reads it for its
+    newest stored bars: one from REST inside a gap was stored while the series was live."""
+    out: dict[SeriesKey, datetime] = {}
+    with database.engine.connect() as conn:
+        for part in chunks(list(bars.items()), 100):
+            stmt = select(feed_gaps.c.exchange, feed_gaps.c.symbol, feed_gaps.c.interval,
+                          func.max(feed_gaps.c.gap_end, type_=UtcDateTime())).where(or_(*(
+                              and_(series_is(feed_gaps, k), feed_gaps.c.gap_start <= t, feed_gaps.c.gap_end > t)
+                              for k, t in part))).group_by(feed_gaps.c.exchange, feed_gaps.c.symbol,
+                                                           feed_gaps.c.interval)
+            for ex, sym, iv, end in conn.execute(stmt):
+                out[SeriesKey(ex, sym, iv)] = end
+    return out

@@ -145,6 +145,9 @@ class Backfill:
     end_us: int
     final: bool = False
     open_ended: bool = False
+    #: a gap [start, end) recorded earlier that this request fetches again, behind the stored
+    #: bars (a backfill that failed before live bars were stored past it): filled once complete
+    hole: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +241,8 @@ class SeriesState:
     missed_from_us: int | None = None
     #: gaps [start, end) detected and not filled yet, oldest first
     gaps: list[tuple[int, int]] = field(default_factory=list)
+    #: recorded gaps [start, end) not filled, behind the stored bars: fetched again once subscribed
+    holes: list[tuple[int, int]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,10 +291,10 @@ class FeedSession:
             )
             s.agg.interrupt()  # nothing is observed before the first subscription
             self.series.append(s)
-            self.by_native.setdefault(native, []).append(s)
-        self.natives = list(self.by_native)
-        #: natives with exactly one series (the usual case), for the hot path
-        self._one = {n: ss[0] for n, ss in self.by_native.items() if len(ss) == 1}
+        self.natives: list[str] = []
+        self._one: dict[str, SeriesState] = {}
+        self._by_key: dict[SeriesKey, SeriesState] = {}
+        self._index()
         self._fast = protocol.fast_scan
         self._full = protocol.scan_full_hot
         self._scan_block = protocol.scan_block
@@ -315,8 +320,25 @@ class FeedSession:
         self._then: Callable[[], list[Action]] | None = None  # the rest of a suspended frame
         self._logged: Counter[str] = Counter()
 
+    def _index(self) -> None:
+        """The lookups derived from `series`."""
+        self.by_native = {}
+        for s in self.series:
+            self.by_native.setdefault(s.native, []).append(s)
+        self.natives = list(self.by_native)
+        #: natives with exactly one series (the usual case), for the hot path
+        self._one = {n: ss[0] for n, ss in self.by_native.items() if len(ss) == 1}
+        self._by_key = {s.key: s for s in self.series}
+
     # --- restore, connection events -------------------------------------------------------------
-    def restore(self, key: SeriesKey, latest: Bar, open_gaps: Sequence[tuple[datetime, datetime]] = ()) -> None:
+    def restore(
+        self,
+        key: SeriesKey,
+        latest: Bar,
+        open_gaps: Sequence[tuple[datetime, datetime]] = (),
+        *,
+        gap_end: datetime | None = None,
+    ) -> None:
         """The database holds bars of `key` up to `latest`: continue after it. Built from trades,
         it was live until then: what lies between its end and the first live bar is a gap once
         live, and `latest` itself is fetched again, as a reconnect fetches the bars it cannot
@@ -326,20 +348,33 @@ class FeedSession:
         (a first start after `import-bars`, a seeded history), what follows it is history, as on
         a first start.
 
-        `open_gaps`: recorded gaps [start, end) of `key` no backfill has filled yet (an earlier
-        process stopped before storing it: a restart soon after another, a series handed on
-        twice). Those after the stored bars are this session's to fill, and their bars are not
-        missed again: the new gap starts after them (they also show the series was live)."""
-        for s in self.series:
-            if s.key == key:
-                start = us_from_datetime(latest.open_time)
-                end = start + s.step_us
-                s.next_needed_us = start if latest.source == "live" else end
-                ranges = ((us_from_datetime(a), us_from_datetime(b)) for a, b in open_gaps)
-                s.gaps = sorted((g for g in ranges if g[1] > s.next_needed_us), key=lambda g: (g[1], g[0]))
-                if latest.source == "live" or s.gaps:
-                    s.missed_from_us = max([end, *(b for _a, b in s.gaps)])
-                s.agg.set_last_close(latest.close)
+        `open_gaps`: recorded gaps [start, end) of `key` no backfill has filled yet. Those after
+        the stored bars (an earlier process stopped before storing them: a restart soon after
+        another, a series handed on twice) are this session's to fill, and their bars are not
+        missed again: the new gap starts after them (they also show the series was live). Those
+        behind them (a backfill failed, and live bars were stored past it before a stop) are
+        fetched again once subscribed, within the backfill horizon, and filled when stored.
+
+        `gap_end`: the end of a recorded gap holding `latest`, filled or not (an unfilled one in
+        `open_gaps` counts as well): REST stored the bars a restart or reconnect missed (the bar
+        in progress too) and the process stopped before its first live bar, about one bar
+        later. The series was live: what follows `latest` is missed, from the gap's end on, not
+        history."""
+        s = self._by_key.get(key)
+        if s is None:
+            return
+        start = us_from_datetime(latest.open_time)
+        end = start + s.step_us
+        s.next_needed_us = start if latest.source == "live" else end
+        ranges = sorted(((us_from_datetime(a), us_from_datetime(b)) for a, b in open_gaps), key=lambda g: (g[1], g[0]))
+        s.gaps = [g for g in ranges if g[1] > s.next_needed_us]
+        s.holes = [g for g in ranges if g[1] <= s.next_needed_us]
+        ends = [b for a, b in ranges if b > s.next_needed_us or a <= start < b]  # after, or holding it
+        if gap_end is not None:
+            ends.append(us_from_datetime(gap_end))
+        if latest.source == "live" or ends:
+            s.missed_from_us = max([end, *ends])
+        s.agg.set_last_close(latest.close)
 
     def up(self, received: float, mono: float) -> list[Action]:
         """The socket is open and the subscriptions were sent."""
@@ -884,6 +919,8 @@ class FeedSession:
             s.retry_at = 0.0
             # what has closed already can be fetched now; the partial interval once it is over
             self._ask(i, s, s.agg.floor(observed_us - self._grace_us), out)
+            if s.holes:
+                self._ask_holes(i, s, observed_us, out)
         self._update_due()
         if self._outstanding > before:
             self._then = then
@@ -913,10 +950,23 @@ class FeedSession:
             if req.start_us < end:
                 out.append(GapFilled(s.key, start, end))
 
+    def _horizon(self, s: SeriesState, now_us: int) -> int:
+        """The oldest bar a backfill fetches: `backfill_days`, at least a forecaster's window."""
+        return s.agg.floor(now_us - max(us(self.options.backfill_days * 86_400), MIN_HISTORY_BARS * s.step_us))
+
     def _ensure_start(self, s: SeriesState, now_us: int) -> None:
         if s.next_needed_us is None:
-            history = max(us(self.options.backfill_days * 86_400), MIN_HISTORY_BARS * s.step_us)
-            s.next_needed_us = s.agg.floor(now_us - history)
+            s.next_needed_us = self._horizon(s, now_us)
+
+    def _ask_holes(self, i: int, s: SeriesState, now_us: int, out: list[Action]) -> None:
+        """Recorded gaps behind the stored bars, fetched again (after the bars still needed) as
+        far as the backfill horizon reaches; older ones stay unfilled, as history not fetched."""
+        horizon = self._horizon(s, now_us)
+        for a, b in s.holes:
+            if b > horizon:
+                self._outstanding += 1
+                out.append(Backfill(i, s.key, s.native, max(a, horizon), b, hole=(a, b)))
+        s.holes = []
 
     def _due_backfills(self, now_us: int, mono: float, out: list[Action]) -> None:
         due = self._next_due_us
@@ -946,15 +996,22 @@ class FeedSession:
     def backfilled(self, req: Backfill, page_end_us: int, bars: list[Bar], *, last: bool) -> list[Action]:
         """One page of `req` was fetched (and is about to be stored, in order): `bars` cover up
         to `page_end_us`. `last`: the request is complete."""
+        out: list[Action] = []
         s = self.series[req.index]
         self.stats.backfilled_bars += len(bars)
+        if req.hole is not None:  # behind the stored bars: what is known of the series stays
+            if bars:
+                out.append(Publish([BarUpdate(b, "backfilled", datetime_from_us(req.end_us)) for b in bars]))
+            if last:
+                out.append(GapFilled(s.key, *req.hole))
+                self._finish_request(out)
+            return out
         if req.open_ended:
             if bars:
                 end = us_from_datetime(bars[-1].open_time) + s.step_us
                 s.next_needed_us = max(s.next_needed_us or 0, end)
         else:
             s.next_needed_us = max(s.next_needed_us or 0, page_end_us)
-        out: list[Action] = []
         if bars:
             closed = s.agg.closed_until_us
             if closed is None or us_from_datetime(bars[-1].open_time) + s.step_us >= closed:
@@ -976,10 +1033,14 @@ class FeedSession:
         return out
 
     def backfill_failed(self, req: Backfill, mono: float) -> list[Action]:
-        """A page of `req` failed: what was stored stays; the rest is retried later."""
+        """A page of `req` failed: what was stored stays; the rest is retried later (a hole at
+        the next subscription)."""
         s = self.series[req.index]
         self.stats.backfill_failures += 1
-        s.retry_at = mono + self.options.backfill_retry_s
+        if req.hole is not None:
+            s.holes.append(req.hole)
+        else:
+            s.retry_at = mono + self.options.backfill_retry_s
         out: list[Action] = []
         self._finish_request(out)
         return out

@@ -10,6 +10,7 @@ import pytest
 from daemon.feeds import PROTOCOLS
 from daemon.feeds.fields import US_PER_S, iso_us
 from daemon.feeds.session import (
+    MIN_HISTORY_BARS,
     Backfill,
     FeedSession,
     GapDetected,
@@ -170,16 +171,19 @@ def run_gaps(
     source: BarSource = "live",
     candles: bool = False,
     open_gaps: tuple[tuple[int, int], ...] = (),
+    gap_end: int | None = None,
 ) -> list[tuple[SeriesKey, str, int, int, int]]:
     """Run `steps` through a session whose database holds, per series of `stored`, bars up to the
     one opening that many seconds after T0 (a restart; the newest from `source`) and, for KEY,
-    the recorded gaps `open_gaps` not filled yet, every backfill answered at once (with a candle
-    per bar if `candles`, else none). Returns the gap actions in order as (series, kind, start,
-    end, backfilled bars published in [start, end) so far), times in seconds after T0."""
+    the recorded gaps `open_gaps` not filled yet (and a recorded gap ending at `gap_end` holding
+    its newest bar), every backfill answered at once (with a candle per bar if `candles`, else
+    none). Returns the gap actions in order as (series, kind, start, end, backfilled bars
+    published in [start, end) so far), times in seconds after T0."""
     s = FeedSession(PROTOCOLS["coinbase"], list(keys), opts)
     for key, latest in (stored or {}).items():
         recorded = [(utc_from_unix(T0 + a), utc_from_unix(T0 + b)) for a, b in open_gaps] if key == KEY else []
-        s.restore(key, replace(candle(key, T0 + latest), source=source), recorded)
+        held = utc_from_unix(T0 + gap_end) if gap_end is not None and key == KEY else None
+        s.restore(key, replace(candle(key, T0 + latest), source=source), recorded, gap_end=held)
     published: list[tuple[SeriesKey, int]] = []
     seen: list[tuple[SeriesKey, str, int, int, int]] = []
     mono = 0.0
@@ -450,8 +454,6 @@ def test_a_restart_fetches_the_newest_bar_built_from_trades_again(source: BarSou
                      id="the-first-restart-amended-the-newest-bar-from-rest"),
         pytest.param(300, [(600, 900), (600, 1200)], 1000, [("GapFilled", 600, 900, 1), ("GapFilled", 600, 1200, 2)],
                      id="overlapping-gaps-recorded-before-are-all-filled"),
-        pytest.param(900, [(300, 600)], 1300, [("GapDetected", 1200, 1500, 0), ("GapFilled", 1200, 1500, 1)],
-                     id="an-open-gap-before-the-stored-bars-is-not-this-restarts"),
     ],
 )
 def test_a_restart_before_the_last_ones_gap_was_filled_records_each_missed_bar_once(
@@ -465,3 +467,85 @@ def test_a_restart_before_the_last_ones_gap_was_filled_records_each_missed_bar_o
     steps = [("up", at), ("ack", at), ("tick", at - at % 300 + 302)]
     seen = run_gaps(steps, stored={KEY: latest}, source=source, candles=True, open_gaps=tuple(open_gaps))
     assert [(kind, start, end, n) for _key, kind, start, end, n in seen] == expect
+
+
+#: The backfill horizon of OPTS (`backfill_days` 0: a forecaster's window of 5-minute bars).
+H = MIN_HISTORY_BARS * 300
+
+
+@pytest.mark.parametrize(
+    ("stored", "open_gaps", "at", "expect"),
+    [
+        pytest.param(900, [(300, 600)], 1300,
+                     [("GapDetected", 1200, 1500, 0), ("GapFilled", 300, 600, 1), ("GapFilled", 1200, 1500, 1)],
+                     id="behind-live-bars-fetched-again-and-filled"),
+        pytest.param((900, "backfill"), [(300, 600)], 1300, [("GapFilled", 300, 600, 1)],
+                     id="behind-rest-bars-fetched-again-and-filled"),
+        pytest.param((600, "backfill"), [(300, 900)], 1300,
+                     [("GapDetected", 900, 1500, 0), ("GapFilled", 300, 900, 2), ("GapFilled", 900, 1500, 2)],
+                     id="its-last-bar-stored-and-not-marked-filled-fetched-again"),
+        pytest.param(H + 900, [(300, 600)], H + 1300,
+                     [("GapDetected", H + 1200, H + 1500, 0), ("GapFilled", H + 1200, H + 1500, 1)],
+                     id="beyond-the-backfill-horizon-left-alone"),
+        pytest.param(H + 900, [(900, 1500)], H + 1300,
+                     [("GapDetected", H + 1200, H + 1500, 0), ("GapFilled", 900, 1500, 1),
+                      ("GapFilled", H + 1200, H + 1500, 1)],
+                     id="across-the-horizon-fetched-from-the-horizon-on"),
+    ],
+)
+def test_a_restart_fetches_an_unfilled_gap_behind_the_stored_bars_again(
+    stored: int | tuple[int, BarSource], open_gaps: list[tuple[int, int]], at: int, expect: list
+) -> None:
+    """A backfill failed and live bars were stored past its range before the daemon stopped: the
+    restart fetches that recorded gap again (within the backfill horizon) and marks it filled.
+    Before, it started after the newest stored bar and the hole stayed, its row unfilled for good."""
+    latest, source = (stored, "live") if not isinstance(stored, tuple) else stored
+    steps = [("up", at), ("ack", at), ("tick", at - at % 300 + 302)]
+    seen = run_gaps(steps, stored={KEY: latest}, source=source, candles=True, open_gaps=tuple(open_gaps))
+    assert [(kind, start, end, n) for _key, kind, start, end, n in seen] == expect
+
+
+def test_a_gap_behind_the_stored_bars_whose_fetch_failed_is_asked_again_at_the_next_subscription() -> None:
+    s = FeedSession(PROTOCOLS["coinbase"], [KEY], OPTS)
+    s.restore(KEY, replace(candle(KEY, T0 + 900), source="live", close=Decimal(12)),
+              [(utc_from_unix(T0 + 300), utc_from_unix(T0 + 600))])
+    s.up(T0 + 1300, 0.1)
+    acts = s.message(ACK, T0 + 1300, 0.2)
+    main, hole = (a for a in acts if isinstance(a, Backfill))
+    assert hole.hole == ((T0 + 300) * US_PER_S, (T0 + 600) * US_PER_S) and main.hole is None
+    s.backfilled(main, main.end_us, [], last=True)
+    assert not [a for a in s.backfill_failed(hole, 0.3) if isinstance(a, GapFilled)]
+    s.down(0.4)
+    s.up(T0 + 1400, 0.5)
+    (again,) = [a for a in s.message(ACK, T0 + 1400, 0.6) if isinstance(a, Backfill) and a.hole is not None]
+    assert (again.start_us, again.end_us) == ((T0 + 300) * US_PER_S, (T0 + 600) * US_PER_S)
+    bar = replace(candle(KEY, T0 + 300), close=Decimal(7))
+    after = s.backfilled(again, again.end_us, [bar], last=True)
+    assert [u.bar for a in after if isinstance(a, Publish) for u in a.updates] == [bar]
+    assert GapFilled(KEY, (T0 + 300) * US_PER_S, (T0 + 600) * US_PER_S) in after
+    state = s.series[0]
+    assert state.next_needed_us == (T0 + 1200) * US_PER_S  # what is known of the newer bars stays
+    assert state.agg.last_close == Decimal(12)  # flat bars go on from the newest bar, not the hole's
+
+
+@pytest.mark.parametrize(
+    ("stored", "gap_end", "at", "expect"),
+    [
+        pytest.param(300, 600, 1000, [("GapDetected", 600, 1200, 0), ("GapFilled", 600, 1200, 2)],
+                     id="at-the-end-of-a-filled-gap"),
+        pytest.param(300, 900, 1000, [("GapDetected", 900, 1200, 0), ("GapFilled", 900, 1200, 1)],
+                     id="inside-a-filled-gap-the-exchange-had-no-candles-after"),
+        pytest.param(300, None, 1000, [], id="no-recorded-gap-holds-it-history"),
+    ],
+)
+def test_a_newest_bar_from_rest_in_a_recorded_gap_was_stored_while_live(
+    stored: int, gap_end: int | None, at: int, expect: list
+) -> None:
+    """After a reconnect or restart REST stores the bars of its gap, the bar in progress too,
+    and the first live bar about one bar later: a daemon stopped in between left a newest bar
+    from REST that lies in that (filled) gap. The series was live: the next restart's missed
+    bars are a gap. Before, they were taken as history and no gap was recorded."""
+    steps = [("up", at), ("ack", at), ("tick", at - at % 300 + 302)]
+    seen = run_gaps(steps, stored={KEY: stored}, source="backfill", candles=True, gap_end=gap_end)
+    assert [(kind, start, end, n) for _key, kind, start, end, n in seen] == expect
+

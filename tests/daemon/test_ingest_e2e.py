@@ -11,12 +11,14 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import socket
 from collections import Counter
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from sqlalchemy import delete
 
 from daemon.bars import Aggregator
 from daemon.config import FeedsConfig
@@ -26,8 +28,10 @@ from daemon.ingest import BarsCallback, FeedSpec, Ingest
 from db.bars import read_bars, upsert_bars
 from db.csvbars import read_bars_csv
 from db.engine import Database
-from db.gaps import list_gaps, record_gap
+from db.gaps import FeedGap, list_gaps, record_gap
 from db.records import Bar, SeriesKey, decimal_text, interval_seconds, to_unix, utc_from_unix
+from db.schema import bars as bars_t
+from db.schema import series_is
 
 pytestmark = pytest.mark.slow
 
@@ -124,11 +128,13 @@ async def ingest_until(
     options: FeedsConfig = FAST,
     tick_s: float = 0.02,
     quiet: bool = True,
+    rest_url: str | None = None,
 ) -> Ingest:
     """Ingest from the running `sim` into `db` until the bar opening at `last` is stored (then,
-    if `quiet`, until no update came for `QUIET_S`), and stop: as a daemon run would."""
+    if `quiet`, until no update came for `QUIET_S`), and stop: as a daemon run would.
+    `rest_url`: REST candles from there instead of the simulator."""
     ingest = Ingest(
-        [FeedSpec(protocol, (series,), sim.ws_url, sim.rest_url)],
+        [FeedSpec(protocol, (series,), sim.ws_url, rest_url or sim.rest_url)],
         options,
         database=db,
         clock=sim.clock.now,
@@ -397,6 +403,107 @@ def test_recorded_gaps_whose_bars_are_all_stored_are_filled_at_the_next_start(
     gaps = {(g.start, g.end): g for g in list_gaps(any_db, [SERIES])}
     assert gaps[whole].filled_at is not None and gaps[whole].bars_filled == 6, gaps[whole]
     assert gaps[short].filled_at is None, gaps[short]
+
+
+def closed_port() -> str:
+    """A URL on 127.0.0.1 where nothing listens: REST that refuses every request."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def assert_gaps_filled_and_bars_exact(db: Database, bars: list[Bar]) -> list[FeedGap]:
+    """Every recorded gap of SERIES filled, with exactly the bars it missed, none in two gaps;
+    the stored bars the CSV's up to the newest; returns the gaps, oldest first."""
+    gaps = sorted(list_gaps(db, [SERIES]), key=lambda g: g.start)
+    for g, nxt in itertools.pairwise(gaps):
+        assert g.end <= nxt.start, gaps
+    stored = read_bars(db, SERIES)
+    for g in gaps:
+        held = [b for b in stored if g.start <= b.open_time < g.end]
+        assert g.filled_at is not None and g.bars_filled == len(held) == g.bars_missed, gaps
+    assert values(stored) == values([b for b in bars if b.open_time <= stored[-1].open_time])
+    return gaps
+
+
+def test_a_restart_fills_a_gap_whose_backfill_failed_behind_later_live_bars(
+    any_db: Database, csv_bars: list[Bar]
+) -> None:
+    """A run; a restart whose REST refuses every request: it records its gap, the backfill fails
+    and live bars are stored past it; a third run, REST back, fetches that gap again and marks
+    it filled. Before, the third run started after the newest stored bar: the hole stayed, its
+    row unfilled for good. On SQLite and PostgreSQL."""
+    bars = [b for b in csv_bars if b.open_time < datetime(2020, 12, 21, 8, 0, tzinfo=UTC)]
+    step = interval_seconds(SERIES.interval)
+    sim = ExchangeSimulator(PROTOCOLS["binance"], [SimSeries(SERIES.symbol, tuple(bars))], speed=300.0,
+                            start=SIM_START.timestamp(), heartbeat_s=0.05)
+
+    def bar_after(t: float, n: int = 1) -> datetime:
+        return utc_from_unix(int(t) - int(t) % step + n * step)
+
+    async def run() -> None:
+        async with sim:
+            await ingest_until(sim, any_db, "binance", SERIES, bar_after(sim.clock.now()), quiet=False)
+            await ingest_until(sim, any_db, "binance", SERIES, bar_after(sim.clock.now(), 3), quiet=False,
+                               rest_url=closed_port())
+            (hole,) = list_gaps(any_db, [SERIES])
+            stored = read_bars(any_db, SERIES)
+            assert hole.filled_at is None and stored[-1].open_time >= hole.end  # live bars past it
+            assert not [b for b in stored if hole.start <= b.open_time < hole.end]
+            await ingest_until(sim, any_db, "binance", SERIES, bar_after(sim.clock.now(), 2), quiet=False)
+
+    asyncio.run(run())
+    assert len(assert_gaps_filled_and_bars_exact(any_db, bars)) == 2
+
+
+def test_a_restart_after_rest_filled_the_last_gap_before_a_live_bar_still_records_its_gap(
+    any_db: Database, csv_bars: list[Bar]
+) -> None:
+    """A run; a restart stopped as soon as REST filled its gap (the bar in progress too), before
+    its first live bar was stored about one bar later; the exchange trades on; a third run. The
+    newest stored bar came from REST, in the second run's gap: the series was live, and the
+    third run records what it missed after it as a gap. Before, it took that for history: the
+    bars came from REST and no gap said so. On SQLite and PostgreSQL."""
+    bars = [b for b in csv_bars if b.open_time < datetime(2020, 12, 21, 8, 0, tzinfo=UTC)]
+    step = interval_seconds(SERIES.interval)
+    sim = ExchangeSimulator(PROTOCOLS["binance"], [SimSeries(SERIES.symbol, tuple(bars))], speed=300.0,
+                            start=SIM_START.timestamp(), heartbeat_s=0.05)
+
+    def bar_after(t: float, n: int = 1) -> datetime:
+        return utc_from_unix(int(t) - int(t) % step + n * step)
+
+    async def until_its_gap_is_filled() -> FeedGap:
+        ingest = Ingest([FeedSpec("binance", (SERIES,), sim.ws_url, sim.rest_url)], FAST, database=any_db,
+                        clock=sim.clock.now, rest_min_interval_s=0.0, backfill_retry_s=0.05, tick_s=0.02,
+                        rest_poll_s=0.05)
+        task = asyncio.create_task(ingest.run())
+        try:
+            while not (gaps := list_gaps(any_db, [SERIES])) or gaps[0].filled_at is None:
+                assert not task.done()
+                await asyncio.sleep(0.005)
+        finally:
+            ingest.stop()
+            await task
+        return gaps[0]
+
+    async def run() -> FeedGap:
+        async with sim:
+            await ingest_until(sim, any_db, "binance", SERIES, bar_after(sim.clock.now()), quiet=False)
+            gap = await until_its_gap_is_filled()
+            with any_db.begin() as conn:  # a live bar stored before the stop was seen: stopped a moment earlier
+                conn.execute(delete(bars_t).where(series_is(bars_t, SERIES), bars_t.c.open_time >= gap.end))
+            newest = read_bars(any_db, SERIES)[-1]
+            assert newest.source == "backfill" and gap.start <= newest.open_time < gap.end
+            down_until = sim.clock.now() + 3 * step
+            while sim.clock.now() < down_until:  # the exchange trades on while the daemon is down
+                await asyncio.sleep(0.01)
+            await ingest_until(sim, any_db, "binance", SERIES, bar_after(sim.clock.now(), 2), quiet=False)
+            return gap
+
+    second = asyncio.run(run())
+    gaps = assert_gaps_filled_and_bars_exact(any_db, bars)
+    assert len(gaps) == 2 and gaps[0] == second and gaps[1].start == second.end, gaps
+    assert gaps[1].bars_missed >= 3
 
 
 def test_dense_trades_store_the_csv_bars_text_for_text(tmp_db: Database, csv_bars: list[Bar]) -> None:
