@@ -23,7 +23,7 @@ import logging
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -79,11 +79,13 @@ class FeedSpec:
     rest_url: str | None = None
 
 
-def specs_from_config(config: Config) -> list[FeedSpec]:
-    """Group the configured series by exchange, with that exchange's URL overrides."""
+def specs_from_config(config: Config, only: Collection[SeriesKey] | None = None) -> list[FeedSpec]:
+    """Group the configured series (`only` these, if given) by exchange, with that exchange's
+    URL overrides."""
     by_exchange: dict[str, list[SeriesKey]] = defaultdict(list)
     for key in config.series_keys:
-        by_exchange[key.exchange].append(key)
+        if only is None or key in only:
+            by_exchange[key.exchange].append(key)
     out = []
     for ex, keys in by_exchange.items():
         get_protocol(ex)  # unknown exchange: an input error now, not a dead feed later
@@ -276,6 +278,9 @@ class _Feed:
         count = 0
         try:
             async for page_end, bars, last in pages:
+                if not session.has(req.series):  # handed on meanwhile: the rest is the new owner's
+                    await self._execute(session.backfill_failed(req, time.monotonic()))
+                    return
                 await self._execute(session.backfilled(req, page_end, bars, last=last))
                 if bars:
                     stored = [stored[0] if stored else bars[0], bars[-1]]
@@ -376,6 +381,9 @@ class Ingest:
         self.feeds = [_Feed(self, spec) for spec in feeds]
         self._subscribers: list[asyncio.Queue[BarUpdate | None]] = []
         self._stop = asyncio.Event()
+        self._tasks: dict[_Feed, asyncio.Task[None]] = {}
+        self._starting = asyncio.Lock()  # feeds are restored and started one batch at a time
+        self._failure: BaseException | None = None
         self.bars_written = 0
         self.started = asyncio.Event()
         self._write_lock = asyncio.Lock()
@@ -396,11 +404,7 @@ class Ingest:
         if clock == "config":
             clock = time.time if config.feeds.clock == "wall" else None
         assert not isinstance(clock, str)
-        specs = specs_from_config(config)
-        if only is not None:
-            specs = [replace(sp, series=tuple(k for k in sp.series if k in only)) for sp in specs]
-            specs = [sp for sp in specs if sp.series]
-        return cls(specs, config.feeds, database=database, clock=clock, on_bars=on_bars,
+        return cls(specs_from_config(config, only), config.feeds, database=database, clock=clock, on_bars=on_bars,
                    db_call=db_call, fence=fence)
 
     @property
@@ -439,18 +443,19 @@ class Ingest:
 
         return gen()
 
-    async def _restore(self) -> None:
+    async def _restore(self, feeds: Sequence[_Feed]) -> None:
         """Resume from stored bars: each series continues after its latest stored bar, and fills
         the gaps an earlier process recorded and stopped before filling (or, behind the stored
         bars, whose backfill failed); a newest bar from REST inside a recorded gap was stored
         while the series was live."""
-        if self.database is None:
+        keys = [s.key for f in feeds for s in f.series]
+        if self.database is None or not keys:
             return
-        newest = await self.db_call(latest_bars, self.database, self.series)
-        unfilled = await self.db_call(functools.partial(list_gaps, unfilled=True), self.database, self.series)
+        newest = await self.db_call(latest_bars, self.database, keys)
+        unfilled = await self.db_call(functools.partial(list_gaps, unfilled=True), self.database, keys)
         held = await self.db_call(gap_ends_holding, self.database,
                                   {k: b.open_time for k, b in newest.items() if b.source != "live"})
-        for f in self.feeds:
+        for f in feeds:
             for s in f.series:
                 bar = newest.get(s.key)
                 if bar is not None:
@@ -505,21 +510,70 @@ class Ingest:
             return await retrying(lambda: self.db_call(call, database, series), what=what)
 
     async def run(self) -> None:
-        await self._restore()
-        if self._stop.is_set():
-            return
-        tasks = [asyncio.create_task(f.run(), name=f"ingest:{f.spec.exchange}") for f in self.feeds]
-        self.started.set()
-        stop = asyncio.create_task(self._stop.wait())
+        """Every feed until `stop()`; a feed that fails stops the others and raises its error."""
         try:
-            done, _ = await asyncio.wait([*tasks, stop], return_when=asyncio.FIRST_COMPLETED)
-            for t in done:
-                if t is not stop and t.exception() is not None:
-                    raise t.exception()  # type: ignore[misc]
+            async with self._starting:
+                await self._restore(self.feeds)
+                if self._stop.is_set():
+                    return
+                for f in self.feeds:
+                    self._start(f)
+                self.started.set()
+            await self._stop.wait()
         finally:
-            for t in [*tasks, stop]:
+            self._stop.set()  # no feed is added after this
+            tasks = list(self._tasks.values())
+            for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             for q in self._subscribers:
                 with contextlib.suppress(asyncio.QueueFull):
                     q.put_nowait(None)
+        if self._failure is not None:
+            raise self._failure
+
+    def _start(self, feed: _Feed) -> None:
+        task = asyncio.create_task(feed.run(), name=f"ingest:{feed.spec.exchange}")
+        self._tasks[feed] = task
+        task.add_done_callback(self._feed_done)
+
+    def _feed_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():  # stopped, or its series all handed on
+            return
+        if task.exception() is not None and self._failure is None:
+            self._failure = task.exception()
+        self._stop.set()  # a feed ends by itself only when stopped, or failed
+
+    async def add(self, specs: Sequence[FeedSpec]) -> None:
+        """Start ingesting more series (taken over by this daemon) while running: restored from
+        the database as at a start, on connections of their own. The running connections keep
+        theirs, and their series their bars in progress: a series gained costs the others nothing."""
+        feeds = [_Feed(self, sp) for sp in specs if sp.series]
+        async with self._starting:
+            if self._stop.is_set() or not feeds:
+                return
+            self.feeds.extend(feeds)
+            if not self.started.is_set():  # `run` has not started yet: it starts them with the rest
+                return
+            await self._restore(feeds)
+            for f in feeds:
+                if not self._stop.is_set():
+                    self._start(f)
+
+    async def drop(self, keys: Collection[SeriesKey]) -> None:
+        """Stop ingesting series (handed on to another daemon). Each leaves its connection's
+        session, which keeps its other series and their bars in progress; the connection
+        subscribes without it the next time it connects (until then its trades are ignored). A
+        connection left with no series closes."""
+        gone = set(keys)
+        for f in [f for f in self.feeds if any(s.key in gone for s in f.series)]:
+            f.session.drop(gone)
+            f.connection.natives = list(f.session.natives)
+            if f.series:
+                continue
+            self.feeds.remove(f)
+            task = self._tasks.pop(f, None)
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):  # a failure is `run`'s to raise
+                    await task

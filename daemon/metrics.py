@@ -17,8 +17,9 @@ BLOCK_TRADES = Counter("barcast_feed_block_trades_total", "Trades taken in block
 MALFORMED = Counter("barcast_feed_malformed_total", "Malformed or unexpected messages skipped",
                     ["exchange", "reason"], registry=REGISTRY)
 RECONNECTS = Counter("barcast_feed_reconnects_total", "Websocket reconnects", ["exchange"], registry=REGISTRY)
-FEED_CONNECTED = Gauge("barcast_feed_connected", "1 while the exchange websocket is connected", ["exchange"],
-                       registry=REGISTRY)
+FEED_CONNECTED = Gauge("barcast_feed_connected",
+                       "Open websockets to the exchange (1 per connection; series taken over get one of their own)",
+                       ["exchange"], registry=REGISTRY)
 BACKFILLED = Counter("barcast_backfilled_bars_total", "Bars fetched from REST backfill", ["exchange", "symbol"],
                      registry=REGISTRY)
 FEED_GAPS = Counter("barcast_feed_gaps_total",

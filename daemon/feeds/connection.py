@@ -129,7 +129,7 @@ class FeedConnection:
                 ) as ws:
                     self._ws = ws
                     self.connects += 1
-                    metrics.FEED_CONNECTED.labels(name).set(1)
+                    metrics.FEED_CONNECTED.labels(name).inc()
                     if self.capture is not None and self.connects > 1:
                         self.capture.reconnected()
                     for msg in self.protocol.subscribe_messages(self.natives):
@@ -150,8 +150,9 @@ class FeedConnection:
                 if isinstance(exc, InvalidURI):
                     log.error("bad websocket URL", extra={"exchange": name, "url": self.url})
             finally:
+                if self._ws is not None:
+                    metrics.FEED_CONNECTED.labels(name).dec()
                 self._ws = None
-                metrics.FEED_CONNECTED.labels(name).set(0)
             if subscribed:
                 await self.queue.put(FeedEvent("down", self.clock(), reason=reason or "closed"))
             if self._stopping.is_set():

@@ -51,7 +51,7 @@ from __future__ import annotations
 import re
 from bisect import bisect_left, bisect_right
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -329,6 +329,19 @@ class FeedSession:
         #: natives with exactly one series (the usual case), for the hot path
         self._one = {n: ss[0] for n, ss in self.by_native.items() if len(ss) == 1}
         self._by_key = {s.key: s for s in self.series}
+
+    def has(self, key: SeriesKey) -> bool:
+        return key in self._by_key
+
+    def drop(self, keys: Collection[SeriesKey]) -> None:
+        """Stop building and backfilling these series (handed on to another daemon); the others
+        keep their state, bars in progress included. Their trades still arrive until the
+        connection next subscribes (without them) and are ignored as of an unknown symbol; the
+        shell abandons a backfill of theirs in flight."""
+        self.series = [s for s in self.series if s.key not in keys]
+        self._index()
+        self._close_floor_us = 0  # a lower bound again
+        self._update_due()
 
     # --- restore, connection events -------------------------------------------------------------
     def restore(
@@ -997,7 +1010,11 @@ class FeedSession:
         """One page of `req` was fetched (and is about to be stored, in order): `bars` cover up
         to `page_end_us`. `last`: the request is complete."""
         out: list[Action] = []
-        s = self.series[req.index]
+        s = self._by_key.get(req.series)
+        if s is None:  # handed on meanwhile (the shell abandons such a request)
+            if last:
+                self._finish_request(out)
+            return out
         self.stats.backfilled_bars += len(bars)
         if req.hole is not None:  # behind the stored bars: what is known of the series stays
             if bars:
@@ -1033,14 +1050,15 @@ class FeedSession:
         return out
 
     def backfill_failed(self, req: Backfill, mono: float) -> list[Action]:
-        """A page of `req` failed: what was stored stays; the rest is retried later (a hole at
-        the next subscription)."""
-        s = self.series[req.index]
-        self.stats.backfill_failures += 1
-        if req.hole is not None:
-            s.holes.append(req.hole)
-        else:
-            s.retry_at = mono + self.options.backfill_retry_s
+        """A page of `req` failed (or the shell abandoned it: its series was handed on): what
+        was stored stays; the rest is retried later (a hole at the next subscription)."""
+        s = self._by_key.get(req.series)
+        if s is not None:
+            self.stats.backfill_failures += 1
+            if req.hole is not None:
+                s.holes.append(req.hole)
+            else:
+                s.retry_at = mono + self.options.backfill_retry_s
         out: list[Action] = []
         self._finish_request(out)
         return out

@@ -235,6 +235,66 @@ async def run_cluster(db_url: str, tmp: Path, sc: Scenario, *, log: Any = print)
     return run, series
 
 
+async def run_join(db_url: str, tmp: Path, sc: Scenario, *, log: Any = print) -> tuple[Run, list[SimSeries]]:
+    """Start the simulator and one daemon; once it owns every series and forecasts live bars, a
+    second one joins; wait for the rebalance; run; SIGTERM both. `Run.killed` is unused;
+    `Run.killed_series` are the series the first daemon handed on."""
+    series, sim_start = _sim(sc)
+    run = Run(sim_start)
+    keys = [SeriesKey("binance", s.symbol) for s in series]
+    alone, shared = assign(keys, ["d1"]), assign(keys, ["d1", "d2"])
+    run.killed_series = {k for k, o in shared.items() if o == "d2"}
+    db = open_database(db_url)
+    procs: dict[str, asyncio.subprocess.Process] = {}
+    sim = ExchangeSimulator(PROTOCOLS["binance"], series, speed=sc.speed, start=sim_start.timestamp(),
+                            heartbeat_s=0.05)
+    async with sim:
+        env_base = {k: v for k, v in os.environ.items() if not k.startswith("BARCAST_")}
+
+        async def start(name: str) -> None:
+            cfg = tmp / f"{name}.toml"
+            cfg.write_text(config_text(tmp, name, db_url, sim.ws_url, sim.rest_url, sc))
+            run.logs[name] = tmp / f"{name}.log"
+            with open(run.logs[name], "ab") as err:
+                procs[name] = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "daemon", "run", env={**env_base, "BARCAST_CONFIG": str(cfg)},
+                    stdout=asyncio.subprocess.DEVNULL, stderr=err)
+
+        def forecasts_past(t: datetime) -> bool:
+            newest = newest_forecast(db)
+            return newest is not None and newest >= t and len(forecast_series(db)) == sc.series
+
+        try:
+            await start("d1")
+            await _wait(lambda: owners(db) == alone, 120, "every series owned by the first daemon")
+            run.balance_before = dict(Counter(owners(db).values()))
+            await _wait(lambda: forecasts_past(sim_start + timedelta(minutes=5 * sc.bars_before_kill)), 120,
+                        f"forecasts of {sc.bars_before_kill} live bars of every series")
+            await start("d2")
+            t0 = time.monotonic()
+            await _wait(lambda: owners(db) == shared, 120, "the second daemon's share")
+            run.rebalance_s = time.monotonic() - t0
+            run.balance_after = dict(Counter(owners(db).values()))
+            log(f"d2 joined: rebalanced in {run.rebalance_s:.2f} s: {run.balance_after}")
+            seen = newest_bar(db)
+            assert seen is not None
+            await _wait(lambda: forecasts_past(seen + timedelta(minutes=5 * sc.bars_after_rebalance)), 120,
+                        f"forecasts of {sc.bars_after_rebalance} bars after the rebalance")
+            run.end_bar = newest_forecast(db)
+        finally:
+            for p in procs.values():
+                if p.returncode is None:
+                    p.send_signal(signal.SIGTERM)
+            for name, p in procs.items():
+                try:
+                    run.return_codes[name] = await asyncio.wait_for(p.wait(), 40)
+                except TimeoutError:
+                    p.kill()
+                    run.return_codes[name] = await p.wait()
+            db.close()
+    return run, series
+
+
 def check(db_url: str, run: Run, series: list[SimSeries]) -> dict[str, Any]:
     """The exactly-once checks over the whole run; returns counts for the report."""
     assert run.end_bar is not None

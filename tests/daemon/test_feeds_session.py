@@ -549,3 +549,30 @@ def test_a_newest_bar_from_rest_in_a_recorded_gap_was_stored_while_live(
     seen = run_gaps(steps, stored={KEY: stored}, source="backfill", candles=True, gap_end=gap_end)
     assert [(kind, start, end, n) for _key, kind, start, end, n in seen] == expect
 
+
+def test_a_series_dropped_leaves_the_others_and_their_bar_in_progress_untouched() -> None:
+    """A series handed on to another daemon leaves the connection's session; the other series
+    go on with the bar in progress they had (a restart of the connection lost it: a gap)."""
+    s = FeedSession(PROTOCOLS["coinbase"], [KEY, SOL], OPTS)
+    s.up(T0 + 10, 0.0)
+    for b in [a for a in s.message(ACK, T0 + 10, 0.1) if isinstance(a, Backfill)]:
+        s.backfilled(b, b.end_us, [], last=True)
+    sol = '{"type":"match","trade_id":%d,"side":"buy","size":"1","price":"%s","product_id":"SOL-USD","time":"%s"}'
+    s.message(match(T0 + 301, "10", 1), T0 + 301, 0.2)  # the bar in progress of both from T0+300
+    s.message(sol % (1, "5", iso_us((T0 + 301) * US_PER_S)), T0 + 301, 0.3)
+    finals = [a for a in s.message(match(T0 + 610, "11", 2), T0 + 610, 0.4) if isinstance(a, Backfill)]
+    assert {a.series for a in finals} == {KEY, SOL}
+    s.drop([SOL])
+    assert s.natives == ["BTC-USD"] and [x.key for x in s.series] == [KEY]
+    out: list = []
+    for b in finals:  # the dropped series' backfill comes back after the drop: nothing of it is stored
+        out += s.backfilled(b, b.end_us, [candle(b.series, T0)], last=True)
+    published = [u for a in out if isinstance(a, Publish) for u in a.updates]
+    assert [(u.bar.series, u.kind) for u in published] == [(KEY, "backfilled"), (KEY, "closed")]
+    assert published[1].bar.open == Decimal(10)  # the trade from before the drop: the bar was kept
+    before = s.stats.unknown_symbol
+    assert s.message(sol % (2, "6", iso_us((T0 + 611) * US_PER_S)), T0 + 611, 0.5) == []
+    assert s.stats.unknown_symbol == before + 1
+    acts = s.message(match(T0 + 910, "12", 3), T0 + 910, 0.6)
+    assert [(u.bar.series, to_unix(u.bar.open_time) - T0) for a in acts if isinstance(a, Publish)
+            for u in a.updates] == [(KEY, 600)]

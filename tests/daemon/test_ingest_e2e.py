@@ -506,6 +506,58 @@ def test_a_restart_after_rest_filled_the_last_gap_before_a_live_bar_still_record
     assert gaps[1].bars_missed >= 3
 
 
+def test_a_series_handed_on_and_back_costs_the_other_series_of_its_connection_nothing(
+    tmp_db: Database, csv_bars: list[Bar]
+) -> None:
+    """Two series on one connection, both live; one is handed on (`Ingest.drop`), later taken
+    back (`Ingest.add`: a connection of its own, restored from the database). The other keeps
+    its connection and bar in progress throughout: no gap, no reconnect; the one that moved has
+    its takeover gap, filled; both series' bars are the exchange's."""
+    bars = [b for b in csv_bars if b.open_time < datetime(2020, 12, 21, 8, 0, tzinfo=UTC)]
+    other = SeriesKey("binance", "ETH-USDT", "5m")
+    step = interval_seconds(SERIES.interval)
+    sim = ExchangeSimulator(PROTOCOLS["binance"], [SimSeries(k.symbol, tuple(bars)) for k in (SERIES, other)],
+                            speed=300.0, start=SIM_START.timestamp(), heartbeat_s=0.05)
+
+    async def run() -> Ingest:
+        async with sim:
+            ingest = Ingest([FeedSpec("binance", (SERIES, other), sim.ws_url, sim.rest_url)], FAST,
+                            database=tmp_db, clock=sim.clock.now, rest_min_interval_s=0.0, backfill_retry_s=0.05,
+                            tick_s=0.02, rest_poll_s=0.05)
+            updates = ingest.updates()
+            task = asyncio.create_task(ingest.run())
+
+            async def closed(key: SeriesKey, bars_from_now: int) -> None:
+                t = sim.clock.now()
+                at = utc_from_unix(int(t) - int(t) % step + bars_from_now * step)
+                async for u in updates:
+                    if u.bar.series == key and u.kind == "closed" and u.bar.open_time >= at:
+                        return
+
+            try:
+                await asyncio.wait_for(closed(other, 1), 60)
+                await ingest.drop([other])
+                await asyncio.wait_for(closed(SERIES, 3), 60)
+                await ingest.add([FeedSpec("binance", (other,), sim.ws_url, sim.rest_url)])
+                await asyncio.wait_for(closed(other, 2), 60)
+            finally:
+                ingest.stop()
+                await task
+            return ingest
+
+    ingest = asyncio.run(run())
+    kept, moved = ingest.feeds
+    assert [s.key for s in kept.series] == [SERIES] and [s.key for s in moved.series] == [other]
+    assert kept.connection.connects == 1 and kept.connection.natives == ["BTCUSDT"]
+    assert list_gaps(tmp_db, [SERIES]) == []
+    (gap,) = list_gaps(tmp_db, [other])
+    assert gap.filled_at is not None and gap.bars_filled == gap.bars_missed >= 3, gap
+    for key in (SERIES, other):
+        stored = read_bars(tmp_db, key)
+        assert values(stored) == values([b for b in bars if b.open_time <= stored[-1].open_time]), key
+    assert Counter(b.source for b in read_bars(tmp_db, SERIES))["live"] >= 4
+
+
 def test_dense_trades_store_the_csv_bars_text_for_text(tmp_db: Database, csv_bars: list[Bar]) -> None:
     """50 trades per bar through the whole daemon path (websocket, session, hot path, store):
     every live bar has the CSV bar's exact text and the trade count the simulator sent."""
