@@ -117,6 +117,13 @@ def update_metrics(database: Database, model_id: str, metrics: dict[str, Any]) -
         conn.execute(update(models).where(models.c.id == model_id).values(metrics=metrics))
 
 
+def set_artifact_path(database: Database, model_id: str, artifact_path: str) -> None:
+    """Where the model's artifact lives now (`barcast db copy` moving it between a directory and
+    the database)."""
+    with database.begin() as conn:
+        conn.execute(update(models).where(models.c.id == model_id).values(artifact_path=artifact_path))
+
+
 def set_status(database: Database, model_id: str, status: ModelStatus) -> None:
     """Set a model's status. Retiring a champion also ends its champion terms."""
     if status not in STATUSES:

@@ -1,16 +1,21 @@
 """Where a model's artifact lives: a local directory (SQLite, one machine) or the database
 (PostgreSQL, any machine). `publish` after saving; `local_path` before loading, which on
 PostgreSQL materialises the stored files into `<artifacts_dir>/<model id>` once (atomically, by
-rename) and then loads from there; `load_artifact` verifies every file's sha256 as always."""
+rename) and then loads from there; `load_artifact` verifies every file's sha256 as always.
+`rehome` moves every artifact of a copied database (`barcast db copy`) to where the target's
+kind keeps them."""
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from db import artifacts
+from db import artifacts, registry
 from db.engine import Database
+from db.errors import ArtifactError
+from db.records import ModelInfo
 
 #: `models.artifact_path` of an artifact stored in the database.
 DB_PREFIX = "db:"
@@ -52,3 +57,87 @@ def forget(database: Database, artifact_path: str) -> None:
     """Delete a pruned artifact's stored files (the local copy is removed by the caller)."""
     if artifact_path.startswith(DB_PREFIX):
         artifacts.remove(database, [artifact_path[len(DB_PREFIX):]])
+
+
+def _has_files(directory: Path) -> bool:
+    return (directory / "manifest.json").is_file()
+
+
+def unavailable(database: Database) -> dict[str, str]:
+    """Models in use (champions, candidates) whose artifact is not where `artifact_path` says:
+    model id -> why. A retired model's artifact may have been pruned (retention), which is fine."""
+    out = {}
+    for info in registry.list_models(database):
+        path = info.artifact_path
+        if not path or info.status == "retired":
+            continue
+        if path.startswith(DB_PREFIX):
+            try:
+                artifacts.get(database, path[len(DB_PREFIX):])
+            except ArtifactError as exc:
+                out[info.id] = str(exc)
+        elif not _has_files(Path(path)):
+            out[info.id] = f"artifact directory {path} has no manifest.json"
+    return out
+
+
+@dataclass
+class Rehomed:
+    """What `rehome` did: models whose files went into the database or out to files, and retired
+    models whose artifact retention had already pruned (left as they were)."""
+
+    to_database: list[str] = field(default_factory=list)
+    to_files: list[str] = field(default_factory=list)
+    files: int = 0
+    pruned: list[str] = field(default_factory=list)
+
+
+def rehome(database: Database, artifacts_dir: str | Path) -> Rehomed:
+    """After a copy into `database`: every artifact where this kind of database keeps it. On
+    PostgreSQL a model whose artifact is a local directory gets its files stored in the database
+    (`publish`: any daemon on any machine loads it); on SQLite a model stored in the database gets
+    its files written to `<artifacts_dir>/<model id>` (`local_path`, each file checked against its
+    sha256), its registry path pointed there and its stored rows removed (the directory is then
+    the only copy, as for every SQLite install). Idempotent."""
+    done = Rehomed()
+    for info in registry.list_models(database):
+        path = info.artifact_path
+        if not path or in_database(database) == path.startswith(DB_PREFIX):
+            continue
+        if in_database(database):
+            directory = Path(path)
+            if not _has_files(directory):
+                done.pruned.append(info.id)
+                continue
+            registry.set_artifact_path(database, info.id, publish(database, info.id, directory))
+            done.to_database.append(info.id)
+        else:
+            try:
+                directory = local_path(database, path, artifacts_dir)
+            except ArtifactError:
+                if info.status != "retired":
+                    raise
+                done.pruned.append(info.id)
+                continue
+            registry.set_artifact_path(database, info.id, str(directory.resolve()))
+            artifacts.remove(database, [info.id])
+            done.to_files.append(info.id)
+        done.files += sum(1 for p in directory.iterdir() if p.is_file())
+    return done
+
+
+def unloadable(database: Database, models: list[ModelInfo]) -> dict[str, str]:
+    """Load each of `models` as a daemon on another machine would (a database artifact fetched
+    into a scratch directory, not a local copy): model id -> why it failed."""
+    from trainer.artifacts import load_artifact
+
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="barcast-verify-") as scratch:
+        for info in models:
+            if not info.artifact_path:
+                continue
+            try:
+                load_artifact(local_path(database, info.artifact_path, scratch))
+            except ArtifactError as exc:
+                out[info.id] = str(exc)
+    return out

@@ -1,22 +1,31 @@
-"""`barcast db upgrade|stats|prune`."""
+"""`barcast db upgrade|stats|prune|copy`."""
 
 from __future__ import annotations
 
 import os
 import socket
 import sys
+import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import orjson
 
-from daemon.cli.common import AppContext, emit_rows, format_option, iso, pass_app
+from daemon.cli.common import AppContext, OutputPath, emit_rows, format_option, iso, pass_app, progress_bar
 from db import migrate
 from db.bars import series_stats
 from db.engine import open_database
 from db.errors import BarcastError, InputError
 from db.stats import database_size_bytes, table_counts
+
+if TYPE_CHECKING:
+    from db.cluster import Instance
+    from db.copy import Copied
+    from db.engine import Database
+    from trainer.artifact_store import Rehomed
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -168,6 +177,129 @@ def prune_cmd(app: AppContext, dry_run: bool, forecasts_days: float | None, jobs
                    "writes to wait while it runs)")
     else:
         click.echo(f"database size: {_mb(before)}")
+
+
+#: What to do with a target a copy left behind part-way.
+_DROP = ("drop it (PostgreSQL: DROP DATABASE, then CREATE DATABASE; SQLite: delete the file) and run "
+         "`barcast db copy` again")
+
+
+@db_group.command("copy")
+@click.option("--to", "target_url", required=True, metavar="URL",
+              help="The empty database to copy into (postgresql://USER@HOST/DB, sqlite:///PATH or a path).")
+@click.option("--artifacts-dir", type=OutputPath(directory=True), default=None,
+              help="A SQLite target's model files go to DIR/<model id> [paths.artifacts_dir].")
+@format_option(choices=("table", "json"))
+@pass_app
+def copy_cmd(app: AppContext, target_url: str, artifacts_dir: Path | None, fmt: str) -> None:
+    """Copy this database (--db / config) into an empty one: SQLite to PostgreSQL, back, or
+    PostgreSQL to PostgreSQL, model artifacts included. Stop every daemon on it first. Prints the
+    rows per table in both and exits 1 naming what does not match."""
+    from db import copy, registry
+    from trainer import artifact_store
+
+    started = time.monotonic()
+    source = app.database()  # an older schema is refused here: run `barcast db upgrade` first
+    if copy.same_database(source.url, target_url):
+        raise InputError(f"--to {target_url} is the source database itself")
+    live = _live_daemons(source)
+    if live:
+        who = ", ".join(f"{i.id} (host {i.host}, pid {i.pid}, last heartbeat {iso(i.heartbeat_at)})" for i in live)
+        raise BarcastError(
+            f"a daemon is running on {source.display_url}: {who}; stop it first (`systemctl stop barcast`): "
+            f"the copy would miss what it writes meanwhile. A daemon that died counts as running until its "
+            f"heartbeat expires ({iso(max(i.expires_at for i in live))})")
+    missing = artifact_store.unavailable(source)
+    if missing:
+        raise BarcastError("models in use have no artifact to copy: " + "; ".join(
+            f"{m}: {why}" for m, why in missing.items()) + " (restore it, or retire the model, then copy)")
+    files_dir = artifacts_dir or app.config.artifacts_dir
+    target = copy.open_empty_target(target_url)
+    try:
+        done = _copy_rows(app, source, target)
+        counts = table_counts(target)
+        problems = [f"table {t}: {n:,} rows in the source, {counts.get(t, 0):,} in the target"
+                    for t, n in done.rows.items() if counts.get(t, 0) != n]
+        try:
+            moved = artifact_store.rehome(target, files_dir)
+        except BarcastError as exc:
+            raise BarcastError(f"{exc}; the target {target.display_url} holds the copied rows but not every "
+                               f"model artifact: {_DROP}") from exc
+        problems += [f"daemon {i.id} (host {i.host}, pid {i.pid}) started on the source during the copy: what it "
+                     "wrote since is not in the target" for i in _live_daemons(source)]
+        in_use = [m for m in registry.list_models(target) if m.status != "retired"]
+        problems += [f"model {m}: {why}" for m, why in artifact_store.unloadable(target, in_use).items()]
+        _report(fmt, source, target, done, counts, moved, files_dir, problems, started)
+    finally:
+        target.close()
+    if problems:
+        raise BarcastError(f"the copy does not match the source: {'; '.join(problems)}; {_DROP}")
+
+
+def _live_daemons(database: Database) -> list[Instance]:
+    """Daemons whose heartbeat has not expired (a clean stop removes the row at once)."""
+    from db.cluster import list_instances
+
+    now = datetime.now(UTC)
+    return [i for i in list_instances(database) if i.expires_at > now]
+
+
+def _copy_rows(app: AppContext, source: Database, target: Database) -> Copied:
+    """The rows, with a progress bar on a terminal; a failure leaves the target without rows."""
+    from db import copy
+
+    with progress_bar(app.console) as progress:
+        task = progress.add_task("copying", total=None)
+        seen: dict[str, int] = {}
+
+        def started(counts: dict[str, int]) -> None:
+            progress.update(task, total=sum(counts.values()))
+
+        def rows(table: str, done: int) -> None:
+            seen[table] = done
+            progress.update(task, completed=sum(seen.values()), description=f"copying {table}")
+
+        try:
+            return copy.copy_rows(source, target, on_start=started, on_rows=rows)
+        except BarcastError as exc:
+            raise BarcastError(f"{exc}; nothing was kept in {target.display_url} (its rows go in one "
+                               "transaction): fix the cause and run `barcast db copy` again") from exc
+
+
+def _report(fmt: str, source: Database, target: Database, done: Copied, counts: dict[str, int], moved: Rehomed,
+            files_dir: Path, problems: list[str], started: float) -> None:
+    """Rows per table as copied (before the artifacts moved), the artifacts, what did not match."""
+    rate = done.total / done.seconds if done.seconds > 0 else 0.0
+    tables = [{"table": t, "source": n, "target": counts.get(t, 0)} for t, n in done.rows.items()]
+    where = ("stored in the database" if moved.to_database else
+             f"written to {files_dir}" if moved.to_files else "left where they were")
+    doc = {
+        "source": source.display_url,
+        "target": target.display_url,
+        "ok": not problems,
+        "problems": problems,
+        "rows": done.total,
+        "seconds": round(done.seconds, 3),
+        "rows_per_s": round(rate),
+        "total_seconds": round(time.monotonic() - started, 3),
+        "tables": tables,
+        "artifacts": {"to_database": moved.to_database, "to_files": moved.to_files,
+                      "directory": str(files_dir) if moved.to_files else None, "files": moved.files,
+                      "pruned": moved.pruned},
+    }
+    if fmt == "json":
+        sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    click.echo(f"source: {source.display_url}\ntarget: {target.display_url}")
+    emit_rows(tables, ["table", "source", "target"], "table")
+    click.echo(f"copied {done.total:,} rows in {done.seconds:.1f} s ({rate:,.0f} rows/s); "
+               f"{doc['total_seconds']:.1f} s in all, artifacts and checks included")
+    n = len(moved.to_database) + len(moved.to_files)
+    click.echo(f"model artifacts: {n} models' files {where} ({moved.files} files)"
+               + (f"; {len(moved.pruned)} retired models' artifacts were already pruned" if moved.pruned else "")
+               + ("; the model_artifacts counts above are the rows as copied, before the files moved" if n else ""))
+    if not problems:
+        click.echo(f"next: point [database] url (or --db) at {target.display_url} and start barcast")
 
 
 def _mb(size: int | None) -> str:
