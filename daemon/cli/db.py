@@ -271,8 +271,8 @@ def _report(fmt: str, source: Database, target: Database, done: Copied, counts: 
     """Rows per table as copied (before the artifacts moved), the artifacts, what did not match."""
     rate = done.total / done.seconds if done.seconds > 0 else 0.0
     tables = [{"table": t, "source": n, "target": counts.get(t, 0)} for t, n in done.rows.items()]
-    where = ("stored in the database" if moved.to_database else
-             f"written to {files_dir}" if moved.to_files else "left where they were")
+    where = ("stored in the database" if moved.to_database else f"written to {files_dir}" if moved.to_files else
+             "kept as they were (copied as model_artifacts rows, or the registry's directories)")
     doc = {
         "source": source.display_url,
         "target": target.display_url,

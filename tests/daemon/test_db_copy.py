@@ -7,23 +7,27 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from alembic.command import upgrade as alembic_upgrade
-from sqlalchemy import func, select, text
+from sqlalchemy import create_engine, func, select, text
 
 from db import cluster, copy, jobs, migrate, registry
 from db.bars import read_bars
 from db.calibration import load_states, store_states
-from db.engine import Database, create_db_engine, open_database
+from db.engine import Database, create_db_engine, normalise_url, open_database
 from db.forecasts import insert_forecasts, store_new_forecasts
 from db.gaps import mark_gap_filled, record_gap
 from db.records import CalibrationState
-from db.schema import champion_history, forecast_scores
+from db.schema import champion_history, forecast_scores, model_artifacts
 from db.stats import table_counts
+from tests.conftest import drop_database
 from tests.daemon.clirun import barcast
 from tests.daemon.opsdata import BTC, DRIFT, ETH, PERSISTENCE, forecasts_for, ops_db_url
 from trainer.artifact_store import DB_PREFIX, local_path
@@ -144,7 +148,21 @@ def _same_data(a: Database, b: Database) -> None:
                 assert conn_a.execute(stmt).all() == conn_b.execute(stmt).all(), table.name
 
 
-def test_sqlite_to_postgresql_and_back(source: str, pg_db_url: str, tmp_path: Path,
+@contextmanager
+def scratch_pg(server_url: str) -> Iterator[str]:
+    """One more empty PostgreSQL database (as the pg_db_url fixture makes one), dropped after."""
+    name = f"barcast_t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(normalise_url(server_url), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield normalise_url(server_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        drop_database(admin, name)
+        admin.dispose()
+
+
+def test_sqlite_to_postgresql_and_back(source: str, pg_url: str, pg_db_url: str, tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     before = _reads(capsys, source)
     models_before = _models(capsys, source)
@@ -191,7 +209,28 @@ def test_sqlite_to_postgresql_and_back(source: str, pg_db_url: str, tmp_path: Pa
         money = "SELECT open, high, low, close, volume FROM bars ORDER BY exchange, symbol, open_time"
         with src.engine.connect() as conn_a, home.engine.connect() as conn_b:  # the stored decimal text itself
             assert conn_a.execute(text(money)).all() == conn_b.execute(text(money)).all()
+    finally:
+        for d in (src, pg, home):
+            d.close()
 
+    # PostgreSQL -> PostgreSQL: the stored artifacts go as rows (bytea by COPY), digest for digest
+    with scratch_pg(pg_url) as pg2_url:
+        _copy(capsys, pg_db_url, pg2_url)
+        _same_reads(_reads(capsys, pg2_url), before)
+        pg, pg2 = open_database(pg_db_url, create=False), open_database(pg2_url, create=False)
+        try:
+            _same_data(pg, pg2)
+            stored = select(model_artifacts).order_by(model_artifacts.c.model_id, model_artifacts.c.name)
+            with pg.engine.connect() as conn_a, pg2.engine.connect() as conn_b:
+                assert conn_a.execute(stored).all() == conn_b.execute(stored).all() != []
+            elsewhere = local_path(pg2, DB_PREFIX + champion.id, tmp_path / "third-machine")
+            assert load_artifact(elsewhere, window=256, horizon=16).arch == "har"
+        finally:
+            pg.close()
+            pg2.close()
+
+    pg = open_database(pg_db_url, create=False)
+    try:
         # PostgreSQL's id sequences continue after the copied ids: new rows get new ids
         with pg.engine.connect() as conn:
             top = conn.execute(select(func.max(champion_history.c.id))).scalar_one()
@@ -205,8 +244,7 @@ def test_sqlite_to_postgresql_and_back(source: str, pg_db_url: str, tmp_path: Pa
         new = store_new_forecasts(pg, [forecasts_for(bars, len(bars) - 1, "after-copy", datetime.now(UTC))])
         assert [f.seq for f in new] == [seq + 1]
     finally:
-        for d in (src, pg, home):
-            d.close()
+        pg.close()
 
 
 def test_sqlite_to_sqlite_copy_keeps_everything(source: str, tmp_path: Path,
