@@ -139,12 +139,17 @@ class FeedsConfig:
     max_future_s: float = 60.0
     #: No subscription acknowledgement this long after connecting: treat the feed as subscribed.
     ack_timeout_s: float = 10.0
+    #: A symbol the exchange refuses is asked for again after this long, doubling up to the cap.
+    refused_retry_s: float = 60.0
+    refused_retry_max_s: float = 1800.0
 
     def __post_init__(self) -> None:
         _check(self.grace_s >= 0, "grace_s: must be >= 0")
         _check(self.late_allowance_s >= 0, "late_allowance_s: must be >= 0")
         _check(self.stall_timeout_s > 0, "stall_timeout_s: must be > 0")
         _check(self.ack_timeout_s > 0, "ack_timeout_s: must be > 0")
+        _check(0 < self.refused_retry_s <= self.refused_retry_max_s,
+               "refused_retry_s: must be > 0 and <= refused_retry_max_s")
         _check(0 < self.backoff_initial_s <= self.backoff_max_s, "backoff_initial_s: must be > 0 and <= backoff_max_s")
         _check(self.queue_size >= 10, "queue_size: must be >= 10")
         _check(self.backfill_days >= 0, "backfill_days: must be >= 0")

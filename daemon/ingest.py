@@ -47,6 +47,9 @@ from daemon.feeds.session import (
     Rejected,
     SeriesState,
     SessionOptions,
+    Subscribe,
+    SubscriptionAccepted,
+    SubscriptionRefused,
 )
 from daemon.live.dbretry import retrying
 from db.bars import latest_bars, upsert_bars
@@ -112,15 +115,18 @@ class _Feed:
                 backfill_days=opts.backfill_days,
                 stall_timeout_s=opts.stall_timeout_s,
                 ack_timeout_s=opts.ack_timeout_s,
+                refused_retry_s=opts.refused_retry_s,
+                refused_retry_max_s=opts.refused_retry_max_s,
                 backfill_retry_s=ingest.backfill_retry_s,
                 rest_poll_s=ingest.rest_poll_s,
                 max_candles=self.protocol.max_candles,
             ),
             wall_clock=ingest.clock is not None,
         )
+        session = self.session
         self.connection = FeedConnection(
             self.protocol,
-            self.session.natives,
+            lambda: session.subscribable(time.monotonic()),
             opts,
             url=spec.ws_url,
             capture=None,
@@ -193,7 +199,7 @@ class _Feed:
                         self._export_metrics()
                     continue
                 if ev.kind == "up":
-                    actions = session.up(ev.received, mono())
+                    actions = session.up(ev.received, mono(), ev.natives)
                 else:
                     actions = session.down(mono())
                     log.info(
@@ -239,6 +245,29 @@ class _Feed:
                 await self._gap(a)
             elif type(a) is GapFilled:
                 await self._gap_filled(a)
+            elif type(a) is Subscribe:
+                await self.connection.send(a.messages)
+            elif type(a) is SubscriptionRefused:
+                self._refused(a)
+            elif type(a) is SubscriptionAccepted:
+                log.info("subscription accepted; series resume",
+                         extra={"exchange": self.spec.exchange, "symbol": a.native,
+                                "series": [str(k) for k in a.series]})
+                for k in a.series:
+                    metrics.FEED_REFUSED.labels(str(k)).set(0)
+
+    def _refused(self, a: SubscriptionRefused) -> None:
+        """Said once per connection (the retries on it only count): which series, the exchange's
+        own reason, when it is asked again; the others on the connection go on."""
+        for k in a.series:
+            metrics.REFUSALS.labels(k.exchange, k.symbol).inc()
+            metrics.FEED_REFUSED.labels(str(k)).set(1)
+        if a.log:
+            log.warning(
+                "subscription refused by the exchange; its series get no bars",
+                extra={"exchange": self.spec.exchange, "symbol": a.native, "series": [str(k) for k in a.series],
+                       "reason": a.reason, "retry_in_s": round(a.retry_in_s, 1)},
+            )
 
     def _gap_fields(self, a: GapDetected | GapFilled) -> dict[str, Any]:
         start, end = utc_from_unix(seconds(a.start_us)), utc_from_unix(seconds(a.end_us))
@@ -286,11 +315,12 @@ class _Feed:
                     stored = [stored[0] if stored else bars[0], bars[-1]]
                     count += len(bars)
         except BackfillError as exc:
-            log.warning(
-                "backfill failed; will retry",
-                extra={"series": str(req.series), "error": str(exc), "stored_bars": count},
-            )
-            await self._execute(session.backfill_failed(req, time.monotonic()))
+            if exc.refused is None:  # a refusal is said by the session's SubscriptionRefused
+                log.warning(
+                    "backfill failed; will retry",
+                    extra={"series": str(req.series), "error": str(exc), "stored_bars": count},
+                )
+            await self._execute(session.backfill_failed(req, time.monotonic(), exc.refused))
             return
         if stored:
             log.info(

@@ -20,6 +20,11 @@ RECONNECTS = Counter("barcast_feed_reconnects_total", "Websocket reconnects", ["
 FEED_CONNECTED = Gauge("barcast_feed_connected",
                        "Open websockets to the exchange (1 per connection; series taken over get one of their own)",
                        ["exchange"], registry=REGISTRY)
+REFUSALS = Counter("barcast_feed_subscription_refusals_total",
+                   "Subscriptions the exchange refused (an unknown, delisted or halted symbol; retried with backoff)",
+                   ["exchange", "symbol"], registry=REGISTRY)
+FEED_REFUSED = Gauge("barcast_feed_series_refused", "1 while the exchange refuses the series' symbol", ["series"],
+                     registry=REGISTRY)
 BACKFILLED = Counter("barcast_backfilled_bars_total", "Bars fetched from REST backfill", ["exchange", "symbol"],
                      registry=REGISTRY)
 FEED_GAPS = Counter("barcast_feed_gaps_total",

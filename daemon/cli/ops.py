@@ -289,8 +289,10 @@ def status_cmd(app: AppContext, offline: bool, api: str | None, timeout: float, 
     feeds = doc.get("feeds") or {}
     if feeds:
         keys = sorted({k for v in feeds.values() if isinstance(v, dict) for k in v})
-        emit_rows([{"exchange": ex, **(v if isinstance(v, dict) else {})} for ex, v in sorted(feeds.items())],
-                  ["exchange", *keys], "table", title="feeds")
+        rows = [{"exchange": ex, **(v if isinstance(v, dict) else {})} for ex, v in sorted(feeds.items())]
+        for r in rows:  # per-reason or per-series maps: "key=value" pairs, as a series' feed above
+            r.update({k: "; ".join(f"{a}={b}" for a, b in v.items()) for k, v in r.items() if isinstance(v, dict)})
+        emit_rows(rows, ["exchange", *keys], "table", title="feeds")
     size_text = f"{size / 1e6:.1f} MB" if isinstance(size, int | float) else "unknown"
     click.echo(f"database: {db.get('url', '?')} ({size_text})")
     unknown = "none scheduled" if doc.get("source") == "daemon" else "unknown (no daemon answered)"

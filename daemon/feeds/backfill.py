@@ -25,7 +25,12 @@ log = logging.getLogger("barcast.backfill")
 
 
 class BackfillError(BarcastError):
-    """The exchange's REST endpoint failed or answered something that is not candles."""
+    """The exchange's REST endpoint failed or answered something that is not candles.
+    `refused`: it said the symbol is not listed (its reason; `ExchangeProtocol.rest_refusal`)."""
+
+    def __init__(self, message: str, refused: str | None = None) -> None:
+        super().__init__(message)
+        self.refused = refused
 
 
 class RestClient:
@@ -72,11 +77,21 @@ class RestClient:
                 except urllib.error.HTTPError as exc:
                     last_error = f"HTTP {exc.code}"
                     if exc.code not in (408, 418, 425, 429, 500, 502, 503, 504):
+                        refused = self.protocol.rest_refusal(exc.code, _body(exc))
+                        if refused is not None:
+                            raise BackfillError(f"{self.protocol.name} REST {url}: {refused}", refused) from None
                         break
                 except (urllib.error.URLError, OSError, TimeoutError) as exc:
                     last_error = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
             await asyncio.sleep(self.retry_base_s * 2**attempt)
         raise BackfillError(f"{self.protocol.name} REST {url}: {last_error}")
+
+
+def _body(exc: urllib.error.HTTPError) -> bytes:
+    try:
+        return exc.read(4096) or b""
+    except (OSError, ValueError):
+        return b""
 
 
 async def candle_pages(
@@ -92,7 +107,8 @@ async def candle_pages(
         try:
             page = proto.parse_candles(body, interval_s)
         except BadMessage as exc:
-            raise BackfillError(f"{proto.name} candles for {native}: {exc.reason} in {body[:200]!r}") from None
+            raise BackfillError(f"{proto.name} candles for {native}: {exc.reason} in {body[:200]!r}",
+                                proto.rest_refusal(200, body)) from None
         kept = {c.open_time: c for c in page if s <= c.open_time < e and c.open_time % interval_s == 0}
         yield e, [kept[k] for k in sorted(kept)]
         s = e

@@ -62,6 +62,7 @@ from daemon.feeds.records import (
     Trade,
     error,
     malformed,
+    refused,
 )
 from daemon.feeds.symbols import QUOTES, SymbolFormat, split_concat, split_normal, split_separated
 
@@ -69,7 +70,8 @@ __all__ = [
     "ACK", "BAD_JSON", "EXACT", "HEARTBEAT", "MESSAGE_KINDS", "NO_ROWS", "OTHER", "QUOTES", "TRADES", "BadMessage",
     "Block", "Candle", "CandleColumns", "CandleQuery", "ClientRequest", "ExchangeProtocol", "HotRow", "MessageKind",
     "ParseResult", "Row", "Side", "SimState", "SymbolFormat", "Trade", "error", "exact_rows", "interval_name",
-    "iso_to_us", "iso_us", "loads", "loads_exact", "malformed", "number_text", "price", "size", "split_concat",
+    "iso_to_us", "iso_us", "loads", "loads_exact", "malformed", "number_text", "price", "refused", "size",
+    "split_concat",
     "split_normal", "split_separated", "us_from_datetime",
 ]
 
@@ -181,6 +183,9 @@ class ExchangeProtocol(ABC):
     trade_marker: str | None = None
     #: The exchange puts several trades in one frame on busy markets (`render_trades`).
     bundles_trades: bool = False
+    #: Seconds between messages the client sends (Binance closes a connection sending more than
+    #: 5 a second); 0: no pacing.
+    send_interval_s: float = 0.0
     #: Heartbeats the exchange sends byte for byte the same: a batch recognises them without
     #: parsing (`FeedSession.messages`); every other spelling is parsed.
     heartbeat_frames: tuple[str, ...] = ()
@@ -200,8 +205,29 @@ class ExchangeProtocol(ABC):
         return None
 
     def expected_acks(self, natives: Sequence[str]) -> int:
-        """Acknowledgements that together confirm the subscription of all `natives`."""
+        """Acknowledgements that together confirm the subscription of all `natives` (one request)."""
         return 1
+
+    #: A refusal of one symbol voids the whole request (Coinbase ignores a subscribe naming an
+    #: unknown product): the others in it must be asked for again.
+    refusal_drops_request: bool = False
+
+    def subscribe_requests(self, natives: Sequence[str]) -> list[tuple[tuple[str, ...], str]]:
+        """The subscribe messages for `natives`, each with the natives it asks for: each message
+        gets its own answers (`expected_acks`), so a refusal naming no symbol is the oldest
+        outstanding request's. One message for all, unless the exchange takes one per symbol."""
+        msgs = self.subscribe_messages(natives)
+        if len(msgs) == 1:
+            return [(tuple(natives), msgs[0])]
+        if len(msgs) != len(natives):
+            raise ValueError(f"{self.name}: {len(msgs)} subscribe messages for {len(natives)} symbols")
+        return [((n,), m) for n, m in zip(natives, msgs, strict=True)]
+
+    def rest_refusal(self, status: int, body: bytes) -> str | None:
+        """The exchange's reason, when a REST candles answer (`status`, `body`) says the symbol
+        is not listed (where the websocket accepts any symbol and stays silent, this is how the
+        daemon learns it); None: another failure (retried as usual)."""
+        return None
 
     @abstractmethod
     def scan(self, text: str | bytes) -> tuple[ParseResult, list[Row]]:
@@ -350,6 +376,18 @@ class ExchangeProtocol(ABC):
 
     @abstractmethod
     def render_ack(self, request: ClientRequest) -> list[str]: ...
+
+    def render_subscribe(
+        self, request: ClientRequest, unlisted: Sequence[str], state: SimState
+    ) -> tuple[list[str], tuple[str, ...]]:
+        """The simulator: what the exchange answers `request`, of which `unlisted` are symbols it
+        does not list, and the natives it then streams. By default the exchange accepts any
+        symbol and streams nothing for the unknown ones (Binance, Bitstamp)."""
+        return self.render_ack(request), tuple(n for n in request.natives if n not in unlisted)
+
+    def render_rest_unknown(self, native: str) -> tuple[int, str]:
+        """The simulator: the REST candles answer (HTTP status, body) for a symbol not listed."""
+        return 404, '{"message":"NotFound"}'
 
     @abstractmethod
     def render_trade(self, trade: Trade, state: SimState) -> str: ...

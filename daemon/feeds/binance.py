@@ -3,6 +3,11 @@
 `m: true` means the buyer was the maker, so the taker sold. Combined-stream messages come wrapped
 in `{"stream": …, "data": …}`; raw `/ws` messages come bare. Binance has no application heartbeat:
 the server's websocket pings (answered by the websockets library) are the keep-alive.
+
+A SUBSCRIBE of a well-formed stream is acknowledged (`{"result":null,"id":1}`) whether or not
+the symbol is listed; an unlisted one then stays silent, and only REST says so (HTTP 400
+`{"code":-1121,"msg":"Invalid symbol."}`). A malformed stream name refuses the whole request:
+`{"error":{"code":2,"msg":"Invalid request: invalid stream"},"id":1}`.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from daemon.feeds.base import (
     loads,
     malformed,
     number_text,
+    refused,
 )
 from daemon.feeds.fields import (
     MAX_INT_ID,
@@ -118,6 +124,7 @@ class Binance(ExchangeProtocol):
     ws_path = "/ws"
     max_candles = 1000
     rest_min_interval_s = 0.1
+    send_interval_s = 0.25  # at most 5 incoming messages a second per connection
     symbols = SymbolFormat("")
     trade_marker = '"e":"trade"'
     candle_columns = CandleColumns(time=0, open=1, high=2, low=3, close=4, volume=5, count=8, time_unit="ms")
@@ -210,7 +217,11 @@ class Binance(ExchangeProtocol):
             if "result" in msg and "id" in msg:
                 return ACK, NO_ROWS
             if ("code" in msg and "msg" in msg) or "error" in msg:
-                return error(f"exchange_error:{str(msg.get('msg') or msg.get('error'))[:60]}"), NO_ROWS
+                err = msg.get("error")
+                text = str(err.get("msg") if isinstance(err, dict) else msg.get("msg") or err)
+                if "id" in msg:  # the answer to a request of ours: SUBSCRIBE is the only one sent
+                    return refused(text), NO_ROWS
+                return error(f"exchange_error:{text[:60]}"), NO_ROWS
             if "u" in msg and "b" in msg and "a" in msg:  # bookTicker has no event type
                 return OTHER, NO_ROWS
         return malformed("unexpected_type"), NO_ROWS
@@ -233,6 +244,18 @@ class Binance(ExchangeProtocol):
 
     def render_ack(self, request: ClientRequest) -> list[str]:
         return [orjson.dumps({"result": None, "id": request.request_id}).decode()]
+
+    def rest_refusal(self, status: int, body: bytes) -> str | None:
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return None
+        if status == 400 and isinstance(doc, dict) and doc.get("code") == -1121:
+            return str(doc.get("msg"))
+        return None
+
+    def render_rest_unknown(self, native: str) -> tuple[int, str]:
+        return 400, '{"code":-1121,"msg":"Invalid symbol."}'
 
     def render_trade(self, trade: Trade, state: SimState) -> str:
         ms = trade.time_us // 1000

@@ -3,6 +3,10 @@
 Trade prices and amounts come twice, as JSON numbers and as `price_str`/`amount_str`; only the
 strings are used. `type` 0 is a buy (taker bought), 1 a sell. `microtimestamp` gives µs. The
 client sends `bts:heartbeat` itself; `bts:request_reconnect` asks for a reconnect.
+
+Bitstamp acknowledges a subscription to a pair it does not list (`bts:subscription_succeeded`)
+and then sends nothing for it; REST says so (`/api/v2/ohlc/{pair}/`: HTTP 404). A `bts:error`
+(`{"event":"bts:error","channel":"","data":{"code":null,"message":"..."}}`) names no channel.
 """
 
 from __future__ import annotations
@@ -32,11 +36,11 @@ from daemon.feeds.base import (
     SimState,
     SymbolFormat,
     Trade,
-    error,
     loads,
     malformed,
     number_text,
     price,
+    refused,
     size,
 )
 from daemon.feeds.fields import (
@@ -189,8 +193,8 @@ class Bitstamp(ExchangeProtocol):
             return ACK, NO_ROWS
         if event == "bts:request_reconnect":
             return ParseResult("other", reason="request_reconnect", reconnect=True), NO_ROWS
-        if event == "bts:error":
-            return error(f"exchange_error:{str((msg.get('data') or {}).get('message'))[:60]}"), NO_ROWS
+        if event == "bts:error":  # a refusal of the oldest subscription outstanding, if any
+            return refused(str((msg.get("data") or {}).get("message"))), NO_ROWS
         if event in ("data", "order_created", "order_changed", "order_deleted"):
             return OTHER, NO_ROWS
         return malformed("unexpected_type"), NO_ROWS
@@ -241,6 +245,12 @@ class Bitstamp(ExchangeProtocol):
             orjson.dumps({"event": "bts:subscription_succeeded", "channel": f"{_PREFIX}{n}", "data": {}}).decode()
             for n in request.natives
         ]
+
+    def rest_refusal(self, status: int, body: bytes) -> str | None:
+        return f"HTTP 404 {body[:100].decode('utf-8', 'replace')}" if status == 404 else None
+
+    def render_rest_unknown(self, native: str) -> tuple[int, str]:
+        return 404, '{"code":"404","message":"Not found"}'
 
     def render_trade(self, trade: Trade, state: SimState) -> str:
         p, a = number_text(trade.price), number_text(trade.size)

@@ -1,5 +1,9 @@
 """Coinbase Exchange: `matches` + `heartbeat` channels, `/products/{id}/candles`.
 
+A subscribe naming a product Coinbase does not list is refused as a whole, nothing of it
+subscribed: `{"type":"error","message":"Failed to subscribe","reason":"FOO-USD is not a valid
+product"}` (the reason names the product; older feeds said "Invalid product ID provided").
+
 Trades are `match` (and `last_match`, the one replayed on subscribe; duplicate ids are dropped by
 the aggregator). `side` is the maker's side, so the taker side is the opposite. Prices and sizes
 are strings on the websocket; REST candles are JSON numbers, read as Decimals from their text.
@@ -7,6 +11,7 @@ are strings on the websocket; REST candles are JSON numbers, read as Decimals fr
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
@@ -40,6 +45,7 @@ from daemon.feeds.base import (
     loads_exact,
     malformed,
     number_text,
+    refused,
 )
 from daemon.feeds.fields import (
     ISO,
@@ -74,6 +80,8 @@ _OTHER_TYPES = frozenset(
         "rfq_match",
     }
 )
+#: The reason Coinbase gives for a product it does not list: "FOO-USD is not a valid product".
+_INVALID_PRODUCT = re.compile(r"\s*(\S+) is not a valid product")
 _GRANULARITIES = frozenset({60, 300, 900, 3600, 21600, 86400})
 _TAKER = {"sell": "buy", "buy": "sell"}  # maker side -> taker side
 
@@ -121,6 +129,7 @@ class Coinbase(ExchangeProtocol):
     symbols = SymbolFormat("-")
     trade_marker = '"type":"match"'
     candle_columns = CandleColumns(time=0, low=1, high=2, open=3, close=4, volume=5)
+    refusal_drops_request = True
 
     def subscribe_messages(self, natives: Sequence[str]) -> list[str]:
         doc = {"type": "subscribe", "product_ids": list(natives), "channels": ["matches", "heartbeat"]}
@@ -197,6 +206,10 @@ class Coinbase(ExchangeProtocol):
         if kind == "subscriptions":
             return ACK, NO_ROWS
         if kind == "error":
+            if msg.get("message") == "Failed to subscribe":
+                reason = str(msg.get("reason"))
+                named = _INVALID_PRODUCT.match(reason)
+                return refused(f"Failed to subscribe: {reason}", (named[1],) if named else ()), NO_ROWS
             return error(f"exchange_error:{str(msg.get('message'))[:60]}"), NO_ROWS
         if kind in _OTHER_TYPES:
             return OTHER, NO_ROWS
@@ -227,6 +240,18 @@ class Coinbase(ExchangeProtocol):
             "channels": [{"name": c, "product_ids": list(request.natives)} for c in channels],
         }
         return [orjson.dumps(doc).decode()]
+
+    def render_subscribe(
+        self, request: ClientRequest, unlisted: Sequence[str], state: SimState
+    ) -> tuple[list[str], tuple[str, ...]]:
+        bad = [n for n in request.natives if n in unlisted]
+        if not bad:
+            return self.render_ack(request), request.natives
+        doc = {"type": "error", "message": "Failed to subscribe", "reason": f"{bad[0]} is not a valid product"}
+        return [orjson.dumps(doc).decode()], ()  # the whole request is ignored
+
+    def rest_refusal(self, status: int, body: bytes) -> str | None:
+        return f"HTTP 404 {body[:100].decode('utf-8', 'replace')}" if status == 404 else None
 
     def render_trade(self, trade: Trade, state: SimState) -> str:
         maker = "sell" if trade.side == "buy" else "buy"

@@ -42,6 +42,8 @@ class FeedEvent:
     received: float
     text: str | bytes = ""
     reason: str = ""
+    #: `up`: the natives subscribed (the subscribe messages sent for them)
+    natives: tuple[str, ...] = ()
 
 
 class _Resync(Exception):
@@ -64,7 +66,7 @@ class FeedConnection:
     def __init__(
         self,
         protocol: ExchangeProtocol,
-        natives: Sequence[str],
+        natives: Sequence[str] | Callable[[], Sequence[str]],
         options: FeedsConfig,
         *,
         url: str | None = None,
@@ -73,7 +75,10 @@ class FeedConnection:
         clock: Callable[[], float] | None = None,
     ) -> None:
         self.protocol = protocol
-        self.natives = list(natives)
+        #: what each connection subscribes (a callable: asked at every connect; the session
+        #: leaves out the symbols the exchange refused until they are due again)
+        self._natives: Callable[[], Sequence[str]] = natives if callable(natives) else lambda: natives
+        self.natives = list(self._natives())
         self.options = options
         self.url = url or protocol.ws_url
         self.queue: asyncio.Queue[FeedEvent] = queue or asyncio.Queue(options.queue_size)
@@ -112,6 +117,11 @@ class FeedConnection:
         attempt = 0
         name = self.protocol.name
         while not self._stopping.is_set():
+            natives = list(self._natives())
+            if not natives:  # every symbol refused and not due again: no connection to hold
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), 1.0)
+                continue
             started = time.monotonic()
             reason = ""
             subscribed = False
@@ -132,13 +142,10 @@ class FeedConnection:
                     metrics.FEED_CONNECTED.labels(name).inc()
                     if self.capture is not None and self.connects > 1:
                         self.capture.reconnected()
-                    for msg in self.protocol.subscribe_messages(self.natives):
-                        await ws.send(msg)
-                        if self.capture is not None:
-                            self.capture.sent(msg)
-                    await self.queue.put(FeedEvent("up", self.clock()))
+                    await self._send(ws, self.protocol.subscribe_messages(natives))
+                    await self.queue.put(FeedEvent("up", self.clock(), natives=tuple(natives)))
                     subscribed = True
-                    log.info("feed connected", extra={"exchange": name, "url": self.url, "symbols": self.natives})
+                    log.info("feed connected", extra={"exchange": name, "url": self.url, "symbols": natives})
                     await self._read(ws)
             except _Resync:
                 reason = "consumer behind (queue full)"
@@ -169,6 +176,24 @@ class FeedConnection:
             )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay)
+
+    async def send(self, messages: Sequence[str]) -> None:
+        """Send `messages` on the open connection (the session asks again for refused symbols);
+        nothing when it is down or goes down meanwhile: the next connection subscribes anew."""
+        ws = self._ws
+        if ws is None:
+            return
+        with contextlib.suppress(WebSocketException, OSError):
+            await self._send(ws, messages)
+
+    async def _send(self, ws: ClientConnection, messages: Sequence[str]) -> None:
+        gap = self.protocol.send_interval_s
+        for i, msg in enumerate(messages):
+            if i and gap:
+                await asyncio.sleep(gap)  # exchanges cut connections that send too fast
+            await ws.send(msg)
+            if self.capture is not None:
+                self.capture.sent(msg)
 
     async def _read(self, ws: ClientConnection) -> None:
         opts = self.options

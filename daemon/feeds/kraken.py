@@ -44,6 +44,7 @@ from daemon.feeds.base import (
     loads_exact,
     malformed,
     number_text,
+    refused,
     split_concat,
 )
 from daemon.feeds.fields import (
@@ -257,6 +258,9 @@ class Kraken(ExchangeProtocol):
         if method in ("subscribe", "unsubscribe"):
             if msg.get("success") is True:
                 return ACK, NO_ROWS
+            if method == "subscribe":  # {"error":"Currency pair not supported FOO/USD",...,"symbol":"FOO/USD"}
+                symbol = msg.get("symbol")
+                return refused(str(msg.get("error")), (symbol,) if type(symbol) is str else ()), NO_ROWS
             return error(f"exchange_error:{str(msg.get('error'))[:60]}"), NO_ROWS
         if method == "pong":
             return HEARTBEAT, NO_ROWS
@@ -266,6 +270,9 @@ class Kraken(ExchangeProtocol):
         if event == "subscriptionStatus":
             if msg.get("status") in ("subscribed", "unsubscribed"):
                 return ACK, NO_ROWS
+            if msg.get("status") == "error":  # v1: {"errorMessage":"Currency pair not supported XBT/FOO","pair":...}
+                pair = msg.get("pair")
+                return refused(str(msg.get("errorMessage")), (pair,) if type(pair) is str else ()), NO_ROWS
             return error(f"exchange_error:{str(msg.get('errorMessage'))[:60]}"), NO_ROWS
         if event in _V1_OTHER_EVENTS:
             return OTHER, NO_ROWS
@@ -406,6 +413,35 @@ class Kraken(ExchangeProtocol):
             ).decode()
             for n in request.natives
         ]
+
+    def render_subscribe(
+        self, request: ClientRequest, unlisted: Sequence[str], state: SimState
+    ) -> tuple[list[str], tuple[str, ...]]:
+        """One answer per symbol: the listed ones acknowledged, each unlisted one refused."""
+        now = iso_us(state.now_us)
+        out = []
+        for n in request.natives:
+            one = ClientRequest("subscribe", (n,), request.request_id)
+            if n not in unlisted:
+                out += self.render_ack(one)
+                continue
+            doc = {"error": f"Currency pair not supported {n}", "method": "subscribe", "req_id": request.request_id,
+                   "success": False, "symbol": n, "time_in": now, "time_out": now}
+            out.append(orjson.dumps({k: v for k, v in doc.items() if v is not None}).decode())
+        return out, tuple(n for n in request.natives if n not in unlisted)
+
+    def rest_refusal(self, status: int, body: bytes) -> str | None:
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return None
+        errors = doc.get("error") if isinstance(doc, dict) else None
+        if not isinstance(errors, list):
+            return None
+        return next((e for e in errors if isinstance(e, str) and "Unknown asset pair" in e), None)
+
+    def render_rest_unknown(self, native: str) -> tuple[int, str]:
+        return 200, '{"error":["EQuery:Unknown asset pair"]}'
 
     def render_trade(self, trade: Trade, state: SimState) -> str:
         return self.render_trades([trade], state)

@@ -2,6 +2,9 @@
 
 `quantity` is the base size (what bars count as volume) and `amount` the quote notional.
 The client must send `{"event": "ping"}` at least every 30 s or the server disconnects.
+
+A failed subscription is answered `{"event":"error","message":"..."}` without naming the symbol,
+so the daemon subscribes one symbol a message: each answer (in order) is that symbol's.
 """
 
 from __future__ import annotations
@@ -32,11 +35,11 @@ from daemon.feeds.base import (
     SimState,
     SymbolFormat,
     Trade,
-    error,
     interval_name,
     loads,
     malformed,
     number_text,
+    refused,
 )
 from daemon.feeds.fields import (
     MILLIS,
@@ -95,7 +98,7 @@ class Poloniex(ExchangeProtocol):
     candle_columns = CandleColumns(time=12, low=0, high=1, open=2, close=3, volume=5, count=8, time_unit="ms")
 
     def subscribe_messages(self, natives: Sequence[str]) -> list[str]:
-        return [orjson.dumps({"event": "subscribe", "channel": ["trades"], "symbols": list(natives)}).decode()]
+        return [orjson.dumps({"event": "subscribe", "channel": ["trades"], "symbols": [n]}).decode() for n in natives]
 
     def client_heartbeat(self) -> str | None:
         return '{"event":"ping"}'
@@ -167,8 +170,8 @@ class Poloniex(ExchangeProtocol):
             return ACK, NO_ROWS
         if event == "pong":
             return HEARTBEAT, NO_ROWS
-        if event == "error":
-            return error(f"exchange_error:{str(msg.get('message'))[:60]}"), NO_ROWS
+        if event == "error":  # a refusal of the oldest subscription outstanding, if any
+            return refused(str(msg.get("message"))), NO_ROWS
         if channel in _OTHER_CHANNELS:
             return OTHER, NO_ROWS
         return malformed("unexpected_type"), NO_ROWS
@@ -192,6 +195,13 @@ class Poloniex(ExchangeProtocol):
 
     def render_ack(self, request: ClientRequest) -> list[str]:
         return [orjson.dumps({"event": "subscribe", "channel": "trades", "symbols": list(request.natives)}).decode()]
+
+    def render_subscribe(
+        self, request: ClientRequest, unlisted: Sequence[str], state: SimState
+    ) -> tuple[list[str], tuple[str, ...]]:
+        if any(n in unlisted for n in request.natives):  # the request fails, naming nothing
+            return [orjson.dumps({"event": "error", "message": "Subscription failed"}).decode()], ()
+        return self.render_ack(request), request.natives
 
     def render_trade(self, trade: Trade, state: SimState) -> str:
         return self.render_trades([trade], state)

@@ -107,6 +107,9 @@ class ParseResult:
     time_us: int | None = None
     #: The exchange asks the client to reconnect (e.g. Bitstamp `bts:request_reconnect`).
     reconnect: bool = False
+    #: An "error" that refuses a subscription: the native symbols it names (empty: it names
+    #: none, so it answers the oldest request outstanding); None: not a subscription refusal.
+    refused: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,3 +169,8 @@ def malformed(reason: str) -> ParseResult:
 
 def error(reason: str) -> ParseResult:
     return ParseResult("error", reason=reason)
+
+
+def refused(reason: str, natives: tuple[str, ...] = ()) -> ParseResult:
+    """The exchange refused a subscription, in its own words (`reason`), naming `natives` (or none)."""
+    return ParseResult("error", reason=f"subscription_refused:{reason[:200]}", refused=natives)

@@ -13,6 +13,16 @@ States: CONNECTING (no socket) -> SUBSCRIBING (socket up, acknowledgements outst
 for `stall_timeout_s`: a reconnect is asked for) and back to CONNECTING on every disconnect;
 CLOSED at the end.
 
+Refused subscriptions: an exchange that refuses a symbol (an unknown, delisted or halted one)
+answers in its own way; the protocol turns it into a refusal (`ParseResult.refused`), naming the
+symbol or not (then it answers the oldest request outstanding: each subscribe message is a
+request with its own answers; one naming no symbol for several is asked again one by one).
+REST refusals count too (an exchange that accepts any symbol on the websocket and stays silent
+says so only there). A refused symbol's series stay suspended (no bars, no flat bars, no
+backfill), are reported once per connection (`SubscriptionRefused`), and are asked for again
+after `refused_retry_s`, doubling to `refused_retry_max_s` (on the open connection, or by the
+next connection); the others are not disturbed. Acknowledged later, the series resumes alone.
+
 What is known and what is backfilled, per series:
 - `next_needed_us`: open time of the first bar not stored yet, or not proven complete (from the
   database at start: the newest stored bar built from trades is not).
@@ -82,10 +92,14 @@ ACK_TIMEOUT_S = 10.0
 _QUIET_RUN = re.compile(b"[\\x00-\\x02]{2,}")
 #: A clock reading beyond any bar close (no aggregator is live).
 _NEVER = 1 << 62
+_INF = float("inf")
 #: A block stretch shorter than this goes through `message` frame by frame (cheaper).
 MIN_BLOCK = 8
 #: Malformed frames logged per reason before logging only every 1000th.
 LOG_FIRST = 5
+#: A refused symbol is asked for again after this long, doubling up to the maximum.
+REFUSED_RETRY_S = 60.0
+REFUSED_RETRY_MAX_S = 1800.0
 
 
 def frame_rows(block: Block, f: int) -> list[HotRow]:
@@ -186,7 +200,38 @@ class GapFilled:
     end_us: int
 
 
-Action = Publish | Backfill | Reconnect | Rejected | GapDetected | GapFilled
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    """Send these subscribe messages on the open connection (nothing if it is down: the next
+    connection asks for what it needs)."""
+
+    messages: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionRefused:
+    """The exchange refused `native` (its series suspended): `reason` is the exchange's own.
+    `log`: the first refusal of it on this connection (say it once); asked again in `retry_in_s`."""
+
+    series: tuple[SeriesKey, ...]
+    native: str
+    reason: str
+    retry_in_s: float
+    log: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionAccepted:
+    """A symbol refused before is subscribed now: its series resume."""
+
+    series: tuple[SeriesKey, ...]
+    native: str
+
+
+Action = (
+    Publish | Backfill | Reconnect | Rejected | GapDetected | GapFilled | Subscribe | SubscriptionRefused
+    | SubscriptionAccepted
+)
 NO_ACTIONS: list[Action] = []
 
 
@@ -206,6 +251,8 @@ class FeedStats:
     backfill_failures: int = 0
     subscriptions: int = 0
     stale: int = 0
+    #: refusals of a subscription (websocket answers and REST "unknown symbol" answers)
+    refusals: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -219,6 +266,7 @@ class FeedStats:
             "backfill_failures": self.backfill_failures,
             "subscriptions": self.subscriptions,
             "stale": self.stale,
+            "refusals": self.refusals,
         }
 
 
@@ -255,8 +303,33 @@ class SessionOptions:
     backfill_retry_s: float = 30.0
     rest_poll_s: float = 10.0
     ack_timeout_s: float = ACK_TIMEOUT_S
+    refused_retry_s: float = REFUSED_RETRY_S
+    refused_retry_max_s: float = REFUSED_RETRY_MAX_S
     #: candles one REST page returns (open-ended windows are this long)
     max_candles: int = 300
+
+
+@dataclass(slots=True)
+class _Request:
+    """One subscribe message sent: its natives and the answers still due."""
+
+    natives: tuple[str, ...]
+    answers: int
+    #: sent on a live connection for refused symbols (their acknowledgement resumes them)
+    retry: bool = False
+    #: natives this request's answers refused
+    refused: set[str] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class Refusal:
+    """A symbol the exchange refused: its reason, refusals in a row, when to ask again."""
+
+    reason: str
+    count: int
+    retry_at: float
+    #: seconds from the last refusal to `retry_at`
+    delay_s: float
 
 
 class FeedSession:
@@ -319,6 +392,11 @@ class FeedSession:
         self._outstanding = 0  # backfills asked for and not reported yet
         self._then: Callable[[], list[Action]] | None = None  # the rest of a suspended frame
         self._logged: Counter[str] = Counter()
+        #: subscribe messages sent and not fully answered, oldest first
+        self._requests: list[_Request] = []
+        #: natives the exchange refused (their series suspended), by native
+        self.refusals: dict[str, Refusal] = {}
+        self._told: set[str] = set()  # natives whose refusal was reported on this connection
 
     def _index(self) -> None:
         """The lookups derived from `series`."""
@@ -389,10 +467,21 @@ class FeedSession:
             s.missed_from_us = max([end, *ends])
         s.agg.set_last_close(latest.close)
 
-    def up(self, received: float, mono: float) -> list[Action]:
-        """The socket is open and the subscriptions were sent."""
+    def subscribable(self, mono: float) -> list[str]:
+        """The natives a new connection subscribes: all but the refused ones not due again."""
+        refusals = self.refusals
+        return [n for n in self.natives if n not in refusals or mono >= refusals[n].retry_at]
+
+    def up(self, received: float, mono: float, natives: Sequence[str] | None = None) -> list[Action]:
+        """The socket is open and the subscriptions of `natives` (default: `subscribable`) were
+        sent, as `protocol.subscribe_requests` splits them."""
         self.state = State.SUBSCRIBING
-        self._acks_needed = self.protocol.expected_acks(self.natives)
+        sent = self.subscribable(mono) if natives is None else list(natives)
+        expected = self.protocol.expected_acks
+        reqs = self.protocol.subscribe_requests(sent) if sent else []
+        self._requests = [_Request(ns, expected(ns)) for ns, _m in reqs]
+        self._acks_needed = sum(r.answers for r in self._requests)
+        self._told.clear()
         self._up_at = mono
         self._last_frame = received
         self._last_frame_mono = mono
@@ -416,6 +505,10 @@ class FeedSession:
         self._next_poll = mono + self.options.rest_poll_s
         self._up_at = None
         self._await_feed_time = False
+        self._requests.clear()
+        for r in self.refusals.values():
+            if r.retry_at == _INF:  # its retry was unanswered: the next connection asks again
+                r.retry_at = mono
         return NO_ACTIONS
 
     def close(self) -> None:
@@ -471,7 +564,7 @@ class FeedSession:
             res is OTHER
             or res is HEARTBEAT
             or (
-                (kind == "other" or kind == "heartbeat" or (kind == "ack" and self._up_at is None))
+                (kind == "other" or kind == "heartbeat" or (kind == "ack" and not self._requests))
                 and res.time_us is None
                 and not res.reconnect
             )
@@ -485,12 +578,13 @@ class FeedSession:
             return self._close_due(received, mono, [])
         out: list[Action] = []
         if kind == "malformed" or kind == "error":
-            out.append(self._rejected(res, text))
-        elif kind == "ack" and self._up_at is not None:
-            self._acks_needed -= 1
-            if self._acks_needed <= 0:
-                at = received if self.wall_clock else None
-                return self._subscribed(at, mono, out, then=lambda: self._frame_time(res, received, mono, []))
+            if res.refused is None or not self._refusal(res, received, mono, out):
+                out.append(self._rejected(res, text))
+        elif kind == "ack" and self._requests:
+            self._answered(received, mono, out)
+        if self._up_at is not None and self._acks_needed <= 0 and kind in ("ack", "error"):
+            at = received if self.wall_clock else None
+            return self._subscribed(at, mono, out, then=lambda: self._frame_time(res, received, mono, []))
         if res.reconnect:
             out.append(Reconnect(res.reason or "exchange asked"))
         if res.time_us is None:
@@ -627,7 +721,7 @@ class FeedSession:
             parsed = [beat if t in fixed else scan(t) for t in texts]
         else:
             parsed = list(map(self._scan_hot, texts))
-        ack = ACK if self._up_at is None else None  # an acknowledgement awaited decides something
+        ack = None if self._requests else ACK  # an acknowledgement awaited decides something
         # one byte per frame: 0 other, 1 heartbeat, 2 acknowledgement, 3 anything else; the
         # quiet runs are found and counted in C
         codes = bytes([0 if r is OTHER else 1 if r is HEARTBEAT else 2 if r is ack else 3 for r, _ in parsed])
@@ -855,6 +949,8 @@ class FeedSession:
             self._rest_while_down(now, mono, out)
             if self._outstanding:
                 return out
+        if self.refusals and self._up_at is None and self.state in (State.LIVE, State.BACKFILLING):
+            self._retry_refused(mono, out)
         if self._up_at is not None and mono - self._up_at > self.options.ack_timeout_s and not self._await_feed_time:
             at = now if self.wall_clock else None
             return self._subscribed(at, mono, out, then=lambda: self._tick_bars(now, mono, []))
@@ -887,11 +983,15 @@ class FeedSession:
                 return
             now_us = us_from_clock(now)
             for i, s in enumerate(self.series):
+                if s.native in self.refusals:
+                    continue
                 self._ensure_start(s, now_us)
                 self._ask(i, s, s.agg.floor(now_us - self._grace_us), out)
             return
         # feed clock: no "now" to bound the range; the exchange's REST serves closed candles only
         for i, s in enumerate(self.series):
+            if s.native in self.refusals:
+                continue
             if s.next_needed_us is None:
                 if not self._feed_time_us:
                     continue
@@ -921,25 +1021,145 @@ class FeedSession:
         before = self._outstanding
         self._close_floor_us = 0  # resumed aggregators close from their new cursor on
         for i, s in enumerate(self.series):
-            s.agg.resume(observed_us)
-            live_from = s.agg.cursor_us
-            assert live_from is not None
-            self._ensure_start(s, observed_us)
-            if s.missed_from_us is not None:
-                self._gap(s, live_from, out)
-            s.live_from_us = live_from
-            s.pending_until_us = live_from
-            s.retry_at = 0.0
-            # what has closed already can be fetched now; the partial interval once it is over
-            self._ask(i, s, s.agg.floor(observed_us - self._grace_us), out)
-            if s.holes:
-                self._ask_holes(i, s, observed_us, out)
+            if s.native not in self.refusals:  # a refused symbol's series stay suspended
+                self._resume_series(i, s, observed_us, out)
         self._update_due()
         if self._outstanding > before:
             self._then = then
             return out
         out.extend(then())
         return out
+
+    def _resume_series(self, i: int, s: SeriesState, observed_us: int, out: list[Action]) -> None:
+        s.agg.resume(observed_us)
+        live_from = s.agg.cursor_us
+        assert live_from is not None
+        self._ensure_start(s, observed_us)
+        if s.missed_from_us is not None:
+            self._gap(s, live_from, out)
+        s.live_from_us = live_from
+        s.pending_until_us = live_from
+        s.retry_at = 0.0
+        # what has closed already can be fetched now; the partial interval once it is over
+        self._ask(i, s, s.agg.floor(observed_us - self._grace_us), out)
+        if s.holes:
+            self._ask_holes(i, s, observed_us, out)
+
+    # --- refusals ---------------------------------------------------------------------------------
+    def _send(self, natives: Sequence[str], out: list[Action], *, retry: bool, one_each: bool = False) -> int:
+        """Ask for `natives` on the open connection (`one_each`: a request per symbol, so each
+        answer is one symbol's); returns the answers that will come."""
+        sub = self.protocol.subscribe_requests
+        reqs = [r for n in natives for r in sub([n])] if one_each else sub(natives)
+        expected = self.protocol.expected_acks
+        new = [_Request(ns, expected(ns), retry) for ns, _m in reqs]
+        self._requests.extend(new)
+        out.append(Subscribe([m for _ns, m in reqs]))
+        return sum(r.answers for r in new)
+
+    def _answered(self, received: float, mono: float, out: list[Action]) -> None:
+        """An acknowledgement: the oldest request's; once all its answers came, its natives not
+        refused are subscribed (a retry's resume at once; at connect, when all are in)."""
+        r = self._requests[0]
+        r.answers -= 1
+        if self._up_at is not None and not r.retry:
+            self._acks_needed -= 1
+        if r.answers > 0:
+            return
+        self._requests.pop(0)
+        for n in r.natives:
+            if n not in r.refused and self.refusals.pop(n, None) is not None:
+                self._listed(n, received, out)
+
+    def _listed(self, native: str, received: float, out: list[Action]) -> None:
+        """A refused symbol is acknowledged: its series resume (at connect, with all the others)."""
+        series = [(i, s) for i, s in enumerate(self.series) if s.native == native]
+        out.append(SubscriptionAccepted(tuple(s.key for _i, s in series), native))
+        observed = us_from_clock(received) if self.wall_clock else self._feed_time_us
+        if self._up_at is not None or not observed:
+            return
+        self._close_floor_us = 0  # resumed aggregators close from their new cursor on
+        for i, s in series:
+            self._resume_series(i, s, observed, out)
+        self._update_due()
+
+    def _refusal(self, res: ParseResult, received: float, mono: float, out: list[Action]) -> bool:
+        """An answer refusing a subscription: which request and symbols it is (module doc).
+        False: it answers nothing of ours (an error like any other)."""
+        named = tuple(n for n in res.refused or () if n in self.by_native)
+        if named:
+            req = next((r for r in self._requests if set(named) & set(r.natives)), None)
+        else:
+            req = self._requests[0] if self._requests else None
+            if req is None:
+                return False
+        reason = (res.reason or "refused").removeprefix("subscription_refused:")
+        if req is None:  # names a symbol of ours outside any request: refused all the same
+            for n in named:
+                self._refuse(n, reason, mono, out)
+            return True
+        connecting = self._up_at is not None and not req.retry
+        req.answers -= 1
+        if connecting:
+            self._acks_needed -= 1
+        natives = named or req.natives
+        if not named and len(req.natives) > 1:
+            # which symbol it refuses, nobody can tell: ask for each on its own
+            self._requests.remove(req)
+            if connecting:
+                self._acks_needed -= max(req.answers, 0)
+            added = self._send(req.natives, out, retry=req.retry, one_each=True)
+            if connecting:
+                self._acks_needed += added
+            return True
+        req.refused.update(natives)
+        if req.answers <= 0 or self.protocol.refusal_drops_request:
+            self._requests.remove(req)
+            if connecting:
+                self._acks_needed -= max(req.answers, 0)
+            rest = [n for n in req.natives if n not in req.refused]
+            if rest and self.protocol.refusal_drops_request:  # the exchange ignored the others too
+                added = self._send(rest, out, retry=req.retry)
+                if connecting:
+                    self._acks_needed += added
+        for n in natives:
+            self._refuse(n, reason, mono, out)
+        return True
+
+    def _refuse(self, native: str, reason: str, mono: float, out: list[Action]) -> None:
+        """`native` is refused: its series suspend (as at a disconnect) until it is asked again."""
+        self.stats.refusals += 1
+        before = self.refusals.get(native)
+        count = before.count + 1 if before else 1
+        opts = self.options
+        delay = min(opts.refused_retry_max_s, opts.refused_retry_s * 2 ** min(count - 1, 30))
+        self.refusals[native] = Refusal(reason, count, mono + delay, delay)
+        keys = []
+        for s in self.by_native[native]:
+            keys.append(s.key)
+            if not s.agg.suspended:
+                if s.live_from_us is not None and s.next_needed_us is not None:
+                    s.missed_from_us = max(s.next_needed_us, s.live_from_us)
+                s.agg.interrupt()
+            s.pending_until_us = None
+        self._update_due()
+        out.append(SubscriptionRefused(tuple(keys), native, reason, delay, native not in self._told))
+        self._told.add(native)
+
+    def _retry_refused(self, mono: float, out: list[Action]) -> None:
+        due = [n for n, r in self.refusals.items() if mono >= r.retry_at]
+        for n in due:
+            self.refusals[n].retry_at = _INF  # until answered (or the connection ends)
+        if due:
+            self._send(due, out, retry=True, one_each=True)
+
+    def refused_reason(self, key: SeriesKey) -> str | None:
+        """Why the exchange refuses `key`'s symbol (None: it does not)."""
+        for s in self.series:
+            if s.key == key:
+                r = self.refusals.get(s.native)
+                return None if r is None else r.reason
+        return None
 
     def _gap(self, s: SeriesState, live_from: int, out: list[Action]) -> None:
         """A series live before (in this process or, restored, in the last) resumes at
@@ -1049,9 +1269,11 @@ class FeedSession:
             self._finish_request(out)
         return out
 
-    def backfill_failed(self, req: Backfill, mono: float) -> list[Action]:
+    def backfill_failed(self, req: Backfill, mono: float, refused: str | None = None) -> list[Action]:
         """A page of `req` failed (or the shell abandoned it: its series was handed on): what
-        was stored stays; the rest is retried later (a hole at the next subscription)."""
+        was stored stays; the rest is retried later (a hole at the next subscription).
+        `refused`: the exchange said the symbol is not listed (its reason): the symbol is refused."""
+        out: list[Action] = []
         s = self._by_key.get(req.series)
         if s is not None:
             self.stats.backfill_failures += 1
@@ -1059,7 +1281,8 @@ class FeedSession:
                 s.holes.append(req.hole)
             else:
                 s.retry_at = mono + self.options.backfill_retry_s
-        out: list[Action] = []
+            if refused is not None:
+                self._refuse(s.native, refused, mono, out)
         self._finish_request(out)
         return out
 

@@ -29,6 +29,12 @@ the history before `start`), with the synthetic trade count.
 
 After the last bar (plus `END_MARGIN_S`) the exchange goes down the same way, for good.
 
+Symbols it does not serve are unknown to it, refused as the real exchange refuses them
+(`ExchangeProtocol.render_subscribe`: Coinbase refuses the whole subscribe naming the product,
+Kraken refuses the symbol, Poloniex the request naming nothing; Binance and Bitstamp acknowledge
+it and stay silent) and answered on REST with the exchange's "unknown symbol" error
+(`render_rest_unknown`). `unlist` and `list_symbol` take a served symbol off and back.
+
 Faults: `drop_every_s` closes each connection that long after it opened; `refuse` refuses that many
 connection attempts; `malformed_every` sends a malformed message before every Nth trade;
 `stall_after_s` stops sending anything on a connection that long after it opened (it stays open).
@@ -246,6 +252,10 @@ class ExchangeSimulator:
         #: up to this many trades of one symbol and bar in a frame, as busy markets send them
         self.trades_per_frame = trades_per_frame
         self.natives = {protocol.native_symbol(s.symbol): s for s in series}
+        #: served natives the exchange does not list now (refused, no trades, REST error)
+        self.unlisted: set[str] = set()
+        #: subscribe requests answered with a refusal of some of their symbols
+        self.refusals = 0
         self._candles: dict[str, list[Candle]] = {}
         self._candle_times: dict[str, list[int]] = {}
         for native, s in self.natives.items():
@@ -324,6 +334,17 @@ class ExchangeSimulator:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    def unlist(self, symbol: str) -> None:
+        """Stop listing `symbol` (normalised): new subscriptions to it are refused, REST errs."""
+        self.unlisted.add(self.protocol.native_symbol(symbol))
+
+    def list_symbol(self, symbol: str) -> None:
+        """List `symbol` (normalised) again."""
+        self.unlisted.discard(self.protocol.native_symbol(symbol))
+
+    def _unknown(self, native: str) -> bool:
+        return native not in self.natives or native in self.unlisted
+
     def drop_all(self) -> None:
         """Close every client connection now (tests and outages)."""
         for c in list(self._clients.values()):
@@ -371,6 +392,11 @@ class ExchangeSimulator:
             return conn.respond(400, f"bad candles request: {exc}\n")
         if q is None:
             return conn.respond(404, "not found\n")
+        if self._unknown(q.native_symbol):
+            status, text = self.protocol.render_rest_unknown(q.native_symbol)
+            return Response(status, "Unknown symbol", Headers([("Content-Type", "application/json"),
+                                                               ("Content-Length", str(len(text.encode())))]),
+                            text.encode())
         body = self.protocol.render_candles(self.candles(q.native_symbol, q.start, q.end, q.limit), q)
         return Response(
             200,
@@ -394,8 +420,11 @@ class ExchangeSimulator:
                 req = self.protocol.parse_client(text)
                 state = self._state()
                 if req.kind == "subscribe":
-                    client.natives.update(n for n in req.natives if n in self.natives)
-                    for m in () if self.faults.silent_subscribe else self.protocol.render_ack(req):
+                    unlisted = [n for n in req.natives if self._unknown(n)]
+                    answers, streamed = self.protocol.render_subscribe(req, unlisted, state)
+                    self.refusals += bool(unlisted)
+                    client.natives.update(n for n in streamed if n in self.natives and n not in unlisted)
+                    for m in () if self.faults.silent_subscribe else answers:
                         await ws.send(m)
                 elif req.kind == "heartbeat" and not self._stalled(client):
                     for m in self.protocol.render_heartbeat_reply(req, state):
@@ -416,6 +445,8 @@ class ExchangeSimulator:
         return SimState(now_us=self.clock.now_us(), sequence=self._sequence, last_trade_id=self._last_trade_id)
 
     def _receivers(self, native: str) -> list[ServerConnection]:
+        if native in self.unlisted:
+            return []
         return [c.ws for c in self._clients.values() if native in c.natives and not self._stalled(c)]
 
     async def _heartbeats(self) -> None:

@@ -394,6 +394,7 @@ class Service:
                 "malformed_by_reason": dict(f.stats.malformed),
                 "trades": f.stats.trades,
                 "backfilled_bars": f.stats.backfilled_bars,
+                "refused": {str(s.key): r for s in f.series if (r := f.session.refused_reason(s.key)) is not None},
             }
             prev = out.setdefault(f.spec.exchange, row)
             if prev is not row:
@@ -403,6 +404,7 @@ class Service:
                     prev[k] += row[k]
                 for reason, n in row["malformed_by_reason"].items():
                     prev["malformed_by_reason"][reason] = prev["malformed_by_reason"].get(reason, 0) + n
+                prev["refused"].update(row["refused"])
         return out
 
     def _connected(self) -> dict[SeriesKey, bool]:
@@ -410,6 +412,24 @@ class Service:
         if self.ingest is None:
             return {}
         return {s.key: bool(getattr(f.connection, "connected", False)) for f in self.ingest.feeds for s in f.series}
+
+    def _refused_series(self) -> list[str]:
+        """Readiness: a series whose symbol the exchange refuses gets no bars; named with the
+        exchange's reason in /health's reasons (the rest of its feed goes on)."""
+        if self.ingest is None:
+            return []
+        return [f"series {s.key}: subscription refused by {f.spec.exchange}: {r}"
+                for f in self.ingest.feeds for s in f.series if (r := f.session.refused_reason(s.key)) is not None]
+
+    @staticmethod
+    def _feed_state(key: SeriesKey, feeds: dict[str, Any], connected: dict[SeriesKey, bool]) -> str:
+        """A series' feed: connected, disconnected (its own connection), or refused (with the
+        exchange's reason)."""
+        feed = feeds.get(key.exchange, {})
+        refused = feed.get("refused", {}).get(str(key))
+        if refused is not None:
+            return f"refused: {refused}"
+        return "connected" if connected.get(key, feed.get("connected")) else "disconnected"
 
     def status(self) -> dict[str, Any]:
         now = datetime.now(UTC)
@@ -429,8 +449,7 @@ class Service:
                 row.update({
                     "last_bar": last,
                     "last_bar_age_s": (now - (last + key.step)).total_seconds() if last else None,
-                    "feed": "connected" if connected.get(key, feeds.get(key.exchange, {}).get("connected"))
-                    else "disconnected",
+                    "feed": self._feed_state(key, feeds, connected),
                     "champion": st.get("model"),
                     "window_ready": st.get("window_ready"),
                     "forecasts_issued": st.get("forecasts_issued"),
@@ -443,6 +462,7 @@ class Service:
         if pipe is not None and pipe.busy_since and time.monotonic() - pipe.busy_since > 120:
             reasons.append("forecast batch running for more than 120 s")
         reasons += self._silent_feeds()
+        reasons += self._refused_series()
         next_run = self.retrainer.next_run() if self.retrainer else None
         return {
             "ready": not reasons,

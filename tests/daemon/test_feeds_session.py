@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from decimal import Decimal
+from typing import TypeVar
 
 import pytest
 
@@ -20,9 +21,13 @@ from daemon.feeds.session import (
     Rejected,
     SessionOptions,
     State,
+    Subscribe,
+    SubscriptionAccepted,
+    SubscriptionRefused,
 )
 from db.records import Bar, BarSource, SeriesKey, interval_seconds, to_unix, utc_from_unix
 
+T = TypeVar("T")
 KEY = SeriesKey("coinbase", "BTC-USD", "5m")
 T0 = 1_609_459_200  # 2021-01-01T00:00:00Z, aligned
 OPTS = SessionOptions(grace_s=2.0, backfill_days=0.0, stall_timeout_s=5.0, backfill_retry_s=30.0, rest_poll_s=10.0)
@@ -36,6 +41,10 @@ def match(t: float, price: str, tid: int) -> str:
 
 
 ACK = '{"type":"subscriptions","channels":[]}'
+
+
+def of(actions: list, cls: type[T]) -> list[T]:
+    return [a for a in actions if isinstance(a, cls)]
 
 
 def kinds(actions: list) -> list[str]:
@@ -576,3 +585,53 @@ def test_a_series_dropped_leaves_the_others_and_their_bar_in_progress_untouched(
     acts = s.message(match(T0 + 910, "12", 3), T0 + 910, 0.6)
     assert [(u.bar.series, to_unix(u.bar.open_time) - T0) for a in acts if isinstance(a, Publish)
             for u in a.updates] == [(KEY, 600)]
+
+
+def test_a_refused_symbol_is_suspended_retried_with_backoff_and_resumes_alone_once_listed() -> None:
+    """Coinbase ignores a whole subscribe naming an unknown product: the other product is asked
+    for again at once, the refused one is reported (once per connection) and asked for again
+    after `refused_retry_s`, doubling; when the exchange lists it, it resumes on its own."""
+    foo = SeriesKey("coinbase", "FOO-USD", "5m")
+    refusal = '{"type":"error","message":"Failed to subscribe","reason":"FOO-USD is not a valid product"}'
+    opts = replace(OPTS, refused_retry_s=60.0, refused_retry_max_s=100.0, stall_timeout_s=1000.0)
+    s = FeedSession(PROTOCOLS["coinbase"], [KEY, foo], opts)
+    s.up(T0 + 10, 0.0, ["BTC-USD", "FOO-USD"])
+    acts = s.message(refusal, T0 + 10, 0.1)
+    assert kinds(acts) == ["Subscribe", "SubscriptionRefused"]
+    (sub,), (told,) = of(acts, Subscribe), of(acts, SubscriptionRefused)
+    assert '"product_ids":["BTC-USD"]' in sub.messages[0] and len(sub.messages) == 1
+    assert told.series == (foo,) and told.log and told.retry_in_s == 60.0
+    assert told.reason == "Failed to subscribe: FOO-USD is not a valid product"
+    assert s.state is State.SUBSCRIBING  # the other product's answer is still due
+    acts = s.message(ACK, T0 + 10, 0.2)
+    assert s.state is State.BACKFILLING and [a.series for a in of(acts, Backfill)] == [KEY]
+    assert s.refused_reason(foo) == told.reason and s.refused_reason(KEY) is None
+    assert s.subscribable(1.0) == ["BTC-USD"]  # a reconnect now leaves it out
+    assert "Subscribe" not in kinds(s.tick(T0 + 20, 59.0))
+    (sub,) = of(s.tick(T0 + 71, 61.0), Subscribe)
+    assert '"product_ids":["FOO-USD"]' in sub.messages[0]
+    acts = s.message(refusal, T0 + 71, 61.1)
+    assert kinds(acts) == ["SubscriptionRefused"]
+    (again,) = of(acts, SubscriptionRefused)
+    assert not again.log and again.retry_in_s == 100.0  # doubled, capped
+    assert "Subscribe" not in kinds(s.tick(T0 + 120, 160.0))
+    acts = s.tick(T0 + 172, 162.0)
+    assert kinds(acts)[:1] == ["Subscribe"]
+    acts = s.message(ACK, T0 + 172, 162.1)  # listed now
+    assert [a.series for a in of(acts, SubscriptionAccepted)] == [(foo,)]
+    assert [a.series for a in of(acts, Backfill)] == [foo]
+    assert s.refused_reason(foo) is None and s.subscribable(163.0) == ["BTC-USD", "FOO-USD"]
+
+
+def test_a_refusal_naming_no_symbol_for_several_asks_for_each_on_its_own() -> None:
+    """Binance refuses a malformed request as a whole, naming no stream: which symbol it was,
+    nobody can tell, so each is asked for on its own (one answer each)."""
+    keys = [SeriesKey("binance", "BTC-USDT", "5m"), SeriesKey("binance", "ETH-USDT", "5m")]
+    s = FeedSession(PROTOCOLS["binance"], keys, OPTS)
+    s.up(T0 + 10, 0.0, ["BTCUSDT", "ETHUSDT"])
+    acts = s.message('{"error":{"code":2,"msg":"Invalid request: invalid stream"},"id":1}', T0 + 10, 0.1)
+    assert kinds(acts) == ["Subscribe"] and [len(a.messages) for a in of(acts, Subscribe)] == [2]
+    acts = s.message('{"error":{"code":2,"msg":"Invalid request: invalid stream"},"id":1}', T0 + 10, 0.2)
+    assert [a.series for a in of(acts, SubscriptionRefused)] == [(keys[0],)]
+    acts = s.message('{"result":null,"id":1}', T0 + 10, 0.3)
+    assert s.state is State.BACKFILLING and [a.series for a in of(acts, Backfill)] == [keys[1]]

@@ -74,3 +74,49 @@ def test_health_names_a_silent_feed_and_status_counts_reconnects(shared_dir: Pat
     assert feed["connected"] is False and feed["reconnects"] > 0 and feed["last_message_age_s"] > limit
     assert seen["cli"]["source"] == "daemon"
     assert seen["cli"]["feeds"]["binance"]["reconnects"] > 0
+
+
+def test_health_and_status_name_a_series_whose_symbol_the_exchange_refuses(shared_dir: Path, tmp_path: Path) -> None:
+    """A configured symbol the exchange does not list (Binance: acknowledged, silent, REST
+    answers "Invalid symbol."): /health is not ready naming the series and the exchange's
+    reason, /status and `barcast status` show its feed as refused; the listed series goes on."""
+    played = real_bars(shared_dir, SIM_START + timedelta(hours=6))
+    db_url = f"sqlite:///{tmp_path / 'barcast.db'}"
+    seed_history(db_url, played, SIM_START)
+    cfg_path = tmp_path / "barcast.toml"
+    seen: dict[str, Any] = {}
+
+    async def main() -> None:
+        async with ExchangeSimulator(PROTOCOLS["binance"], [SimSeries("BTC-USDT", tuple(played))], speed=60,
+                                     start=SIM_START.timestamp(), heartbeat_s=0.05) as sim:
+            cfg_path.write_text(config_text(tmp_path, db_url, sim.ws_url, sim.rest_url)
+                                .replace('symbol = "BTC-USDT"\n', 'symbol = "BTC-USDT"\n[[series]]\n'
+                                         'exchange = "binance"\nsymbol = "FOO-USDT"\n'))
+            svc = Service(load_config(cfg_path, env={}), clock=sim.clock.now, notifier=Notifier(""))
+            run = asyncio.create_task(svc.run())
+            try:
+                while not svc.ready:
+                    await asyncio.sleep(0.05)
+                async with httpx.AsyncClient(base_url=svc.api.url) as client:  # type: ignore[union-attr]
+                    seen["health"] = await _poll(client, 503)
+                    seen["status"] = (await client.get("/status")).json()
+                    proc = await asyncio.create_subprocess_exec(
+                        sys.executable, "-m", "daemon", "status", "--api", svc.api.url,  # type: ignore[union-attr]
+                        env={**os.environ, "BARCAST_CONFIG": str(cfg_path), "COLUMNS": "250"},
+                        stdout=asyncio.subprocess.PIPE)
+                    out, _ = await proc.communicate()
+                    seen["table"] = out.decode()
+            finally:
+                svc.stop_event.set()
+                await asyncio.wait_for(run, 60)
+
+    asyncio.run(main())
+    health = seen["health"]
+    assert health["code"] == 503, health
+    assert "series binance:FOO-USDT:5m: subscription refused by binance: Invalid symbol." in health["reasons"], health
+    assert not [r for r in health["reasons"] if "BTC-USDT" in r], health
+    rows = {r["series"]: r for r in seen["status"]["series"]}
+    assert rows["binance:FOO-USDT:5m"]["feed"] == "refused: Invalid symbol."
+    assert rows["binance:BTC-USDT:5m"]["feed"] == "connected"
+    assert seen["status"]["feeds"]["binance"]["refused"] == {"binance:FOO-USDT:5m": "Invalid symbol."}
+    assert "refused: Invalid symbol." in seen["table"]
