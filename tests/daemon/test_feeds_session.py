@@ -12,6 +12,7 @@ from daemon.feeds import PROTOCOLS
 from daemon.feeds.fields import US_PER_S, iso_us
 from daemon.feeds.session import (
     MIN_HISTORY_BARS,
+    Action,
     Backfill,
     FeedSession,
     GapDetected,
@@ -43,12 +44,19 @@ def match(t: float, price: str, tid: int) -> str:
 ACK = '{"type":"subscriptions","channels":[]}'
 
 
-def of(actions: list, cls: type[T]) -> list[T]:
+def of(actions: list[Action], cls: type[T]) -> list[T]:
     return [a for a in actions if isinstance(a, cls)]
 
 
-def kinds(actions: list) -> list[str]:
+def kinds(actions: list[Action]) -> list[str]:
     return [type(a).__name__ for a in actions]
+
+
+def spans(actions: list[Action]) -> list[tuple[str, int, int]]:
+    """(kind, start_us, end_us) of each action; every one must be a range (a backfill or a gap)."""
+    ranges = [a for a in actions if isinstance(a, Backfill | GapDetected | GapFilled)]
+    assert len(ranges) == len(actions), kinds(actions)
+    return [(type(a).__name__, a.start_us, a.end_us) for a in ranges]
 
 
 def live_session(at: float = T0 + 10) -> FeedSession:
@@ -99,12 +107,15 @@ def test_trade_frames_close_bars_and_a_due_backfill_comes_first() -> None:
     assert s.message(match(T0 + 301, "10", 1), T0 + 301, 0.2) == []  # not due yet (grace)
     acts = s.message(match(T0 + 610, "11", 2), T0 + 610, 0.3)
     # the partial first interval is due: the frame waits for it before its trade closes bar T0+300
-    assert kinds(acts) == ["Backfill"] and acts[0].final and acts[0].start_us == T0 * US_PER_S
+    assert kinds(acts) == ["Backfill"]
+    (final,) = of(acts, Backfill)
+    assert final.final and final.start_us == T0 * US_PER_S
     bar = Bar("coinbase", "BTC-USD", "5m", utc_from_unix(T0), *(Decimal(9),) * 4, Decimal(1), 1, "backfill")
-    after = s.backfilled(acts[0], acts[0].end_us, [bar], last=True)
+    after = s.backfilled(final, final.end_us, [bar], last=True)
     assert kinds(after) == ["Publish", "Publish"]
-    assert after[0].updates[0].kind == "backfilled"
-    closed = after[1].updates[0]
+    backfilled, live = of(after, Publish)
+    assert backfilled.updates[0].kind == "backfilled"
+    closed = live.updates[0]
     assert closed.kind == "closed" and closed.bar.open == Decimal(10) and s.state is State.LIVE
 
 
@@ -199,24 +210,26 @@ def run_gaps(
     tid = 0
     for step in steps:
         mono += 0.1
-        what, t = step[0], (T0 + step[1] if len(step) > 1 else None)
-        if what == "up":
-            acts = s.up(t, mono)
-        elif what == "ack":
-            acts = s.message(ACK, t, mono)
-        elif what == "trade":
-            tid += 1
-            acts = s.message(match(t, "10", tid), t, mono)
-        elif what == "beat":
-            acts = s.message(BEAT, t, mono)
-        elif what == "down":
+        what = step[0]
+        if what == "down":
             acts = s.down(mono)
-        elif what == "poll":  # REST polling while down, once its interval has passed
-            mono += opts.rest_poll_s + 1
-            acts = s.tick(t, mono)
         else:
-            assert what == "tick"
-            acts = s.tick(t, mono)
+            t = T0 + step[1]  # every step but "down" has its time
+            if what == "up":
+                acts = s.up(t, mono)
+            elif what == "ack":
+                acts = s.message(ACK, t, mono)
+            elif what == "trade":
+                tid += 1
+                acts = s.message(match(t, "10", tid), t, mono)
+            elif what == "beat":
+                acts = s.message(BEAT, t, mono)
+            elif what == "poll":  # REST polling while down, once its interval has passed
+                mono += opts.rest_poll_s + 1
+                acts = s.tick(t, mono)
+            else:
+                assert what == "tick"
+                acts = s.tick(t, mono)
         todo = list(acts)
         while todo:
             a = todo.pop(0)
@@ -225,8 +238,8 @@ def run_gaps(
                 n = sum(k == a.series and start <= b < end for k, b in published)
                 seen.append((a.series, type(a).__name__, start, end, n))
             elif isinstance(a, Backfill):
-                step = interval_seconds(a.series.interval)
-                bars = [candle(a.series, b) for b in range(a.start_us // US_PER_S, a.end_us // US_PER_S, step)]
+                step_s = interval_seconds(a.series.interval)
+                bars = [candle(a.series, b) for b in range(a.start_us // US_PER_S, a.end_us // US_PER_S, step_s)]
                 todo[:0] = s.backfilled(a, a.end_us, bars if candles else [], last=True)
             elif isinstance(a, Publish):
                 published += [(u.bar.series, to_unix(u.bar.open_time) - T0) for u in a.updates
@@ -267,6 +280,7 @@ def test_a_reconnect_reports_the_bars_it_missed(steps: list[tuple], opts: Sessio
 def test_a_failed_backfill_leaves_the_gap_open_until_a_retry_fills_it() -> None:
     s = live_session()
     (history,) = s.message(ACK, T0 + 10, 0.1)
+    assert isinstance(history, Backfill)
     s.backfilled(history, history.end_us, [], last=True)
     s.message(match(T0 + 301, "10", 1), T0 + 301, 0.2)  # the partial first interval is due: fetched
     final = next(a for a in s.message(match(T0 + 610, "11", 2), T0 + 610, 0.3) if isinstance(a, Backfill))
@@ -275,11 +289,12 @@ def test_a_failed_backfill_leaves_the_gap_open_until_a_retry_fills_it() -> None:
     s.down(0.5)
     s.up(T0 + 1000, 0.6)
     acts = s.message(ACK, T0 + 1000, 0.7)
-    assert [(type(a).__name__, a.start_us, a.end_us) for a in acts] == [
+    assert spans(acts) == [
         ("GapDetected", (T0 + 600) * US_PER_S, (T0 + 1200) * US_PER_S),
         ("Backfill", (T0 + 600) * US_PER_S, (T0 + 900) * US_PER_S),
     ]
-    s.backfill_failed(acts[1], 0.8)
+    (failed,) = of(acts, Backfill)
+    s.backfill_failed(failed, 0.8)
     assert not [a for a in s.tick(T0 + 1202, 1.0) if isinstance(a, GapFilled)]  # not retried yet
     again = [a for a in s.tick(T0 + 1203, 31.0) if isinstance(a, Backfill)]
     assert again and again[0].start_us == (T0 + 600) * US_PER_S and again[0].end_us == (T0 + 1200) * US_PER_S
@@ -294,6 +309,7 @@ def test_a_failed_final_backfill_is_still_fetched_after_live_bars_close() -> Non
     nothing: the bar was never stored (a restart did not recover it either)."""
     s = live_session()
     (history,) = s.message(ACK, T0 + 10, 0.1)
+    assert isinstance(history, Backfill)
     s.backfilled(history, history.end_us, [], last=True)
     s.message(match(T0 + 301, "10", 1), T0 + 301, 0.2)
     final = next(a for a in s.message(match(T0 + 610, "11", 2), T0 + 610, 0.3) if isinstance(a, Backfill))
@@ -372,7 +388,8 @@ def test_a_restart_reports_the_bars_it_missed(
     a reconnect, filled once the backfill covering it is stored (the last number: backfilled
     bars of the range published before the action; the exchange has every candle). Stored
     `(open time, source)`; a plain open time is a live bar."""
-    latest, source = (stored, "live") if not isinstance(stored, tuple) else stored
+    source: BarSource
+    latest, source = stored if isinstance(stored, tuple) else (stored, "live")
     restored = {} if latest is None else {KEY: latest}
     seen = run_gaps(steps, opts, stored=restored, source=source, candles=True)
     assert [(kind, start, end, n) for key, kind, start, end, n in seen if key == KEY] == expect
@@ -397,11 +414,12 @@ def test_a_restart_gap_whose_backfill_fails_stays_open_until_a_retry_fills_it() 
     s.restore(KEY, replace(candle(KEY, T0 + 300), source="live"))
     s.up(T0 + 1000, 0.1)
     acts = s.message(ACK, T0 + 1000, 0.2)
-    assert [(type(a).__name__, a.start_us, a.end_us) for a in acts] == [
+    assert spans(acts) == [
         ("GapDetected", (T0 + 600) * US_PER_S, (T0 + 1200) * US_PER_S),
         ("Backfill", (T0 + 300) * US_PER_S, (T0 + 900) * US_PER_S),  # the stored bar again, then the gap
     ]
-    s.backfill_failed(acts[1], 0.3)  # the exchange's REST API is down: nothing asked before the retry delay
+    (failed,) = of(acts, Backfill)
+    s.backfill_failed(failed, 0.3)  # the exchange's REST API is down: nothing asked before the retry delay
     assert not [a for a in s.message(match(T0 + 1210, "10", 1), T0 + 1210, 1.0) if isinstance(a, Backfill)]
     later = s.message(match(T0 + 1510, "11", 2), T0 + 1510, 2.0)  # a live bar closes meanwhile
     assert [u.bar.open_time for a in later if isinstance(a, Publish) for u in a.updates] == [utc_from_unix(T0 + 1200)]
@@ -472,7 +490,7 @@ def test_a_restart_before_the_last_ones_gap_was_filled_records_each_missed_bar_o
     last process recorded and stopped before filling: it fills that one and records only the
     bars it newly missed. Before, it recorded the same bar again (two rows for one bar, or an
     overlapping 2-bar gap whose first row was never marked filled)."""
-    latest, source = (stored, "live") if not isinstance(stored, tuple) else stored
+    latest, source = stored if isinstance(stored, tuple) else (stored, "live")
     steps = [("up", at), ("ack", at), ("tick", at - at % 300 + 302)]
     seen = run_gaps(steps, stored={KEY: latest}, source=source, candles=True, open_gaps=tuple(open_gaps))
     assert [(kind, start, end, n) for _key, kind, start, end, n in seen] == expect
@@ -508,7 +526,7 @@ def test_a_restart_fetches_an_unfilled_gap_behind_the_stored_bars_again(
     """A backfill failed and live bars were stored past its range before the daemon stopped: the
     restart fetches that recorded gap again (within the backfill horizon) and marks it filled.
     Before, it started after the newest stored bar and the hole stayed, its row unfilled for good."""
-    latest, source = (stored, "live") if not isinstance(stored, tuple) else stored
+    latest, source = stored if isinstance(stored, tuple) else (stored, "live")
     steps = [("up", at), ("ack", at), ("tick", at - at % 300 + 302)]
     seen = run_gaps(steps, stored={KEY: latest}, source=source, candles=True, open_gaps=tuple(open_gaps))
     assert [(kind, start, end, n) for _key, kind, start, end, n in seen] == expect
