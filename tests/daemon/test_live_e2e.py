@@ -156,8 +156,9 @@ def test_service_end_to_end(shared_dir: Path, tmp_path: Path) -> None:
     assert len(seen["stream"]) >= 3 and seen["stream"][0]["series"] == str(SERIES)  # type: ignore[arg-type,index]
     # each event's id is its forecast's stored stream position, and resuming from the first gives the rest
     ids = seen["stream_ids"]
+    assert isinstance(ids, list)
     assert len(ids) == len(seen["stream"]) and ids == sorted(set(ids))  # type: ignore[arg-type]
-    resumed = stream_after(db, ids[0], limit=100_000).forecasts[: len(ids) - 1]  # type: ignore[index,arg-type]
+    resumed = stream_after(db, ids[0], limit=100_000).forecasts[: len(ids) - 1]
     assert [forecast_line(f) for f in resumed] == seen["stream"][1:]  # type: ignore[index]
     db.close()
     assert all(r.pid is not None and r.pid != os.getpid() for r in runs)  # trained in a child process

@@ -139,7 +139,7 @@ def test_two_daemons_sharing_a_database_retrain_a_series_once(pg_db_url: str, tm
     async def on_promoted(group: str, outcome: object) -> None:
         promoted.append(group)
 
-    async def race() -> list[object]:
+    async def race() -> tuple[object, object]:
         a, b = Retrainer(config, db, on_promoted), Retrainer(config, db, on_promoted)
         b.owner = "other-host:1"
         return await asyncio.gather(a.retrain(str(S), reason="test"), b.retrain(str(S), reason="test"))
@@ -203,6 +203,7 @@ def test_har_challenger_on_real_bars_is_judged_by_pinball(shared_dir: Path, tmp_
     judged on held-out bars by mean pinball against persistence's random-walk fan, with the
     coverage band; once promoted it serves a real fan through the model book."""
     import numpy as np
+    import pandas as pd
 
     from daemon.live.inference import ServingModel
     from trainer.artifacts import load_artifact
@@ -211,11 +212,12 @@ def test_har_challenger_on_real_bars_is_judged_by_pinball(shared_dir: Path, tmp_
     btc = SeriesKey("binance", "BTC-USDT")
     csv = shared_dir / "data" / "btcusdt_binance_5m_2020-12_2021-07.csv"
     frame = read_csv_frame(csv).loc["2021-02-01":"2021-02-12"]
-    upsert_bars(tmp_db, [
-        Bar(btc.exchange, btc.symbol, btc.interval, t.to_pydatetime(), *(Decimal(repr(float(r[c])))
-            for c in ("open", "high", "low", "close", "volume")))
-        for t, r in frame.iterrows()
-    ])
+
+    def bar(t: pd.Timestamp, r: pd.Series) -> Bar:
+        o, h, lo, c, v = (Decimal(repr(float(r[k]))) for k in ("open", "high", "low", "close", "volume"))
+        return Bar(btc.exchange, btc.symbol, btc.interval, t.to_pydatetime(), o, h, lo, c, v)
+
+    upsert_bars(tmp_db, [bar(t, r) for t, r in frame.iterrows()])
     ensure_baseline(tmp_db, [btc])
     url = f"sqlite:///{tmp_path / 'barcast.db'}"
     out = run_retrain(request(url, tmp_path, series=(str(btc),), arch="har", data=DataParams(window=256, horizon=16),
@@ -454,9 +456,11 @@ def test_a_waiting_retrain_whose_job_another_process_ran_gets_its_outcome(tmp_db
         daemon, command = Retrainer(config, tmp_db, on_promoted, poll_s=0.1), Retrainer(config, tmp_db, on_promoted,
                                                                                           poll_s=0.1)
         daemon.owner, command.owner = "daemon:1", "command:2"
-        slots = {}
+        slots: dict[str, int] = {}
         for key, who in ((other, daemon.owner), (third, command.owner)):  # each one's only slot taken
-            slots[who] = jobs.enqueue(tmp_db, str(key), str(key), "schedule")
+            slot = jobs.enqueue(tmp_db, str(key), str(key), "schedule")
+            assert slot is not None
+            slots[who] = slot
             assert [j.id for j in jobs.claim(tmp_db, who, series={str(key)}, per_daemon=1, global_cap=0,
                                              lease=td(minutes=5))] == [slots[who]]
         waiting = asyncio.create_task(command.retrain(str(S), reason="manual (standalone)", hurry=True))
@@ -496,6 +500,7 @@ def test_standalone_retrain_of_one_series_leaves_other_groups_jobs_alone(tmp_db:
                                  paths=dataclasses.replace(config.paths, data_dir=str(tmp_path)),
                                  forecast=dataclasses.replace(config.forecast, arch="linear"))
     theirs = jobs.enqueue(tmp_db, str(other), str(other), "schedule")
+    assert theirs is not None
     [result] = asyncio.run(retrain_standalone(config, tmp_db, S))
     assert isinstance(result, RetrainOutcome) and result.promoted, result
     left = {j.id: (j.group, j.status, j.attempts) for j in jobs.list_jobs(tmp_db)}

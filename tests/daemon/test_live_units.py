@@ -24,6 +24,8 @@ from daemon.live.window import RollingWindow
 from db.engine import Database
 from db.records import Bar, Forecast, SeriesKey, iso
 from db.scores import Unscored
+from trainer.forecaster import Forecaster
+from trainer.params import DataParams, ModelParams
 from trainer.quantiles import Prediction
 
 S = SeriesKey("binance", "BTC-USDT")
@@ -131,15 +133,13 @@ def test_scoring_and_drift() -> None:
     assert watch.mae is not None and watch.mae > watch.persistence_mae  # type: ignore[operator]
 
 
-class _Doubler:
-    """A stand-in model with the Forecaster interface (features, window, horizon, predict_batch).
-    Its quantiles come out crossed (q90 below q10) so the serving side must sort them."""
-
-    features = ("close",)
-    window = 4
-    horizon = 3
+class _Doubler(Forecaster):
+    """A stand-in model (close only, window 4, horizon 3) whose `predict_batch` doubles the last
+    close, counting its calls. Its quantiles come out crossed (q90 below q10) so the serving side
+    must sort them."""
 
     def __init__(self) -> None:
+        super().__init__("double", ModelParams(quantiles=(0.1, 0.5, 0.9)), DataParams(window=4, horizon=3))
         self.calls = 0
         self.times: list[np.ndarray] = []
 
@@ -150,6 +150,9 @@ class _Doubler:
         point = np.repeat(x[:, -1:, 0] * 2, self.horizon, axis=1)
         q = np.stack([point + 1.0, point, point - 1.0], axis=-1)  # crossed on purpose
         return Prediction(point, q, (0.1, 0.5, 0.9))
+
+    def _forecast(self, raw: np.ndarray, times: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        raise AssertionError("predict_batch is the stand-in's own")
 
 
 def test_forecast_batch_runs_one_call_per_model_and_swap_is_atomic() -> None:

@@ -228,7 +228,7 @@ def test_running_daemon_prunes_in_the_background(shared_dir: Path, tmp_path: Pat
     assert _metric("forecast_scores") - metric_before["forecast_scores"] == seeded[1]
     assert f'barcast_pruned_rows_total{{table="forecasts"}} {_metric("forecasts")}' in str(seen["metrics"])
     lines = [r for r in caplog.records if r.name == "barcast.retention" and r.getMessage() == "pruned"]
-    assert lines and sum(r.forecasts for r in lines) == seeded[0]
+    assert lines and sum(r.forecasts for r in lines) == seeded[0]  # type: ignore[attr-defined]  # an extra= field
     assert all(hasattr(r, k) for r in lines for k in ("forecast_scores", "training_jobs", "seconds", "batches"))
     retention = seen["status"]["retention"]  # type: ignore[index]
     assert retention["enabled"] is True and retention["forecasts_days"] == 1.3 and retention["next_prune"]

@@ -264,7 +264,8 @@ def test_the_lease_lets_one_process_prune_at_a_time(any_db: Database, seeded: Se
     assert leases.acquire(any_db, LEASE, "daemon-a", timedelta(minutes=5))
     busy = prune_with_lease(any_db, POLICY, "cli-b", now=NOW)
     assert isinstance(busy, Busy) and busy.owner == "daemon-a"
-    assert prune_with_lease(any_db, POLICY, "cli-b", dry_run=True, now=NOW).total > 0  # reading needs no lease
+    dry = prune_with_lease(any_db, POLICY, "cli-b", dry_run=True, now=NOW)
+    assert isinstance(dry, PruneResult) and dry.total > 0  # reading needs no lease
     assert _count(any_db, forecast_scores) > 0 and len(stored_sets(any_db)) > len(keep)
     leases.release(any_db, LEASE, "daemon-a")
     done = prune_with_lease(any_db, POLICY, "cli-b", now=NOW)
