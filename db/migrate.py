@@ -104,5 +104,5 @@ def ensure_schema(database: Database, *, create: bool, allow_upgrade: bool) -> U
         raise DatabaseError(f"database {database.display_url} has no barcast schema")
     raise SchemaVersionError(
         f"database {database.display_url} has schema version {rev}, older than this barcast's "
-        f"{head}; run `barcast db upgrade` (back it up first)"
+        f"{head}; run `barcast db upgrade` (back it up first: `barcast db backup --to PATH`, pg_dump on PostgreSQL)"
     )

@@ -3,10 +3,12 @@
 PostgreSQL materialises the stored files into `<artifacts_dir>/<model id>` once (atomically, by
 rename) and then loads from there; `load_artifact` verifies every file's sha256 as always.
 `rehome` moves every artifact of a copied database (`barcast db copy`) to where the target's
-kind keeps them."""
+kind keeps them; `embed` puts a SQLite backup's artifact files inside it (`barcast db backup`)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -16,6 +18,7 @@ from db import artifacts, registry
 from db.engine import Database
 from db.errors import ArtifactError
 from db.records import ModelInfo
+from trainer.artifacts import MANIFEST
 
 #: `models.artifact_path` of an artifact stored in the database.
 DB_PREFIX = "db:"
@@ -141,3 +144,65 @@ def unloadable(database: Database, models: list[ModelInfo]) -> dict[str, str]:
             except ArtifactError as exc:
                 out[info.id] = str(exc)
     return out
+
+
+@dataclass
+class Embedded:
+    """What `embed` did: models whose files went inside the backup, models in use whose files
+    could not be read (id -> why: the backup cannot serve them, nor can the source), retired
+    models whose files retention had already pruned."""
+
+    models: list[str] = field(default_factory=list)
+    files: int = 0
+    bytes: int = 0
+    missing: dict[str, str] = field(default_factory=dict)
+    pruned: list[str] = field(default_factory=list)
+
+
+def _read_checked(directory: Path) -> dict[str, bytes]:
+    """Every file of an artifact directory, each listed one checked against the manifest's sha256
+    (the bytes stored are the bytes checked: a file being replaced or removed is caught)."""
+    try:
+        files = {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
+    except OSError as exc:
+        raise ArtifactError(f"artifact directory {directory}: {exc.strerror}") from None
+    if MANIFEST not in files:
+        raise ArtifactError(f"artifact directory {directory} has no {MANIFEST}")
+    try:
+        listed = json.loads(files[MANIFEST])["files"]
+        assert isinstance(listed, dict)
+    except (ValueError, KeyError, TypeError, AssertionError):
+        raise ArtifactError(f"artifact directory {directory}: corrupt {MANIFEST}") from None
+    for name, digest in listed.items():
+        if name not in files:
+            raise ArtifactError(f"artifact directory {directory}: file {name} listed in the manifest is missing")
+        if hashlib.sha256(files[name]).hexdigest() != digest:
+            raise ArtifactError(f"artifact directory {directory}: file {name} does not match its sha256")
+    return files
+
+
+def embed(database: Database) -> Embedded:
+    """Store the files of every model whose artifact is a local directory in `database` itself
+    (`model_artifacts`, `artifact_path` = `db:<model id>`): a SQLite backup becomes one file that
+    restores on any machine and under any artifacts directory, since every loader (`local_path`)
+    materialises a `db:` artifact into the local artifacts directory, checked file by file. Run on
+    the backup's private copy only (the live database keeps its directories)."""
+    done = Embedded()
+    for info in registry.list_models(database):
+        path = info.artifact_path
+        if not path or path.startswith(DB_PREFIX):
+            continue  # none, or already inside
+        try:
+            files = _read_checked(Path(path))
+        except ArtifactError as exc:
+            if info.status == "retired":
+                done.pruned.append(info.id)
+            else:
+                done.missing[info.id] = str(exc)
+            continue
+        artifacts.put(database, info.id, files)
+        registry.set_artifact_path(database, info.id, DB_PREFIX + info.id)
+        done.models.append(info.id)
+        done.files += len(files)
+        done.bytes += sum(len(b) for b in files.values())
+    return done

@@ -1,4 +1,4 @@
-"""`barcast db upgrade|stats|prune|copy`."""
+"""`barcast db upgrade|stats|prune|copy|backup`."""
 
 from __future__ import annotations
 
@@ -22,10 +22,12 @@ from db.errors import BarcastError, InputError
 from db.stats import database_size_bytes, table_counts
 
 if TYPE_CHECKING:
+    from db.backup import Copied as Paged
+    from db.backup import Sealed
     from db.cluster import Instance
     from db.copy import Copied
     from db.engine import Database
-    from trainer.artifact_store import Rehomed
+    from trainer.artifact_store import Embedded, Rehomed
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -300,6 +302,112 @@ def _report(fmt: str, source: Database, target: Database, done: Copied, counts: 
                + ("; the model_artifacts counts above are the rows as copied, before the files moved" if n else ""))
     if not problems:
         click.echo(f"next: point [database] url (or --db) at {target.display_url} and start barcast")
+
+
+@db_group.command("backup")
+@click.option("--to", "target", required=True, type=click.Path(path_type=Path), metavar="PATH",
+              help="The backup file to write (its directory must exist).")
+@click.option("--force", is_flag=True, help="Replace PATH if it exists (never the database itself).")
+@format_option(choices=("table", "json"))
+@pass_app
+def backup_cmd(app: AppContext, target: Path, force: bool, fmt: str) -> None:
+    """Copy the SQLite database (--db / config) into one consistent file while the daemon keeps
+    running, with the files of its models inside it: restore it by copying it back (see README
+    "Backups"). PostgreSQL: use pg_dump (the command is printed)."""
+    from db import backup
+    from db.engine import Database, create_db_engine
+
+    started = time.monotonic()
+    url = app.config.database_url
+    source = backup.sqlite_path(url)
+    if source is None:
+        raise InputError(_pg_dump_advice(url, target))
+    if not source.is_file():
+        create_db_engine(url, create=False).dispose()  # the usual message: a missing file, a directory
+    backup.check_target(source, target, force=force)
+    temp = backup.temp_path(target)
+    try:
+        with progress_bar(app.console) as progress:
+            task = progress.add_task("copying pages", total=None)
+            copied = backup.copy_pages(url, temp, lambda done, total: progress.update(task, completed=done,
+                                                                                        total=total))
+            progress.update(task, description="storing model files", completed=0, total=None)
+            copy_db = Database(engine=create_db_engine(f"sqlite:///{temp}"), url=f"sqlite:///{temp}")
+            try:
+                embedded = _embed(copy_db)
+            finally:
+                copy_db.close()
+            progress.update(task, description="PRAGMA integrity_check")
+            sealed = backup.seal(temp)
+        backup.place(temp, target)
+    finally:
+        backup.discard(temp)  # nothing left of a failed backup; after the rename there is no temp
+    _backup_report(fmt, url, target, copied, sealed, embedded, time.monotonic() - started)
+
+
+def _embed(copy_db: Database) -> Embedded | None:
+    """The model files into the backup, when its schema has `model_artifacts` (from 0007 on)."""
+    from sqlalchemy import inspect
+
+    from trainer import artifact_store
+
+    with copy_db.engine.connect() as conn:
+        if "model_artifacts" not in inspect(conn).get_table_names():
+            return None
+    return artifact_store.embed(copy_db)
+
+
+def _pg_dump_advice(url: str, target: Path) -> str:
+    """One line: the pg_dump command for the configured PostgreSQL database, password left out."""
+    import shlex
+
+    from db.engine import normalise_url
+
+    parsed = normalise_url(url)
+    # URL.set(password=None) keeps the password: None there means "unchanged"
+    plain = parsed._replace(drivername="postgresql", password=None).render_as_string(hide_password=False)
+    return (f"barcast db backup copies SQLite databases; back up PostgreSQL with pg_dump (the model artifacts are "
+            f"in the database, so it holds them too): pg_dump --format=custom --file={shlex.quote(str(target))} "
+            f"{shlex.quote(plain)}" + (" (the password from PGPASSWORD or ~/.pgpass)" if parsed.password else ""))
+
+
+def _backup_report(fmt: str, url: str, target: Path, copied: Paged, sealed: Sealed, embedded: Embedded | None,
+                   seconds: float) -> None:
+    from db.engine import normalise_url
+
+    doc = {
+        "source": normalise_url(url).render_as_string(hide_password=True),
+        "target": str(target.absolute()),
+        "bytes": sealed.bytes,
+        "pages": sealed.pages,
+        "page_size": sealed.page_size,
+        "schema_version": copied.revision,
+        "integrity_check": sealed.integrity,
+        "copy_seconds": round(copied.seconds, 3),
+        "seconds": round(seconds, 3),
+        "artifacts": None if embedded is None else {
+            "models": embedded.models, "files": embedded.files, "bytes": embedded.bytes,
+            "missing": embedded.missing, "pruned": embedded.pruned},
+    }
+    missing = embedded.missing if embedded else {}
+    for model_id, why in missing.items():
+        click.echo(f"warning: model {model_id} is in use but its files are not in the backup ({why}); the "
+                   "source cannot load it either", err=True)
+    if fmt == "json":
+        sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    click.echo(f"backup of {doc['source']} written to {doc['target']}")
+    click.echo(f"{_mb(sealed.bytes)}, {sealed.pages:,} pages of {sealed.page_size:,} bytes, schema version "
+               f"{copied.revision}, PRAGMA integrity_check {sealed.integrity}; pages copied in "
+               f"{copied.seconds:.1f} s, {seconds:.1f} s in all")
+    if embedded is None:
+        click.echo(f"model artifacts: not included (schema {copied.revision} predates stored artifacts): "
+                   "copy the model directories yourself")
+    else:
+        click.echo(f"model artifacts: {len(embedded.models)} models' files inside the backup ({embedded.files} "
+                   f"files, {_mb(embedded.bytes)})"
+                   + (f"; {len(embedded.pruned)} retired models' files were already pruned" if embedded.pruned
+                      else ""))
 
 
 def _mb(size: int | None) -> str:
