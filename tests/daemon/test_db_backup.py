@@ -81,20 +81,22 @@ def test_a_backup_taken_while_a_process_writes_is_one_consistent_moment(
     # copy goes on: other processes' commits land between the steps of one backup
     monkeypatch.setattr(backup, "PAGES_PER_STEP", 64)
     steps = []
+    first_step: list[int] = []
     real_copy = backup.copy_pages
 
     def copy_while_writing(url: str, temp: Path, on_pages: backup.OnPages | None = None) -> backup.Copied:
         def step(done: int, total: int) -> None:
             steps.append((done, total))
-            if len(steps) == 1:
-                _wait_for_rows(src, started + 10)
+            if len(steps) == 1:  # the snapshot was fixed before this first step
+                first_step.append(_counts(src)["bars"])
+                _wait_for_rows(src, first_step[0] + 10)
             if on_pages is not None:
                 on_pages(done, total)
         return real_copy(url, temp, step)
 
     monkeypatch.setattr(backup, "copy_pages", copy_while_writing)
     with _writer(src, tmp_path):
-        started = _wait_for_rows(src, _counts(src)["bars"] + 3)
+        _wait_for_rows(src, _counts(src)["bars"] + 3)
         before = _counts(src)
         doc = _backup(capsys, src, target)
         after = _wait_for_rows(src, _counts(src)["bars"] + 3)
@@ -113,7 +115,7 @@ def test_a_backup_taken_while_a_process_writes_is_one_consistent_moment(
     url = f"sqlite:///{target}"
     got = _counts(url)
     # the snapshot of the first step: what was there before, not what came during the copy
-    assert before["bars"] <= got["bars"] <= started + 10 < after
+    assert before["bars"] <= got["bars"] <= first_step[0] < first_step[0] + 10 < after
     assert before["forecasts"] <= got["forecasts"] < _counts(src)["forecasts"]
     copy_db, src_db = open_database(url, create=False), open_database(src, create=False)
     try:
