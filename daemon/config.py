@@ -28,6 +28,24 @@ SYSTEM_CONFIG = Path("/etc/barcast/barcast.toml")
 ENV_PREFIX = "BARCAST_"
 
 
+#: The longest path a Unix socket binds to on Linux (`sun_path` is 108 bytes with its NUL).
+UNIX_SOCKET_PATH_MAX = 107
+
+
+def socket_path(wanted: Path) -> Path:
+    """`wanted`, or where it is too long for a Unix socket (a deep data directory: binding failed
+    with "AF_UNIX path too long") a short one in a private per-user directory (under
+    $XDG_RUNTIME_DIR, else the temp directory) named after `wanted`, so daemon and CLI meet there."""
+    if len(os.fsencode(str(wanted))) <= UNIX_SOCKET_PATH_MAX:
+        return wanted
+    import hashlib
+    import tempfile
+
+    tag = hashlib.sha256(os.fsencode(str(wanted.resolve()))).hexdigest()[:16]
+    runtime = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    return Path(runtime) / f"barcast-{os.getuid()}" / f"{tag}.sock"
+
+
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ValueError(msg)
@@ -335,6 +353,10 @@ class ServiceConfig:
 
     def __post_init__(self) -> None:
         _check(self.shutdown_timeout_s > 0, "shutdown_timeout_s: must be > 0")
+        size = len(os.fsencode(os.path.expanduser(self.control_socket)))
+        _check(size <= UNIX_SOCKET_PATH_MAX,
+               f"control_socket: {self.control_socket!r} is {size} bytes, longer than the {UNIX_SOCKET_PATH_MAX} a "
+               "Unix socket path may have; give a shorter path (e.g. /run/barcast/barcast.sock)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -454,11 +476,13 @@ class Config:
 
     @property
     def control_socket(self) -> Path:
+        """`service.control_socket`, else `$RUNTIME_DIRECTORY/barcast.sock`, else
+        `<data_dir>/barcast.sock` (shortened by `socket_path` where too long for a Unix socket)."""
         if self.service.control_socket:
             return Path(self.service.control_socket).expanduser()
         if os.environ.get("RUNTIME_DIRECTORY"):
-            return Path(os.environ["RUNTIME_DIRECTORY"].split(":")[0]) / "barcast.sock"
-        return self.data_dir / "barcast.sock"
+            return socket_path(Path(os.environ["RUNTIME_DIRECTORY"].split(":")[0]) / "barcast.sock")
+        return socket_path(self.data_dir / "barcast.sock")
 
     @property
     def instance_id(self) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from daemon.bars import BarUpdate
-from daemon.config import Config, ExchangeConfig, FeedsConfig, SeriesConfig
+from daemon.config import Config, ExchangeConfig, FeedsConfig, SeriesConfig, socket_path
 from daemon.feeds import protocol as get_protocol
 from daemon.feeds.base import ExchangeProtocol
 from daemon.feeds.randomwalk import random_walk_bars
@@ -379,7 +379,7 @@ def demo_config(base: Config, settings: DemoSettings, sim: ExchangeSimulator, di
         forecast=replace(base.forecast, log_file="", device="cpu", arch=DEMO_ARCH),
         retrain=replace(base.retrain, enabled=True, initial=True, holdout_bars=DEMO_HOLDOUT_BARS,
                         history_days=30.0, margin=0.0),
-        service=replace(base.service, control_socket=str(directory / "barcast.sock")),
+        service=replace(base.service, control_socket=str(socket_path(directory / "barcast.sock"))),
     )
 
 

@@ -31,7 +31,8 @@ class ControlServer:
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _check_private(self.path.parent)
         if self.path.exists():
             if await _alive(self.path):
                 raise BarcastError(f"another barcast daemon is already running (control socket {self.path})")
@@ -105,3 +106,14 @@ async def request(path: Path, req: dict[str, Any], *, timeout: float | None = 10
                            f"(it stopped or failed meanwhile; see its log)")
     result: dict[str, Any] = orjson.loads(line)
     return result
+
+
+def _check_private(directory: Path) -> None:
+    """A socket's directory under a shared one (the short fallback under /tmp: see
+    `Config.control_socket`) must be this user's alone, or another user could take its place."""
+    if not directory.name.startswith("barcast-") or directory.parent.stat().st_mode & 0o002 == 0:
+        return  # not a world-writable parent: the directory is where the operator put it
+    st = directory.lstat()
+    if st.st_uid != os.getuid() or st.st_mode & 0o077 or not directory.is_dir() or directory.is_symlink():
+        raise BarcastError(f"control socket directory {directory} is not private to this user "
+                           "(owner, mode 0700); remove it, or set service.control_socket")

@@ -246,6 +246,44 @@ def test_control_socket_round_trip_and_single_instance(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
+def test_a_data_directory_too_deep_for_a_unix_socket_still_gets_a_control_socket(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`barcast run` (and the demo) under a deep data directory exited with "AF_UNIX path too
+    long": a socket path may have 107 bytes. The default socket is then a short one in a private
+    per-user directory, the same for daemon and CLI; a too-long configured one is a config error
+    naming the key."""
+    import dataclasses
+
+    from daemon.config import UNIX_SOCKET_PATH_MAX, Config, ServiceConfig, socket_path
+
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    (tmp_path / "run").mkdir(mode=0o700)
+    monkeypatch.delenv("RUNTIME_DIRECTORY", raising=False)
+    config = Config()
+    config = dataclasses.replace(config, paths=dataclasses.replace(config.paths, data_dir=str(deep)))
+    path = config.control_socket
+    assert len(str(deep / "barcast.sock")) > UNIX_SOCKET_PATH_MAX >= len(str(path))
+    assert path == socket_path(deep / "barcast.sock") and path.parent.parent == tmp_path / "run"
+    other = dataclasses.replace(config, paths=dataclasses.replace(config.paths, data_dir=str(deep / "x")))
+    assert other.control_socket != path  # one per data directory
+
+    async def handler(req: dict) -> dict:
+        return {"ok": True, "echo": req["cmd"]}
+
+    async def main() -> None:
+        server = ControlServer(path, handler)
+        await server.start()
+        assert (path.parent.stat().st_mode & 0o777) == 0o700
+        assert await request(config.control_socket, {"cmd": "status"}) == {"ok": True, "echo": "status"}
+        await server.stop()
+
+    asyncio.run(main())
+    with pytest.raises(ValueError, match=r"control_socket: .* longer than the 107 a Unix socket path may have"):
+        ServiceConfig(control_socket=str(deep / "barcast.sock"))
+
+
 def test_a_daemon_that_closes_without_answering_is_not_taken_for_no_daemon(tmp_path: Path) -> None:
     """A daemon that took a request and went away (stopped during `barcast retrain --now`) is an
     error, not ConnectionError: the command took that for "no daemon listening" and trained
