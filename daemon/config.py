@@ -42,8 +42,11 @@ def socket_path(wanted: Path) -> Path:
     import tempfile
 
     tag = hashlib.sha256(os.fsencode(str(wanted.resolve()))).hexdigest()[:16]
-    runtime = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
-    return Path(runtime) / f"barcast-{os.getuid()}" / f"{tag}.sock"
+    for runtime in (os.environ.get("XDG_RUNTIME_DIR"), tempfile.gettempdir(), "/tmp"):
+        path = Path(runtime or "/tmp") / f"barcast-{os.getuid()}" / f"{tag}.sock"
+        if runtime and len(os.fsencode(str(path))) <= UNIX_SOCKET_PATH_MAX:
+            break
+    return path
 
 
 def _check(cond: bool, msg: str) -> None:

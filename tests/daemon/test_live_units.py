@@ -254,18 +254,20 @@ def test_a_data_directory_too_deep_for_a_unix_socket_still_gets_a_control_socket
     per-user directory, the same for daemon and CLI; a too-long configured one is a config error
     naming the key."""
     import dataclasses
+    import shutil
+    import tempfile
 
     from daemon.config import UNIX_SOCKET_PATH_MAX, Config, ServiceConfig, socket_path
 
     deep = tmp_path / ("d" * 60) / ("e" * 60)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
-    (tmp_path / "run").mkdir(mode=0o700)
+    run = Path(tempfile.mkdtemp(prefix="run-", dir="/tmp"))  # a short runtime directory
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(run))
     monkeypatch.delenv("RUNTIME_DIRECTORY", raising=False)
     config = Config()
     config = dataclasses.replace(config, paths=dataclasses.replace(config.paths, data_dir=str(deep)))
     path = config.control_socket
     assert len(str(deep / "barcast.sock")) > UNIX_SOCKET_PATH_MAX >= len(str(path))
-    assert path == socket_path(deep / "barcast.sock") and path.parent.parent == tmp_path / "run"
+    assert path == socket_path(deep / "barcast.sock") and path.parent.parent == run
     other = dataclasses.replace(config, paths=dataclasses.replace(config.paths, data_dir=str(deep / "x")))
     assert other.control_socket != path  # one per data directory
 
@@ -279,7 +281,12 @@ def test_a_data_directory_too_deep_for_a_unix_socket_still_gets_a_control_socket
         assert await request(config.control_socket, {"cmd": "status"}) == {"ok": True, "echo": "status"}
         await server.stop()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        shutil.rmtree(run)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(deep))  # itself too deep: the temp directory then
+    assert len(str(socket_path(deep / "barcast.sock"))) <= UNIX_SOCKET_PATH_MAX
     with pytest.raises(ValueError, match=r"control_socket: .* longer than the 107 a Unix socket path may have"):
         ServiceConfig(control_socket=str(deep / "barcast.sock"))
 
