@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, make_url
+from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.exc import DatabaseError as SADatabaseError
+from sqlalchemy.pool import NullPool
 
 from db.errors import DatabaseError, InputError, MissingDatabaseError
 
@@ -271,11 +272,31 @@ def open_database(url: str, *, create: bool = True, upgrade: bool = False) -> Da
     except (OperationalError, SADatabaseError, sqlite3.DatabaseError) as exc:
         database.close()
         orig = getattr(exc, "orig", exc)
+        if database.dialect == "postgresql" and _pg_database_missing(database.engine.url):
+            raise MissingDatabaseError(
+                f"database {database.display_url} does not exist on its server; create it (`createdb`) or fix "
+                "--db / [database] url") from None
         raise DatabaseError(f"cannot open database {database.display_url}: {orig}") from None
     except BaseException:
         database.close()
         raise
     return database
+
+
+def _pg_database_missing(url: URL) -> bool:
+    """Whether the server says `url`'s database does not exist (asked through its `postgres`
+    database: a failed connect says so only in the server's own words and language, with no
+    error code). False when that cannot be asked either (the server itself is unreachable)."""
+    probe = create_engine(url.set(database="postgres"), poolclass=NullPool,
+                          connect_args={**pg_connect_args(url), "connect_timeout": "3"})
+    try:
+        with probe.connect() as conn:
+            found = conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": url.database}).first()
+        return found is None
+    except SADatabaseError:
+        return False
+    finally:
+        probe.dispose()
 
 
 def default_sqlite_url(data_dir: Path) -> str:

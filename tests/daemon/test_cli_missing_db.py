@@ -34,6 +34,26 @@ def test_read_command_refuses_a_missing_sqlite_file(argv: tuple[str, ...], tmp_p
     assert not path.exists()
 
 
+@pytest.mark.postgres
+def test_a_missing_postgresql_database_is_bad_input_like_a_missing_file(
+    pg_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A misspelt database name on a PostgreSQL server exited 1 (a runtime failure) where a
+    missing SQLite file exits 2; the server says so only in its own words (no error code on a
+    failed connect), so barcast asks its `postgres` database. An unreachable server stays 1."""
+    from sqlalchemy.engine import make_url
+
+    server = make_url(pg_url)
+    typo = server.set(database="barcast_no_such_database").render_as_string(hide_password=False)
+    for argv in (("db", "stats"), ("bars", "--series", "binance:BTC-USDT")):
+        res = barcast(capsys, "--db", typo, *argv)
+        assert res.code == 2, res
+        assert "barcast_no_such_database does not exist on its server" in res.err and "***" in res.err, res.err
+    away = server.set(port=1).render_as_string(hide_password=False)
+    res = barcast(capsys, "--db", away, "db", "stats")
+    assert res.code == 1 and "cannot open database" in res.err, res
+
+
 def test_plot_refuses_a_missing_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "typo.db"
     res = barcast(capsys, "--db", str(path), "plot", "--out", str(tmp_path / "x.png"))
