@@ -30,7 +30,7 @@ from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from db.engine import create_db_engine, normalise_url
+from db.engine import create_db_engine, sqlite_file
 from db.errors import DatabaseError, InputError
 
 #: Pages copied per backup step (16 MiB at SQLite's default 4 KiB page): the progress bar's grain.
@@ -60,14 +60,6 @@ class Sealed:
     pages: int
     page_size: int
     integrity: str
-
-
-def sqlite_path(url: str) -> Path | None:
-    """The SQLite file a database URL names, or None for a server database."""
-    parsed = normalise_url(url)
-    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
-        return None
-    return Path(parsed.database).expanduser().resolve()
 
 
 def check_target(source: Path, target: Path, *, force: bool) -> None:
@@ -114,7 +106,7 @@ def _revision(conn: sqlite3.Connection, source: Path) -> str:
 def copy_pages(source_url: str, temp: Path, on_pages: OnPages | None = None) -> Copied:
     """Copy every page of the SQLite database `source_url` into the new file `temp`, all from the
     snapshot its first read fixed (see the module docstring)."""
-    source = sqlite_path(source_url)
+    source = sqlite_file(source_url)
     assert source is not None
     started = time.monotonic()
     engine = create_db_engine(source_url, create=False)  # the path checks of every open; no schema check

@@ -114,6 +114,12 @@ def list_instances(database: Database) -> list[Instance]:
             for r in rows]
 
 
+def live_instances(database: Database) -> list[Instance]:
+    """The daemons whose heartbeat has not expired."""
+    now = datetime.now(UTC)
+    return [i for i in list_instances(database) if i.expires_at > now]
+
+
 def leave(database: Database, instance_id: str) -> None:
     """A clean stop: release every lease and remove the heartbeat, so others take over at once."""
     now = datetime.now(UTC)

@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Connection, LargeBinary, Table, Text, bindparam, cast, func, inspect, select, text
+from sqlalchemy import JSON, Connection, LargeBinary, Table, Text, bindparam, cast, inspect, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from db.engine import Database, create_db_engine, normalise_url, open_database
 from db.errors import BarcastError, DatabaseError, InputError
 from db.schema import metadata
+from db.stats import count_rows
 
 #: Rows read and written per batch (bounded memory whatever the table's size).
 BATCH_ROWS = 5000
@@ -97,10 +98,6 @@ def snapshot(database: Database) -> Iterator[Connection]:
             conn = conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
         with conn.begin():
             yield conn
-
-
-def count_rows(conn: Connection) -> dict[str, int]:
-    return {t.name: int(conn.execute(select(func.count()).select_from(t)).scalar_one()) for t in tables()}
 
 
 def _read(table: Table) -> Any:

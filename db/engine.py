@@ -196,6 +196,12 @@ class _Shared:
 _SHARED = _Shared()
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The SQLite file a database URL names, as barcast opens it; None for a server database."""
+    parsed = normalise_url(url)
+    return _sqlite_file(parsed) if parsed.get_backend_name() == "sqlite" else None
+
+
 def _sqlite_file(parsed: URL) -> Path | None:
     db = parsed.database
     return Path(db).resolve() if db and db != ":memory:" else None

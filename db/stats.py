@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, select
 
 from db.engine import Database
 from db.schema import metadata
 
 
+def count_rows(conn: Connection) -> dict[str, int]:
+    """Rows of every table the schema owns, parents before children (on `conn`: inside a
+    snapshot, what that snapshot sees)."""
+    return {str(t.name): int(conn.execute(select(func.count()).select_from(t)).scalar_one())
+            for t in metadata.sorted_tables}
+
+
 def table_counts(database: Database) -> dict[str, int]:
-    out = {}
     with database.engine.connect() as conn:
-        for name, table in sorted(metadata.tables.items()):
-            out[name] = int(conn.execute(select(func.count()).select_from(table)).scalar_one())
-    return out
+        return dict(sorted(count_rows(conn).items()))
 
 
 def database_size_bytes(database: Database) -> int | None:

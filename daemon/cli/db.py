@@ -7,7 +7,6 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -17,7 +16,7 @@ import orjson
 from daemon.cli.common import AppContext, OutputPath, emit_rows, format_option, iso, pass_app, progress_bar
 from db import migrate
 from db.bars import series_stats
-from db.engine import open_database
+from db.engine import open_database, sqlite_file
 from db.errors import BarcastError, InputError
 from db.stats import database_size_bytes, table_counts
 
@@ -240,10 +239,9 @@ def copy_cmd(app: AppContext, target_url: str, artifacts_dir: Path | None, fmt: 
 
 def _live_daemons(database: Database) -> list[Instance]:
     """Daemons whose heartbeat has not expired (a clean stop removes the row at once)."""
-    from db.cluster import list_instances
+    from db.cluster import live_instances
 
-    now = datetime.now(UTC)
-    return [i for i in list_instances(database) if i.expires_at > now]
+    return live_instances(database)
 
 
 def _copy_rows(app: AppContext, source: Database, target: Database) -> Copied:
@@ -319,7 +317,7 @@ def backup_cmd(app: AppContext, target: Path, force: bool, fmt: str) -> None:
 
     started = time.monotonic()
     url = app.config.database_url
-    source = backup.sqlite_path(url)
+    source = sqlite_file(url)
     if source is None:
         raise InputError(_pg_dump_advice(url, target))
     if not source.is_file():

@@ -73,10 +73,9 @@ class Membership:
         that crashed: its row outlives it by up to the TTL, and what it did is ours to finish)."""
         if self.solo:
             return set()
-        now = datetime.now(UTC)
         host = self.instance.host
-        return {i.id for i in cluster.list_instances(self.database)
-                if i.id != self.id and i.expires_at > now and not (i.host == host and not _running(i.pid))}
+        return {i.id for i in cluster.live_instances(self.database)
+                if i.id != self.id and not (i.host == host and not _running(i.pid))}
 
     async def round(self) -> None:
         """One heartbeat round (also called once at start)."""
