@@ -14,6 +14,8 @@ Times are CPU time of this process (`time.process_time`), best of `--repeat`, so
 shared machine does not count against one side more than the other. A stream shorter than
 `MIN_TIMED` messages (the Kraken capture is 49) is timed over enough passes to reach it, each
 ingest pass with a fresh session, so no timing is a few tens of microseconds from a cold cache.
+Each session is live before the stream's first trade (`live_session`), as a daemon connected for
+a while is, so every trade goes into a bar; the run checks that it did.
 `--breakdown` adds where an ingested message's time goes: parse alone (`scan_hot`: decode,
 checked number texts, rows) and the rest (session, aggregation, bar records), in ns per message.
 
@@ -57,7 +59,8 @@ sys.path.insert(0, str(ROOT))
 from daemon.feeds import PROTOCOLS  # noqa: E402
 from daemon.feeds.base import ExchangeProtocol, SimState, Trade  # noqa: E402
 from daemon.feeds.capture import read_capture  # noqa: E402
-from daemon.feeds.session import Backfill, FeedSession, Publish, SessionOptions  # noqa: E402
+from daemon.feeds.fields import US_PER_S  # noqa: E402
+from daemon.feeds.session import Backfill, FeedSession, Publish, SessionOptions, State  # noqa: E402
 from daemon.feeds.simulator import SPARSE, synth_trades  # noqa: E402
 from db.csvbars import read_bars_csv  # noqa: E402
 from db.records import SeriesKey  # noqa: E402
@@ -192,25 +195,43 @@ def busy(proto: ExchangeProtocol, trades: list[Trade], seed: int = 1) -> list[st
     return out
 
 
+#: A symbol no stream here trades: its frames bring the session's clock up to the stream.
+PRIME = "ZZZ-USDT"
+
+
 def live_session(exchange: str, symbols: list[str], messages: list[str]) -> FeedSession:
-    """A session (feed clock) subscribed to `symbols`, live from the stream's first trade."""
+    """A session (feed clock) subscribed to `symbols`, live before the stream's first trade, as a
+    daemon connected for a while is: its aggregators start at the boundary of the first trade's
+    bar and no backfill is due, so every trade of the stream lands in a bar in progress (or
+    opens one). A session made live by the stream's own first trade would start at the *next*
+    boundary and drop the first bar's trades as the partial interval it fetches from REST, which
+    a daemon does only in its first bar after connecting. Two frames of `PRIME` (a symbol of
+    its own, so the stream's bars are untouched) bring it there: one just before that boundary
+    (live from it), one at the boundary + grace (the partial interval before it is over and
+    fetched: nothing here)."""
     proto = PROTOCOLS[exchange]
-    session = FeedSession(
-        proto, [SeriesKey(exchange, s, "5m") for s in symbols], SessionOptions(backfill_days=0.0), wall_clock=False
-    )
+    keys = [SeriesKey(exchange, s, "5m") for s in [*symbols, PRIME]]
+    options = SessionOptions(backfill_days=0.0)
+    session = FeedSession(proto, keys, options, wall_clock=False)
+    first = min(t.time_us for m in messages for t in proto.parse(m).trades)
+    boundary = first - first % (300 * US_PER_S)
+    native = proto.native_symbol(PRIME)
+    prime = [
+        proto.render_trade(Trade(exchange, PRIME, native, str(k), at, Decimal(1), Decimal(1), "buy"), SimState(at))
+        for k, at in enumerate((boundary - 1, boundary + int(options.grace_s * US_PER_S)))
+    ]
     session.up(0.0, 0.0)
-    pending = session.tick(None, 11.0)  # acknowledgement timeout: subscribed, live from the first feed time
-    for m in messages:
-        pending = session.message(m, 0.0, 11.0)
-        if any(isinstance(a, Backfill) for a in pending):
-            break
-    while pending:  # answer the start-up backfills (nothing to fetch here)
-        nxt = []
-        for a in pending:
-            if isinstance(a, Backfill):
-                nxt.extend(session.backfilled(a, a.end_us, [], last=True))
-        pending = [a for a in nxt if isinstance(a, Backfill)]
+    answer(session, session.tick(None, 11.0))  # acknowledgement timeout: subscribed, live from the feed's time
+    for m in prime:
+        answer(session, session.message(m, 0.0, 11.0))
+    live = [s.agg.cursor_us for s in session.series]
+    assert session.state is State.LIVE and live == [boundary] * len(keys), (session.state, live, boundary)
     return session
+
+
+def landed(session: FeedSession) -> int:
+    """Trades of the stream (not `PRIME`'s) that went into bars, in progress or closed."""
+    return sum(s.agg.stats.trades - s.agg.stats.late_dropped for s in session.series if s.key.symbol != PRIME)
 
 
 def answer(session: FeedSession, actions: list[Any]) -> int:
@@ -292,6 +313,7 @@ def run(
         bars_out += answer(session, session.message(m, 0.0, 11.0))
     assert not session.stats.malformed, session.stats.malformed  # the stream is what it claims
     assert bars_out or "capture" in name, "the ingest path produced no bars"
+    assert landed(session) == session.stats.trades - 2, "trades missed the bars: the timing would be of another path"
     n = len(messages) * passes
     t_bare, t_cf = best_of(repeat, bare), best_of(repeat, baseline)
     t_one, t_ing = best_of(repeat, one_by_one), best_of(repeat, ingest)

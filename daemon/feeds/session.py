@@ -58,7 +58,6 @@ timed heartbeats): nothing closes while a feed is silent.
 
 from __future__ import annotations
 
-import re
 from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
@@ -88,8 +87,6 @@ from db.records import Bar, SeriesKey, interval_seconds
 MIN_HISTORY_BARS = 256
 #: Without acknowledgements for this long after connecting, treat the subscription as live.
 ACK_TIMEOUT_S = 10.0
-#: Two or more frames in a row with nothing to decide, in `_quiet_runs`' codes.
-_QUIET_RUN = re.compile(b"[\\x00-\\x02]{2,}")
 #: A clock reading beyond any bar close (no aggregator is live).
 _NEVER = 1 << 62
 _INF = float("inf")
@@ -710,48 +707,70 @@ class FeedSession:
     def _quiet_runs(
         self, texts: Sequence[str | bytes], received: Sequence[float], mono: float, out: list[Action]
     ) -> int:
-        """Frames one by one, each parsed once; runs of frames with nothing to decide (book
-        updates, heartbeats, acknowledgements nobody waits for: the shared `OTHER`, `HEARTBEAT`
-        and `ACK` answers) are counted at once when the clock reaches nothing due during them.
-        Returns where it stopped: len(texts), or the frame after one that asked for a backfill."""
-        # parsed ahead (pure: it changes nothing); heartbeats sent byte for byte the same need none
-        fixed = self.protocol.heartbeat_frames
-        if fixed:
-            scan, beat = self._scan_hot, (HEARTBEAT, NO_ROWS)
-            parsed = [beat if t in fixed else scan(t) for t in texts]
-        else:
-            parsed = list(map(self._scan_hot, texts))
-        ack = None if self._requests else ACK  # an acknowledgement awaited decides something
-        # one byte per frame: 0 other, 1 heartbeat, 2 acknowledgement, 3 anything else; the
-        # quiet runs are found and counted in C
-        codes = bytes([0 if r is OTHER else 1 if r is HEARTBEAT else 2 if r is ack else 3 for r, _ in parsed])
+        """Frames one by one, each parsed once. Those with nothing to decide (book updates,
+        heartbeats, acknowledgements nobody waits for: the shared `OTHER`, `HEARTBEAT` and `ACK`
+        answers) are only counted while the clock reaches nothing due (as `message` decides);
+        the rest go through `message`. Returns where it stopped: len(texts), or the frame after
+        one that asked for a backfill."""
+        fixed = self.protocol.heartbeat_frames  # heartbeats sent byte for byte the same need no parse
+        fast, full, max_frame = self._fast, self._full, self._max_frame
         message = self.message
-        n = len(texts)
+        wall = self.wall_clock
+        others = beats = acks = 0
+        ack, limit = self._quiet_until()
+        # the feed clock moves only with what `message` takes; the wall clock with each frame
+        quiet = not wall and self._feed_time_us < limit
         i = 0
-        for j, k in [*(run.span() for run in _QUIET_RUN.finditer(codes)), (n, n)]:
-            while i < j:  # frames with something to decide, and lone quiet ones, one by one
-                acts = message(texts[i], received[i], mono, parsed[i])
-                i += 1
-                if acts:
-                    out.extend(acts)
-                    if self._outstanding:
-                        return i
-            if j == k:  # the end
-                break
-            # a quiet run [j, k): counted at once when the clock reaches nothing due in it
-            now = int(max(received[j:k]) * US_PER_S) if self.wall_clock else self._feed_time_us
-            due = self._next_due_us
-            if (due is None or now < due) and now < self._close_floor_us:  # as `message` decides
-                kinds = self._kinds
-                beats = codes.count(1, j, k)
-                acks = codes.count(2, j, k)
-                kinds["other"] += k - j - beats - acks
-                kinds["heartbeat"] += beats
-                kinds["ack"] += acks
-                self._last_frame = received[k - 1]
-                self._last_frame_mono = self.last_message_mono = mono
-                i = k
-        return n
+        for text in texts:
+            if text in fixed:
+                if quiet or (wall and received[i] * US_PER_S < limit):
+                    beats += 1
+                    i += 1
+                    continue
+                parsed: tuple[ParseResult, list[HotRow]] = (HEARTBEAT, NO_ROWS)
+            else:
+                if type(text) is str and len(text) <= max_frame:  # `ExchangeProtocol.scan_hot`, inline
+                    try:
+                        parsed = fast(text) or full(text)
+                    except Exception:  # whatever the schema refuses is the full parser's to judge
+                        parsed = full(text)
+                else:
+                    parsed = full(text)
+                res = parsed[0]
+                if (res is OTHER or res is HEARTBEAT or res is ack) and (
+                    quiet or (wall and received[i] * US_PER_S < limit)
+                ):
+                    if res is OTHER:
+                        others += 1
+                    elif res is HEARTBEAT:
+                        beats += 1
+                    else:
+                        acks += 1
+                    i += 1
+                    continue
+            acts = message(text, received[i], mono, parsed)
+            i += 1
+            if acts:
+                out.extend(acts)
+                if self._outstanding:
+                    break
+            ack, limit = self._quiet_until()
+            quiet = not wall and self._feed_time_us < limit
+        if others or beats or acks:
+            kinds = self._kinds
+            kinds["other"] += others
+            kinds["heartbeat"] += beats
+            kinds["ack"] += acks
+            self._last_frame = received[i - 1]  # `message` sets it for the frames it takes
+            self._last_frame_mono = self.last_message_mono = mono
+        return i
+
+    def _quiet_until(self) -> tuple[ParseResult | None, int]:
+        """What `_quiet_runs` may count without deciding anything: the acknowledgement when none
+        is awaited, and the clock reading from which a backfill is due or a bar may close."""
+        due = self._next_due_us
+        floor = self._close_floor_us
+        return None if self._requests else ACK, floor if due is None or floor < due else due
 
     def _take(self, block: Block, received: Sequence[float], i: int, mono: float, single: bool) -> tuple[int, bool]:
         """Trades i, i+1, ... of a time-ordered block (`received`: each one's receipt), as far as

@@ -13,6 +13,7 @@ leaves the state `add_text` one by one leaves.
 
 from __future__ import annotations
 
+import importlib.util
 import random
 from dataclasses import replace
 from decimal import Decimal
@@ -33,6 +34,7 @@ from daemon.feeds.fields import hot_columns, hot_numbers
 from daemon.feeds.session import Backfill, FeedSession, Publish, Rejected, SessionOptions
 from daemon.feeds.simulator import synth_trades
 from db.records import Bar, SeriesKey
+from tests.conftest import REPO
 from tests.daemon.framefuzz import CAPTURES, Mutator, seed_bars
 from tests.daemon.test_bars_golden import bar_line
 
@@ -299,6 +301,8 @@ def test_real_captures_in_batches_give_the_same_actions(shared_dir: Path, exchan
     assert b.stats.as_dict() == a.stats.as_dict() and a.stats.trades > 0
     for sa, sb in zip(a.series, b.series, strict=True):
         assert sb.agg.stats == sa.agg.stats and sb.agg.current_bar() == sa.agg.current_bar()
+    # what a disconnect reads (bars that ended before the last frame close)
+    assert (b._last_frame, b.last_message_mono) == (a._last_frame, a.last_message_mono) == (received[-1], 11.0)
 
 
 # --- the parts -------------------------------------------------------------------------------------
@@ -470,3 +474,25 @@ def test_the_block_path_is_exercised_by_the_bench_stream(bars: list[Bar]) -> Non
     series = [SeriesKey("binance", "BTC-USDT", "5m")]
     _log, s = drive(proto, series, frames, [0.0] * len(frames), False, seed=7, batches=(256,))
     assert s.stats.block_trades > 0.9 * s.stats.trades
+
+
+@pytest.mark.parametrize("exchange", sorted(CAPTURES))
+def test_the_bench_times_capture_trades_going_into_bars(shared_dir: Path, exchange: str) -> None:
+    """`bench/ingest_rate.py` times each capture through a session live before its first trade,
+    as a daemon connected for a while is: every trade lands in a bar. (Made live by the stream's
+    own first trade, a session starts at the next boundary and drops the trades of the first
+    bar as the partial interval REST fills; the captures are each shorter than a bar, so the
+    bench timed that drop path for all of them.)"""
+    spec = importlib.util.spec_from_file_location("ingest_rate", REPO / "bench" / "ingest_rate.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    proto = PROTOCOLS[exchange]
+    frames = [r.raw for r in read_capture(shared_dir / "captures" / CAPTURES[exchange])]
+    sent = [t for f in frames for t in proto.parse(f).trades]
+    session = bench.live_session(exchange, sorted({t.symbol for t in sent}), frames)
+    before = session.stats.trades
+    acts, taken = session.messages(frames, [0.0] * len(frames), 11.0)
+    assert taken == len(frames), acts[-1:]  # no backfill was asked for midway
+    assert session.stats.trades - before == len(sent) > 0
+    assert bench.landed(session) == len(sent)
