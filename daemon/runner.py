@@ -28,7 +28,7 @@ from daemon.feeds.base import ExchangeProtocol
 from daemon.feeds.randomwalk import random_walk_bars
 from daemon.feeds.simulator import ExchangeSimulator, SimSeries
 from daemon.ops import reports
-from db.engine import Database, open_database
+from db.engine import Database, open_database, sqlite_file
 from db.records import Bar, SeriesKey
 
 if TYPE_CHECKING:
@@ -324,7 +324,7 @@ def demo_dir(base: Config, db_url: str | None = None) -> Path:
     default = base.data_dir / "demo"
     if db_url is None:
         return default
-    path = _sqlite_path(db_url)
+    path = sqlite_file(db_url)
     if path is None:
         import hashlib
 
@@ -344,13 +344,9 @@ def _port_or_free(port: int, host: str = "127.0.0.1") -> int:
     return port
 
 
-def _sqlite_path(url: str) -> Path | None:
-    return Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
-
-
 def start_over(directory: Path, db_url: str) -> None:
     """`--fresh`: forget the previous demo's database, models and forecast log."""
-    path = _sqlite_path(db_url)
+    path = sqlite_file(db_url)
     if path is not None:
         for suffix in ("", "-wal", "-shm", "-journal"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
