@@ -479,12 +479,18 @@ class Ingest:
         bars, whose backfill failed); a newest bar from REST inside a recorded gap was stored
         while the series was live."""
         keys = [s.key for f in feeds for s in f.series]
-        if self.database is None or not keys:
+        database = self.database
+        if database is None or not keys:
             return
-        newest = await self.db_call(latest_bars, self.database, keys)
-        unfilled = await self.db_call(functools.partial(list_gaps, unfilled=True), self.database, keys)
-        held = await self.db_call(gap_ends_holding, self.database,
-                                  {k: b.open_time for k, b in newest.items() if b.source != "live"})
+
+        async def read(call: Callable[..., Any], *args: Any) -> Any:
+            # a database briefly away (a PostgreSQL restart, SQLite locked) is waited out, as for
+            # writes: failing here stopped the service at a start or a rebalance
+            return await retrying(lambda: self.db_call(call, database, *args), what="restore")
+
+        newest = await read(latest_bars, keys)
+        unfilled = await read(functools.partial(list_gaps, unfilled=True), keys)
+        held = await read(gap_ends_holding, {k: b.open_time for k, b in newest.items() if b.source != "live"})
         for f in feeds:
             for s in f.series:
                 bar = newest.get(s.key)

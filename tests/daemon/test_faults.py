@@ -5,6 +5,7 @@ data and retries, the API keeps answering, and afterwards nothing is missing."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -164,7 +165,8 @@ def own_postgres(tmp_path_factory: pytest.TempPathFactory) -> Any:
     try:
         yield f"postgresql://postgres@127.0.0.1:{port}/barcast", ctl
     finally:
-        ctl("stop", "-m", "immediate")
+        with contextlib.suppress(subprocess.CalledProcessError):  # a test that failed with it stopped
+            ctl("stop", "-m", "immediate")
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -185,3 +187,52 @@ def test_postgresql_restarted_under_a_running_daemon(shared_dir: Path, tmp_path:
     assert seen["bars_ok"]
     assert seen["forecast_missing"] == [] and seen["forecast_twice"] == []
     assert seen["scores_missing"] == 0
+
+
+@pytest.mark.postgres
+def test_postgresql_down_while_the_ingest_resumes_is_waited_out(
+    shared_dir: Path, own_postgres: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A start (or a series gained in cluster mode) first reads the stored bars and gaps to resume
+    from. PostgreSQL going away just then (CI saw it: the restart above, on a loaded machine,
+    landed in those reads) made the ingest fail and the service stop. The reads now wait the
+    server out as writes do, and the ingest resumes after the stored bars once it is back."""
+    import logging
+
+    from daemon.config import FeedsConfig
+    from daemon.ingest import FeedSpec, Ingest
+
+    url, ctl = own_postgres
+    played = real_bars(shared_dir, END)
+    seed_history(url, played, HISTORY_END)
+    db = open_database(url)
+    caplog.set_level(logging.INFO)
+
+    async def main() -> None:
+        sim = ExchangeSimulator(PROTOCOLS["binance"], [SimSeries("BTC-USDT", tuple(played))], speed=300,
+                                start=SIM_START.timestamp(), heartbeat_s=0.05)
+        async with sim:
+            await asyncio.to_thread(ctl, "stop", "-m", "fast")
+            ingest = Ingest([FeedSpec("binance", (SERIES,), sim.ws_url, sim.rest_url)], FeedsConfig(), database=db,
+                            clock=sim.clock.now, rest_min_interval_s=0.0)
+            task = asyncio.create_task(ingest.run())
+            try:
+                await asyncio.sleep(1.0)
+                assert not task.done(), task  # before: the first read's error ended the run
+                await asyncio.to_thread(ctl, "start")
+                started = asyncio.create_task(ingest.started.wait())
+                await asyncio.wait({task, started}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+                assert ingest.started.is_set() and not task.done(), task
+            finally:
+                ingest.stop()
+                await asyncio.wait_for(task, 30)
+
+    try:
+        asyncio.run(main())
+    finally:
+        db.close()
+    waited = [r for r in caplog.records if r.getMessage().startswith("database unavailable")]
+    assert waited and {getattr(r, "what", None) for r in waited} == {"restore"}, waited
+    resumed = [r for r in caplog.records if r.getMessage() == "resuming after stored bars"]
+    latest = max(b.open_time for b in played if b.open_time < HISTORY_END)
+    assert [getattr(r, "latest", None) for r in resumed] == [latest.isoformat()]
