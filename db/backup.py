@@ -40,7 +40,7 @@ PAGES_PER_STEP = 4096
 OnPages = Callable[[int, int], None]
 
 #: Files SQLite keeps beside a database; a stale -wal or -journal is replayed into the file.
-_SIDE_FILES = ("-wal", "-shm", "-journal")
+SIDE_FILES = ("-wal", "-shm", "-journal")
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ def check_target(source: Path, target: Path, *, force: bool) -> None:
     """Refuse a target that is the source (or one of its side files), in a missing directory, a
     directory, an existing file without `force`, or a file some SQLite process has open."""
     target = target.absolute()
-    if target.resolve() == source or any(target.resolve() == Path(f"{source}{s}") for s in _SIDE_FILES) or (
+    if target.resolve() == source or any(target.resolve() == Path(f"{source}{s}") for s in SIDE_FILES) or (
             target.exists() and os.path.samefile(target, source)):
         raise InputError(f"--to {target} is the database being backed up (or one of its files); name another file")
     if not target.parent.is_dir():
@@ -83,9 +83,9 @@ def check_target(source: Path, target: Path, *, force: bool) -> None:
                 f"did not close it cleanly) and SQLite would replay it into the backup; name another file")
 
 
-def temp_path(target: Path) -> Path:
+def temp_path(target: Path, kind: str = "backup") -> Path:
     """A hidden name beside the target: same directory, so the final rename is atomic."""
-    return target.absolute().parent / f".{target.name}.backup-{uuid.uuid4().hex[:8]}"
+    return target.absolute().parent / f".{target.name}.{kind}-{uuid.uuid4().hex[:8]}"
 
 
 def _revision(conn: sqlite3.Connection, source: Path) -> str:
@@ -139,22 +139,31 @@ def copy_pages(source_url: str, temp: Path, on_pages: OnPages | None = None) -> 
 def seal(temp: Path) -> Sealed:
     """Make `temp` one self-contained file (rollback journal: no -wal beside it, whatever was
     written into it after the copy is in the file) and check it; raise if SQLite finds a fault."""
-    conn = sqlite3.connect(temp, isolation_level=None)
+    try:
+        sealed, problems = self_contained(temp)
+    except sqlite3.Error as exc:
+        raise DatabaseError(f"checking the backup {temp} failed: {exc}") from None
+    if problems != ["ok"]:
+        raise DatabaseError("the copy fails PRAGMA integrity_check (" + "; ".join(problems) + "): the source "
+                            "database may be damaged; run `sqlite3 FILE 'PRAGMA integrity_check'` on it")
+    return sealed
+
+
+def self_contained(path: Path) -> tuple[Sealed, list[str]]:
+    """Switch the private file `path` to a rollback journal (one file, no -wal), run `PRAGMA
+    integrity_check` and fsync it: the file as checked and what SQLite found (`["ok"]`: nothing).
+    Raises sqlite3.Error when SQLite cannot read it (not a database)."""
+    conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute("PRAGMA journal_mode=DELETE").fetchone()
         problems = [str(r[0]) for r in conn.execute("PRAGMA integrity_check(20)")]
         pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
         page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
-    except sqlite3.Error as exc:
-        raise DatabaseError(f"checking the backup {temp} failed: {exc}") from None
     finally:
         conn.close()
-    if problems != ["ok"]:
-        raise DatabaseError("the copy fails PRAGMA integrity_check (" + "; ".join(problems) + "): the source "
-                            "database may be damaged; run `sqlite3 FILE 'PRAGMA integrity_check'` on it")
-    with open(temp, "rb+") as fh:  # no SQLite lock is held on this private file any more
+    with open(path, "rb+") as fh:  # no SQLite lock is held on this private file any more
         os.fsync(fh.fileno())
-    return Sealed(temp.stat().st_size, pages, page_size, "ok")
+    return Sealed(path.stat().st_size, pages, page_size, problems[0] if problems == ["ok"] else "failed"), problems
 
 
 def place(temp: Path, target: Path) -> None:
@@ -169,5 +178,5 @@ def place(temp: Path, target: Path) -> None:
 
 def discard(temp: Path) -> None:
     """Remove what a failed backup wrote (the temporary file and any side file SQLite made)."""
-    for path in (temp, *(Path(f"{temp}{s}") for s in _SIDE_FILES)):
+    for path in (temp, *(Path(f"{temp}{s}") for s in SIDE_FILES)):
         path.unlink(missing_ok=True)

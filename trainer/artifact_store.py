@@ -3,7 +3,8 @@
 PostgreSQL materialises the stored files into `<artifacts_dir>/<model id>` once (atomically, by
 rename) and then loads from there; `load_artifact` verifies every file's sha256 as always.
 `rehome` moves every artifact of a copied database (`barcast db copy`) to where the target's
-kind keeps them; `embed` puts a SQLite backup's artifact files inside it (`barcast db backup`)."""
+kind keeps them; `embed` puts a SQLite backup's artifact files inside it (`barcast db backup`);
+`take_over` makes a restored backup's files win over a different local copy (`barcast db restore`)."""
 
 from __future__ import annotations
 
@@ -205,4 +206,53 @@ def embed(database: Database) -> Embedded:
         done.models.append(info.id)
         done.files += len(files)
         done.bytes += sum(len(b) for b in files.values())
+    return done
+
+
+@dataclass
+class TakenOver:
+    """What `take_over` found in a restored database: models whose files are inside it,
+    directories of the same model ids that held other files and were renamed (id -> new path),
+    models in use that cannot be loaded (id -> why)."""
+
+    models: list[str] = field(default_factory=list)
+    set_aside: dict[str, str] = field(default_factory=dict)
+    unavailable: dict[str, str] = field(default_factory=dict)
+
+
+def _same_files(directory: Path, files: dict[str, bytes]) -> bool:
+    try:
+        return directory.is_dir() and {p.name: p.read_bytes() for p in directory.iterdir() if p.is_file()} == files
+    except OSError:
+        return False
+
+
+def take_over(database: Database, artifacts_dir: str | Path, suffix: str) -> TakenOver:
+    """After a restore (`barcast db restore`): the files stored in the database win. `local_path`
+    loads a `db:` artifact from `<artifacts_dir>/<model id>` when that directory has a manifest,
+    whatever its files are, so a directory left there with other files (another database's model
+    of the same id, a damaged copy) would be served instead of the backup's model, or fail to
+    load; each such directory is renamed to `<model id>.<suffix>` and the stored files are loaded
+    on first use. A directory with exactly the stored files stays."""
+    done = TakenOver()
+    for info in registry.list_models(database):
+        path = info.artifact_path
+        if not path or not path.startswith(DB_PREFIX):
+            continue
+        model_id = path[len(DB_PREFIX):]
+        try:
+            files = artifacts.get(database, model_id)
+        except ArtifactError:
+            continue  # named by `unavailable` when the model is in use
+        done.models.append(info.id)
+        directory = Path(artifacts_dir) / model_id
+        if not (directory.exists() or directory.is_symlink()) or _same_files(directory, files):
+            continue
+        n, aside = 1, directory.with_name(f"{model_id}.{suffix}")
+        while aside.exists() or aside.is_symlink():
+            n += 1
+            aside = directory.with_name(f"{model_id}.{suffix}-{n}")
+        directory.rename(aside)
+        done.set_aside[info.id] = str(aside)
+    done.unavailable = unavailable(database)
     return done

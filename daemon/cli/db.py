@@ -1,4 +1,4 @@
-"""`barcast db upgrade|stats|prune|copy|backup`."""
+"""`barcast db upgrade|stats|prune|copy|backup|restore`."""
 
 from __future__ import annotations
 
@@ -26,14 +26,16 @@ if TYPE_CHECKING:
     from db.cluster import Instance
     from db.copy import Copied
     from db.engine import Database
-    from trainer.artifact_store import Embedded, Rehomed
+    from db.restore import Checked, Kept
+    from trainer.artifact_store import Embedded, Rehomed, TakenOver
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 @click.group("db")
 def db_group() -> None:
-    """Database schema and contents."""
+    """Database schema and contents: upgrade the schema, row counts, prune by retention, copy to
+    another database, back up and restore (SQLite)."""
 
 
 @db_group.command("upgrade")
@@ -205,11 +207,7 @@ def copy_cmd(app: AppContext, target_url: str, artifacts_dir: Path | None, fmt: 
         raise InputError(f"--to {target_url} is the source database itself")
     live = _live_daemons(source)
     if live:
-        who = ", ".join(f"{i.id} (host {i.host}, pid {i.pid}, last heartbeat {iso(i.heartbeat_at)})" for i in live)
-        raise BarcastError(
-            f"a daemon is running on {source.display_url}: {who}; stop it first (`systemctl stop barcast`): "
-            f"the copy would miss what it writes meanwhile. A daemon that died counts as running until its "
-            f"heartbeat expires ({iso(max(i.expires_at for i in live))})")
+        raise BarcastError(_running(source, live, "the copy would miss what it writes meanwhile"))
     missing = artifact_store.unavailable(source)
     if missing:
         raise BarcastError("models in use have no artifact to copy: " + "; ".join(
@@ -242,6 +240,14 @@ def _live_daemons(database: Database) -> list[Instance]:
     from db.cluster import live_instances
 
     return live_instances(database)
+
+
+def _running(database: Database, live: list[Instance], why: str) -> str:
+    """The refusal naming the daemons running on `database` and `why` that matters."""
+    who = ", ".join(f"{i.id} (host {i.host}, pid {i.pid}, last heartbeat {iso(i.heartbeat_at)})" for i in live)
+    return (f"a daemon is running on {database.display_url}: {who}; stop it first (`systemctl stop barcast`): "
+            f"{why}. A daemon that died counts as running until its heartbeat expires "
+            f"({iso(max(i.expires_at for i in live))})")
 
 
 def _copy_rows(app: AppContext, source: Database, target: Database) -> Copied:
@@ -310,8 +316,8 @@ def _report(fmt: str, source: Database, target: Database, done: Copied, counts: 
 @pass_app
 def backup_cmd(app: AppContext, target: Path, force: bool, fmt: str) -> None:
     """Copy the SQLite database (--db / config) into one consistent file while the daemon keeps
-    running, with the files of its models inside it: restore it by copying it back (see README
-    "Backups"). PostgreSQL: use pg_dump (the command is printed)."""
+    running, with the files of its models inside it: put it back with `barcast db restore`.
+    PostgreSQL: use pg_dump (the command is printed)."""
     from db import backup
     from db.engine import Database, create_db_engine
 
@@ -355,8 +361,9 @@ def _embed(copy_db: Database) -> Embedded | None:
     return artifact_store.embed(copy_db)
 
 
-def _pg_dump_advice(url: str, target: Path) -> str:
-    """One line: the pg_dump command for the configured PostgreSQL database, password left out."""
+def _pg_url(url: str) -> tuple[str, str]:
+    """The configured PostgreSQL URL for a libpq command line (shell-quoted, password left out),
+    and the note on where the password comes from then ("" without one)."""
     import shlex
 
     from db.engine import normalise_url
@@ -364,9 +371,28 @@ def _pg_dump_advice(url: str, target: Path) -> str:
     parsed = normalise_url(url)
     # URL.set(password=None) keeps the password: None there means "unchanged"
     plain = parsed._replace(drivername="postgresql", password=None).render_as_string(hide_password=False)
+    return shlex.quote(plain), " (the password from PGPASSWORD or ~/.pgpass)" if parsed.password else ""
+
+
+def _pg_dump_advice(url: str, target: Path) -> str:
+    """One line: the pg_dump command for the configured PostgreSQL database, password left out."""
+    import shlex
+
+    plain, password = _pg_url(url)
     return (f"barcast db backup copies SQLite databases; back up PostgreSQL with pg_dump (the model artifacts are "
             f"in the database, so it holds them too): pg_dump --format=custom --file={shlex.quote(str(target))} "
-            f"{shlex.quote(plain)}" + (" (the password from PGPASSWORD or ~/.pgpass)" if parsed.password else ""))
+            f"{plain}{password}")
+
+
+def _pg_restore_advice(url: str, source: Path) -> str:
+    """One line: the pg_restore command that puts a `pg_dump --format=custom` file back into the
+    configured PostgreSQL database in one transaction, password left out."""
+    import shlex
+
+    plain, password = _pg_url(url)
+    return (f"barcast db restore restores SQLite databases; restore PostgreSQL with pg_restore (the model "
+            f"artifacts are in the dump), after stopping every daemon on it: pg_restore --clean --if-exists "
+            f"--no-owner --single-transaction --dbname={plain} {shlex.quote(str(source))}{password}")
 
 
 def _backup_report(fmt: str, url: str, target: Path, copied: Paged, sealed: Sealed, embedded: Embedded | None,
@@ -406,6 +432,156 @@ def _backup_report(fmt: str, url: str, target: Path, copied: Paged, sealed: Seal
                    f"files, {_mb(embedded.bytes)})"
                    + (f"; {len(embedded.pruned)} retired models' files were already pruned" if embedded.pruned
                       else ""))
+
+
+@db_group.command("restore")
+@click.option("--from", "source", required=True, type=click.Path(path_type=Path), metavar="BACKUP",
+              help="The backup file (`barcast db backup` wrote it).")
+@click.option("--force", is_flag=True,
+              help="Replace the database if it exists (it is kept as <database>.before-restore-<UTC time>).")
+@click.option("--artifacts-dir", type=OutputPath(directory=True), default=None, metavar="DIR",
+              help="Where the daemon keeps model files [paths.artifacts_dir]: a model directory there that differs "
+                   "from the backup's files is set aside.")
+@format_option(choices=("table", "json"))
+@pass_app
+def restore_cmd(app: AppContext, source: Path, force: bool, artifacts_dir: Path | None, fmt: str) -> None:
+    """Put a backup back as the SQLite database (--db / config): checked first (a barcast
+    database this barcast knows, PRAGMA integrity_check), copied in beside it and renamed over it,
+    a stale -wal never replayed into it. The database it replaces is kept as
+    <database>.before-restore-<UTC time>. Stop the daemon first. PostgreSQL: use pg_restore (the
+    command is printed)."""
+    from db import backup, restore
+
+    started = time.monotonic()
+    url = app.config.database_url
+    target = sqlite_file(url)
+    if target is None:
+        raise InputError(_pg_restore_advice(url, source))
+    restore.check_paths(source, target)
+    if target.exists() and not force:
+        raise InputError(f"the database {target} exists; pass --force to replace it with {source.absolute()} "
+                         f"(it is kept as {target.name}.before-restore-<UTC time>, beside it)")
+    temp = backup.temp_path(target, "restore")
+    try:
+        with progress_bar(app.console) as progress:
+            task = progress.add_task("copying the backup", total=None)
+            restore.copy_backup(source, temp, lambda done, total: progress.update(task, completed=done, total=total))
+            progress.update(task, description="PRAGMA integrity_check", completed=0, total=None)
+            checked = restore.verify(temp, source)
+        # only now is the database opened (a refused backup leaves it as it was, its -wal too)
+        if target.exists():
+            _refuse_live_target(url)
+        suffix = restore.stamp()
+        kept = restore.keep_current(target, suffix)
+        removed = restore.place(temp, target)
+    finally:
+        backup.discard(temp)  # nothing left of a failed restore; after the rename there is no temp
+    files_dir = artifacts_dir or app.config.artifacts_dir
+    try:
+        taken = _take_over(url, files_dir, suffix)
+    except (BarcastError, OSError) as exc:
+        raise BarcastError(f"{source} was restored into {target}" + (f" (the previous database is kept as {kept.path})"
+                           if kept else "") + f", but checking its model files against {files_dir} failed: {exc}; "
+                           "start barcast, and if a model does not load, see its error") from None
+    _restore_report(fmt, url, source, target, checked, kept, removed, taken, files_dir, time.monotonic() - started)
+
+
+def _refuse_live_target(url: str) -> None:
+    """Refuse a database with a live daemon's heartbeat, as `barcast db copy` does (whatever its
+    schema: the database is opened without a schema check). A file SQLite cannot read, or one
+    without heartbeats (a schema before 0005), has none: `keep_current` still needs SQLite's
+    exclusive lock, so a process holding it open stops the restore there."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from db.engine import Database, create_db_engine
+
+    database = Database(engine=create_db_engine(url, create=False), url=url)
+    try:
+        live = _live_daemons(database)
+    except SQLAlchemyError:
+        live = []
+    finally:
+        database.close()
+    if live:
+        raise InputError(_running(database, live, "restoring under it would leave it writing a file that is no "
+                                                  "longer the database"))
+
+
+def _take_over(url: str, files_dir: Path, suffix: str) -> TakenOver | None:
+    """The restored database's model files against the artifacts directory (None: a schema before
+    0007, which stores no model files)."""
+    from sqlalchemy import inspect
+
+    from db.engine import Database, create_db_engine
+    from trainer import artifact_store
+
+    database = Database(engine=create_db_engine(url, create=False), url=url)  # an older schema too
+    try:
+        with database.engine.connect() as conn:
+            if "model_artifacts" not in inspect(conn).get_table_names():
+                return None
+        return artifact_store.take_over(database, files_dir, suffix)
+    finally:
+        database.close()
+
+
+def _restore_report(fmt: str, url: str, source: Path, target: Path, checked: Checked, kept: Kept | None,
+                    removed: list[Path], taken: TakenOver | None, files_dir: Path, seconds: float) -> None:
+    from db.engine import normalise_url
+
+    head = migrate.head_revision()
+    upgrade = checked.schema_version != head
+    doc = {
+        "backup": str(source.absolute()),
+        "database": normalise_url(url).render_as_string(hide_password=True),
+        "bytes": checked.bytes,
+        "pages": checked.pages,
+        "page_size": checked.page_size,
+        "schema_version": checked.schema_version,
+        "latest_schema_version": head,
+        "upgrade_needed": upgrade,
+        "integrity_check": checked.integrity,
+        "previous": None if kept is None else str(kept.path),
+        "previous_side_files": [] if kept is None else [str(p) for p in kept.side_files],
+        "removed": [str(p) for p in removed],
+        "seconds": round(seconds, 3),
+        "artifacts": None if taken is None else {
+            "directory": str(files_dir), "models": taken.models, "set_aside": taken.set_aside,
+            "unavailable": taken.unavailable},
+    }
+    for model_id, why in (taken.unavailable if taken else {}).items():
+        click.echo(f"warning: model {model_id} is in use but cannot be loaded ({why})", err=True)
+    if fmt == "json":
+        sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    click.echo(f"restored {doc['backup']} into {target}")
+    click.echo(f"{_mb(checked.bytes)}, {checked.pages:,} pages of {checked.page_size:,} bytes, schema version "
+               f"{checked.schema_version}, PRAGMA integrity_check {checked.integrity}; {seconds:.1f} s")
+    if kept is None:
+        click.echo("previous database: none (there was no file at that path)")
+    else:
+        click.echo(f"previous database kept as {kept.path} (undo: `barcast db restore --force --from {kept.path}`; "
+                   "delete it when no longer needed)")
+        if not kept.folded:
+            click.echo(f"warning: SQLite could not read the previous database; it was kept as it was, with "
+                       f"{', '.join(map(str, kept.side_files)) or 'no side files'} beside it", err=True)
+    if removed:
+        click.echo(f"removed stale {', '.join(str(p) for p in removed)} (SQLite would have replayed them into "
+                   "the restored file)")
+    if taken is None:
+        click.echo(f"model artifacts: none inside (schema {checked.schema_version} predates stored model files): "
+                   "copy the model directories the registry names yourself")
+    else:
+        click.echo(f"model artifacts: {len(taken.models)} models' files inside; loaded into {files_dir} on first "
+                   "use")
+        for model_id, aside in taken.set_aside.items():
+            click.echo(f"model {model_id}: {files_dir / model_id} held other files than the backup's; moved to "
+                       f"{aside} (the backup's are loaded instead)")
+    if upgrade:
+        click.echo(f"schema version {checked.schema_version} is older than this barcast's {head}: `barcast run` "
+                   "and every command refuse it until you run `barcast db upgrade`")
+    else:
+        click.echo("next: start barcast (`systemctl start barcast`)")
 
 
 def _mb(size: int | None) -> str:
