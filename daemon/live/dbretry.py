@@ -10,6 +10,7 @@ a constraint, a fenced write, a bug) is not retried: it fails loudly as before.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 import time
@@ -100,22 +101,30 @@ def transient(exc: BaseException) -> bool:
     return False
 
 
-async def retrying(call: Callable[[], Awaitable[T]], *, what: str) -> T:
-    """`await call()` until it does not fail transiently; logs the outage once and its end."""
+async def retrying(call: Callable[[], Awaitable[T]], *, what: str, until: asyncio.Event | None = None) -> T:
+    """`await call()` until it does not fail transiently; logs the outage once and its end.
+    `until` (a stop): once set, the last transient failure is raised instead of waiting on (a
+    stop during an outage is not held up by work that needs the database)."""
     wait = FIRST_WAIT_S
     failures = 0
     while True:
         try:
             result = await call()
         except Exception as exc:
-            if not transient(exc):
+            if not transient(exc) or (until is not None and until.is_set()):
                 raise
             failures += 1
             metrics.DB_RETRIES.labels(what).inc()
             if failures == 1:
                 log.warning("database unavailable; holding the data and retrying",
                             extra={"what": what, "error": reason(exc)})
-            await asyncio.sleep(wait)
+            if until is None:
+                await asyncio.sleep(wait)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(until.wait(), wait)
+                if until.is_set():
+                    raise
             wait = min(MAX_WAIT_S, wait * 2)
             continue
         if failures:

@@ -25,6 +25,7 @@ from daemon.config import Config
 from daemon.live.broadcast import Broadcast, Subscription
 from daemon.live.champions import ChampionWatch, first_series
 from daemon.live.control import ControlServer
+from daemon.live.dbretry import retrying
 from daemon.live.device import DeviceInfo, current, select_device
 from daemon.live.forecastlog import ForecastLog
 from daemon.live.inference import ModelBook
@@ -155,17 +156,33 @@ class Service:
     async def _ownership_changed(self, gained: set[SeriesKey], lost: set[SeriesKey]) -> None:
         """Series taken over or handed on: the pipeline serves the owned ones, the ingest runs
         exactly their feeds (a series gained resumes after its newest stored bar, so a series
-        handed over loses no bar), and what the previous owner left is caught up."""
-        assert self.pipeline is not None
+        handed over loses no bar), and what the previous owner left is caught up.
+
+        The database briefly away (a PostgreSQL restart) is waited out, step by step: nothing
+        else would apply the change again, and the series gained would get no bars and no
+        forecasts from anyone while their leases stay ours. Each step is safe to repeat (adopt
+        restores the windows afresh and marks them owned last; a catch-up repeated scores and
+        forecasts nothing twice: stored once per bar). Changes handed out meanwhile queue behind
+        the lock, in order; a series lost meanwhile (no longer in the fence) is not adopted; a
+        stop gives up the wait."""
+        assert self.pipeline is not None and self.membership is not None
+        member = self.membership
         async with self._ownership_lock:
             pipe = self.pipeline
             pipe.drop(lost)
+
+            def ours() -> set[SeriesKey]:
+                return gained & member.owned
+
+            async def step(call: Callable[[], Awaitable[None]], what: str) -> None:
+                await retrying(call, what=what, until=self.stop_event)
+
             t0 = time.monotonic()
-            await pipe.adopt(gained)
+            await step(lambda: pipe.adopt(ours()), "adopt")
             if gained:
-                log.info("series adopted", extra={"series": len(gained), "owned": len(pipe.owned),
+                log.info("series adopted", extra={"series": len(ours()), "owned": len(pipe.owned),
                                                   "seconds": round(time.monotonic() - t0, 2)})
-            await pipe.catch_up(gained)  # before the feeds: stored bars first, in order
+            await step(lambda: pipe.catch_up(ours()), "catch_up")  # before the feeds: stored bars first, in order
             await self._retarget_ingest(set(pipe.owned))
 
     async def _retarget_ingest(self, owned: set[SeriesKey]) -> None:

@@ -236,3 +236,79 @@ def test_postgresql_down_while_the_ingest_resumes_is_waited_out(
     resumed = [r for r in caplog.records if r.getMessage() == "resuming after stored bars"]
     latest = max(b.open_time for b in played if b.open_time < HISTORY_END)
     assert [getattr(r, "latest", None) for r in resumed] == [latest.isoformat()]
+
+
+@pytest.mark.postgres
+def test_postgresql_down_while_a_gained_series_is_adopted_is_waited_out(
+    shared_dir: Path, tmp_path: Path, own_postgres: Any
+) -> None:
+    """Cluster mode hands each ownership change to `Service._ownership_changed` in a task of its
+    own; adopting a series gained reads its window and model from the database. PostgreSQL away
+    just then made the task fail and nothing applied the change again: the daemon kept the lease
+    of a series it neither served nor ingested (no bars, no forecasts from anyone). Now each step
+    waits the server out. A real rebalance is hard to time against a server stop, so the change
+    is applied as membership hands it over: `_ownership_changed` called on the running service
+    (hand the series on, stop PostgreSQL, gain it back, start PostgreSQL a second later)."""
+    url, ctl = own_postgres
+
+    async def regain(svc: Service, client: httpx.AsyncClient) -> dict[str, Any]:
+        pipe = svc.pipeline
+        assert pipe is not None
+        await svc._ownership_changed(set(), {SERIES})
+        assert SERIES not in pipe.owned and SERIES not in svc._connected()  # no feed ingests it
+        await asyncio.to_thread(ctl, "stop", "-m", "fast")
+        change = asyncio.create_task(svc._ownership_changed({SERIES}, set()))
+        await asyncio.sleep(1.0)
+        waiting = not change.done()
+        await asyncio.to_thread(ctl, "start")
+        await asyncio.wait({change}, timeout=120)
+        assert change.done() and change.exception() is None, change  # before: the database's error
+        assert waiting
+        assert SERIES in pipe.owned and pipe.series[SERIES].window.ready
+        assert SERIES in svc._connected()  # a feed ingests it again
+        return {}
+
+    seen = _run(shared_dir, tmp_path, url, regain, speed=300)  # forecasts resume: it waits for END's
+    assert seen["bars_ok"]
+    assert seen["forecast_missing"] == [] and seen["forecast_twice"] == []
+    assert seen["scores_missing"] == 0
+
+
+@pytest.mark.postgres
+def test_a_stop_while_a_gained_series_waits_for_postgresql_is_not_held_up(
+    shared_dir: Path, tmp_path: Path, own_postgres: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The wait above holds the ownership lock, which the shutdown takes too: a stop during it
+    gives the wait up (the change fails as before) instead of running into the shutdown timeout."""
+    import logging
+
+    url, ctl = own_postgres
+    played = real_bars(shared_dir, END)
+    seed_history(url, played, HISTORY_END)
+    caplog.set_level(logging.INFO)
+
+    async def main() -> None:
+        sim = ExchangeSimulator(PROTOCOLS["binance"], [SimSeries("BTC-USDT", tuple(played))], speed=300,
+                                start=SIM_START.timestamp(), heartbeat_s=0.05)
+        async with sim:
+            cfg = tmp_path / "barcast.toml"
+            cfg.write_text(config_text(tmp_path, url, sim.ws_url, sim.rest_url)
+                           + "\n[cluster]\nheartbeat_s = 0.5\nlease_ttl_s = 30.0\n")
+            svc = Service(load_config(cfg, env={}), clock=sim.clock.now, notifier=Notifier(""))
+            run = asyncio.create_task(svc.run())
+            try:
+                while not (svc.ready and SERIES in svc.pipeline.owned):  # type: ignore[union-attr]
+                    await asyncio.sleep(0.05)  # shared mode: claimed after a few heartbeats
+                await svc._ownership_changed(set(), {SERIES})
+                await asyncio.to_thread(ctl, "stop", "-m", "fast")
+                change = asyncio.create_task(svc._ownership_changed({SERIES}, set()))
+                await asyncio.sleep(1.0)
+                assert not change.done(), change
+            finally:
+                svc.stop_event.set()
+                await asyncio.wait_for(run, 60)
+            assert change.done() and "Connection refused" in str(change.exception())
+
+    asyncio.run(main())
+    messages = [r.getMessage() for r in caplog.records]
+    assert "stopped" in messages and "shutdown timed out; abandoning what is left" not in messages
