@@ -40,7 +40,9 @@ QUEUE_FULL = Counter("barcast_queue_full_total",
                      "Times a bounded queue was full (the forecast queue: not while catching up, where it paces "
                      "the backlog)",
                      ["queue"], registry=REGISTRY)
-DB_RETRIES = Counter("barcast_db_write_retries_total", "Writes retried while the database was unavailable",
+DB_RETRIES = Counter("barcast_db_write_retries_total",
+                     "Database work retried while the database was unavailable: writes (bars, gaps, forecasts, "
+                     "scores) and the reads a start or a takeover resumes from (restore, adopt, catch_up)",
                      ["what"], registry=REGISTRY)
 FORECAST_LATENCY = Histogram(
     "barcast_forecast_latency_seconds",
