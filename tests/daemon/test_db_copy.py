@@ -28,7 +28,7 @@ from db.records import CalibrationState
 from db.schema import champion_history, forecast_scores, model_artifacts
 from db.stats import table_counts
 from tests.conftest import drop_database
-from tests.daemon.clirun import barcast
+from tests.daemon.clirun import barcast, har_champion
 from tests.daemon.opsdata import BTC, DRIFT, ETH, PERSISTENCE, forecasts_for, ops_db_url
 from trainer.artifact_store import DB_PREFIX, local_path
 from trainer.artifacts import load_artifact
@@ -53,12 +53,7 @@ def source(tmp_path: Path, shared_dir: Path, tmp_path_factory: pytest.TempPathFa
     (its artifact a local directory), its calibration state, a feed gap, training jobs, the lease of
     a daemon that stopped cleanly."""
     url = ops_db_url(tmp_path, shared_dir, tmp_path_factory.getbasetemp())
-    res = barcast(capsys, "--db", url, "train", "--series", "binance:BTC-USDT", "--arch", "har", "--since",
-                  "2021-06-01", "--artifacts", str(tmp_path / "models"), "--format", "json")
-    assert res.code == 0, res.err
-    har = json.loads(res.out)[0]["id"]
-    res = barcast(capsys, "--db", url, "models", "promote", har)
-    assert res.code == 0, res.err
+    har = har_champion(capsys, url, tmp_path / "models")
     database = open_database(url, create=False)
     try:
         store_states(database, [CalibrationState(BTC, har, {"scale": [1.0, 1.25], "n": 42},

@@ -26,7 +26,7 @@ from db.engine import open_database
 from db.forecasts import insert_forecasts
 from db.stats import table_counts
 from tests.conftest import REPO
-from tests.daemon.clirun import CliResult, barcast
+from tests.daemon.clirun import CliResult, barcast, har_champion
 from tests.daemon.opsdata import BTC, PERSISTENCE, forecasts_for, ops_db_url
 
 CSV = "btcusdt_binance_5m_2020-12_2021-07.csv"
@@ -319,12 +319,7 @@ def installation(tmp_path: Path, shared_dir: Path, tmp_path_factory: pytest.Temp
                  capsys: pytest.CaptureFixture[str]) -> tuple[Path, str]:
     """A SQLite install whose BTC champion is a `har` model in its own models directory."""
     url = ops_db_url(tmp_path, shared_dir, tmp_path_factory.getbasetemp())
-    res = barcast(capsys, "--db", url, "train", "--series", "binance:BTC-USDT", "--arch", "har", "--since",
-                  "2021-06-01", "--artifacts", str(tmp_path / "models"), "--format", "json")
-    assert res.code == 0, res.err
-    har = json.loads(res.out)[0]["id"]
-    res = barcast(capsys, "--db", url, "models", "promote", har)
-    assert res.code == 0, res.err
+    har = har_champion(capsys, url, tmp_path / "models")
     return tmp_path / "ops.db", har
 
 
