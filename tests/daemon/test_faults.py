@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from daemon.live.service import Service
 from db.bars import read_bars
 from db.engine import SQLITE_BUSY_TIMEOUT_MS, open_database
 from db.forecasts import query_forecasts
+from db.records import Bar
 from db.schema import forecast_scores
 from tests.daemon.livehelp import SERIES, SIM_START, config_text, real_bars, seed_history
 
@@ -50,32 +51,40 @@ print("released", flush=True)
 Fault = Callable[[Service, httpx.AsyncClient], Awaitable[dict[str, Any]]]
 
 
+@contextlib.asynccontextmanager
+async def _daemon(tmp_path: Path, db_url: str, played: list[Bar], speed: float) -> AsyncIterator[Service]:
+    """A real daemon (shared mode) on `db_url`, fed by a simulator replaying `played`; stopped
+    (and awaited) on exit."""
+    sim = ExchangeSimulator(PROTOCOLS["binance"], [SimSeries("BTC-USDT", tuple(played))], speed=speed,
+                            start=SIM_START.timestamp(), heartbeat_s=0.05)
+    async with sim:
+        cfg = tmp_path / "barcast.toml"
+        cfg.write_text(config_text(tmp_path, db_url, sim.ws_url, sim.rest_url)
+                       + "\n[cluster]\nheartbeat_s = 0.5\nlease_ttl_s = 30.0\n")
+        svc = Service(load_config(cfg, env={}), clock=sim.clock.now, notifier=Notifier(""))
+        run = asyncio.create_task(svc.run())
+        try:
+            yield svc
+        finally:
+            svc.stop_event.set()
+            await asyncio.wait_for(run, 60)
+
+
 def _run(shared_dir: Path, tmp_path: Path, db_url: str, fault: Fault, speed: float) -> dict[str, Any]:
     played = real_bars(shared_dir, END + timedelta(hours=3))
     seed_history(db_url, played, HISTORY_END)
     seen: dict[str, Any] = {}
 
     async def main() -> None:
-        sim = ExchangeSimulator(PROTOCOLS["binance"], [SimSeries("BTC-USDT", tuple(played))], speed=speed,
-                                start=SIM_START.timestamp(), heartbeat_s=0.05)
-        async with sim:
-            cfg = tmp_path / "barcast.toml"
-            cfg.write_text(config_text(tmp_path, db_url, sim.ws_url, sim.rest_url)
-                           + "\n[cluster]\nheartbeat_s = 0.5\nlease_ttl_s = 30.0\n")
-            svc = Service(load_config(cfg, env={}), clock=sim.clock.now, notifier=Notifier(""))
-            run = asyncio.create_task(svc.run())
-            try:
-                while not svc.ready:
-                    await asyncio.sleep(0.05)
-                async with httpx.AsyncClient(base_url=svc.api.url, timeout=30) as client:  # type: ignore[union-attr]
-                    while not svc.pipeline.stats.forecasts:  # type: ignore[union-attr]
-                        await asyncio.sleep(0.1)
-                    seen.update(await fault(svc, client))
-                    while (svc.pipeline.series[SERIES].last_forecast or HISTORY_END) < END:  # type: ignore[union-attr]
-                        await asyncio.sleep(0.1)
-            finally:
-                svc.stop_event.set()
-                await asyncio.wait_for(run, 60)
+        async with _daemon(tmp_path, db_url, played, speed) as svc:
+            while not svc.ready:
+                await asyncio.sleep(0.05)
+            async with httpx.AsyncClient(base_url=svc.api.url, timeout=30) as client:  # type: ignore[union-attr]
+                while not svc.pipeline.stats.forecasts:  # type: ignore[union-attr]
+                    await asyncio.sleep(0.1)
+                seen.update(await fault(svc, client))
+                while (svc.pipeline.series[SERIES].last_forecast or HISTORY_END) < END:  # type: ignore[union-attr]
+                    await asyncio.sleep(0.1)
 
     asyncio.run(main())
     db = open_database(db_url)
@@ -288,26 +297,15 @@ def test_a_stop_while_a_gained_series_waits_for_postgresql_is_not_held_up(
     caplog.set_level(logging.INFO)
 
     async def main() -> None:
-        sim = ExchangeSimulator(PROTOCOLS["binance"], [SimSeries("BTC-USDT", tuple(played))], speed=300,
-                                start=SIM_START.timestamp(), heartbeat_s=0.05)
-        async with sim:
-            cfg = tmp_path / "barcast.toml"
-            cfg.write_text(config_text(tmp_path, url, sim.ws_url, sim.rest_url)
-                           + "\n[cluster]\nheartbeat_s = 0.5\nlease_ttl_s = 30.0\n")
-            svc = Service(load_config(cfg, env={}), clock=sim.clock.now, notifier=Notifier(""))
-            run = asyncio.create_task(svc.run())
-            try:
-                while not (svc.ready and SERIES in svc.pipeline.owned):  # type: ignore[union-attr]
-                    await asyncio.sleep(0.05)  # shared mode: claimed after a few heartbeats
-                await svc._ownership_changed(set(), {SERIES})
-                await asyncio.to_thread(ctl, "stop", "-m", "fast")
-                change = asyncio.create_task(svc._ownership_changed({SERIES}, set()))
-                await asyncio.sleep(1.0)
-                assert not change.done(), change
-            finally:
-                svc.stop_event.set()
-                await asyncio.wait_for(run, 60)
-            assert change.done() and "Connection refused" in str(change.exception())
+        async with _daemon(tmp_path, url, played, 300) as svc:
+            while not (svc.ready and SERIES in svc.pipeline.owned):  # type: ignore[union-attr]
+                await asyncio.sleep(0.05)  # shared mode: claimed after a few heartbeats
+            await svc._ownership_changed(set(), {SERIES})
+            await asyncio.to_thread(ctl, "stop", "-m", "fast")
+            change = asyncio.create_task(svc._ownership_changed({SERIES}, set()))
+            await asyncio.sleep(1.0)
+            assert not change.done(), change
+        assert change.done() and "Connection refused" in str(change.exception())
 
     asyncio.run(main())
     messages = [r.getMessage() for r in caplog.records]
