@@ -625,7 +625,7 @@ class FeedSession:
                 return out, self._run(texts, received, 0, n, block, mono, out)
             tried = True
         elif hits < 2:  # mostly other traffic (book updates, heartbeats): frame by frame
-            return out, self._quiet_runs(texts, received, mono, out)
+            return out, self._frame_by_frame(texts, received, mono, out)
         # runs of frames that may be trades, and the frames between them one by one
         candidate = [type(t) is str and marker in t for t in texts]  # type: ignore[operator]
         i = 0
@@ -658,12 +658,12 @@ class FeedSession:
             texts, received = texts[start:end], received[start:end]
         n = end - start
         if block is None:
-            return self._quiet_runs(texts, received, mono, out) + start
+            return self._frame_by_frame(texts, received, mono, out) + start
         natives = block.natives
         starts = block.starts  # frames of several trades: rows and frames differ
         m = len(natives)
         if (m != n) if starts is None else (len(starts) != n + 1 or starts[-1] != m):  # as `fast_block` promises
-            return self._quiet_runs(texts, received, mono, out) + start
+            return self._frame_by_frame(texts, received, mono, out) + start
         single = natives.count(natives[0]) == m
         # each trade's receipt (the wall clock reads it per trade)
         rows_received = received if starts is None else [received[f] for f in self._frame_of(starts)]
@@ -704,7 +704,7 @@ class FeedSession:
         """The frame of each trade of a block (`Block.starts`)."""
         return [f for f in range(len(starts) - 1) for _ in range(starts[f + 1] - starts[f])]
 
-    def _quiet_runs(
+    def _frame_by_frame(
         self, texts: Sequence[str | bytes], received: Sequence[float], mono: float, out: list[Action]
     ) -> int:
         """Frames one by one, each parsed once. Those with nothing to decide (book updates,
@@ -766,7 +766,7 @@ class FeedSession:
         return i
 
     def _quiet_until(self) -> tuple[ParseResult | None, int]:
-        """What `_quiet_runs` may count without deciding anything: the acknowledgement when none
+        """What `_frame_by_frame` may count without deciding anything: the acknowledgement when none
         is awaited, and the clock reading from which a backfill is due or a bar may close."""
         due = self._next_due_us
         floor = self._close_floor_us
