@@ -13,9 +13,11 @@ import itertools
 import logging
 import socket
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from sqlalchemy import delete
@@ -297,6 +299,38 @@ def test_a_restart_amends_the_newest_stored_bar_a_late_trade_missed(any_db: Data
     assert gap.start == newest.open_time + SERIES.step, gap  # the amended bar lost no trades: not a gap
 
 
+T = TypeVar("T")
+STEP_S = interval_seconds(SERIES.interval)
+
+
+def restart_sim(bars: list[Bar]) -> ExchangeSimulator:
+    """The restart tests' exchange: `bars` at 300x real time, so a run lasts a few bars."""
+    return ExchangeSimulator(PROTOCOLS["binance"], [SimSeries(SERIES.symbol, tuple(bars))], speed=300.0,
+                             start=SIM_START.timestamp(), heartbeat_s=0.05)
+
+
+def bar_after(t: float, n: int = 1) -> datetime:
+    """The open time of the n-th bar after the one the exchange clock `t` is in."""
+    return utc_from_unix(int(t) - int(t) % STEP_S + n * STEP_S)
+
+
+async def ingest_until_seen(sim: ExchangeSimulator, db: Database, seen: Callable[[], T | None]) -> T:
+    """Ingest from `sim` into `db` until `seen()` answers (not None, not empty), then stop the
+    run (a restart cut short); that answer."""
+    ingest = Ingest([FeedSpec("binance", (SERIES,), sim.ws_url, sim.rest_url)], FAST, database=db,
+                    clock=sim.clock.now, rest_min_interval_s=0.0, backfill_retry_s=0.05, tick_s=0.02,
+                    rest_poll_s=0.05)
+    task = asyncio.create_task(ingest.run())
+    try:
+        while not (answer := seen()):
+            assert not task.done()
+            await asyncio.sleep(0.005)
+    finally:
+        ingest.stop()
+        await task
+    return answer
+
+
 def test_restarts_in_quick_succession_record_each_missed_bar_once(any_db: Database, csv_bars: list[Bar]) -> None:
     """A run, then a restart stopped again as soon as it recorded its gap (a crash loop, or a
     cluster handing a series on twice), then a third run. The second run's gap is not filled
@@ -304,32 +338,14 @@ def test_restarts_in_quick_succession_record_each_missed_bar_once(any_db: Databa
     recorded them again from the first run's newest bar: a second row for the same bar, or an
     overlapping one that left the earlier row unfilled for good. On SQLite and PostgreSQL."""
     bars = [b for b in csv_bars if b.open_time < datetime(2020, 12, 21, 8, 0, tzinfo=UTC)]
-    step = interval_seconds(SERIES.interval)
-    sim = ExchangeSimulator(PROTOCOLS["binance"], [SimSeries(SERIES.symbol, tuple(bars))], speed=300.0,
-                            start=SIM_START.timestamp(), heartbeat_s=0.05)
-
-    def bar_after(t: float, n: int = 1) -> datetime:
-        return utc_from_unix(int(t) - int(t) % step + n * step)
-
-    async def until_a_gap_is_recorded() -> None:
-        ingest = Ingest([FeedSpec("binance", (SERIES,), sim.ws_url, sim.rest_url)], FAST, database=any_db,
-                        clock=sim.clock.now, rest_min_interval_s=0.0, backfill_retry_s=0.05, tick_s=0.02,
-                        rest_poll_s=0.05)
-        task = asyncio.create_task(ingest.run())
-        try:
-            while not list_gaps(any_db, [SERIES]):
-                assert not task.done()
-                await asyncio.sleep(0.005)
-        finally:
-            ingest.stop()
-            await task
+    sim = restart_sim(bars)
 
     async def run() -> None:
         async with sim:
             await ingest_until(sim, any_db, "binance", SERIES, bar_after(sim.clock.now()), quiet=False)
-            while sim.clock.now() % step > step / 3:  # the second run starts early in a bar
+            while sim.clock.now() % STEP_S > STEP_S / 3:  # the second run starts early in a bar
                 await asyncio.sleep(0.005)
-            await until_a_gap_is_recorded()
+            await ingest_until_seen(sim, any_db, lambda: list_gaps(any_db, [SERIES]))  # its gap recorded
             (second,) = list_gaps(any_db, [SERIES])
             assert second.filled_at is None  # stopped before its backfill was stored
             await ingest_until(sim, any_db, "binance", SERIES, bar_after(sim.clock.now(), 2), quiet=False)
@@ -435,12 +451,7 @@ def test_a_restart_fills_a_gap_whose_backfill_failed_behind_later_live_bars(
     it filled. Before, the third run started after the newest stored bar: the hole stayed, its
     row unfilled for good. On SQLite and PostgreSQL."""
     bars = [b for b in csv_bars if b.open_time < datetime(2020, 12, 21, 8, 0, tzinfo=UTC)]
-    step = interval_seconds(SERIES.interval)
-    sim = ExchangeSimulator(PROTOCOLS["binance"], [SimSeries(SERIES.symbol, tuple(bars))], speed=300.0,
-                            start=SIM_START.timestamp(), heartbeat_s=0.05)
-
-    def bar_after(t: float, n: int = 1) -> datetime:
-        return utc_from_unix(int(t) - int(t) % step + n * step)
+    sim = restart_sim(bars)
 
     async def run() -> None:
         async with sim:
@@ -466,36 +477,21 @@ def test_a_restart_after_rest_filled_the_last_gap_before_a_live_bar_still_record
     third run records what it missed after it as a gap. Before, it took that for history: the
     bars came from REST and no gap said so. On SQLite and PostgreSQL."""
     bars = [b for b in csv_bars if b.open_time < datetime(2020, 12, 21, 8, 0, tzinfo=UTC)]
-    step = interval_seconds(SERIES.interval)
-    sim = ExchangeSimulator(PROTOCOLS["binance"], [SimSeries(SERIES.symbol, tuple(bars))], speed=300.0,
-                            start=SIM_START.timestamp(), heartbeat_s=0.05)
+    sim = restart_sim(bars)
 
-    def bar_after(t: float, n: int = 1) -> datetime:
-        return utc_from_unix(int(t) - int(t) % step + n * step)
-
-    async def until_its_gap_is_filled() -> FeedGap:
-        ingest = Ingest([FeedSpec("binance", (SERIES,), sim.ws_url, sim.rest_url)], FAST, database=any_db,
-                        clock=sim.clock.now, rest_min_interval_s=0.0, backfill_retry_s=0.05, tick_s=0.02,
-                        rest_poll_s=0.05)
-        task = asyncio.create_task(ingest.run())
-        try:
-            while not (gaps := list_gaps(any_db, [SERIES])) or gaps[0].filled_at is None:
-                assert not task.done()
-                await asyncio.sleep(0.005)
-        finally:
-            ingest.stop()
-            await task
-        return gaps[0]
+    def its_gap_filled() -> FeedGap | None:
+        gaps = list_gaps(any_db, [SERIES])
+        return gaps[0] if gaps and gaps[0].filled_at is not None else None
 
     async def run() -> FeedGap:
         async with sim:
             await ingest_until(sim, any_db, "binance", SERIES, bar_after(sim.clock.now()), quiet=False)
-            gap = await until_its_gap_is_filled()
+            gap = await ingest_until_seen(sim, any_db, its_gap_filled)
             with any_db.begin() as conn:  # a live bar stored before the stop was seen: stopped a moment earlier
                 conn.execute(delete(bars_t).where(series_is(bars_t, SERIES), bars_t.c.open_time >= gap.end))
             newest = read_bars(any_db, SERIES)[-1]
             assert newest.source == "backfill" and gap.start <= newest.open_time < gap.end
-            down_until = sim.clock.now() + 3 * step
+            down_until = sim.clock.now() + 3 * STEP_S
             while sim.clock.now() < down_until:  # the exchange trades on while the daemon is down
                 await asyncio.sleep(0.01)
             await ingest_until(sim, any_db, "binance", SERIES, bar_after(sim.clock.now(), 2), quiet=False)
@@ -516,7 +512,6 @@ def test_a_series_handed_on_and_back_costs_the_other_series_of_its_connection_no
     its takeover gap, filled; both series' bars are the exchange's."""
     bars = [b for b in csv_bars if b.open_time < datetime(2020, 12, 21, 8, 0, tzinfo=UTC)]
     other = SeriesKey("binance", "ETH-USDT", "5m")
-    step = interval_seconds(SERIES.interval)
     sim = ExchangeSimulator(PROTOCOLS["binance"], [SimSeries(k.symbol, tuple(bars)) for k in (SERIES, other)],
                             speed=300.0, start=SIM_START.timestamp(), heartbeat_s=0.05)
 
@@ -529,8 +524,7 @@ def test_a_series_handed_on_and_back_costs_the_other_series_of_its_connection_no
             task = asyncio.create_task(ingest.run())
 
             async def closed(key: SeriesKey, bars_from_now: int) -> None:
-                t = sim.clock.now()
-                at = utc_from_unix(int(t) - int(t) % step + bars_from_now * step)
+                at = bar_after(sim.clock.now(), bars_from_now)
                 async for u in updates:
                     if u.bar.series == key and u.kind == "closed" and u.bar.open_time >= at:
                         return
