@@ -152,6 +152,32 @@ def _sim(sc: Scenario) -> tuple[list[SimSeries], datetime]:
     return series, series[0].bars[sc.history].open_time
 
 
+async def _start_daemon(name: str, tmp: Path, db_url: str, sim: ExchangeSimulator, sc: Scenario,
+                        run: Run) -> asyncio.subprocess.Process:
+    """`barcast run` as daemon `name` on `db_url`, fed by `sim`, its stderr in `run.logs[name]`."""
+    cfg = tmp / f"{name}.toml"
+    cfg.write_text(config_text(tmp, name, db_url, sim.ws_url, sim.rest_url, sc))
+    run.logs[name] = tmp / f"{name}.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BARCAST_")}
+    with open(run.logs[name], "ab") as err:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "daemon", "run", env={**env, "BARCAST_CONFIG": str(cfg)},
+            stdout=asyncio.subprocess.DEVNULL, stderr=err)
+
+
+async def _stop_all(procs: dict[str, asyncio.subprocess.Process], run: Run) -> None:
+    """SIGTERM every daemon still running, then collect each one's exit code (kill after 40 s)."""
+    for p in procs.values():
+        if p.returncode is None:
+            p.send_signal(signal.SIGTERM)
+    for name, p in procs.items():
+        try:
+            run.return_codes[name] = await asyncio.wait_for(p.wait(), 40)
+        except TimeoutError:
+            p.kill()
+            run.return_codes[name] = await p.wait()
+
+
 async def run_cluster(db_url: str, tmp: Path, sc: Scenario, *, log: Any = print) -> tuple[Run, list[SimSeries]]:
     """Start the simulator and N daemons; wait for a balanced cluster; run some bars; kill -9 one;
     wait for the takeover; run; restart it; wait for the rebalance; run; SIGTERM all."""
@@ -165,16 +191,8 @@ async def run_cluster(db_url: str, tmp: Path, sc: Scenario, *, log: Any = print)
     sim = ExchangeSimulator(PROTOCOLS["binance"], series, speed=sc.speed, start=sim_start.timestamp(),
                             heartbeat_s=0.05)
     async with sim:
-        env_base = {k: v for k, v in os.environ.items() if not k.startswith("BARCAST_")}
-
         async def start(name: str) -> None:
-            cfg = tmp / f"{name}.toml"
-            cfg.write_text(config_text(tmp, name, db_url, sim.ws_url, sim.rest_url, sc))
-            run.logs[name] = tmp / f"{name}.log"
-            with open(run.logs[name], "ab") as err:
-                procs[name] = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "daemon", "run", env={**env_base, "BARCAST_CONFIG": str(cfg)},
-                    stdout=asyncio.subprocess.DEVNULL, stderr=err)
+            procs[name] = await _start_daemon(name, tmp, db_url, sim, sc, run)
 
         def balanced(expect: dict[SeriesKey, str]) -> bool:
             return owners(db) == expect
@@ -222,15 +240,7 @@ async def run_cluster(db_url: str, tmp: Path, sc: Scenario, *, log: Any = print)
                         f"forecasts of {sc.bars_after_rebalance} bars after the rebalance")
             run.end_bar = newest_forecast(db)
         finally:
-            for p in procs.values():
-                if p.returncode is None:
-                    p.send_signal(signal.SIGTERM)
-            for name, p in procs.items():
-                try:
-                    run.return_codes[name] = await asyncio.wait_for(p.wait(), 40)
-                except TimeoutError:
-                    p.kill()
-                    run.return_codes[name] = await p.wait()
+            await _stop_all(procs, run)
             db.close()
     return run, series
 
@@ -249,16 +259,8 @@ async def run_join(db_url: str, tmp: Path, sc: Scenario, *, log: Any = print) ->
     sim = ExchangeSimulator(PROTOCOLS["binance"], series, speed=sc.speed, start=sim_start.timestamp(),
                             heartbeat_s=0.05)
     async with sim:
-        env_base = {k: v for k, v in os.environ.items() if not k.startswith("BARCAST_")}
-
         async def start(name: str) -> None:
-            cfg = tmp / f"{name}.toml"
-            cfg.write_text(config_text(tmp, name, db_url, sim.ws_url, sim.rest_url, sc))
-            run.logs[name] = tmp / f"{name}.log"
-            with open(run.logs[name], "ab") as err:
-                procs[name] = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "daemon", "run", env={**env_base, "BARCAST_CONFIG": str(cfg)},
-                    stdout=asyncio.subprocess.DEVNULL, stderr=err)
+            procs[name] = await _start_daemon(name, tmp, db_url, sim, sc, run)
 
         def forecasts_past(t: datetime) -> bool:
             newest = newest_forecast(db)
@@ -282,15 +284,7 @@ async def run_join(db_url: str, tmp: Path, sc: Scenario, *, log: Any = print) ->
                         f"forecasts of {sc.bars_after_rebalance} bars after the rebalance")
             run.end_bar = newest_forecast(db)
         finally:
-            for p in procs.values():
-                if p.returncode is None:
-                    p.send_signal(signal.SIGTERM)
-            for name, p in procs.items():
-                try:
-                    run.return_codes[name] = await asyncio.wait_for(p.wait(), 40)
-                except TimeoutError:
-                    p.kill()
-                    run.return_codes[name] = await p.wait()
+            await _stop_all(procs, run)
             db.close()
     return run, series
 
