@@ -31,11 +31,18 @@ shared by several trades there, so the ratio per frame is not the one the target
 Prints msgs/s and the ratios ingest/orjson (target >= 0.3) and ingest/cryptofeed (target >= 3),
 then the same two ratios one frame at a time.
 
+Build: the installed service runs the hot path compiled by mypyc (`pip install .`, setup.py);
+a checkout or editable install runs it as pure Python. `--build compiled` (the default) times
+the compiled build: it compiles a copy of the tree once per source change (`bench/hotpath.py`,
+under build/hot-path/, ~20 s) and runs this script from there; `--build pure` times the sources
+as they are. The first line says which build was timed.
+
 Batch size: the shell drains its queue into one `messages` call (up to 1024 frames). A feed that
 keeps up has short batches, and speed does not matter there; a feed under load has a backlog,
 so batches grow with the load (the slower the consumer, the more each batch holds).
 
     python bench/ingest_rate.py [--bars 5000] [--per-bar 200] [--batch 256] [--repeat 5] [--breakdown]
+                                [--build compiled|pure]
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import random
 import sys
 import time
@@ -56,6 +64,7 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from daemon.compiled import hot_path_build  # noqa: E402
 from daemon.feeds import PROTOCOLS  # noqa: E402
 from daemon.feeds.base import ExchangeProtocol, SimState, Trade  # noqa: E402
 from daemon.feeds.capture import read_capture  # noqa: E402
@@ -65,7 +74,7 @@ from daemon.feeds.simulator import SPARSE, synth_trades  # noqa: E402
 from db.csvbars import read_bars_csv  # noqa: E402
 from db.records import SeriesKey  # noqa: E402
 
-SHARED = ROOT.parent / "shared"
+SHARED = Path(os.environ.get("BARCAST_SHARED_DIR", ROOT.parent / "shared"))
 #: Fewest messages one timing covers (short streams are passed through that many times).
 MIN_TIMED = 20_000
 CAPTURES = {
@@ -352,10 +361,24 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256, help="frames per FeedSession.messages call")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--breakdown", action="store_true", help="also print where an ingested message's time goes")
+    ap.add_argument("--build", choices=("compiled", "pure"), default="compiled",
+                    help="time the hot path as `pip install .` compiles it (default) or the pure-Python sources")
     args = ap.parse_args()
+    build = hot_path_build()
+    if args.build == "compiled" and build != "compiled":
+        import hotpath  # bench/, beside this script
+
+        try:
+            tree = hotpath.cached(ROOT)
+        except hotpath.BuildFailed as exc:
+            build = f"pure (asked for compiled, which did not build: {exc})"
+        else:  # the same run from the compiled copy of the tree
+            env = {**os.environ, "BARCAST_SHARED_DIR": str(SHARED)}
+            os.execve(sys.executable, [sys.executable, str(tree / "bench" / Path(__file__).name), *sys.argv[1:]], env)
     bars = read_bars_csv(
         SHARED / "data" / "btcusdt_binance_5m_2020-12_2021-07.csv", exchange="binance", symbol="BTC-USDT", interval="5m"
     )[: args.bars]
+    print(f"hot path: {build}")
     print(
         f"one core (CPU time), best of {args.repeat}; synthetic trades rendered from {len(bars)} real 5m bars, "
         f"{args.per_bar} trades per bar (the sparse worst case, 4 per bar, is not a target); "

@@ -24,7 +24,7 @@ the same left-to-right exact Decimal sum as before, done at close in C (`functoo
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from decimal import Decimal
 from functools import reduce
@@ -74,7 +74,7 @@ class AggregatorStats:
     flat_skipped: int = 0
 
     def as_dict(self) -> dict[str, int]:
-        return {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
+        return asdict(self)  # not `__slots__`: a class compiled by mypyc has none
 
 
 class _Acc:

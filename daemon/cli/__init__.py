@@ -25,7 +25,8 @@ COMMAND_MODULES = ("db", "bars", "config", "feeds", "trainer", "live", "ops")
               help="Database URL (sqlite:///PATH or postgresql://USER@HOST/DB); overrides the config.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None,
               help="Log level (overrides the config).")
-@click.version_option(package_name="barcast")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=lambda c, _p, v: _version(c, v),
+              help="Show the version, and whether the feed hot path runs compiled or as pure Python, and exit.")
 @click.pass_context
 def main(ctx: click.Context, config_path: str | None, db_url: str | None, log_level: str | None) -> None:
     """barcast: live crypto price forecaster (exchange feeds -> 5-minute bars -> 16-step forecasts)."""
@@ -43,6 +44,17 @@ def main(ctx: click.Context, config_path: str | None, db_url: str | None, log_le
         level = level or "info"  # a bad config is reported by the command that needs it
     quiet.configure(debug=level == "debug")
     logs.configure(level, fmt)
+
+
+def _version(ctx: click.Context, asked: bool) -> None:
+    if not asked or ctx.resilient_parsing:
+        return
+    from importlib.metadata import version
+
+    from daemon.compiled import hot_path_build
+
+    click.echo(f"barcast, version {version('barcast')} (feed hot path: {hot_path_build()})")
+    ctx.exit()
 
 
 for _name in COMMAND_MODULES:

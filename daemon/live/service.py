@@ -21,6 +21,7 @@ from typing import Any
 
 from daemon import metrics
 from daemon.bars import BarUpdate
+from daemon.compiled import hot_path_build
 from daemon.config import Config
 from daemon.live.broadcast import Broadcast, Subscription
 from daemon.live.champions import ChampionWatch, first_series
@@ -133,7 +134,7 @@ class Service:
         log.info("barcast running", extra={"series": [str(k) for k in cfg.series_keys],
                                            "device": self._device().describe(), "forecast_log": str(cfg.forecast_log),
                                            "api": self.api.url if self.api else None,
-                                           "control": str(cfg.control_socket)})
+                                           "control": str(cfg.control_socket), "hot_path": hot_path_build()})
 
     def _device(self) -> DeviceInfo:
         """The serving device, detected once a network model has loaded the backend (`auto`)."""
