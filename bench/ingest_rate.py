@@ -42,7 +42,7 @@ keeps up has short batches, and speed does not matter there; a feed under load h
 so batches grow with the load (the slower the consumer, the more each batch holds).
 
     python bench/ingest_rate.py [--bars 5000] [--per-bar 200] [--batch 256] [--repeat 5] [--breakdown]
-                                [--build compiled|pure]
+                                [--exchange NAME ...] [--build compiled|pure]
 """
 
 from __future__ import annotations
@@ -361,6 +361,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256, help="frames per FeedSession.messages call")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--breakdown", action="store_true", help="also print where an ingested message's time goes")
+    ap.add_argument("--exchange", action="append", choices=sorted(PROTOCOLS), metavar="NAME",
+                    help="only this exchange's streams (repeatable; default: all)")
     ap.add_argument("--build", choices=("compiled", "pure"), default="compiled",
                     help="time the hot path as `pip install .` compiles it (default) or the pure-Python sources")
     args = ap.parse_args()
@@ -388,7 +390,10 @@ def main() -> None:
         f"{'stream':<34} {'msgs':>8} {'ingest/s':>12} {'orjson/s':>12} {'cf-style/s':>12}   "
         f"{'vs orjson':>9}   {'vs cf-style':>9}   {'one by one: vs orjson, cf':>25}"
     )
+    only = set(args.exchange or PROTOCOLS)
     for exchange, proto in PROTOCOLS.items():
+        if exchange not in only:
+            continue
         native = proto.native_symbol("BTC-USDT")
         for per_bar in (args.per_bar, SPARSE):
             trades = list(synth_trades(exchange, "BTC-USDT", native, bars, per_bar=per_bar))
@@ -400,6 +405,8 @@ def main() -> None:
                 label = f"{exchange} busy (1-6 a frame)"
                 run(label, exchange, busy(proto, trades), args.repeat, args.batch, args.breakdown, target=False)
     for exchange, name in CAPTURES.items():
+        if exchange not in only:
+            continue
         capture = [r.raw for r in read_capture(SHARED / "captures" / name)]
         run(f"{exchange} capture (real)", exchange, capture, args.repeat, args.batch, args.breakdown)
 
