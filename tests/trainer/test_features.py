@@ -130,7 +130,9 @@ def test_a_window_the_model_cannot_read_is_served_by_persistence(gru: Forecaster
     good, fallback = forecast_batch(jobs, lambda _: timedelta(minutes=5))
     want = gru.predict_batch(raw[:1], times[:1])
     assert good.model_id == "m1"
-    np.testing.assert_allclose(good.closes, want.point[0], rtol=1e-12)
+    # float32 model, a batch of two against a batch of one: the CPU kernels may differ in the last
+    # bits by batch size (seen on an AMD EPYC: 1e-10 relative); persistence would be off by far more
+    np.testing.assert_allclose(good.closes, want.point[0], rtol=1e-6)
     assert fallback.model_id == "persistence" and fallback.series == keys[1]
     q = np.asarray(fallback.quantiles)
     assert np.all(np.isfinite(q)) and np.all(np.diff(q, axis=-1) >= 0) and np.all(q[:, 2] > q[:, 0])
